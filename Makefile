@@ -1,0 +1,32 @@
+# The README's two commands:  make run  (set up + run the pipeline)  and  make test  (set up + run the tests).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?=
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export GX_ANALYTICS_ENABLED := false
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup run test bench clean-outputs
+
+$(BIN)/.lungxray-installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+setup: $(BIN)/.lungxray-installed
+
+run: setup
+ifneq ($(CONFIG),)
+	cp $(CONFIG) params.yaml
+	@echo "params.yaml <- $(CONFIG)"
+endif
+	dvc repro
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/ingest_speed.py

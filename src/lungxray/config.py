@@ -1,0 +1,213 @@
+"""One typed configuration, loaded from ``params.yaml``.
+
+Each stage reads its own section (``fetch``, ``dedupe``, ...). The whole file is validated on load: an unknown key or
+a value of the wrong type stops the stage with a message that names the key (``fetch.sources[1].kind``) and what was
+expected, instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+DEFAULT_PARAMS = Path("params.yaml")
+DROP = "drop"
+SPLITS = ("train", "val", "test")
+_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class Strict(BaseModel):
+    """Base for every section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CsvLabels(Strict):
+    """Labels (and optionally patient ids) read from one or more CSV files that sit beside the images."""
+
+    files: list[str] = Field(min_length=1, description="CSV files, relative to the source root")
+    filename_column: str = "filename"
+    label_column: str = "label"
+    patient_column: str | None = None
+    match_on: Literal["name", "stem", "path"] = "name"
+    unlisted_label: str = "UNLISTED"
+    blank_label: str = "(blank)"
+    encoding: str | None = Field(None, description="CSV text encoding; default: try utf-8, then cp1252")
+
+
+class PatientSpec(Strict):
+    """How to read a patient id: a metadata column (CSV layout) and/or a regex over the file name.
+
+    The regex's first non-empty capture group is the id. ``namespace`` lets several sources that contain the same
+    patients (e.g. re-publications of the Kermany set) share ids; it defaults to the source name.
+    """
+
+    regex: str | None = None
+    namespace: str | None = None
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                pattern = re.compile(v)
+            except re.error as e:
+                raise ValueError(f"not a valid regular expression: {e}") from e
+            if pattern.groups < 1:
+                raise ValueError("the regex needs at least one capture group, e.g. 'person(\\d+)_'")
+        return v
+
+
+class _FolderLike(Strict):
+    """Fields shared by every source whose content ends up as a folder tree of image files."""
+
+    name: Annotated[str, Field(pattern=_NAME_RE)]
+    labels: dict[str, str] = Field(description="raw label -> class of the taxonomy, or 'drop'")
+    layout: Literal["class_folders", "csv"] = "class_folders"
+    root: str | None = Field(None, description="sub-folder of the source that holds the images")
+    include: list[str] = Field(default_factory=list, description="glob patterns (relative to root) to keep")
+    exclude: list[str] = Field(default_factory=list, description="glob patterns (relative to root) to skip")
+    label_level: int = Field(-1, description="for class_folders: which parent folder names the class (-1 = parent)")
+    csv: CsvLabels | None = None
+    patient: PatientSpec | None = None
+    official_split: Literal["from_path", "train", "val", "test"] | None = None
+
+    @model_validator(mode="after")
+    def _layout_needs_csv(self) -> "_FolderLike":
+        if self.layout == "csv" and self.csv is None:
+            raise ValueError("layout 'csv' needs a 'csv' section (files, filename_column, label_column)")
+        if self.layout == "class_folders" and self.csv is not None:
+            raise ValueError("'csv' is only used with layout: csv")
+        if self.label_level >= 0:
+            raise ValueError("label_level counts parent folders from the file upwards: -1 (parent), -2, ...")
+        return self
+
+
+class FolderSource(_FolderLike):
+    kind: Literal["folder"]
+    path: str
+
+
+class KaggleSource(_FolderLike):
+    kind: Literal["kaggle"]
+    dataset: Annotated[str, Field(pattern=r"^[\w.-]+/[\w.-]+$")]
+    version: int | None = None
+
+
+class ArchiveSource(_FolderLike):
+    kind: Literal["archive"]
+    path: str | None = None
+    url: str | None = None
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+
+    @model_validator(mode="after")
+    def _one_location(self) -> "ArchiveSource":
+        if (self.path is None) == (self.url is None):
+            raise ValueError("give exactly one of 'path' or 'url'")
+        return self
+
+
+class MedmnistSource(Strict):
+    kind: Literal["medmnist"]
+    name: Annotated[str, Field(pattern=_NAME_RE)]
+    path: str | None = None
+    url: str | None = None
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+    labels: dict[str, str] = Field(description="label index as a string ('0', '1') -> class, or 'drop'")
+
+    @model_validator(mode="after")
+    def _one_location(self) -> "MedmnistSource":
+        if (self.path is None) == (self.url is None):
+            raise ValueError("give exactly one of 'path' or 'url'")
+        if self.url is not None and self.sha256 is None:
+            raise ValueError("a medmnist 'url' needs its expected 'sha256'")
+        return self
+
+
+Source = Annotated[
+    Union[FolderSource, KaggleSource, ArchiveSource, MedmnistSource], Field(discriminator="kind")
+]
+
+
+class FetchParams(Strict):
+    classes: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]] = Field(
+        default_factory=lambda: ["normal", "pneumonia", "covid19", "tuberculosis", "lung_opacity"]
+    )
+    max_pixels: int = Field(60_000_000, gt=0, description="larger images are rejected (decompression bombs)")
+    image_extensions: list[str] = Field(
+        default_factory=lambda: [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"]
+    )
+    workers: int = Field(0, ge=0, description="processes used to read images; 0 = one per core")
+    download_timeout_s: float = Field(60.0, gt=0)
+    sources: list[Source] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "FetchParams":
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError("classes must be unique")
+        if DROP in self.classes:
+            raise ValueError(f"'{DROP}' is reserved (it marks raw labels to drop)")
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique; repeated: {dupes}")
+        allowed = set(self.classes) | {DROP}
+        for s in self.sources:
+            bad = {raw: tgt for raw, tgt in s.labels.items() if tgt not in allowed}
+            if bad:
+                raw, tgt = next(iter(bad.items()))
+                raise ValueError(
+                    f"source '{s.name}': label '{raw}' maps to '{tgt}', which is not a class; "
+                    f"use one of {sorted(allowed)}"
+                )
+        return self
+
+
+class Params(Strict):
+    fetch: FetchParams
+
+
+def _format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = [f"{origin} is invalid:"]
+    for e in err.errors():
+        key = ""
+        for part in e["loc"]:
+            if isinstance(part, int):
+                key += f"[{part}]"
+            elif part in ("folder", "kaggle", "archive", "medmnist") and key.endswith("]"):
+                continue  # discriminator branch, not a key the user wrote
+            else:
+                key += f".{part}" if key else str(part)
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see params.yaml in the repository for the valid keys)"
+        elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], (dict, list)):
+            msg += f" (got {e['input']!r})"
+        lines.append(f"  - {key or '(top level)'}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(data: Any, origin: str = "params.yaml") -> Params:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin} must be a mapping of sections (fetch:, dedupe:, ...), got {type(data).__name__}")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, origin)) from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path} not found: run from the repository root, or pass the params file explicitly")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    return parse_params(data, str(path))

@@ -1,0 +1,40 @@
+"""Stable names of the tables the stages pass along, and where they live.
+
+Later stages read these columns by name; renaming one is a breaking change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# fetch -> data/interim/manifest.csv: one row per ingested (decodable, mapped, not dropped) image
+MANIFEST_COLUMNS = [
+    "id",  # "<source>/<path relative to the source root>", unique
+    "source",  # source name from params
+    "path",  # file path relative to the repository root (under data/raw/<source>/)
+    "raw_label",  # label exactly as the source gives it (folder name, CSV value, MedMNIST index)
+    "label",  # class of the taxonomy (fetch.classes)
+    "patient",  # "<namespace>:<id>" or empty when unknown
+    "official_split",  # train / val / test when the source defines one, else empty
+    "sha256",  # of the file bytes
+    "width",
+    "height",
+    "mode",  # Pillow mode as decoded: L, RGB, RGBA, P, I;16, CMYK, ...
+    "bit_depth",  # bits per sample (8, 16, ...)
+    "format",  # Pillow format: JPEG, PNG, ...
+    "bytes",
+    "orientation",  # EXIF orientation tag (1 = upright; 0 = none)
+]
+
+# fetch -> data/interim/rejected.csv: every file that looked like an image but could not be used
+REJECTED_COLUMNS = ["source", "path", "raw_label", "reason", "detail", "bytes"]
+
+DATA = Path("data")
+RAW_DIR = DATA / "raw"
+DOWNLOAD_DIR = DATA / "downloads"
+CACHE_DIR = DATA / "cache"
+INTERIM = DATA / "interim"
+MANIFEST = INTERIM / "manifest.csv"
+REJECTED = INTERIM / "rejected.csv"
+REPORTS = Path("reports")
+FETCH_SUMMARY = REPORTS / "fetch_summary.json"
