@@ -25,8 +25,9 @@ ifneq ($(CONFIG),)
 endif
 	dvc repro
 
+# pytest exits 5 when it collects no test: that is not a failure of the suite
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; [ $$rc -eq 5 ] && echo "pytest: no tests collected" && rc=0; exit $$rc
 
 bench: setup
 	$(BIN)/python benchmarks/ingest_speed.py

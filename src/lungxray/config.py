@@ -45,7 +45,8 @@ class PatientSpec(Strict):
     """How to read a patient id: a metadata column (CSV layout) and/or a regex over the file name.
 
     The regex's first non-empty capture group is the id. ``namespace`` lets several sources that contain the same
-    patients (e.g. re-publications of the Kermany set) share ids; it defaults to the source name.
+    patients (e.g. re-publications of the Kermany set) share the ids read from file names; it defaults to the source
+    name. Ids from a metadata column (``csv.patient_column``, used first) are always namespaced by the source.
     """
 
     regex: str | None = None

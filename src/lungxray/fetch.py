@@ -191,14 +191,17 @@ def scan_source(src, source_dir: Path, params: FetchParams) -> tuple[list[Candid
                     f"{-label_level} folder level(s) above each image). Use one sub-folder per class, or layout: csv."
                 )
             raw = parents[label_level]
-        pid = pid or _patient_from_name(regex, p.name)
+        patient_id = f"{src.name}:{pid}" if pid else ""  # ids from a metadata column belong to this source
+        if not patient_id:
+            from_name = _patient_from_name(regex, p.name)
+            patient_id = f"{namespace}:{from_name}" if from_name else ""
         out.append(
             Candidate(
                 source=src.name,
                 rel=prefix + rel,
                 path=(schema.RAW_DIR / src.name / (prefix + rel)).as_posix(),
                 raw_label=raw,
-                patient=f"{namespace}:{pid}" if pid else "",
+                patient=patient_id,
                 official_split=_official_split(split, rel),
             )
         )

@@ -13,6 +13,7 @@ run never leaves something a later run takes as complete; downloads resume from 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tarfile
@@ -115,14 +116,19 @@ def download(url: str, dest: Path, expected_sha256: str | None, source: str, tim
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             if have and resp.status != 206:  # server ignored the range: start again
                 have = 0
+            length = resp.headers.get("Content-Length")
+            expected = have + int(length) if length and length.isdigit() else None
             with open(part, "ab" if have else "wb") as out:
                 shutil.copyfileobj(resp, out, CHUNK)
+            got = part.stat().st_size
+            if expected is not None and got < expected:
+                raise ConnectionError(f"connection closed after {got} of {expected} bytes")
     except urllib.error.HTTPError as e:
         if e.code == 416 and have:  # asked past the end: the .part file is already whole
             pass
         else:
             raise SourceError(f"source '{source}': downloading {url} failed: HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise SourceError(
             f"source '{source}': could not reach {url} ({reason}). The partial download is kept in {part} and the "

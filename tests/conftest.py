@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def needs_shared_data():
+    return pytest.mark.skipif(
+        not SHARED_DATA.is_dir(),
+        reason=f"needs the real chest X-rays in ../shared/data (not found at {SHARED_DATA})",
+    )
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A scratch working directory laid out like the repository root (stages write data/, reports/ there)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def shared_data(tmp_path):
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"needs the real chest X-rays in ../shared/data (not found at {SHARED_DATA})")
+    return SHARED_DATA
+
+
+def copy_repo_tree(dest: Path) -> None:
+    """Copy the tracked parts of the repository a stage needs (for end-to-end runs in a scratch dir)."""
+    for name in ("dvc.yaml", "params.yaml", "configs", "stages", "src"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy2(src, dest / name)
