@@ -424,6 +424,7 @@ def run_fetch(params: FetchParams, progress: bool = True) -> dict:
     # rejected and summary first, the manifest last: a manifest on disk means the stage finished
     write_csv(schema.REJECTED, rejected_df)
     write_json(schema.FETCH_SUMMARY, summary)
+    write_json(schema.FETCH_METRICS, {k: summary[k] for k in ("images", "rejected", "dropped", "per_label")})
     write_csv(schema.MANIFEST, manifest)
     return summary
 
@@ -440,5 +441,5 @@ def summary_text(summary: dict) -> str:
             extra.append("dropped " + ", ".join(f"{k} {v}" for k, v in s["dropped"].items()))
         lines.append(f"  {name:<28} {s['images']:>6}  [{labels}]" + (f"  ({'; '.join(extra)})" if extra else ""))
     lines.append(f"  by class: " + ", ".join(f"{k} {v}" for k, v in summary["per_label"].items()))
-    lines.append(f"  written: {schema.MANIFEST}, {schema.REJECTED}, {schema.FETCH_SUMMARY}")
+    lines.append(f"  written: {schema.MANIFEST}, {schema.REJECTED}, {schema.FETCH_SUMMARY}, {schema.FETCH_METRICS}")
     return "\n".join(lines)

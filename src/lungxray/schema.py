@@ -38,3 +38,5 @@ MANIFEST = INTERIM / "manifest.csv"
 REJECTED = INTERIM / "rejected.csv"
 REPORTS = Path("reports")
 FETCH_SUMMARY = REPORTS / "fetch_summary.json"
+METRICS = Path("metrics")
+FETCH_METRICS = METRICS / "fetch.json"
