@@ -170,8 +170,31 @@ class FetchParams(Strict):
         return self
 
 
+def _stage_sections():
+    # imported here: each stage module owns the typed section of its parameters
+    from .dedupe import DedupeParams
+    from .preprocess import PreprocessParams
+    from .split import SplitParams
+    from .train import TrainParams
+    from .validate import ValidateParams
+
+    return DedupeParams, ValidateParams, SplitParams, PreprocessParams, TrainParams
+
+
+_Dedupe, _Validate, _Split, _Preprocess, _Train = _stage_sections()
+
+
 class Params(Strict):
     fetch: FetchParams
+    dedupe: _Dedupe = Field(default_factory=_Dedupe)
+    validate_: _Validate = Field(default_factory=_Validate, alias="validate")
+    split: _Split = Field(default_factory=_Split)
+    preprocess: _Preprocess = Field(default_factory=_Preprocess)
+    train: _Train = Field(default_factory=_Train)
+
+    @property
+    def validate_params(self):
+        return self.validate_
 
 
 def _format_validation_error(err: ValidationError, origin: str) -> str:

@@ -40,3 +40,25 @@ REPORTS = Path("reports")
 FETCH_SUMMARY = REPORTS / "fetch_summary.json"
 METRICS = Path("metrics")
 FETCH_METRICS = METRICS / "fetch.json"
+
+# dedupe -> validate -> split -> preprocess -> train
+GROUPS = INTERIM / "groups.csv"
+DEDUPE_REPORT = REPORTS / "dedupe.json"
+DEDUPE_SHEET = REPORTS / "dedupe_contact_sheet.png"
+DEDUPE_METRICS = METRICS / "dedupe.json"
+DEDUPE_CACHE = CACHE_DIR / "dedupe_signatures"
+VALIDATION_REPORT = REPORTS / "validation.json"
+VALIDATION_DOCS = REPORTS / "validation_docs"
+SPLIT = DATA / "split" / "split.csv"
+SPLIT_METRICS = METRICS / "split.json"
+SPLIT_PLOT = REPORTS / "split_counts.png"
+PROCESSED = DATA / "processed"
+MODELS = Path("models")
+
+
+def model_dir(name: str) -> Path:
+    return MODELS / name
+
+
+def model_metrics_dir(name: str) -> Path:
+    return METRICS / name

@@ -1,0 +1,99 @@
+"""Image decoding helpers shared by the dedupe (and usable by other stages).
+
+Everything here turns "some image file as published" into a well-defined 8-bit greyscale picture:
+
+* any PIL mode: ``1``, ``L``, ``P`` (with or without transparency), ``LA``, ``RGB``, ``RGBA``, ``CMYK``, ``YCbCr``,
+  16-bit ``I;16``/``I;16B``/``I;16L``, 32-bit ``I`` and float ``F`` (wide modes are stretched min..max to 0..255:
+  reading a 16-bit PNG as if it were 8-bit, as a plain ``convert('L')`` does, clips it to a white or black sheet);
+* EXIF orientation is applied, so a photo-rotated copy looks like its original;
+* alpha is composited over black (the background of a radiograph);
+* JPEGs can be decoded at a reduced scale (``draft``), which is several times faster than a full decode and is all a
+  64x64 thumbnail needs.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm", ".jfif")
+
+_WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "I;16S", "I;32", "F"}
+
+
+def _stretch_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Map the value range actually used by a wide (16/32-bit, float) image onto 0..255."""
+    arr = np.asarray(arr, dtype=np.float64)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        arr = np.where(finite, arr, 0.0)
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    return np.clip(np.rint((arr - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+
+
+def to_grey8(im: Image.Image) -> Image.Image:
+    """Return ``im`` as an 8-bit greyscale (mode ``L``) image, whatever its mode."""
+    mode = im.mode
+    if mode == "L":
+        return im
+    if mode in _WIDE_MODES or mode.startswith("I;"):
+        return Image.fromarray(_stretch_to_uint8(np.asarray(im)), mode="L")
+    if mode == "1":
+        return im.convert("L")
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        mode = im.mode
+    if mode in ("LA", "La", "PA", "RGBA", "RGBa"):
+        if mode == "PA":
+            im = im.convert("RGBA")
+        alpha = np.asarray(im.getchannel("A"), dtype=np.float32) / 255.0
+        grey = np.asarray(im.convert("L"), dtype=np.float32)
+        if alpha.min() >= 1.0:
+            return Image.fromarray(grey.astype(np.uint8), mode="L")
+        return Image.fromarray(np.clip(np.rint(grey * alpha), 0, 255).astype(np.uint8), mode="L")
+    if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        im = im.convert("RGB")
+    return im.convert("L")
+
+
+def open_grey(source: str | Path | bytes, draft_size: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode ``source`` (a path or the file's bytes) to 8-bit greyscale with EXIF orientation applied.
+
+    ``draft_size``: for JPEGs, let the decoder scale down by 1/2, 1/4 or 1/8 as long as both sides stay >= this size
+    (much faster; the result is smaller than the stored image). Returns ``(grey image, (width, height))`` where the
+    size is the stored image's full size (before draft, after EXIF rotation).
+    """
+    fh = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    with Image.open(fh) as im:
+        full = im.size
+        orientation = 1
+        try:
+            orientation = int(im.getexif().get(0x0112, 1) or 1)
+        except Exception:  # noqa: BLE001 - a broken EXIF block must not make the image unreadable
+            orientation = 1
+        if draft_size and im.format == "JPEG":
+            # draft keeps both sides >= the requested size; ask for the short side of the result
+            w, h = im.size
+            scale = max(draft_size / max(1, min(w, h)), 0.0)
+            im.draft("L", (max(1, int(np.ceil(w * scale))), max(1, int(np.ceil(h * scale)))))
+        im.load()
+        if orientation in (5, 6, 7, 8):
+            full = (full[1], full[0])
+        if orientation != 1:
+            try:
+                im = ImageOps.exif_transpose(im)
+            except Exception:  # noqa: BLE001
+                pass
+        grey = to_grey8(im)
+        if grey is im:
+            grey = im.copy()
+    return grey, full
+
+
+def is_image_path(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS

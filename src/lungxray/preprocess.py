@@ -1,0 +1,143 @@
+"""The preprocess stage: decode every image of the split once into compact uint8 arrays.
+
+For each split (train / val / test) one ``.npy`` file of shape ``(N, S, S)`` (8-bit greyscale, S =
+``preprocess.image_size``) is written, plus ``index.csv`` (split, row, id, label, label index, source) and
+``stats.json`` (classes, per-split class counts, mean/std of the training pixels used for normalisation). Training
+reads these with ``np.load(mmap_mode='r')`` and never decodes a JPEG/PNG again; greyscale is replicated to 3 channels
+only at batch time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
+
+from .errors import LungxrayError
+from .imaging import open_grey
+
+SPLITS = ("train", "val", "test")
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+             "lanczos": Image.Resampling.LANCZOS, "area": Image.Resampling.BOX}
+
+
+class PreprocessParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image_size: int = Field(224, ge=16, le=1024, description="side of the square arrays")
+    aspect: Literal["stretch", "pad"] = Field("pad", description="stretch to square, or pad the short side (black)")
+    resample: Literal["bilinear", "bicubic", "lanczos", "area"] = "area"
+    workers: int = Field(0, ge=0, description="processes; 0 = one per core")
+
+
+def to_square(grey: Image.Image, size: int, aspect: str, resample: str) -> np.ndarray:
+    """Resize an 8-bit greyscale image to ``size x size`` (stretching, or padding the short side with black)."""
+    method = _RESAMPLE[resample]
+    if aspect == "stretch":
+        return np.asarray(grey.resize((size, size), method), dtype=np.uint8)
+    w, h = grey.size
+    scale = size / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    out = np.zeros((size, size), dtype=np.uint8)
+    small = np.asarray(grey.resize((nw, nh), method), dtype=np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top: top + nh, left: left + nw] = small
+    return out
+
+
+def load_square(path: str, size: int, aspect: str = "pad", resample: str = "area") -> np.ndarray:
+    """Decode any image file (any mode, EXIF orientation applied) to a ``size x size`` uint8 array."""
+    grey, _ = open_grey(path, draft_size=size)
+    return to_square(grey, size, aspect, resample)
+
+
+def _job(args: tuple[str, int, str, str]) -> np.ndarray | str:
+    try:
+        return load_square(*args)
+    except Exception as e:  # reported by the parent with the file name
+        return f"{type(e).__name__}: {e}"
+
+
+def run_preprocess(split_df: pd.DataFrame, classes: list[str], params: PreprocessParams, out_dir: Path,
+                   progress: bool = True) -> dict:
+    """Write ``out_dir/{train,val,test}.npy``, ``index.csv`` and ``stats.json``; return the stats."""
+    missing = sorted(set(split_df.label) - set(classes))
+    if missing:
+        raise LungxrayError(f"labels {missing} in the split are not in fetch.classes {classes}")
+    df = split_df.sort_values(["split", "id"], kind="stable").reset_index(drop=True)
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    workers = params.workers or os.cpu_count() or 1
+    size = params.image_size
+    index_rows = []
+    stats: dict = {"classes": list(classes), "image_size": size, "aspect": params.aspect, "splits": {}}
+    try:
+        with get_context("fork").Pool(workers) as pool:
+            for split in SPLITS:
+                part = df[df.split == split].reset_index(drop=True)
+                arr = np.lib.format.open_memmap(tmp / f"{split}.npy", mode="w+", dtype=np.uint8,
+                                                shape=(len(part), size, size))
+                jobs = [(p, size, params.aspect, params.resample) for p in part.path]
+                it = pool.imap(_job, jobs, chunksize=8)
+                for i, res in enumerate(tqdm(it, total=len(jobs), desc=f"preprocess {split}", unit="img",
+                                             disable=not progress, mininterval=1.0)):
+                    if isinstance(res, str):
+                        raise LungxrayError(
+                            f"cannot decode {part.path[i]} ({res}); it passed the fetch stage, so the file changed "
+                            f"since: rerun `dvc repro` to fetch it again")
+                    arr[i] = res
+                arr.flush()
+                del arr
+                for i, r in part.iterrows():
+                    index_rows.append({"split": split, "row": i, "id": r.id, "label": r.label,
+                                       "label_idx": classes.index(r.label), "source": r.get("source", "")})
+                counts = part.label.value_counts()
+                stats["splits"][split] = {"images": int(len(part)),
+                                          "per_class": {c: int(counts.get(c, 0)) for c in classes}}
+        train = np.load(tmp / "train.npy", mmap_mode="r")
+        if len(train) == 0:
+            raise LungxrayError("the train split is empty: check the split ratios and the data")
+        # mean/std of training pixels (scaled to 0..1), in chunks to bound memory
+        total, total_sq, n = 0.0, 0.0, 0
+        for start in range(0, len(train), 512):
+            chunk = np.asarray(train[start: start + 512], dtype=np.float64) / 255.0
+            total += chunk.sum()
+            total_sq += np.square(chunk).sum()
+            n += chunk.size
+        mean = total / n
+        stats["mean"] = round(mean, 6)
+        stats["std"] = round(float(np.sqrt(max(total_sq / n - mean * mean, 1e-12))), 6)
+        del train
+        pd.DataFrame(index_rows).to_csv(tmp / "index.csv", index=False, lineterminator="\n")
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)  # the folder appears complete or not at all
+    return stats
+
+
+def load_split(processed: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images memmap (N, S, S) uint8, labels (N,) int64) of one split."""
+    processed = Path(processed)
+    images = np.load(processed / f"{split}.npy", mmap_mode="r")
+    index = pd.read_csv(processed / "index.csv")
+    labels = index[index.split == split].sort_values("row").label_idx.to_numpy(dtype=np.int64)
+    if len(labels) != len(images):
+        raise LungxrayError(f"{processed}: {split}.npy has {len(images)} images but index.csv {len(labels)} rows; "
+                            f"rerun the preprocess stage")
+    return images, labels

@@ -1,0 +1,537 @@
+"""The train stage: one architecture on the preprocessed split, resumable, tracked in MLflow.
+
+* Data comes from the preprocess stage's uint8 arrays (memory-mapped): no image is decoded during training. Light
+  augmentation suited to X-rays (small affine, brightness/contrast; never vertical flips) runs on the tensors.
+* CUDA with mixed precision and channels_last when a GPU is present, the CPU otherwise: the same command.
+* A checkpoint is written atomically after every epoch (``models/<model>/checkpoint.pt``); rerunning an interrupted
+  run (even after ``kill -9``) resumes from it when the configuration is unchanged, and continues the same MLflow run.
+  The best weights are kept in ``best.pt``; ``model.pt`` and ``metrics/<model>/train.json`` are written only when
+  training has finished, so a partial run is never taken for a complete one.
+* Checkpoints hold only tensors and plain data (resolved config, class names) and load with
+  ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import subprocess
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from .errors import LungxrayError
+from .io import atomic_path, write_csv, write_json
+from .preprocess import load_split
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AugmentParams(_Strict):
+    enabled: bool = True
+    degrees: float = Field(5.0, ge=0, le=30, description="random rotation, +- degrees")
+    translate: float = Field(0.05, ge=0, le=0.3, description="random shift, fraction of the side")
+    scale: tuple[float, float] = (0.95, 1.05)
+    brightness: float = Field(0.1, ge=0, le=1)
+    contrast: float = Field(0.1, ge=0, le=1)
+    hflip: bool = Field(False, description="horizontal flips (off: the heart is on the left)")
+
+
+class ModelOptions(_Strict):
+    """Per-architecture overrides of the train section."""
+
+    pretrained: bool | None = None
+    weights_file: str | None = None
+    weights_sha256: str | None = None
+    freeze: int | Literal["backbone"] = 0
+    head: Literal["linear", "seed"] = "linear"
+    lr: float | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, ge=1)
+    epochs: int | None = Field(None, ge=1)
+
+
+class MlflowParams(_Strict):
+    experiment: str = "lungxray"
+    tracking_uri: str = Field("sqlite:///mlruns/mlflow.db",
+                              description="overridden by the MLFLOW_TRACKING_URI environment variable")
+    artifact_dir: str = "mlruns/artifacts"
+    log_model: bool = True
+
+
+SEED_MODELS = ["cnn5", "cnn8", "cnn13", "resnet18", "resnet34", "vgg16", "mobilenetv2", "inception_resnet_v2",
+               "efficientnetv2_s"]
+
+
+class TrainParams(_Strict):
+    models: list[str] = Field(default_factory=lambda: list(SEED_MODELS), min_length=1)
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    scheduler: Literal["none", "cosine", "step", "plateau"] = "cosine"
+    step_size: int = Field(5, ge=1)
+    gamma: float = Field(0.1, gt=0, le=1)
+    early_stopping_patience: int = Field(5, ge=1, description="epochs without a better val loss before stopping")
+    imbalance: Literal["weighted_loss", "weighted_sampler", "none"] = "weighted_loss"
+    augment: AugmentParams = AugmentParams()
+    pretrained: bool = True
+    model_options: dict[str, ModelOptions] = Field(default_factory=dict)
+    seed: int = 42
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = in the training process)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA")
+    torch_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default")
+    mlflow: MlflowParams = MlflowParams()
+
+    @model_validator(mode="after")
+    def _known_models(self) -> "TrainParams":
+        from .models import MODEL_NAMES
+
+        unknown = [m for m in [*self.models, *self.model_options] if m not in MODEL_NAMES]
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown}; valid: {', '.join(MODEL_NAMES)}")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError("train.models lists a model twice")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# data
+
+
+class ArrayDataset(Dataset):
+    """Items of a preprocessed split: (1, S, S) float tensor normalised with the train mean/std, label index."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, mean: float, std: float,
+                 augment: AugmentParams | None = None):
+        self.images, self.labels = images, labels
+        self.mean, self.std = float(mean), float(std)
+        self.transform = None
+        if augment is not None and augment.enabled:
+            from torchvision.transforms import v2
+
+            ops: list = [v2.RandomAffine(degrees=augment.degrees, translate=(augment.translate,) * 2,
+                                         scale=augment.scale)]
+            if augment.brightness or augment.contrast:
+                ops.append(v2.ColorJitter(brightness=augment.brightness, contrast=augment.contrast))
+            if augment.hflip:
+                ops.append(v2.RandomHorizontalFlip())
+            self.transform = v2.Compose(ops)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = torch.from_numpy(np.array(self.images[i], dtype=np.uint8, copy=True)).unsqueeze(0)
+        if self.transform is not None:
+            x = self.transform(x)
+        x = (x.float() / 255.0 - self.mean) / self.std
+        return x, int(self.labels[i])
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights (mean 1 over the classes present); absent classes get 0."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max(1, (counts > 0).sum()), 0.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def to_model_input(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """Greyscale batch (B, 1, S, S) -> 3 channels on the device (replicated only here, at batch time)."""
+    x = x.to(device, non_blocking=True).expand(-1, 3, -1, -1)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(setting: str) -> torch.device:
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise LungxrayError("train.device is 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'")
+    if setting == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def model_settings(params: TrainParams, name: str) -> dict:
+    """Resolved per-model settings (train section + model_options override)."""
+    o = params.model_options.get(name, ModelOptions())
+    return {
+        "model": name,
+        "pretrained": params.pretrained if o.pretrained is None else o.pretrained,
+        "weights_file": o.weights_file,
+        "weights_sha256": o.weights_sha256,
+        "freeze": o.freeze,
+        "head": o.head,
+        "lr": o.lr or params.lr,
+        "batch_size": o.batch_size or params.batch_size,
+        "epochs": o.epochs or params.epochs,
+    }
+
+
+def fingerprint(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+def data_version(processed: Path) -> str:
+    h = hashlib.sha256()
+    for name in ("index.csv", "stats.json"):
+        h.update((processed / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v)
+    return out
+
+
+def build_optimizer(params: TrainParams, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise LungxrayError("the model has no trainable parameter (check model_options.freeze)")
+    if params.optimizer == "sgd":
+        return torch.optim.SGD(trainable, lr=lr, momentum=params.momentum, weight_decay=params.weight_decay)
+    cls = torch.optim.AdamW if params.optimizer == "adamw" else torch.optim.Adam
+    return cls(trainable, lr=lr, weight_decay=params.weight_decay)
+
+
+def build_scheduler(params: TrainParams, opt: torch.optim.Optimizer, epochs: int):
+    if params.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    if params.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=params.step_size, gamma=params.gamma)
+    if params.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=params.gamma, patience=1)
+    return None
+
+
+def run_epoch(model: nn.Module, loader: DataLoader, device: torch.device, loss_fn: nn.Module,
+              opt: torch.optim.Optimizer | None, amp: bool, channels_last: bool, scaler=None,
+              on_train_mode=None) -> tuple[float, float, int]:
+    """One pass; trains when ``opt`` is given. Returns (mean loss, accuracy, images)."""
+    training = opt is not None
+    model.train(training)
+    if training and on_train_mode is not None:
+        on_train_mode(model)
+    total_loss, correct, n = 0.0, 0, 0
+    ctx = torch.enable_grad() if training else torch.inference_mode()
+    with ctx:
+        for x, y in loader:
+            x = to_model_input(x, device, channels_last)
+            y = y.to(device, non_blocking=True)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+                logits = model(x)
+                loss = loss_fn(logits.float(), y)
+            if training:
+                opt.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
+            total_loss += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            n += len(y)
+    return total_loss / max(n, 1), correct / max(n, 1), n
+
+
+def curve_png(history: pd.DataFrame, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key, ax in (("loss", axes[0]), ("accuracy", axes[1])):
+        ax.plot(history.epoch, history[f"train_{key}"], "o-", label="train")
+        ax.plot(history.epoch, history[f"val_{key}"], "s-", label="val")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# mlflow
+
+
+def mlflow_setup(mp: MlflowParams):
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or mp.tracking_uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    try:
+        exp = mlflow.get_experiment_by_name(mp.experiment)
+        if exp is None:
+            art = Path(mp.artifact_dir).resolve()
+            art.mkdir(parents=True, exist_ok=True)
+            mlflow.create_experiment(mp.experiment, artifact_location=art.as_uri())
+        mlflow.set_experiment(mp.experiment)
+    except Exception as e:
+        raise LungxrayError(f"cannot reach the MLflow tracking store {uri}: {e}. Unset MLFLOW_TRACKING_URI to use "
+                            f"the local store under mlruns/, or start that server.") from None
+    return mlflow
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, metrics_dir: Path,
+                progress: bool = True, extra_params: dict | None = None) -> dict:
+    """Train ``name``; resume from ``out_dir/checkpoint.pt`` when it matches; return the final metrics."""
+    from .models import apply_freeze, count_parameters, create_model
+
+    processed, out_dir, metrics_dir = Path(processed), Path(out_dir), Path(metrics_dir)
+    stats = json.loads((processed / "stats.json").read_text())
+    classes: list[str] = stats["classes"]
+    settings = model_settings(params, name)
+    resolved = {"settings": settings, "train": params.model_dump(mode="json"), "data": {
+        "image_size": stats["image_size"], "mean": stats["mean"], "std": stats["std"], "classes": classes,
+        "version": data_version(processed)}, **({"extra": extra_params} if extra_params else {})}
+    config_id = fingerprint({k: v for k, v in resolved.items() if k != "extra"} | {"mlflow": None})
+    device = resolve_device(params.device)
+    amp = params.amp and device.type == "cuda"
+    channels_last = params.channels_last and device.type == "cuda"
+    if params.torch_threads:
+        torch.set_num_threads(params.torch_threads)
+
+    x_train, y_train = load_split(processed, "train")
+    x_val, y_val = load_split(processed, "val")
+    if len(x_val) == 0:
+        raise LungxrayError("the val split is empty: early stopping and model selection need one (split.ratios)")
+    seed_everything(params.seed)
+    model = create_model(name, num_classes=len(classes), pretrained=settings["pretrained"],
+                         freeze=settings["freeze"], head=settings["head"], weights_file=settings["weights_file"],
+                         weights_sha256=settings["weights_sha256"])
+    on_train_mode = apply_freeze  # frozen BatchNorm layers keep their ImageNet statistics in train mode
+    model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    trainable, total = count_parameters(model)
+    opt = build_optimizer(params, model, settings["lr"])
+    epochs = settings["epochs"]
+    sched = build_scheduler(params, opt, epochs)
+    scaler = torch.amp.GradScaler("cuda") if amp else None
+    n_cls = len(classes)
+    weights = class_weights(y_train, n_cls)
+    loss_fn = nn.CrossEntropyLoss(weight=weights.to(device) if params.imbalance == "weighted_loss" else None)
+    eval_loss = nn.CrossEntropyLoss()
+
+    # ---- resume
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / "checkpoint.pt"
+    start_epoch, history, best, run_id = 1, [], {"val_loss": math.inf, "epoch": 0}, None
+    bad_epochs = 0
+    if ckpt_path.exists():
+        try:
+            ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            print(f"[{name}] ignoring an unreadable checkpoint ({e}); starting afresh")
+            ck = None
+        if ck is not None and ck.get("config_id") == config_id:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            if sched is not None and ck.get("scheduler"):
+                sched.load_state_dict(ck["scheduler"])
+            if scaler is not None and ck.get("scaler"):
+                scaler.load_state_dict(ck["scaler"])
+            start_epoch, history, best = ck["epoch"] + 1, ck["history"], ck["best"]
+            bad_epochs, run_id = ck["bad_epochs"], ck.get("mlflow_run_id")
+            print(f"[{name}] resuming after epoch {ck['epoch']} from {ckpt_path}")
+        elif ck is not None:
+            print(f"[{name}] the checkpoint in {ckpt_path} is for another configuration; starting afresh")
+    for stale in ("model.pt",):
+        if (out_dir / stale).exists() and start_epoch == 1:
+            (out_dir / stale).unlink()
+
+    # ---- mlflow run (continued on resume)
+    mlflow = mlflow_setup(params.mlflow)
+    if run_id is not None:
+        try:
+            mlflow.get_run(run_id)
+        except Exception:
+            run_id = None
+    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else name)
+    run_id = run.info.run_id
+    try:
+        if start_epoch == 1:
+            mlflow.log_params(flatten({"model": name, **settings, "train": params.model_dump(mode="json"),
+                                       "data": resolved["data"], **({"extra": extra_params} if extra_params else {})}))
+            mlflow.set_tags({"model": name, "git_commit": git_commit(), "data_version": resolved["data"]["version"],
+                             "device": device.type, "stage": "train"})
+            mlflow.log_metrics({"params/trainable": trainable, "params/total": total})
+
+        nw = params.num_workers
+        val_loader = DataLoader(ArrayDataset(x_val, y_val, stats["mean"], stats["std"]),
+                                batch_size=settings["batch_size"], shuffle=False, num_workers=nw,
+                                pin_memory=device.type == "cuda")
+        stopped_early = False
+        for epoch in range(start_epoch, epochs + 1):
+            if bad_epochs >= params.early_stopping_patience:
+                stopped_early = True
+                break
+            seed_everything(params.seed + epoch)  # same batches whether or not the run was resumed
+            train_ds = ArrayDataset(x_train, y_train, stats["mean"], stats["std"], params.augment)
+            g = torch.Generator().manual_seed(params.seed + epoch)
+            if params.imbalance == "weighted_sampler":
+                sampler = WeightedRandomSampler(weights[torch.from_numpy(y_train)].double(), len(y_train),
+                                                replacement=True, generator=g)
+                train_loader = DataLoader(train_ds, batch_size=settings["batch_size"], sampler=sampler,
+                                          num_workers=nw, pin_memory=device.type == "cuda")
+            else:
+                train_loader = DataLoader(train_ds, batch_size=settings["batch_size"], shuffle=True, generator=g,
+                                          num_workers=nw, pin_memory=device.type == "cuda")
+            t0 = time.perf_counter()
+            tr_loss, tr_acc, n_tr = run_epoch(model, train_loader, device, loss_fn, opt, amp, channels_last, scaler,
+                                              on_train_mode)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            train_s = time.perf_counter() - t0
+            va_loss, va_acc, _ = run_epoch(model, val_loader, device, eval_loss, None, amp, channels_last)
+            epoch_s = time.perf_counter() - t0
+            lr = opt.param_groups[0]["lr"]
+            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                sched.step(va_loss)
+            elif sched is not None:
+                sched.step()
+            row = {"epoch": epoch, "train_loss": tr_loss, "train_accuracy": tr_acc, "val_loss": va_loss,
+                   "val_accuracy": va_acc, "lr": lr, "epoch_seconds": epoch_s,
+                   "train_images_per_s": n_tr / max(train_s, 1e-9)}
+            history.append(row)
+            improved = va_loss < best["val_loss"]
+            if improved:
+                best = {"val_loss": va_loss, "val_accuracy": va_acc, "epoch": epoch}
+                bad_epochs = 0
+                with atomic_path(out_dir / "best.pt") as tmp:
+                    torch.save({"model": model.state_dict(), "epoch": epoch}, tmp)
+            else:
+                bad_epochs += 1
+            mlflow.log_metrics({"train/loss": tr_loss, "train/accuracy": tr_acc, "val/loss": va_loss,
+                                "val/accuracy": va_acc, "lr": lr, "epoch_seconds": epoch_s,
+                                "train/images_per_s": row["train_images_per_s"]}, step=epoch)
+            with atomic_path(ckpt_path) as tmp:
+                torch.save({"config_id": config_id, "epoch": epoch, "model": model.state_dict(),
+                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
+                            "scaler": scaler.state_dict() if scaler else None, "history": history, "best": best,
+                            "bad_epochs": bad_epochs, "mlflow_run_id": run_id, "classes": classes,
+                            "config": resolved}, tmp)
+            print(f"[{name}] epoch {epoch}/{epochs}: train loss {tr_loss:.4f} acc {tr_acc:.3f} | val loss "
+                  f"{va_loss:.4f} acc {va_acc:.3f} | {epoch_s:.1f}s ({row['train_images_per_s']:.0f} img/s)"
+                  + (" *" if improved else ""), flush=True)
+        else:
+            stopped_early = bad_epochs >= params.early_stopping_patience
+
+        # ---- final model: the best epoch's weights, with everything needed to use it
+        best_state = torch.load(out_dir / "best.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(best_state["model"])
+        final = {"model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                 "name": name, "classes": classes, "config": resolved, "image_size": stats["image_size"],
+                 "mean": stats["mean"], "std": stats["std"], "best_epoch": best["epoch"]}
+        hist_df = pd.DataFrame(history)
+        secs = float(hist_df.epoch_seconds.mean())
+        metrics = {"model": name, "best_val_loss": best["val_loss"], "best_val_accuracy": best["val_accuracy"],
+                   "best_epoch": best["epoch"], "epochs_run": int(hist_df.epoch.max()),
+                   "epochs_to_converge": best["epoch"], "stopped_early": bool(stopped_early),
+                   "seconds_per_epoch": secs, "train_images_per_s": float(hist_df.train_images_per_s.mean()),
+                   "trainable_parameters": trainable, "total_parameters": total, "device": device.type,
+                   "mlflow_run_id": run_id}
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        write_csv(metrics_dir / "history.csv", hist_df)
+        curve = metrics_dir / "training_curve.png"
+        curve_png(hist_df, f"{name}: best val loss {best['val_loss']:.4f} at epoch {best['epoch']}", curve)
+        mlflow.log_artifact(str(curve))
+        mlflow.log_metrics({"best/val_loss": best["val_loss"], "best/val_accuracy": best["val_accuracy"],
+                            "best/epoch": best["epoch"], "seconds_per_epoch": secs})
+        if params.mlflow.log_model:
+            log_torch_model(mlflow, model.cpu().to(memory_format=torch.contiguous_format).eval(), stats, classes)
+        with atomic_path(out_dir / "model.pt") as tmp:
+            torch.save(final, tmp)
+        write_json(metrics_dir / "train.json", metrics)
+        mlflow.end_run()
+    except BaseException:
+        mlflow.end_run(status="KILLED")
+        raise
+    return metrics
+
+
+def log_torch_model(mlflow, model: nn.Module, stats: dict, classes: list[str]) -> None:
+    """Log the model with a signature and an input example (a normalised 3-channel batch of one)."""
+    import mlflow.pytorch
+    from mlflow.models import infer_signature
+
+    s = stats["image_size"]
+    example = np.zeros((1, 3, s, s), dtype=np.float32)
+    with torch.inference_mode():
+        out = model(torch.from_numpy(example)).numpy()
+    signature = infer_signature(example, out)
+    reqs = [f"torch=={torch.__version__.split('+')[0]}"]
+    try:
+        import timm
+        import torchvision
+
+        reqs += [f"torchvision=={torchvision.__version__.split('+')[0]}", f"timm=={timm.__version__}"]
+    except ImportError:  # pragma: no cover
+        pass
+    mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
+                             pip_requirements=reqs, metadata={"classes": classes, "image_size": s,
+                                                               "mean": stats["mean"], "std": stats["std"]})
+
+
+def load_trained(path: Path) -> tuple[nn.Module, dict]:
+    """Rebuild a model from ``models/<name>/model.pt`` (safe load: tensors and plain data only)."""
+    from .models import create_model
+
+    path = Path(path)
+    if not path.exists():
+        raise LungxrayError(f"no trained model at {path}: run `dvc repro` (the train stage) first")
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    st = ck["config"]["settings"]
+    model = create_model(ck["name"], num_classes=len(ck["classes"]), pretrained=False, freeze=st["freeze"],
+                         head=st["head"])
+    model.load_state_dict(ck["model"])
+    return model.eval(), ck

@@ -1,0 +1,20 @@
+"""DVC stage `preprocess`: decode each split image once into uint8 arrays (data/processed/)."""
+
+import pandas as pd
+
+from lungxray import schema
+from lungxray.config import load_params
+from lungxray.preprocess import run_preprocess
+from lungxray.stage import run_stage
+
+
+def main() -> None:
+    params = load_params()
+    split_df = pd.read_csv(schema.SPLIT, keep_default_na=False)
+    stats = run_preprocess(split_df, params.fetch.classes, params.preprocess, schema.PROCESSED)
+    sizes = ", ".join(f"{s} {v['images']}" for s, v in stats["splits"].items())
+    print(f"preprocess: {sizes} at {stats['image_size']}px; mean {stats['mean']:.4f} std {stats['std']:.4f}")
+
+
+if __name__ == "__main__":
+    run_stage("preprocess", main)

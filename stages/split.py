@@ -1,0 +1,29 @@
+"""DVC stage `split`: stratified, grouped (dedupe group + patient) train/val/test split with a leakage check."""
+
+import pandas as pd
+
+from lungxray import schema
+from lungxray.config import load_params
+from lungxray.errors import LungxrayError
+from lungxray.io import write_json
+from lungxray.split import make_split, split_counts, split_counts_plot, write_split
+from lungxray.stage import run_stage
+
+
+def main() -> None:
+    params = load_params()
+    manifest = pd.read_csv(schema.MANIFEST, keep_default_na=False)
+    groups = pd.read_csv(schema.GROUPS, keep_default_na=False)
+    split_df, stats = make_split(manifest, groups, params.split, params.fetch.classes)
+    if stats["leakage"]:
+        raise LungxrayError("leakage check failed:\n" + "\n".join(f"  - {p}" for p in stats["leakage"]))
+    counts = split_counts(split_df, params.fetch.classes)
+    split_counts_plot(counts, schema.SPLIT_PLOT)
+    write_json(schema.SPLIT_METRICS, counts)
+    write_split(split_df, schema.SPLIT)
+    sizes = ", ".join(f"{s} {c['total']}" for s, c in counts.items())
+    print(f"split: {sizes}; leakage check passed; written: {schema.SPLIT}, {schema.SPLIT_METRICS}")
+
+
+if __name__ == "__main__":
+    run_stage("split", main)

@@ -1,0 +1,28 @@
+"""DVC stage `train@<model>`: train one architecture (resumable), tracked in MLflow."""
+
+import sys
+
+from lungxray import schema
+from lungxray.config import load_params
+from lungxray.errors import LungxrayError
+from lungxray.stage import run_stage
+from lungxray.train import train_model
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        raise LungxrayError("usage: python stages/train.py MODEL (one of train.models in params.yaml)")
+    name = sys.argv[1]
+    params = load_params()
+    if name not in params.train.models:
+        raise LungxrayError(f"'{name}' is not in train.models {params.train.models}")
+    m = train_model(name, params.train, schema.PROCESSED, schema.model_dir(name), schema.model_metrics_dir(name),
+                    extra_params={"preprocess": params.preprocess.model_dump(mode="json"),
+                                  "split": params.split.model_dump(mode="json")})
+    print(f"train {name}: best val loss {m['best_val_loss']:.4f}, accuracy {m['best_val_accuracy']:.3f} at epoch "
+          f"{m['best_epoch']}; {m['seconds_per_epoch']:.1f} s/epoch; {m['trainable_parameters']:,} trainable "
+          f"parameters; MLflow run {m['mlflow_run_id']}")
+
+
+if __name__ == "__main__":
+    run_stage("train", main)

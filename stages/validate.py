@@ -1,0 +1,24 @@
+"""DVC stage `validate`: great-expectations checks of the manifest and the dedupe groups; stops on a violation."""
+
+import pandas as pd
+
+from lungxray import schema
+from lungxray.config import load_params
+from lungxray.errors import LungxrayError
+from lungxray.stage import run_stage
+from lungxray.validate import format_failures, validate_tables, write_report
+
+
+def main() -> None:
+    params = load_params()
+    manifest = pd.read_csv(schema.MANIFEST, keep_default_na=False)
+    groups = pd.read_csv(schema.GROUPS, keep_default_na=False)
+    result = validate_tables(manifest, groups, params.fetch.classes, params.validate_params)
+    write_report(result, schema.VALIDATION_REPORT, schema.VALIDATION_DOCS)  # written either way
+    if not result.success:
+        raise LungxrayError(f"data validation failed (report: {schema.VALIDATION_REPORT}):\n{format_failures(result)}")
+    print(f"validate: all checks passed; report: {schema.VALIDATION_REPORT}")
+
+
+if __name__ == "__main__":
+    run_stage("validate", main)

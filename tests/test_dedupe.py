@@ -1,0 +1,277 @@
+"""Tests of the perceptual dedupe on synthetic copies (fast: small images, few of them)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy.ndimage import gaussian_filter
+
+from lungxray import dedupe as D
+from lungxray.errors import LungxrayError
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import perturb  # noqa: E402
+
+SHARED = ROOT / ".." / "shared" / "data"
+PARAMS = D.DedupeParams(workers=1)
+
+
+def _texture(seed: int, size=(320, 256)) -> Image.Image:
+    """A smooth random 'radiograph': blurred noise at two scales plus fine grain."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    a = gaussian_filter(rng.normal(size=(h, w)), 12) * 6 + gaussian_filter(rng.normal(size=(h, w)), 3) * 2
+    a += gaussian_filter(rng.normal(size=(h, w)), 1.0) * 0.8
+    a = (a - a.min()) / (a.max() - a.min())
+    return Image.fromarray((a * 230 + 10).astype(np.uint8), mode="L")
+
+
+def _originals(n: int) -> list[Image.Image]:
+    return [_texture(1000 + i) for i in range(n)]
+
+
+def _df(items: list[tuple[str, str, str]]) -> pd.DataFrame:
+    """items: (path, source, label)."""
+    rows = []
+    for p, s, lab in items:
+        data = Path(p).read_bytes()
+        with Image.open(p) as im:
+            w, h = im.size
+        rows.append({"id": f"{s}/{Path(p).name}", "source": s, "path": p, "label": lab, "width": w, "height": h,
+                     "sha256": hashlib.sha256(data).hexdigest()})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """8 originals + one copy of each alteration kind of the first one (and a few of the others)."""
+    d = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    items, truth = [], {}
+    for i, im in enumerate(_originals(8)):
+        p = str(d / f"orig{i}.png")
+        im.save(p)
+        items.append((p, "A", "NORMAL"))
+        truth[p] = i
+    for k, fn in perturb.KINDS.items():
+        src = 0 if k != "combo" else 1
+        im, kw = fn(_originals(8)[src], rng)
+        p = perturb.save_variant(im, kw, str(d / f"copy_{k}"))
+        items.append((p, "B", "NORMAL"))
+        truth[p] = src
+    p = str(d / "identical.png")
+    shutil.copy(items[2][0], p)
+    items.append((p, "C", "NORMAL"))
+    truth[p] = 2
+    df = _df(items)
+    groups, report = D.find_groups(df, PARAMS, progress=False)
+    return df, groups, report, truth
+
+
+@pytest.mark.parametrize("kind", list(perturb.KINDS))
+def test_each_alteration_grouped_with_original(corpus, kind):
+    df, groups, report, truth = corpus
+    g = groups.set_index("path")["group"]
+    copy = next(p for p in truth if Path(p).stem == f"copy_{kind}")
+    orig = next(p for p, i in truth.items() if i == truth[copy] and "orig" in p)
+    assert g[copy] == g[orig], f"{kind} copy not grouped with its original"
+
+
+def test_distinct_images_not_grouped(corpus):
+    df, groups, report, truth = corpus
+    g = groups.set_index("path")["group"]
+    origs = [p for p in truth if "orig" in Path(p).name]
+    assert g[origs].nunique() == len(origs)
+    # the groups are exactly the truth
+    for a in truth:
+        for b in truth:
+            assert (g[a] == g[b]) == (truth[a] == truth[b]), (a, b)
+
+
+def test_sixteen_bit_and_identical(corpus):
+    df, groups, report, truth = corpus
+    row = groups.set_index("path")
+    p16 = next(p for p in truth if Path(p).stem == "copy_png16")
+    with Image.open(p16) as im:
+        assert im.mode.startswith("I")
+    assert row.loc[p16, "match_method"] == D.METHOD_VISUAL
+    ident = next(p for p in truth if Path(p).stem == "identical")
+    assert row.loc[ident, "match_method"] == D.METHOD_SHA
+    assert row.loc[ident, "similarity"] == 1.0
+
+
+def test_output_shape_and_kept_rule(corpus):
+    df, groups, report, truth = corpus
+    assert len(groups) == len(df)
+    assert list(groups["id"]) == list(df["id"])
+    for col in ("group", "kept", "match_method", "hash_distance", "similarity", "label_conflict", "train_eligible",
+                "conflict_action", "exclude"):
+        assert col in groups.columns
+    assert (groups.groupby("group")["kept"].sum() == 1).all()
+    for _, g in groups.groupby("group"):
+        best = g.assign(res=g.width * g.height).sort_values(["res", "id"], ascending=[False, True]).iloc[0]
+        assert g.loc[g["kept"], "id"].item() == best["id"]
+    singles = groups[groups["group_size"] == 1]
+    assert singles["similarity"].isna().all() and (singles["match_method"] == "").all()
+    assert report["images_in"] == len(df)
+    assert report["duplicates_removed"] == len(df) - groups["group"].nunique()
+
+
+def test_source_preference_breaks_ties(tmp_path):
+    im = _originals(1)[0]
+    paths = []
+    for s in ("x", "y", "z"):
+        p = str(tmp_path / f"{s}.png")
+        im.save(p, compress_level=int(ord(s) % 9))  # same pixels, different bytes
+        paths.append((p, s, "NORMAL"))
+    df = _df(paths)
+    for pref, want in (([], "x"), (["z", "y"], "z"), (["y"], "y")):
+        groups, _ = D.find_groups(df, PARAMS.model_copy(update={"source_preference": pref}), progress=False)
+        assert groups["group"].nunique() == 1
+        assert groups.loc[groups["kept"], "source"].item() == want
+
+
+def _conflict_df(tmp_path, labels):
+    im = _originals(1)[0]
+    items = []
+    for i, lab in enumerate(labels):
+        p = str(tmp_path / f"c{i}.jpg")
+        im.resize((300 - 20 * i, 240 - 10 * i)).save(p, quality=90)
+        items.append((p, f"s{i}", lab))
+    other = str(tmp_path / "other.png")
+    _texture(77).save(other)
+    items.append((other, "s9", "NORMAL"))
+    return _df(items)
+
+
+def test_conflict_policies(tmp_path):
+    df = _conflict_df(tmp_path, ["NORMAL", "PNEUMONIA", "PNEUMONIA"])
+    g, rep = D.find_groups(df, PARAMS, progress=False)
+    conf = g[g["label_conflict"]]
+    assert len(conf) == 3 and not conf["train_eligible"].any() and conf["exclude"].all()
+    assert rep["n_label_conflicts"] == 1 and len(rep["label_conflicts"][0]["members"]) == 3
+    assert g.loc[~g["label_conflict"], "train_eligible"].all()
+
+    g, rep = D.find_groups(df, PARAMS.model_copy(update={"conflict_policy": "majority"}), progress=False)
+    conf = g[g["label_conflict"]]
+    kept = conf[conf["train_eligible"]]
+    assert len(kept) == 1 and kept["label"].item() == "PNEUMONIA"
+    assert (conf["resolved_label"] == "PNEUMONIA").all()
+
+    with pytest.raises(LungxrayError, match="conflict_policy"):
+        D.find_groups(df, PARAMS.model_copy(update={"conflict_policy": "fail"}), progress=False)
+
+
+def test_majority_tie_drops(tmp_path):
+    df = _conflict_df(tmp_path, ["NORMAL", "PNEUMONIA"])
+    g, rep = D.find_groups(df, PARAMS.model_copy(update={"conflict_policy": "majority"}), progress=False)
+    assert not g.loc[g["label_conflict"], "train_eligible"].any()
+    assert rep["n_label_conflicts"] == 1
+
+
+def test_group_ids_deterministic(corpus):
+    df, groups, _, _ = corpus
+    shuffled = df.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    g2, _ = D.find_groups(shuffled, PARAMS, progress=False)
+    a = groups.set_index("id")["group"]
+    b = g2.set_index("id")["group"]
+    assert (a[b.index] == b).all()
+    for gid, g in groups.groupby("group"):
+        assert gid == "g" + min(g["sha256"])[:12]
+
+
+def test_cache_reuse(tmp_path, monkeypatch):
+    items = []
+    for i, im in enumerate(_originals(3)):
+        p = str(tmp_path / f"o{i}.png")
+        im.save(p)
+        items.append((p, "A", "NORMAL"))
+    df = _df(items)
+    cache = str(tmp_path / "sig.npz")
+    calls = []
+    monkeypatch.setattr(D, "_decode_count_hook", lambda: calls.append(1))
+    s1 = D.compute_signatures(df["path"].tolist(), workers=1, cache_path=cache, sha256s=df["sha256"].tolist(),
+                              progress=False)
+    assert s1.n_computed == 3 and len(calls) == 3
+    p = str(tmp_path / "new.png")
+    _texture(99).save(p)
+    s2 = D.compute_signatures(df["path"].tolist() + [p], workers=1, cache_path=cache, progress=False)
+    assert s2.n_computed == 1 and len(calls) == 4 and s2.n_cached == 3
+    assert (s2.hashes[:3] == s1.hashes).all() and (s2.thumbs[:3] == s1.thumbs).all()
+
+
+def test_unreadable_file_reported(tmp_path):
+    good = str(tmp_path / "good.png")
+    _texture(5).save(good)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    df = pd.DataFrame([{"id": "g", "source": "s", "path": good, "label": "N"},
+                       {"id": "b", "source": "s", "path": str(bad), "label": "N"}])
+    g, rep = D.find_groups(df, PARAMS, progress=False)
+    assert len(rep["unreadable"]) == 1 and rep["unreadable"][0]["id"] == "b"
+    assert not g.set_index("id").loc["b", "train_eligible"]
+
+
+def test_modes_to_grey():
+    from lungxray.imaging import to_grey8
+
+    a = (np.arange(64 * 64).reshape(64, 64) % 256).astype(np.uint8)
+    base = Image.fromarray(a)
+    assert np.array_equal(np.asarray(to_grey8(Image.fromarray(a.astype(np.uint16) * 257))), a)
+    assert to_grey8(base.convert("RGBA")).mode == "L"
+    assert to_grey8(base.convert("P")).mode == "L"
+    assert to_grey8(base.convert("CMYK")).mode == "L"
+
+
+def test_hash_pairs_exact():
+    rng = np.random.default_rng(1)
+    h = rng.integers(0, 2**63, size=3000, dtype=np.int64).astype(np.uint64)
+    # plant near-duplicates
+    flips = rng.integers(0, 64, size=(200, 5))
+    for k, i in enumerate(range(200)):
+        v = int(h[i])
+        for b in flips[k][: k % 6]:
+            v ^= 1 << int(b)
+        h[2000 + k] = np.uint64(v)
+    pairs, d = D.hash_pairs(h, 6)
+    xor = h[:, None] ^ h[None, :]
+    dist = np.bitwise_count(xor)
+    ii, jj = np.nonzero(np.triu(dist <= 6, 1))
+    assert set(zip(ii.tolist(), jj.tolist())) == set(map(tuple, pairs.tolist()))
+
+
+@pytest.mark.shared
+def test_real_images_alterations(tmp_path):
+    folder = SHARED / "jtiptj_test"
+    if not folder.is_dir():
+        pytest.skip(f"{SHARED.resolve()} (../shared/data relative to the repo root) is absent")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))[:12]
+    rng = np.random.default_rng(5)
+    items, truth = [], {}
+    for i, f in enumerate(files):
+        items.append((str(f), "orig", f.parent.name))
+        truth[str(f)] = i
+    kinds = list(perturb.KINDS)
+    for i, f in enumerate(files[:len(kinds)]):
+        with Image.open(f) as im:
+            im.load()
+            v, kw = perturb.KINDS[kinds[i]](im, rng)
+        p = perturb.save_variant(v, kw, str(tmp_path / f"{kinds[i]}_{i}"))
+        items.append((p, "copy", f.parent.name))
+        truth[p] = i
+    g, _ = D.find_groups(_df(items), PARAMS, progress=False)
+    gg = g.set_index("path")["group"]
+    for a in truth:
+        for b in truth:
+            if truth[a] == truth[b]:
+                assert gg[a] == gg[b], (a, b)
+    copies = [p for p in truth if str(tmp_path) in p]
+    assert all(gg[c] == gg[files[truth[c]].as_posix() if False else str(files[truth[c]])] for c in copies)

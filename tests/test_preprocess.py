@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from lungxray.preprocess import PreprocessParams, load_split, load_square, run_preprocess, to_square
+
+from test_fetch import save, xray
+
+
+def test_pad_keeps_aspect_and_centres():
+    img = Image.fromarray(np.full((50, 100), 200, np.uint8))
+    out = to_square(img, 32, "pad", "area")
+    assert out.shape == (32, 32)
+    assert out[0].max() == 0 and out[-1].max() == 0  # padded rows top and bottom
+    assert out[16].min() == 200
+
+
+def test_stretch_fills():
+    img = Image.fromarray(np.full((50, 100), 200, np.uint8))
+    assert to_square(img, 32, "stretch", "bilinear").min() == 200
+
+
+@pytest.mark.parametrize("kind", ["L", "I;16", "P", "RGBA", "CMYK", "exif6"])
+def test_any_mode_becomes_8bit_grey(tmp_path, kind):
+    a = xray(3, (40, 30))
+    if kind == "I;16":
+        img, path = Image.fromarray(a.astype(np.uint16) * 257), tmp_path / "x.png"
+    elif kind == "P":
+        img, path = Image.fromarray(a).convert("P"), tmp_path / "x.png"
+    elif kind == "RGBA":
+        img, path = Image.fromarray(np.stack([a] * 3, -1)).convert("RGBA"), tmp_path / "x.png"
+    elif kind == "CMYK":
+        img, path = Image.fromarray(np.stack([a] * 3, -1)).convert("CMYK"), tmp_path / "x.jpg"
+    else:
+        img, path = Image.fromarray(a), tmp_path / "x.png"
+    kw = {}
+    if kind == "exif6":
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        path, kw = tmp_path / "x.jpg", {"exif": exif, "quality": 95}
+    save(path, img, **kw)
+    out = load_square(str(path), 40, "stretch", "bilinear")
+    assert out.dtype == np.uint8 and out.shape == (40, 40)
+    ref = np.asarray(Image.fromarray(a).resize((40, 40), Image.Resampling.BILINEAR), dtype=np.float64)
+    if kind == "exif6":  # stored upright, tagged as rotated: decoded turned by 90 degrees
+        ref = np.asarray(Image.fromarray(a).transpose(Image.Transpose.ROTATE_270).resize((40, 40)), dtype=np.float64)
+    corr = np.corrcoef(out.ravel().astype(np.float64), ref.ravel())[0, 1]
+    assert corr > 0.95, corr
+
+
+def test_run_preprocess_writes_arrays_index_and_stats(tmp_path):
+    rows = []
+    for i, (split, label) in enumerate([("train", "normal"), ("train", "pneumonia"), ("train", "normal"),
+                                        ("val", "pneumonia"), ("test", "normal")]):
+        p = save(tmp_path / "img" / f"{i}.png", Image.fromarray(xray(i, (60, 40))))
+        rows.append({"id": f"s/{i}", "path": str(p), "label": label, "split": split, "source": "s"})
+    df = pd.DataFrame(rows).sample(frac=1, random_state=0)
+    out = tmp_path / "processed"
+    stats = run_preprocess(df, ["normal", "pneumonia", "covid19"], PreprocessParams(image_size=32, workers=1), out,
+                           progress=False)
+    x, y = load_split(out, "train")
+    assert x.shape == (3, 32, 32) and x.dtype == np.uint8 and y.tolist() == [0, 1, 0]
+    assert stats["splits"]["val"]["per_class"] == {"normal": 0, "pneumonia": 1, "covid19": 0}
+    assert 0 < stats["mean"] < 1 and stats["std"] > 0
+    assert json.loads((out / "stats.json").read_text())["image_size"] == 32
+    assert not (tmp_path / "processed.partial").exists()
+    # same inputs -> identical arrays
+    run_preprocess(df, ["normal", "pneumonia", "covid19"], PreprocessParams(image_size=32, workers=1),
+                   tmp_path / "again", progress=False)
+    assert (out / "train.npy").read_bytes() == (tmp_path / "again" / "train.npy").read_bytes()
+
+
+def test_a_file_that_vanished_is_a_clear_error(tmp_path):
+    df = pd.DataFrame([{"id": "a", "path": str(tmp_path / "gone.png"), "label": "normal", "split": "train"}])
+    from lungxray.errors import LungxrayError
+
+    with pytest.raises(LungxrayError, match="gone.png"):
+        run_preprocess(df, ["normal"], PreprocessParams(image_size=32, workers=1), tmp_path / "p", progress=False)
+    assert not (tmp_path / "p").exists() and not (tmp_path / "p.partial").exists()
