@@ -505,7 +505,7 @@ def log_torch_model(mlflow, model: nn.Module, stats: dict, classes: list[str]) -
     from mlflow.models import infer_signature
 
     s = stats["image_size"]
-    example = np.zeros((1, 3, s, s), dtype=np.float32)
+    example = np.zeros((2, 3, s, s), dtype=np.float32)  # batch of 2: the exported batch dimension stays dynamic
     with torch.inference_mode():
         out = model(torch.from_numpy(example)).numpy()
     signature = infer_signature(example, out)
