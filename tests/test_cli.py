@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from lungxray.cli import main
+
+from test_fetch import save, xray
+
+
+def test_dedupe_command_on_plain_folders(tmp_path, capsys):
+    a = xray(5, (160, 128))
+    save(tmp_path / "site1" / "NORMAL" / "a.png", Image.fromarray(a))
+    save(tmp_path / "site1" / "NORMAL" / "other.png", Image.fromarray(xray(99, (160, 128))))
+    # the same X-ray, resized and re-encoded, published by another site
+    save(tmp_path / "site2" / "Normal" / "copy.jpg", Image.fromarray(a).resize((120, 96)), quality=85)
+    out = tmp_path / "groups.csv"
+    rc = main(["dedupe", str(tmp_path / "site1"), str(tmp_path / "site2"), "--out", str(out), "--quiet",
+               "--report", str(tmp_path / "r.json"), "--workers", "1"])
+    assert rc == 0
+    g = pd.read_csv(out).set_index("id")
+    assert g.loc["site1/NORMAL/a.png", "group"] == g.loc["site2/Normal/copy.jpg", "group"]
+    assert g.loc["site1/NORMAL/other.png", "group"] != g.loc["site1/NORMAL/a.png", "group"]
+    assert g.kept.sum() == 2
+    assert json.loads((tmp_path / "r.json").read_text())["duplicates_removed"] == 1
+    assert "groups table" in capsys.readouterr().out
+
+
+def test_bad_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["dedupe", str(tmp_path / "nope"), "--out", str(tmp_path / "g.csv")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_check_params(capsys):
+    from conftest import REPO
+
+    assert main(["check-params", str(REPO / "configs" / "shared-data.yaml")]) == 0
+    assert "valid" in capsys.readouterr().out
