@@ -36,6 +36,49 @@ def _cmd_dedupe(args: argparse.Namespace) -> None:
         print(f"report: {args.report}")
 
 
+def current_metrics(params) -> dict[str, float]:
+    """Every model's eval.json, flattened to 'model.split.metric' keys."""
+    from . import schema
+    from .errors import LungxrayError
+    from .gate import collect_metrics
+
+    files = {}
+    for name in params.train.models:
+        f = schema.model_metrics_dir(name) / "eval.json"
+        if not f.exists():
+            raise LungxrayError(f"{f} is missing: run the pipeline first (dvc repro)")
+        files[name] = str(f)
+    return collect_metrics(files)
+
+
+def _cmd_metrics_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .config import load_params
+    from .errors import LungxrayError
+    from .gate import check, format_table, load_baseline
+
+    params = load_params(args.params)
+    baseline_path = Path(args.baseline or params.gate.baseline)
+    if not baseline_path.exists():
+        raise LungxrayError(f"no baseline at {baseline_path}: write one with `lungxray metrics baseline` and commit it")
+    rows, ok = check(current_metrics(params), load_baseline(baseline_path), params.gate)
+    print(format_table(rows))
+    print(f"metrics check against {baseline_path}: " + ("PASSED" if ok else "FAILED (regression beyond tolerance)"))
+    return 0 if ok else 1
+
+
+def _cmd_metrics_baseline(args: argparse.Namespace) -> int:
+    from .config import load_params
+    from .gate import write_baseline
+
+    params = load_params(args.params)
+    path = args.out or params.gate.baseline
+    write_baseline(current_metrics(params), path)
+    print(f"wrote {path}: review it (git diff) and commit it to make it the new baseline")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lungxray", description="Leakage-free chest X-ray classification pipeline")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -56,17 +99,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_dedupe)
+
+    m = sub.add_parser("metrics", help="CI regression gate on the evaluation metrics").add_subparsers(
+        dest="metrics_command", required=True)
+    p = m.add_parser("check", help="compare current metrics with the committed baseline; exit 1 on a regression")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--baseline", help="baseline file (default: gate.baseline in params)")
+    p.set_defaults(func=_cmd_metrics_check)
+    p = m.add_parser("baseline", help="write the current metrics as the new baseline file (for review and commit)")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--out", help="where to write (default: gate.baseline in params)")
+    p.set_defaults(func=_cmd_metrics_baseline)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        rc = args.func(args)
     except LungxrayError as e:
         print(f"lungxray: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return rc or 0
 
 
 if __name__ == "__main__":

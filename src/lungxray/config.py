@@ -173,15 +173,19 @@ class FetchParams(Strict):
 def _stage_sections():
     # imported here: each stage module owns the typed section of its parameters
     from .dedupe import DedupeParams
+    from .evaluate import EvaluateParams
+    from .gate import GateParams
     from .preprocess import PreprocessParams
+    from .promote import PromotionParams
     from .split import SplitParams
     from .train import TrainParams
     from .validate import ValidateParams
 
-    return DedupeParams, ValidateParams, SplitParams, PreprocessParams, TrainParams
+    return (DedupeParams, ValidateParams, SplitParams, PreprocessParams, TrainParams, EvaluateParams,
+            PromotionParams, GateParams)
 
 
-_Dedupe, _Validate, _Split, _Preprocess, _Train = _stage_sections()
+_Dedupe, _Validate, _Split, _Preprocess, _Train, _Evaluate, _Promote, _Gate = _stage_sections()
 
 
 class Params(Strict):
@@ -191,6 +195,9 @@ class Params(Strict):
     split: _Split = Field(default_factory=_Split)
     preprocess: _Preprocess = Field(default_factory=_Preprocess)
     train: _Train = Field(default_factory=_Train)
+    evaluate: _Evaluate = Field(default_factory=_Evaluate)
+    promote: _Promote = Field(default_factory=_Promote)
+    gate: _Gate = Field(default_factory=_Gate)
 
     @property
     def validate_params(self):

@@ -62,3 +62,13 @@ def model_dir(name: str) -> Path:
 
 def model_metrics_dir(name: str) -> Path:
     return METRICS / name
+
+
+def model_reports_dir(name: str) -> Path:
+    return REPORTS / name
+
+
+LEADERBOARD_MD = REPORTS / "leaderboard.md"
+LEADERBOARD_PNG = REPORTS / "leaderboard.png"
+LEADERBOARD_JSON = REPORTS / "leaderboard.json"
+PROMOTION = REPORTS / "promotion.json"

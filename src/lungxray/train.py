@@ -62,10 +62,13 @@ class ModelOptions(_Strict):
     epochs: int | None = Field(None, ge=1)
 
 
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+
+
 class MlflowParams(_Strict):
     experiment: str = "lungxray"
-    tracking_uri: str = Field("sqlite:///mlruns/mlflow.db",
-                              description="overridden by the MLFLOW_TRACKING_URI environment variable")
+    tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else "
+                                                        "sqlite:///mlruns/mlflow.db (local, no server)")
     artifact_dir: str = "mlruns/artifacts"
     log_model: bool = True
 
@@ -301,7 +304,7 @@ def curve_png(history: pd.DataFrame, title: str, path: Path) -> None:
 def mlflow_setup(mp: MlflowParams):
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or mp.tracking_uri
+    uri = mp.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)

@@ -1,0 +1,25 @@
+"""DVC stage `compare`: one leaderboard of every trained architecture (Markdown, JSON, PNG)."""
+
+from lungxray import schema
+from lungxray.config import load_params
+from lungxray.evaluate import leaderboard, plot_leaderboard
+from lungxray.evaluation import leaderboard_rows
+from lungxray.io import atomic_path, write_json
+from lungxray.stage import run_stage
+
+
+def main() -> None:
+    params = load_params()
+    rows = leaderboard_rows(params.train.models, schema.METRICS)
+    df, md = leaderboard(rows, metric=params.promote.metric, higher_is_better=params.promote.higher_is_better)
+    plot_leaderboard(df, schema.LEADERBOARD_PNG)
+    with atomic_path(schema.LEADERBOARD_MD) as tmp:
+        tmp.write_text("# Leaderboard (test split)\n\n" + md + "\n")
+    write_json(schema.LEADERBOARD_JSON, {r["model"]: {k: v for k, v in r.items() if k not in ("model", "test_set",
+                                                                                                "mlflow_run_id")}
+                                         for r in df.to_dict("records")})
+    print(md)
+
+
+if __name__ == "__main__":
+    run_stage("compare", main)

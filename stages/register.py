@@ -1,0 +1,22 @@
+"""DVC stage `register`: register every evaluated model in the MLflow registry; move `champion` by the rule."""
+
+from lungxray import schema
+from lungxray.config import load_params
+from lungxray.evaluation import leaderboard_rows, register_and_promote
+from lungxray.io import write_json
+from lungxray.stage import run_stage
+
+
+def main() -> None:
+    params = load_params()
+    rows = leaderboard_rows(params.train.models, schema.METRICS)
+    decision = register_and_promote(rows, params.promote, params.train.mlflow)
+    write_json(schema.PROMOTION, decision)
+    versions = ", ".join(f"{v['model']} v{v['version']}" for v in decision["registered_versions"])
+    print(f"register: {params.promote.registered_model}: registered {versions}")
+    print(f"  {decision['reason']}")
+    print(f"  load the champion with {decision['load_with']}")
+
+
+if __name__ == "__main__":
+    run_stage("register", main)

@@ -1,0 +1,233 @@
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import (accuracy_score, f1_score, precision_score, recall_score, roc_auc_score)
+
+from lungxray.evaluate import (EvaluateParams, bootstrap_ci, compute_metrics, confusion_pairs, leaderboard,
+                               measure_throughput, metrics_by_source, ovr_auc, plot_confusion_matrix, plot_leaderboard,
+                               plot_reliability, plot_roc_curves, predict_proba, reliability_data, roc_points, summary)
+
+CLASSES = ["normal", "pneumonia", "covid19", "tuberculosis"]
+FAST = EvaluateParams(bootstrap=200, seed=1)
+
+
+def random_data(n=300, c=4, seed=0, skill=1.5):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    logits = rng.normal(size=(n, c))
+    logits[np.arange(n), y] += skill
+    p = np.exp(logits)
+    return y, p / p.sum(axis=1, keepdims=True)
+
+
+def test_metrics_match_sklearn():
+    y, p = random_data()
+    m = compute_metrics(y, p, CLASSES, FAST)
+    yp = p.argmax(1)
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, yp))
+    assert m["micro_f1"] == pytest.approx(f1_score(y, yp, average="micro"))
+    assert m["macro_recall"] == pytest.approx(recall_score(y, yp, average="macro"))
+    assert m["macro_precision"] == pytest.approx(precision_score(y, yp, average="macro"))
+    assert m["macro_f1"] == pytest.approx(f1_score(y, yp, average="macro"))
+    assert m["weighted_f1"] == pytest.approx(f1_score(y, yp, average="weighted"))
+    assert m["macro_auc"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"))
+    for k, name in enumerate(CLASSES):
+        assert m["per_class"][name]["auc"] == pytest.approx(roc_auc_score(y == k, p[:, k]))
+        assert m["per_class"][name]["sensitivity"] == pytest.approx(recall_score(y == k, yp == k))
+        assert m["per_class"][name]["ppv"] == pytest.approx(precision_score(y == k, yp == k))
+    assert m["confusion_matrix"]["matrix"] == pd.crosstab(y, yp).reindex(index=range(4), columns=range(4),
+                                                                         fill_value=0).values.tolist()
+    assert "pneumonia" in m["classification_report"] and "macro avg" in m["classification_report"]
+    json.dumps(m, allow_nan=False)  # JSON-able, no NaN
+
+
+def test_auc_ties_match_sklearn():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 200)
+    p = rng.integers(0, 4, size=(200, 3)).astype(float) + 1  # many ties
+    p /= p.sum(1, keepdims=True)
+    for k in range(3):
+        assert ovr_auc(y, p, k)[0] == pytest.approx(roc_auc_score(y == k, p[:, k]))
+
+
+def test_specificity_npv_by_hand():
+    # confusion matrix (rows true): [[3,1,0],[1,2,1],[0,0,2]]
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+    yp = np.array([0, 0, 0, 1, 0, 1, 1, 2, 2, 2])
+    p = np.full((10, 3), 0.1)
+    p[np.arange(10), yp] = 0.8
+    m = compute_metrics(y, p, ["a", "b", "c"], FAST)
+    assert m["confusion_matrix"]["matrix"] == [[3, 1, 0], [1, 2, 1], [0, 0, 2]]
+    a, b, c = (m["per_class"][k] for k in "abc")
+    # class a: tp 3, fn 1, fp 1, tn 5
+    assert a["sensitivity"] == pytest.approx(3 / 4) and a["ppv"] == pytest.approx(3 / 4)
+    assert a["specificity"] == pytest.approx(5 / 6) and a["npv"] == pytest.approx(5 / 6)
+    # class b: tp 2, fn 2, fp 1, tn 5
+    assert b["specificity"] == pytest.approx(5 / 6) and b["npv"] == pytest.approx(5 / 7)
+    assert b["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 2))
+    # class c: tp 2, fn 0, fp 1, tn 7
+    assert c["specificity"] == pytest.approx(7 / 8) and c["npv"] == pytest.approx(1.0)
+    assert c["support"] == 2 and c["predicted"] == 3
+    assert m["macro_specificity"] == pytest.approx(np.mean([5 / 6, 5 / 6, 7 / 8]))
+    assert m["accuracy"] == pytest.approx(0.7)
+
+
+def test_absent_class_auc_none_and_macro_over_defined():
+    y, p = random_data(n=200, c=4, seed=2)
+    keep = y != 3
+    y, p = y[keep], p[keep]
+    m = compute_metrics(y, p, CLASSES, FAST)
+    tb = m["per_class"]["tuberculosis"]
+    assert tb["auc"] is None and "absent" in tb["auc_note"]
+    assert tb["sensitivity"] is None and tb["support"] == 0
+    assert m["macro_auc_classes"] == 3
+    assert m["macro_auc"] == pytest.approx(np.mean([roc_auc_score(y == k, p[:, k]) for k in range(3)]))
+    present = [0, 1, 2]
+    assert m["macro_recall"] == pytest.approx(recall_score(y, p.argmax(1), labels=present, average="macro",
+                                                           zero_division=0))
+    # a single class present: no AUC at all
+    one = compute_metrics(np.zeros(5, int), p[:5], CLASSES, FAST)
+    assert one["per_class"]["normal"]["auc"] is None and "only" in one["per_class"]["normal"]["auc_note"]
+    assert one["macro_auc"] is None and one["macro_auc_ci_low"] is None
+    json.dumps(one, allow_nan=False)
+
+
+def test_bootstrap_ci_contains_point_and_is_seeded_and_fast():
+    y, p = random_data(n=2000, seed=5)
+    m = compute_metrics(y, p, CLASSES, FAST)
+    for k in ("accuracy", "macro_recall", "macro_auc"):
+        assert m[f"{k}_ci_low"] < m[k] < m[f"{k}_ci_high"]
+        assert m[f"{k}_ci_high"] - m[f"{k}_ci_low"] < 0.1
+    again = compute_metrics(y, p, CLASSES, FAST)
+    assert again["accuracy_ci_low"] == m["accuracy_ci_low"] and again["macro_auc_ci_high"] == m["macro_auc_ci_high"]
+    other = compute_metrics(y, p, CLASSES, FAST.model_copy(update={"seed": 2}))
+    assert other["accuracy_ci_low"] != m["accuracy_ci_low"]
+    t = time.perf_counter()
+    bootstrap_ci(y, p, 1000, 0.95, 0)
+    assert time.perf_counter() - t < 10  # 1000 resamples of 2000 samples, vectorised
+    assert compute_metrics(y, p, CLASSES, EvaluateParams(bootstrap=0))["accuracy_ci_low"] is None
+
+
+def test_bootstrap_auc_matches_sklearn_on_a_resample():
+    """The weighted (multiplicity) AUC equals sklearn's on the materialised resample."""
+    from lungxray.evaluate import _bootstrap_counts, _grouped_auc
+
+    y, p = random_data(n=150, seed=8)
+    rng = np.random.default_rng(0)
+    w = _bootstrap_counts(150, 3, rng)
+    for row in w:
+        idx = np.repeat(np.arange(150), row.astype(int))
+        for k in range(4):
+            got = _grouped_auc(p[:, k], y == k, row[None, :])[0]
+            assert got == pytest.approx(roc_auc_score(y[idx] == k, p[idx, k]))
+
+
+def test_ece_and_reliability():
+    # perfectly confident and right: ECE 0; confident 0.9 but 50% right: ECE 0.4
+    y = np.array([0, 1, 0, 1])
+    p = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    assert reliability_data(y, p, 10)["ece"] == pytest.approx(0.0)
+    p2 = np.array([[0.9, 0.1]] * 4)
+    r = reliability_data(y, p2, 10)
+    assert r["ece"] == pytest.approx(0.4)
+    assert sum(b["count"] for b in r["bins"]) == 4 and len(r["bins"]) == 10
+    full = [b for b in r["bins"] if b["count"]]
+    assert len(full) == 1 and full[0]["accuracy"] == 0.5 and full[0]["confidence"] == pytest.approx(0.9)
+    assert r["bins"][0]["accuracy"] is None
+
+
+def test_summary_and_metrics_by_source():
+    y, p = random_data(n=240, seed=4)
+    src = np.array(["b", "a", "c"] * 80)
+    per = metrics_by_source(y, p, list(src), CLASSES, FAST)
+    assert list(per) == ["a", "b", "c"]
+    for s in per:
+        mask = src == s
+        assert per[s]["n_samples"] == mask.sum()
+        assert per[s]["accuracy"] == pytest.approx(accuracy_score(y[mask], p[mask].argmax(1)))
+        assert per[s]["accuracy_ci_low"] is None  # no bootstrap per source by default
+    s = summary(compute_metrics(y, p, CLASSES, FAST))
+    assert "confusion_matrix" not in s and "reliability" not in s and "per_class" in s
+
+
+def test_input_validation():
+    y, p = random_data(n=10)
+    with pytest.raises(ValueError):
+        compute_metrics(y, p, CLASSES[:3], FAST)
+    with pytest.raises(ValueError):
+        compute_metrics(y[:5], p, CLASSES, FAST)
+
+
+def test_plot_data_and_plots(tmp_path):
+    y, p = random_data(n=120, seed=6)
+    pts = roc_points(y, p, CLASSES)
+    assert list(pts.columns) == ["class", "fpr", "tpr", "threshold"]
+    assert set(pts["class"]) == set(CLASSES) and np.isfinite(pts["threshold"]).all()
+    pairs = confusion_pairs(y, p.argmax(1), CLASSES)
+    assert list(pairs.columns) == ["actual", "predicted"] and len(pairs) == 120
+    assert pairs["actual"].iloc[0] == CLASSES[y[0]]
+    m = compute_metrics(y, p, CLASSES, FAST)
+    cm = m["confusion_matrix"]["matrix"]
+    paths = [plot_confusion_matrix(cm, CLASSES, tmp_path / "cm.png"),
+             plot_confusion_matrix(cm, CLASSES, tmp_path / "cmn.png", normalize=True),
+             plot_roc_curves(y, p, CLASSES, tmp_path / "roc.png"),
+             plot_reliability(m["reliability"], tmp_path / "rel.png")]
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self, c=4):
+        super().__init__()
+        self.fc = torch.nn.Linear(3, c)
+
+    def forward(self, x):
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def test_predict_proba_normalises_like_training():
+    torch.manual_seed(0)
+    model = Tiny()
+    imgs = np.random.default_rng(0).integers(0, 256, size=(7, 8, 8), dtype=np.uint8)
+    mean, std = 0.4, 0.2
+    probs = predict_proba(model, imgs, mean, std, batch_size=3)
+    assert probs.shape == (7, 4) and np.allclose(probs.sum(1), 1)
+    x = (torch.from_numpy(imgs).float() / 255 - mean) / std
+    ref = torch.softmax(model(x.unsqueeze(1).expand(-1, 3, -1, -1)), 1).detach().numpy()
+    assert np.allclose(probs, ref, atol=1e-6)
+    assert predict_proba(model, imgs[:0], mean, std).shape == (0, 4)
+
+
+def test_measure_throughput_reports_what_it_measured():
+    r = measure_throughput(Tiny(), image_size=16, batch_size=4, device="cpu", n_batches=3)
+    assert r["images_per_s"] > 0 and r["latency_ms_median"] >= 0
+    assert r["device"] == "cpu" and r["batch_size"] == 4 and r["torch_threads"] >= 1 and r["n_batches"] == 3
+
+
+def test_leaderboard_order_and_plot(tmp_path):
+    rows = [
+        {"model": "vgg16", "test_macro_recall": 0.90, "test_accuracy": 0.91, "test_macro_auc": 0.97,
+         "test_macro_auc_ci_low": 0.96, "test_macro_auc_ci_high": 0.98, "trainable_parameters": 134_000_000,
+         "seconds_per_epoch": 100.0, "epochs_to_converge": 12, "images_per_s": 50.0},
+        {"model": "resnet18", "test_macro_recall": 0.90, "test_accuracy": 0.90, "test_macro_auc": 0.96,
+         "trainable_parameters": 11_000_000, "seconds_per_epoch": 30.0, "epochs_to_converge": 9,
+         "images_per_s": 400.0, "test_macro_recall_ci_low": 0.88, "test_macro_recall_ci_high": 0.92},
+        {"model": "cnn5", "test_macro_recall": 0.80, "test_accuracy": 0.85, "test_macro_auc": 0.93,
+         "trainable_parameters": 500_000},
+        {"model": "broken", "test_macro_recall": None},
+    ]
+    df, md = leaderboard(rows)
+    assert df["model"].tolist() == ["resnet18", "vgg16", "cnn5", "broken"]  # tie -> fewer parameters
+    assert df["rank"].tolist() == [1, 2, 3, 4]
+    assert md.splitlines()[0].startswith("| # | model | macro recall")
+    assert "0.9000 [0.8800, 0.9200]" in md and "11,000,000" in md
+    assert len(md.strip().splitlines()) == 2 + 4
+    out = plot_leaderboard(df, tmp_path / "lb.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
