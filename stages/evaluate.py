@@ -21,14 +21,15 @@ def main() -> None:
     out = evaluate_model(name, schema.PROCESSED, schema.model_dir(name) / "model.pt", schema.model_metrics_dir(name),
                          schema.model_reports_dir(name), params.evaluate, json.loads(train_json.read_text()),
                          params.train.mlflow)
-    t = out["test"]
+    split = "test" if out["test"] is not None else "val"
+    t = out[split]
 
     def ci(k):
         lo, hi = t.get(f"{k}_ci_low"), t.get(f"{k}_ci_high")
         v = t.get(k)
         return "n/a" if v is None else f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
 
-    print(f"evaluate {name} on {t['n_samples']} test images: accuracy {ci('accuracy')}, macro recall "
+    print(f"evaluate {name} on {t['n_samples']} {split} images: accuracy {ci('accuracy')}, macro recall "
           f"{ci('macro_recall')}, macro AUC {ci('macro_auc')}, ECE {t['ece']:.3f}; "
           f"{out['throughput']['images_per_s']:.0f} images/s")
     for w in out["warnings"]:

@@ -248,6 +248,37 @@ def test_hash_pairs_exact():
     assert set(zip(ii.tolist(), jj.tolist())) == set(map(tuple, pairs.tolist()))
 
 
+
+@pytest.mark.parametrize("radius,chunks,workers", [(8, 0, 2), (8, 9, 1), (3, 0, 1), (12, 4, 2)])
+def test_hash_pairs_exact_variants(radius, chunks, workers):
+    rng = np.random.default_rng(radius + chunks)
+    h = rng.integers(0, 2**63, size=1500, dtype=np.int64).astype(np.uint64)
+    h[750:] = h[:750] ^ (np.uint64(1) << rng.integers(0, 64, size=750).astype(np.uint64))
+    h[:20] = h[20:40]  # identical hashes
+    pairs, d = D.hash_pairs(h, radius, chunks, max_batch=500, workers=workers)
+    dist = np.bitwise_count(h[:, None] ^ h[None, :])
+    ii, jj = np.nonzero(np.triu(dist <= radius, 1))
+    assert set(zip(ii.tolist(), jj.tolist())) == set(map(tuple, pairs.tolist()))
+    assert (d == dist[pairs[:, 0], pairs[:, 1]]).all()
+
+
+def test_prefilter_keeps_decisions(corpus):
+    """The low-resolution pre-filter only drops pairs that the full verification rejects as well."""
+    df, groups, _, truth = corpus
+    sig = D.compute_signatures(df["path"].tolist(), workers=1, progress=False, params=PARAMS)
+    n = len(df)
+    ii, jj = np.triu_indices(n, 1)
+    args = (sig.thumbs[ii], sig.thumbs[jj])
+    on = D.verify_pairs(*args, PARAMS)
+    off = D.verify_pairs(*args, PARAMS.model_copy(update={"verify_prefilter": -1.0}))
+
+    def accepted(r):
+        s, low, o = r
+        return (s >= PARAMS.verify_threshold) & (low >= PARAMS.verify_min_low) & (o >= PARAMS.verify_min_overlap)
+
+    assert (accepted(on) == accepted(off)).all()
+    assert accepted(on).sum() >= 5
+
 @pytest.mark.shared
 def test_real_images_alterations(tmp_path):
     folder = SHARED / "jtiptj_test"

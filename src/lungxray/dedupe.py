@@ -17,6 +17,8 @@ alike), so the dedupe works in three steps:
    small rotation: undoes crops and rotations) and compared by normalised cross-correlation of their *high-pass*
    detail (ribs, vessels, noise texture). Two different patients' films share the low frequencies, not the detail.
    A pair is a duplicate if that score >= ``verify_threshold`` on >= ``verify_min_overlap`` of the thumbnail.
+   Before that, a cheap pre-filter at low resolution (high-pass NCC at 1/2 resolution after the coarse 1/4- and
+   1/2-resolution fits, ``verify_prefilter_coarse`` / ``verify_prefilter``) drops the many look-alike candidates.
 
 Byte-identical files (same sha256) are always duplicates. Groups are the connected components of all accepted pairs.
 
@@ -85,6 +87,10 @@ class DedupeParams(BaseModel):
     verify_threshold: float = Field(0.82, gt=0.0, le=1.0, description="high-pass NCC after alignment to accept a pair")
     verify_min_low: float = Field(0.85, ge=-1.0, le=1.0, description="low-pass NCC after alignment must also reach this")
     verify_reject_below: float = Field(0.65, description="after the coarse alignment, pairs below this are rejected")
+    verify_prefilter: float = Field(0.5, ge=-1.0, le=1.0, description="half-resolution high-pass NCC after the "
+                                    "coarse alignment below which a pair is rejected early (-1 = off)")
+    verify_prefilter_coarse: float = Field(0.4, ge=-1.0, le=1.0, description="the same after the 1/4-resolution "
+                                           "alignment (before the 1/2-resolution one)")
     verify_min_overlap: float = Field(0.6, gt=0.0, le=1.0, description="share of the thumbnail both images must cover")
     verify_batch: int = Field(256, ge=1, description="pairs verified per vectorised batch")
     # policy / output
@@ -110,11 +116,18 @@ def trim_box(a: np.ndarray, tol: int = 10, min_frac: float = 0.97, max_frac: flo
         if len(lines) == 0:
             return 0
         v = float(np.median(lines[0]))
-        ok = (np.abs(lines.astype(np.int16) - v) <= tol).mean(axis=1) >= min_frac
-        if not ok[0]:
-            return 0
-        bad = np.flatnonzero(~ok)
-        return int(bad[0]) if len(bad) else len(ok)
+
+        def ok_of(block: np.ndarray) -> np.ndarray:
+            return (np.abs(block.astype(np.int16) - v) <= tol).mean(axis=1) >= min_frac
+
+        # the first non-border line is usually the first or one of the next few: test lines in growing blocks
+        start, step = 0, 1
+        while start < len(lines):
+            bad = np.flatnonzero(~ok_of(lines[start:start + step]))
+            if len(bad):
+                return start + int(bad[0])
+            start, step = start + step, step * 8
+        return len(lines)
 
     for _ in range(3):
         sub = a[t:b, l:r]
@@ -170,16 +183,19 @@ def _decode_count_hook() -> None:  # replaced in tests to count decodes
 
 def _signature_of_file(args: tuple[str, str | None, DedupeParams]) -> tuple:
     path, sha, params = args
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        return (path, sha, False, f"cannot read: {e}", 0, 0, 0, None)
-    if sha is None:
-        sha = hashlib.sha256(data).hexdigest()
+    src: str | bytes = path
+    if sha is None:  # else the caller (fetch manifest) knows it: decode straight from the file
+        try:
+            src = Path(path).read_bytes()
+        except OSError as e:
+            return (path, sha, False, f"cannot read: {e}", 0, 0, 0, None)
+        sha = hashlib.sha256(src).hexdigest()
     try:
         _decode_count_hook()
-        grey, (w, h) = open_grey(data, draft_size=params.work_size)
+        grey, (w, h) = open_grey(src, draft_size=params.work_size)
         hsh, thumb = signature_from_image(grey, params)
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        return (path, sha, False, f"cannot read: {e}", 0, 0, 0, None)
     except Exception as e:  # noqa: BLE001 - any decoder error means "unreadable", reported, never fatal
         return (path, sha, False, f"{type(e).__name__}: {e}", 0, 0, 0, None)
     return (path, sha, True, "", w, h, hsh, thumb)
@@ -304,7 +320,7 @@ def compute_signatures(paths: list[str], workers: int = 0, cache_path: str | Non
             first_of[s] = i
         jobs.append(i)
     results = _map(_signature_of_file, [(paths[i], shas[i], params) for i in jobs], workers, "dedupe signatures",
-                   progress)
+                   progress, chunksize=int(np.clip(len(jobs) // (8 * max(1, workers)), 1, 32)))
     fresh: dict[str, tuple] = {}
     failed: dict[int, str] = {}
     for i, (_, sha, ok, err, w, h, hsh, thumb) in zip(jobs, results):
@@ -351,64 +367,121 @@ def popcount64(x: np.ndarray) -> np.ndarray:
     return np.bitwise_count(np.asarray(x, dtype=np.uint64))
 
 
-def hash_pairs(hashes: np.ndarray, radius: int, chunks: int = 0, max_batch: int = 8_000_000) -> tuple[np.ndarray, np.ndarray]:
+def _n_masks(bits: int, rc: int) -> int:
+    from math import comb
+
+    return sum(comb(bits, r) for r in range(rc + 1))
+
+
+def _mih_chunks(n: int, radius: int) -> int:
+    """Number of chunks minimising the estimated probe + candidate work (tables of at most 2^24 entries)."""
+    best, best_cost = 3, float("inf")
+    for m in range(3, 17):
+        bounds = np.linspace(0, 64, m + 1).round().astype(int)
+        rc = radius // m
+        cost = 0.0
+        for c in range(m):
+            bits = int(bounds[c + 1] - bounds[c])
+            # table build + (exact probe by all items) + (each other mask probed by the half with its top bit clear),
+            # each probe costing about 1 + expected bucket size
+            cost += 2.0 ** bits * 0.05 + n * 3 + n * (1 + n / 2 ** bits) * (1 + (_n_masks(bits, rc) - 1) / 2)
+        if cost < best_cost:
+            best, best_cost = m, cost
+    return best
+
+
+def hash_pairs(hashes: np.ndarray, radius: int, chunks: int = 0, max_batch: int = 4_000_000,
+               workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """All pairs ``i < j`` with ``popcount(h[i] ^ h[j]) <= radius``: exact, via multi-index hashing.
 
-    The 64 bits are cut into ``m`` chunks; by pigeonhole two hashes within ``radius`` agree on some chunk up to
-    ``radius // m`` bits. Each chunk is indexed in a dense table (chunk values -> sorted positions) and probed with
-    every value within that chunk radius; the few candidates found are checked on all 64 bits. With ``m`` about
-    64/log2(n) the work grows about linearly in n (for spread-out hashes) instead of n^2.
-    Returns ``(pairs int64[k,2], distances int64[k])`` sorted by pair.
+    The 64 bits are cut into ``m`` chunks; by pigeonhole two hashes within ``radius`` differ in some chunk by at most
+    ``radius // m`` bits. Each chunk is indexed by a dense table (chunk value -> run in the order sorted by that chunk)
+    and probed with every XOR mask of at most that weight. A pair whose chunks differ by a non-zero mask is probed
+    from one side only: the item whose chunk has the mask's top bit clear (halves the work, no duplicates within a
+    chunk). The few candidates found are checked on all 64 bits (vectorised popcount). ``m`` is chosen to minimise
+    the estimated work (about 64/log2(n) bits per chunk): roughly linear in n for spread-out hashes instead of n^2.
+    ``workers`` > 1 probes chunks/masks in threads (numpy releases the GIL in the gathers). Returns
+    ``(pairs int64[k,2], distances int64[k])`` sorted by pair.
     """
     h = np.ascontiguousarray(hashes, dtype=np.uint64)
     n = len(h)
     if n < 2:
         return np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
-    m = chunks or int(np.clip(np.ceil(64 / min(22.0, max(8.0, np.log2(n) + 2))), 1, 8))
+    m = chunks or _mih_chunks(n, radius)
     m = max(m, int(np.ceil(64 / 24)))  # dense tables of at most 2^24 entries
     bounds = np.linspace(0, 64, m + 1).round().astype(int)
     rc = radius // m
+    idx_dtype = np.int32 if n < 2**31 else np.int64
     found: list[np.ndarray] = []
-    dists: list[np.ndarray] = []
-    ar = np.arange(n, dtype=np.int64)
-    for c in range(m):
-        lo, hi = bounds[c], bounds[c + 1]
-        bits = hi - lo
-        vals = ((h >> np.uint64(64 - hi)) & np.uint64((1 << bits) - 1)).astype(np.int64)
-        order = np.argsort(vals, kind="stable")
-        counts = np.bincount(vals, minlength=1 << bits)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        masks = [0] + [sum(1 << b for b in combo) for r in range(1, rc + 1)
-                       for combo in itertools.combinations(range(bits), r)]
-        for mask in masks:
-            q = vals ^ mask
-            cnt = counts[q]
-            # process the items in slices so that at most ~max_batch candidate pairs exist at once
-            csum = np.cumsum(cnt)
-            cut = 0
-            while cut < n:
-                base = int(csum[cut - 1]) if cut else 0
-                end = max(int(np.searchsorted(csum, base + max_batch, side="right")), cut + 1)
-                sl = slice(cut, min(end, n))
-                c_sl = cnt[sl]
-                tot = int(c_sl.sum())
-                if tot:
-                    ii = np.repeat(ar[sl], c_sl)
-                    off = np.arange(tot, dtype=np.int64) - np.repeat(np.cumsum(c_sl) - c_sl, c_sl)
-                    jj = order[np.repeat(starts[q[sl]], c_sl) + off]
-                    keep = ii < jj  # drops the item itself and the copy of each pair found from the other side
+
+    def expand(src: np.ndarray, hsrc: np.ndarray, q: np.ndarray, starts: np.ndarray, order: np.ndarray,
+               hs: np.ndarray, exact: bool) -> None:
+        st = starts[q]
+        cnt = starts[q + 1] - st
+        nz = np.flatnonzero(cnt)
+        if len(nz) == 0:
+            return
+        src, hsrc, st, cnt = src[nz], hsrc[nz], st[nz], cnt[nz]
+        csum = np.cumsum(cnt, dtype=np.int64)
+        cut = 0
+        while cut < len(src):  # slices of at most ~max_batch candidates
+            base = int(csum[cut - 1]) if cut else 0
+            end = max(int(np.searchsorted(csum, base + max_batch, side="right")), cut + 1)
+            sl = slice(cut, min(end, len(src)))
+            c_sl = cnt[sl]
+            tot = int(csum[sl.stop - 1]) - base
+            pos = np.repeat(st[sl].astype(np.int64) - (csum[sl] - c_sl - base), c_sl) + np.arange(tot, dtype=np.int64)
+            d = np.bitwise_count(np.repeat(hsrc[sl], c_sl) ^ hs[pos])
+            ok = np.flatnonzero(d <= radius)
+            if len(ok):
+                ii = np.repeat(src[sl], c_sl)[ok].astype(np.int64)
+                jj = order[pos[ok]].astype(np.int64)
+                if exact:
+                    keep = ii < jj
                     ii, jj = ii[keep], jj[keep]
-                    d = popcount64(h[ii] ^ h[jj]).astype(np.int64)
-                    ok = d <= radius
-                    found.append(ii[ok] * n + jj[ok])
-                    dists.append(d[ok])
-                cut = sl.stop
+                a, b = np.minimum(ii, jj), np.maximum(ii, jj)
+                found.append(a * n + b)
+            cut = sl.stop
+
+    tables = []
+    for c in range(m):
+        lo, hi = int(bounds[c]), int(bounds[c + 1])
+        bits = hi - lo
+        vals = ((h >> np.uint64(64 - hi)) & np.uint64((1 << bits) - 1)).astype(np.int32)
+        order = np.argsort(vals, kind="stable").astype(idx_dtype)
+        starts = np.zeros((1 << bits) + 1, idx_dtype)
+        np.cumsum(np.bincount(vals, minlength=1 << bits), out=starts[1:])
+        tables.append((bits, vals, order, starts, h[order]))
+
+    def run(task: tuple[int, int]) -> None:
+        c, top = task
+        bits, vals, order, starts, hs = tables[c]
+        if top < 0:  # exact match of the chunk
+            expand(np.arange(n, dtype=idx_dtype), h, vals, starts, order, hs, True)
+            return
+        sub = np.flatnonzero(((vals >> top) & 1) == 0).astype(idx_dtype)
+        vsub, hsub = vals[sub], h[sub]
+        for r in range(rc):
+            for combo in itertools.combinations(range(top), r):
+                mask = (1 << top) | sum(1 << b for b in combo)
+                expand(sub, hsub, vsub ^ np.int32(mask), starts, order, hs, False)
+
+    # biggest tasks first (a mask's top bit decides how many masks share it)
+    tasks = [(c, -1) for c in range(m)] + [(c, t) for c in range(m) for t in range(tables[c][0]) if rc]
+    tasks.sort(key=lambda ct: -(_n_masks(ct[1], rc - 1) if ct[1] >= 0 else 1))
+    if workers > 1 and len(tasks) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers) as ex:
+            list(ex.map(run, tasks))
+    else:
+        for t in tasks:
+            run(t)
     if not found:
         return np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
-    codes = np.concatenate(found)
-    dd = np.concatenate(dists)
-    codes, first = np.unique(codes, return_index=True)
-    return np.stack([codes // n, codes % n], axis=1), dd[first]
+    codes = np.unique(np.concatenate(found))
+    pairs = np.stack([codes // n, codes % n], axis=1)
+    return pairs, np.bitwise_count(h[pairs[:, 0]] ^ h[pairs[:, 1]]).astype(np.int64)
 
 
 def lowres_vectors(thumbs: np.ndarray, side: int = 16) -> np.ndarray:
@@ -535,11 +608,50 @@ def _lk_affine(A: np.ndarray, B: np.ndarray, schedule: Sequence[tuple[float, int
     return p
 
 
+def _scorer(A: np.ndarray, B: np.ndarray, margin: int):
+    """``score_at(idx, p)`` -> (high-pass NCC, low-pass NCC, overlap) of ``A[idx]`` against ``B[idx]`` warped by the
+    affine ``p`` (float32 thumbnails [P,H,W]; blur and high-pass scales follow H, as at H=64)."""
+    P, H, W = A.shape
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    cx, cy = (W - 1) / 2, (H - 1) / 2
+    X = (xx - cx).ravel()[None]
+    Y = (yy - cy).ravel()[None]
+    inner = np.zeros((H, W), bool)
+    inner[margin:H - margin, margin:W - margin] = True
+    inner = inner.ravel()[None]
+    n_inner = inner.sum()
+    hp_sigma = 1.5 * H / 64
+    lp_sigma = 0.6 * H / 64
+    Al = gaussian_filter(A, (0, lp_sigma, lp_sigma))
+    Bl = gaussian_filter(B, (0, lp_sigma, lp_sigma))
+    Ah = (Al - gaussian_filter(Al, (0, hp_sigma, hp_sigma))).reshape(P, -1)
+    Bh = Bl - gaussian_filter(Bl, (0, hp_sigma, hp_sigma))
+    Alf = Al.reshape(P, -1)
+    BlBh = np.ascontiguousarray(np.stack([Bl, Bh], axis=1))
+
+    def score_at(idx: np.ndarray, p: np.ndarray):
+        xs, ys = _warp_coords(p, X, Y, cx, cy)
+        smp, valid = _sample(BlBh[idx], xs, ys)
+        bw, bh = smp[:, 0], smp[:, 1]
+        m = (valid & inner).astype(np.float32)
+        return _masked_ncc(Ah[idx], bh, m), _masked_ncc(Alf[idx], bw, m), m.sum(1) / n_inner
+
+    return score_at
+
+
+_PREFILTER_HOOK = None  # tests/benchmarks may set a callable(pre_scores) to inspect the pre-filter
+
+
 def verify_pairs(A: np.ndarray, B: np.ndarray, params: DedupeParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Similarity of thumbnail pairs ``A[i]`` / ``B[i]`` (uint8 [P,T,T]).
 
     Returns ``(score, low, overlap)``: high-pass NCC after the best of {identity, affine alignment}, the low-pass NCC
     and the share of the thumbnail covered by both at that alignment.
+
+    Cheap pre-filter first: a coarse affine fit (1/4 then 1/2 resolution) and the high-pass NCC at 1/2 resolution at
+    {identity, that fit}; pairs whose best is below ``verify_prefilter`` are rejected there (their returned scores are
+    the half-resolution ones, all below ``verify_threshold``). Only the survivors (a small share of the candidates
+    of look-alike films) are scored at full resolution and, if neither clearly in nor clearly out, refined.
     """
     P, H, W = A.shape
     if P == 0:
@@ -548,49 +660,52 @@ def verify_pairs(A: np.ndarray, B: np.ndarray, params: DedupeParams) -> tuple[np
     A = A.astype(np.float32)
     B = B.astype(np.float32)
     margin = max(2, H // 20)
-    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
-    cx, cy = (W - 1) / 2, (H - 1) / 2
-    X = (xx - cx).ravel()[None]
-    Y = (yy - cy).ravel()[None]
-    inner = np.zeros((H, W), bool)
-    inner[margin:H - margin, margin:W - margin] = True
-    inner = inner.ravel()[None]
-    hp_sigma = 1.5 * H / 64
-    Al = gaussian_filter(A, (0, 0.6, 0.6))
-    Bl = gaussian_filter(B, (0, 0.6, 0.6))
-    Ah = (Al - gaussian_filter(Al, (0, hp_sigma, hp_sigma))).reshape(P, -1)
-    Bh = Bl - gaussian_filter(Bl, (0, hp_sigma, hp_sigma))
-    Alf = Al.reshape(P, -1)
-    BlBh = np.ascontiguousarray(np.stack([Bl, Bh], axis=1))
-
-    def score_at(idx, p):
-        xs, ys = _warp_coords(p, X, Y, cx, cy)
-        smp, valid = _sample(BlBh[idx], xs, ys)
-        bw, bh = smp[:, 0], smp[:, 1]
-        m = (valid & inner).astype(np.float32)
-        return _masked_ncc(Ah[idx], bh, m), _masked_ncc(Alf[idx], bw, m), m.sum(1) / inner.sum()
-
-    s0, l0, o0 = score_at(np.arange(P), np.zeros((P, 6), np.float32))
-    todo = np.flatnonzero(~((s0 >= params.verify_threshold) & (l0 >= params.verify_min_low)))
-    if len(todo):
-        # coarse: affine fit at 1/4 then 1/2 resolution, then score at full resolution
-        Ad = A[todo].reshape(-1, H // 2, 2, W // 2, 2).mean(axis=(2, 4))
-        Bd = B[todo].reshape(-1, H // 2, 2, W // 2, 2).mean(axis=(2, 4))
-        Aq = Ad.reshape(-1, H // 4, 2, W // 4, 2).mean(axis=(2, 4))
-        Bq = Bd.reshape(-1, H // 4, 2, W // 4, 2).mean(axis=(2, 4))
-        sc = H / 64
-        p = _lk_affine(Aq, Bq, ((0.7 * sc, 8),), 1)
-        p[:, [2, 5]] *= 2.0
+    sc = H / 64
+    # coarse: affine fit at 1/4 then 1/2 resolution
+    Ad = A.reshape(-1, H // 2, 2, W // 2, 2).mean(axis=(2, 4))
+    Bd = B.reshape(-1, H // 2, 2, W // 2, 2).mean(axis=(2, 4))
+    Aq = Ad.reshape(-1, H // 4, 2, W // 4, 2).mean(axis=(2, 4))
+    Bq = Bd.reshape(-1, H // 4, 2, W // 4, 2).mean(axis=(2, 4))
+    p = _lk_affine(Aq, Bq, ((0.7 * sc, 8),), 1)
+    p[:, [2, 5]] *= 2.0
+    all_idx = np.arange(P)
+    if params.verify_prefilter > -1.0:
+        half = _scorer(Ad, Bd, max(1, margin // 2))
+        s0, l0, o0 = half(all_idx, np.zeros((P, 6), np.float32))
+        _take_better(s0, l0, o0, all_idx, *half(all_idx, p))
+        if _PREFILTER_HOOK is not None:
+            _PREFILTER_HOOK("quarter", s0)
+        # stage 1: after the 1/4-resolution fit, drop the clearly different pairs before the 1/2-resolution fit
+        go = np.flatnonzero(s0 >= params.verify_prefilter_coarse)
+        if len(go):
+            p[go] = _lk_affine(Ad[go], Bd[go], ((0.5 * sc, 4),), max(1, margin // 2), p0=p[go])
+            _take_better(s0, l0, o0, go, *half(go, p[go]))
+        if _PREFILTER_HOOK is not None:
+            _PREFILTER_HOOK("half", s0)
+        s0 = np.minimum(s0, np.float32(np.nextafter(params.verify_threshold, -1.0)))
+        keep = go[s0[go] >= params.verify_prefilter]
+    else:
         p = _lk_affine(Ad, Bd, ((0.5 * sc, 4),), max(1, margin // 2), p0=p)
-        p[:, [2, 5]] *= 2.0
-        s1, l1, o1 = score_at(todo, p)
+        s0 = np.full(P, -1.0, np.float32)
+        l0, o0 = s0.copy(), np.zeros(P, np.float32)
+        keep = all_idx
+    p[:, [2, 5]] *= 2.0
+    if len(keep) == 0:
+        return s0, l0, o0
+    # full resolution: identity, the coarse fit, and a refinement of the pairs neither clearly in nor clearly out
+    full = _scorer(A, B, margin)
+    k0, kl0, ko0 = full(keep, np.zeros((len(keep), 6), np.float32))
+    s0[keep], l0[keep], o0[keep] = k0, kl0, ko0
+    todo = keep[~((k0 >= params.verify_threshold) & (kl0 >= params.verify_min_low))]
+    if len(todo):
+        pt = p[todo]
+        s1, l1, o1 = full(todo, pt)
         _take_better(s0, l0, o0, todo, s1, l1, o1)
-        # refine at full resolution only the pairs that are neither clearly in nor clearly out
         mid = (s1 < params.verify_threshold) & (s1 >= params.verify_reject_below)
         if mid.any():
             sub = todo[mid]
-            p2 = _lk_affine(A[sub], B[sub], ((1.0 * sc, 4), (0.5 * sc, 3)), margin, p0=p[mid])
-            s2, l2, o2 = score_at(sub, p2)
+            p2 = _lk_affine(A[sub], B[sub], ((1.0 * sc, 4), (0.5 * sc, 3)), margin, p0=pt[mid])
+            s2, l2, o2 = full(sub, p2)
             _take_better(s0, l0, o0, sub, s2, l2, o2)
     return s0, l0, o0
 
@@ -655,7 +770,7 @@ class _UnionFind:
 
 def candidate_pairs(sig: Signatures, idx: np.ndarray, params: DedupeParams) -> tuple[np.ndarray, np.ndarray]:
     """Candidate pairs (as indices into ``idx``) and their hash distance."""
-    hp, hd = hash_pairs(sig.hashes[idx], params.hash_radius, params.mih_chunks)
+    hp, hd = hash_pairs(sig.hashes[idx], params.hash_radius, params.mih_chunks, workers=_resolve_workers(params.workers))
     parts = [hp]
     if params.knn_k > 0 and len(idx) <= params.knn_max_images:
         kp, _ = knn_pairs(lowres_vectors(sig.thumbs[idx]), params.knn_k, params.knn_min_similarity)

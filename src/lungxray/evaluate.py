@@ -56,6 +56,8 @@ class EvaluateParams(BaseModel):
     batch_size: int = Field(64, ge=1, description="inference batch size")
     latency_batches: int = Field(20, ge=1, description="timed batches for the throughput / latency measurement")
     source_bootstrap: int = Field(0, ge=0, description="bootstrap resamples for the per-source metrics")
+    allow_empty_test: bool = Field(False, description="report an empty test split as absent instead of failing "
+                                                      "(a benchmark whose official test split is held back)")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -50,10 +50,16 @@ def evaluate_model(name: str, processed: Path, model_path: Path, metrics_dir: Pa
     index = pd.read_csv(processed / "index.csv", keep_default_na=False)
     out: dict = {"model": name, "classes": classes, "test_set": fingerprint_test_set(processed)}
     warnings: list[str] = []
+    full_test = None
     for split in ("test", "val"):
         x, y = load_split(processed, split)
         if len(y) == 0:
-            raise LungxrayError(f"the {split} split is empty: nothing to evaluate (check split.ratios)")
+            if split == "test" and params.allow_empty_test:
+                out["test"] = None
+                warnings.append("the test split is empty (held back): only validation metrics are reported")
+                continue
+            raise LungxrayError(f"the {split} split is empty: nothing to evaluate (check split.ratios, or set "
+                                f"evaluate.allow_empty_test when the test split is held back on purpose)")
         absent = [c for i, c in enumerate(classes) if not (y == i).any()]
         if absent:
             warnings.append(f"{split}: no image of class(es) {absent}: their sensitivity and AUC are undefined "
@@ -83,14 +89,16 @@ def evaluate_model(name: str, processed: Path, model_path: Path, metrics_dir: Pa
     if run_id:
         mlflow = mlflow_setup(mlflow_params or MlflowParams())
         with mlflow.start_run(run_id=run_id):
-            flat = {f"{split}/{k}": v for split in ("test", "val") for k, v in out[split].items()
-                    if isinstance(v, (int, float)) and v is not None}
+            flat = {f"{split}/{k}": v for split in ("test", "val") if out[split] is not None
+                    for k, v in out[split].items() if isinstance(v, (int, float)) and v is not None}
             flat["inference/images_per_s"] = out["throughput"]["images_per_s"]
             flat["inference/latency_ms_median"] = out["throughput"]["latency_ms_median"]
             mlflow.log_metrics({k.replace("/n_samples", "/images"): float(v) for k, v in flat.items()})
             for f in ("confusion_matrix.png", "roc.png", "reliability.png", "classification_report.txt"):
-                mlflow.log_artifact(str(reports_dir / f), artifact_path="evaluation")
-            mlflow.log_dict(full_test, "evaluation/test_metrics.json")
+                if (reports_dir / f).exists():
+                    mlflow.log_artifact(str(reports_dir / f), artifact_path="evaluation")
+            if full_test is not None:
+                mlflow.log_dict(full_test, "evaluation/test_metrics.json")
             mlflow.set_tag("test_set", out["test_set"])
     return out
 
@@ -107,11 +115,10 @@ def leaderboard_rows(models: list[str], metrics_root: Path) -> list[dict]:
             raise LungxrayError(f"no metrics for {name} in {d}: run `dvc repro` (train@{name}, evaluate@{name})")
         e = json.loads((d / "eval.json").read_text())
         t = json.loads((d / "train.json").read_text())
-        test = e["test"]
         rows.append({
             "model": name,
-            **{f"test_{k}{s}": test.get(f"{k}{s}") for k in ("macro_recall", "accuracy", "macro_auc")
-               for s in ("", "_ci_low", "_ci_high")},
+            **{f"{split}_{k}{s}": (e[split] or {}).get(f"{k}{s}") for split in ("test", "val")
+               for k in ("macro_recall", "accuracy", "macro_auc") for s in ("", "_ci_low", "_ci_high")},
             "trainable_parameters": t["trainable_parameters"], "seconds_per_epoch": t["seconds_per_epoch"],
             "epochs_to_converge": t["epochs_to_converge"], "images_per_s": e["throughput"]["images_per_s"],
             "test_set": e["test_set"], "mlflow_run_id": t.get("mlflow_run_id"),
