@@ -122,6 +122,7 @@ def leaderboard_rows(models: list[str], metrics_root: Path) -> list[dict]:
             "trainable_parameters": t["trainable_parameters"], "seconds_per_epoch": t["seconds_per_epoch"],
             "epochs_to_converge": t["epochs_to_converge"], "images_per_s": e["throughput"]["images_per_s"],
             "test_set": e["test_set"], "mlflow_run_id": t.get("mlflow_run_id"),
+            "mlflow_model_uri": t.get("mlflow_model_uri"),
         })
     return rows
 
@@ -161,8 +162,9 @@ def register_and_promote(rows: list[dict], params: PromotionParams, mlflow_param
         for r in rows:
             if not r.get("mlflow_run_id"):
                 raise LungxrayError(f"{r['model']} has no MLflow run id in its train metrics: retrain it")
-            tags = {k: str(v) for k, v in r.items() if v is not None and k != "mlflow_run_id"}
-            mv = mlflow.register_model(f"runs:/{r['mlflow_run_id']}/model", name, tags=tags)
+            tags = {k: str(v) for k, v in r.items() if v is not None and k not in ("mlflow_run_id", "mlflow_model_uri")}
+            uri = r.get("mlflow_model_uri") or f"runs:/{r['mlflow_run_id']}/model"
+            mv = mlflow.register_model(uri, name, tags=tags)
             mv = _wait_ready(client, name, mv.version)
             candidates.append({**r, "version": mv.version})
         decision = decide(candidates, champion, params)

@@ -490,10 +490,14 @@ def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, 
         mlflow.log_artifact(str(curve))
         mlflow.log_metrics({"best/val_loss": best["val_loss"], "best/val_accuracy": best["val_accuracy"],
                             "best/epoch": best["epoch"], "seconds_per_epoch": secs})
+        model_uri = None
         if params.mlflow.log_model:
-            log_torch_model(mlflow, model.cpu().to(memory_format=torch.contiguous_format).eval(), stats, classes)
+            info = log_torch_model(mlflow, model.cpu().to(memory_format=torch.contiguous_format).eval(), stats,
+                                   classes)
+            model_uri = info.model_uri
         with atomic_path(out_dir / "model.pt") as tmp:
             torch.save(final, tmp)
+        metrics["mlflow_model_uri"] = model_uri
         write_json(metrics_dir / "train.json", metrics)
         mlflow.end_run()
     except BaseException:
@@ -502,7 +506,7 @@ def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, 
     return metrics
 
 
-def log_torch_model(mlflow, model: nn.Module, stats: dict, classes: list[str]) -> None:
+def log_torch_model(mlflow, model: nn.Module, stats: dict, classes: list[str]):
     """Log the model with a signature and an input example (a normalised 3-channel batch of one)."""
     import mlflow.pytorch
     from mlflow.models import infer_signature
@@ -520,7 +524,7 @@ def log_torch_model(mlflow, model: nn.Module, stats: dict, classes: list[str]) -
         reqs += [f"torchvision=={torchvision.__version__.split('+')[0]}", f"timm=={timm.__version__}"]
     except ImportError:  # pragma: no cover
         pass
-    mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
+    return mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
                              pip_requirements=reqs, metadata={"classes": classes, "image_size": s,
                                                                "mean": stats["mean"], "std": stats["std"]})
 
