@@ -77,3 +77,18 @@ def test_unknown_section():
     data = yaml.safe_load((REPO / "params.yaml").read_text())
     data["fecth"] = {}
     assert "fecth" in err(data)
+
+
+@pytest.mark.parametrize("path", [REPO / "params.yaml", *sorted((REPO / "configs").glob("*.yaml"))],
+                         ids=lambda p: p.name)
+def test_every_param_dvc_tracks_is_written_out(path):
+    """DVC reads the params a stage depends on from the file itself (not our defaults): each must be present."""
+    data = yaml.safe_load(path.read_text())
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        for key in body.get("params", []):
+            node = data
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"{path.name} lacks '{key}' (stage {name})"
+                node = node[part]

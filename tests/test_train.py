@@ -39,7 +39,7 @@ def make_processed(root: Path, n_train=60, n_val=24, size=32, seed=0) -> Path:
 
 
 def params(tmp: Path, **kw) -> TrainParams:
-    base = dict(models=["cnn5"], epochs=3, batch_size=16, lr=3e-3, pretrained=False, num_workers=0,
+    base = dict(models=["cnn5"], epochs=3, batch_size=16, lr=3e-3, pretrained=False,
                 early_stopping_patience=5, mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp}/mlruns/mlflow.db",
                                                                artifact_dir=str(tmp / "mlruns" / "artifacts")))
     base.update(kw)
@@ -161,3 +161,33 @@ def test_changed_config_starts_afresh(tmp_path, mlflow_env, capsys):
                 progress=False)
     assert "another configuration; starting afresh" in capsys.readouterr().out
     assert pd.read_csv(tmp_path / "x/history.csv").epoch.tolist() == [1, 2]
+
+
+def test_batches_cover_the_split_once_and_are_seeded():
+    from lungxray.train import ArrayBatches
+
+    x = np.arange(10 * 4 * 4, dtype=np.uint8).reshape(10, 4, 4)
+    y = np.arange(10)
+    seen = [int(l) for _, yb in ArrayBatches(x, y, 3, "shuffle", torch.Generator().manual_seed(1)) for l in yb]
+    assert sorted(seen) == list(range(10))
+    again = [int(l) for _, yb in ArrayBatches(x, y, 3, "shuffle", torch.Generator().manual_seed(1)) for l in yb]
+    assert seen == again
+    for xb, yb in ArrayBatches(x, y, 4, "shuffle", torch.Generator().manual_seed(2)):
+        assert xb.shape[1] == 1 and all(int(xb[i, 0, 0, 0]) == int(yb[i]) * 16 for i in range(len(yb)))
+    w = torch.tensor([0.0] * 9 + [1.0])
+    drawn = [int(l) for _, yb in ArrayBatches(x, y, 5, "weighted", torch.Generator().manual_seed(0), w) for l in yb]
+    assert drawn == [9] * 10
+
+
+def test_augmentation_is_small_and_never_flips_vertically():
+    from lungxray.train import AugmentParams, augment_batch
+
+    img = torch.zeros(1, 1, 32, 32)
+    img[..., :8, :] = 1.0  # bright band at the top (e.g. the clavicles)
+    batch = img.repeat(16, 1, 1, 1)
+    out = augment_batch(batch, AugmentParams(), torch.Generator().manual_seed(0))
+    assert out.shape == batch.shape and 0 <= out.min() and out.max() <= 1
+    assert (out[..., :8, :].mean(dim=(1, 2, 3)) > out[..., -8:, :].mean(dim=(1, 2, 3))).all()  # top stays on top
+    assert not torch.equal(out[0], out[1])  # per-image random parameters
+    off = AugmentParams(degrees=0, translate=0, scale=(1.0, 1.0), brightness=0, contrast=0)
+    assert torch.allclose(augment_batch(batch, off), batch, atol=1e-5)

@@ -28,7 +28,6 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from .errors import LungxrayError
 from .io import atomic_path, write_csv, write_json
@@ -94,10 +93,12 @@ class TrainParams(_Strict):
     pretrained: bool = True
     model_options: dict[str, ModelOptions] = Field(default_factory=dict)
     seed: int = 42
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = in the training process)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
-    channels_last: bool = Field(True, description="channels_last memory format on CUDA")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="mixed precision: auto = fp16 (with loss scaling) on CUDA, bf16 on CPUs with native bf16 "
+                            "(AVX512-BF16/AMX), else fp32")
+    channels_last: bool = Field(True, description="channels_last memory format (faster convolutions on GPU and "
+                                                  "oneDNN CPUs)")
     torch_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default")
     mlflow: MlflowParams = MlflowParams()
 
@@ -117,34 +118,63 @@ class TrainParams(_Strict):
 # data
 
 
-class ArrayDataset(Dataset):
-    """Items of a preprocessed split: (1, S, S) float tensor normalised with the train mean/std, label index."""
+class ArrayBatches:
+    """Batches of a preprocessed split, read straight from the uint8 memmap (no per-item Python, no decoding).
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, mean: float, std: float,
-                 augment: AugmentParams | None = None):
-        self.images, self.labels = images, labels
-        self.mean, self.std = float(mean), float(std)
-        self.transform = None
-        if augment is not None and augment.enabled:
-            from torchvision.transforms import v2
+    Yields ``(x, y)``: ``x`` uint8 ``(B, 1, S, S)``, ``y`` int64 ``(B,)``. ``order`` is "sequential", "shuffle" or
+    "weighted" (sampling with replacement by ``weights``), drawn from ``generator`` so that an epoch's batches are the
+    same whether or not the run was resumed.
+    """
 
-            ops: list = [v2.RandomAffine(degrees=augment.degrees, translate=(augment.translate,) * 2,
-                                         scale=augment.scale)]
-            if augment.brightness or augment.contrast:
-                ops.append(v2.ColorJitter(brightness=augment.brightness, contrast=augment.contrast))
-            if augment.hflip:
-                ops.append(v2.RandomHorizontalFlip())
-            self.transform = v2.Compose(ops)
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, order: str = "sequential",
+                 generator: torch.Generator | None = None, weights: torch.Tensor | None = None):
+        self.images, self.labels, self.batch_size = images, np.asarray(labels, dtype=np.int64), batch_size
+        n = len(self.labels)
+        if order == "shuffle":
+            self.index = torch.randperm(n, generator=generator).numpy()
+        elif order == "weighted":
+            self.index = torch.multinomial(weights.double(), n, replacement=True, generator=generator).numpy()
+        else:
+            self.index = np.arange(n)
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return (len(self.index) + self.batch_size - 1) // self.batch_size
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = torch.from_numpy(np.array(self.images[i], dtype=np.uint8, copy=True)).unsqueeze(0)
-        if self.transform is not None:
-            x = self.transform(x)
-        x = (x.float() / 255.0 - self.mean) / self.std
-        return x, int(self.labels[i])
+    def __iter__(self):
+        for start in range(0, len(self.index), self.batch_size):
+            idx = self.index[start: start + self.batch_size]
+            order = np.argsort(idx, kind="stable")  # read the memmap in file order, restore the drawn order after
+            rows = np.empty((len(idx),) + self.images.shape[1:], dtype=np.uint8)
+            rows[order] = self.images[idx[order]]
+            yield torch.from_numpy(rows).unsqueeze(1), torch.from_numpy(self.labels[idx])
+
+
+def augment_batch(x: torch.Tensor, aug: AugmentParams, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random small affine + brightness/contrast (+ optional horizontal flip) for a float batch (B, 1, S, S) in
+    [0, 1], vectorised over the batch (one affine_grid/grid_sample call; works on CPU and GPU)."""
+    import torch.nn.functional as F
+
+    b = x.shape[0]
+
+    def u(lo: float, hi: float) -> torch.Tensor:
+        return (torch.rand(b, generator=generator) * (hi - lo) + lo).to(x.device)
+
+    angle = u(-aug.degrees, aug.degrees) * (math.pi / 180)
+    scale = u(*aug.scale)
+    tx, ty = u(-aug.translate, aug.translate) * 2, u(-aug.translate, aug.translate) * 2  # grid units span 2
+    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device) if aug.hflip else torch.zeros(b, dtype=torch.bool,
+                                                                                                 device=x.device)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    sx = torch.where(flip, -1.0, 1.0).to(x.dtype)
+    theta = torch.stack([torch.stack([cos * sx, -sin, tx], 1), torch.stack([sin * sx, cos, ty], 1)], 1).to(x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if aug.brightness:
+        x = x * u(1 - aug.brightness, 1 + aug.brightness).view(b, 1, 1, 1).to(x.dtype)
+    if aug.contrast:
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * u(1 - aug.contrast, 1 + aug.contrast).view(b, 1, 1, 1).to(x.dtype) + mean
+    return x.clamp_(0.0, 1.0)
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -154,9 +184,16 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def to_model_input(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """Greyscale batch (B, 1, S, S) -> 3 channels on the device (replicated only here, at batch time)."""
-    x = x.to(device, non_blocking=True).expand(-1, 3, -1, -1)
+def to_model_input(x: torch.Tensor, device: torch.device, mean: float, std: float, channels_last: bool,
+                   augment: AugmentParams | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """uint8 greyscale batch (B, 1, S, S) -> normalised 3-channel float batch on the device.
+
+    Augmentation (training only) runs here on the whole batch, on the device; grey is replicated to 3 channels only
+    at this point."""
+    x = x.to(device, non_blocking=True).float().div_(255.0)
+    if augment is not None and augment.enabled:
+        x = augment_batch(x, augment, generator)
+    x = ((x - mean) / std).expand(-1, 3, -1, -1)
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
@@ -176,6 +213,25 @@ def resolve_device(setting: str) -> torch.device:
     if setting == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda")
+
+
+def cpu_has_bf16() -> bool:
+    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool((check and check()) or (amx and amx()))
+
+
+def resolve_precision(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for training (None = plain fp32)."""
+    if setting == "fp32":
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if setting == "bf16" else torch.float16
+    if setting == "fp16":
+        raise LungxrayError("train.precision fp16 needs a CUDA GPU; on the CPU use bf16, auto or fp32")
+    if setting == "bf16" or cpu_has_bf16():
+        return torch.bfloat16
+    return None
 
 
 def model_settings(params: TrainParams, name: str) -> dict:
@@ -244,9 +300,10 @@ def build_scheduler(params: TrainParams, opt: torch.optim.Optimizer, epochs: int
     return None
 
 
-def run_epoch(model: nn.Module, loader: DataLoader, device: torch.device, loss_fn: nn.Module,
-              opt: torch.optim.Optimizer | None, amp: bool, channels_last: bool, scaler=None,
-              on_train_mode=None) -> tuple[float, float, int]:
+def run_epoch(model: nn.Module, batches: ArrayBatches, device: torch.device, loss_fn: nn.Module,
+              opt: torch.optim.Optimizer | None, amp: torch.dtype | None, channels_last: bool, mean: float, std: float,
+              scaler=None, on_train_mode=None, augment: AugmentParams | None = None,
+              generator: torch.Generator | None = None) -> tuple[float, float, int]:
     """One pass; trains when ``opt`` is given. Returns (mean loss, accuracy, images)."""
     training = opt is not None
     model.train(training)
@@ -255,10 +312,10 @@ def run_epoch(model: nn.Module, loader: DataLoader, device: torch.device, loss_f
     total_loss, correct, n = 0.0, 0, 0
     ctx = torch.enable_grad() if training else torch.inference_mode()
     with ctx:
-        for x, y in loader:
-            x = to_model_input(x, device, channels_last)
+        for x, y in batches:
+            x = to_model_input(x, device, mean, std, channels_last, augment if training else None, generator)
             y = y.to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+            with torch.autocast(device_type=device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 logits = model(x)
                 loss = loss_fn(logits.float(), y)
             if training:
@@ -338,8 +395,8 @@ def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, 
         "version": data_version(processed)}, **({"extra": extra_params} if extra_params else {})}
     config_id = fingerprint({k: v for k, v in resolved.items() if k != "extra"} | {"mlflow": None})
     device = resolve_device(params.device)
-    amp = params.amp and device.type == "cuda"
-    channels_last = params.channels_last and device.type == "cuda"
+    amp = resolve_precision(params.precision, device)
+    channels_last = params.channels_last
     if params.torch_threads:
         torch.set_num_threads(params.torch_threads)
 
@@ -359,7 +416,7 @@ def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, 
     opt = build_optimizer(params, model, settings["lr"])
     epochs = settings["epochs"]
     sched = build_scheduler(params, opt, epochs)
-    scaler = torch.amp.GradScaler("cuda") if amp else None
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     n_cls = len(classes)
     weights = class_weights(y_train, n_cls)
     loss_fn = nn.CrossEntropyLoss(weight=weights.to(device) if params.imbalance == "weighted_loss" else None)
@@ -406,36 +463,30 @@ def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, 
             mlflow.log_params(flatten({"model": name, **settings, "train": params.model_dump(mode="json"),
                                        "data": resolved["data"], **({"extra": extra_params} if extra_params else {})}))
             mlflow.set_tags({"model": name, "git_commit": git_commit(), "data_version": resolved["data"]["version"],
-                             "device": device.type, "stage": "train"})
+                             "device": device.type, "precision": str(amp or torch.float32).removeprefix("torch."),
+                             "channels_last": str(channels_last), "stage": "train"})
             mlflow.log_metrics({"params/trainable": trainable, "params/total": total})
 
-        nw = params.num_workers
-        val_loader = DataLoader(ArrayDataset(x_val, y_val, stats["mean"], stats["std"]),
-                                batch_size=settings["batch_size"], shuffle=False, num_workers=nw,
-                                pin_memory=device.type == "cuda")
+        mean, std, bs = stats["mean"], stats["std"], settings["batch_size"]
         stopped_early = False
         for epoch in range(start_epoch, epochs + 1):
             if bad_epochs >= params.early_stopping_patience:
                 stopped_early = True
                 break
             seed_everything(params.seed + epoch)  # same batches whether or not the run was resumed
-            train_ds = ArrayDataset(x_train, y_train, stats["mean"], stats["std"], params.augment)
             g = torch.Generator().manual_seed(params.seed + epoch)
             if params.imbalance == "weighted_sampler":
-                sampler = WeightedRandomSampler(weights[torch.from_numpy(y_train)].double(), len(y_train),
-                                                replacement=True, generator=g)
-                train_loader = DataLoader(train_ds, batch_size=settings["batch_size"], sampler=sampler,
-                                          num_workers=nw, pin_memory=device.type == "cuda")
+                train_batches = ArrayBatches(x_train, y_train, bs, "weighted", g, weights[torch.from_numpy(y_train)])
             else:
-                train_loader = DataLoader(train_ds, batch_size=settings["batch_size"], shuffle=True, generator=g,
-                                          num_workers=nw, pin_memory=device.type == "cuda")
+                train_batches = ArrayBatches(x_train, y_train, bs, "shuffle", g)
             t0 = time.perf_counter()
-            tr_loss, tr_acc, n_tr = run_epoch(model, train_loader, device, loss_fn, opt, amp, channels_last, scaler,
-                                              on_train_mode)
+            tr_loss, tr_acc, n_tr = run_epoch(model, train_batches, device, loss_fn, opt, amp, channels_last, mean,
+                                              std, scaler, on_train_mode, params.augment, g)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             train_s = time.perf_counter() - t0
-            va_loss, va_acc, _ = run_epoch(model, val_loader, device, eval_loss, None, amp, channels_last)
+            va_loss, va_acc, _ = run_epoch(model, ArrayBatches(x_val, y_val, bs), device, eval_loss, None, amp,
+                                           channels_last, mean, std)
             epoch_s = time.perf_counter() - t0
             lr = opt.param_groups[0]["lr"]
             if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -482,6 +533,7 @@ def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, 
                    "epochs_to_converge": best["epoch"], "stopped_early": bool(stopped_early),
                    "seconds_per_epoch": secs, "train_images_per_s": float(hist_df.train_images_per_s.mean()),
                    "trainable_parameters": trainable, "total_parameters": total, "device": device.type,
+                   "precision": str(amp or torch.float32).removeprefix("torch."),
                    "mlflow_run_id": run_id}
         metrics_dir.mkdir(parents=True, exist_ok=True)
         write_csv(metrics_dir / "history.csv", hist_df)
