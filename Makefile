@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test bench clean-outputs
+.PHONY: setup run test bench benchmark-pneumoniamnist
 
 $(BIN)/.lungxray-installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,5 +29,9 @@ endif
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; [ $$rc -eq 5 ] && echo "pytest: no tests collected" && rc=0; exit $$rc
 
-bench: setup
-	$(BIN)/python benchmarks/ingest_speed.py
+# PneumoniaMNIST on its official splits, offline from ../shared/data, results written into README.md
+benchmark-pneumoniamnist: setup
+	cp configs/pneumoniamnist.yaml params.yaml
+	@echo "params.yaml <- configs/pneumoniamnist.yaml"
+	dvc repro
+	$(BIN)/python benchmarks/pneumoniamnist/report.py --update-readme

@@ -1,0 +1,91 @@
+"""PneumoniaMNIST results beside the published MedMNIST v2 table, from the pipeline's metrics files.
+
+    python benchmarks/pneumoniamnist/report.py [--params configs/pneumoniamnist.yaml] [--update-readme]
+
+Reads metrics/<model>/eval.json, train.json and history.csv of every model in the profile's train.models (run
+`make benchmark-pneumoniamnist` first) and prints a Markdown table; --update-readme writes it into README.md between
+the pneumoniamnist-results markers. Nothing in the table is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from lungxray.config import load_params
+
+# MedMNIST v2 (Yang et al. 2023), PneumoniaMNIST, official test split: (AUC, ACC)
+PUBLISHED = [
+    ("ResNet-18 (28)", 0.944, 0.854), ("ResNet-18 (224)", 0.956, 0.864), ("ResNet-50 (28)", 0.948, 0.854),
+    ("ResNet-50 (224)", 0.962, 0.884), ("auto-sklearn", 0.942, 0.855), ("AutoKeras", 0.947, 0.878),
+    ("Google AutoML Vision", 0.991, 0.946),
+]
+START, END = "<!-- pneumoniamnist-results:start -->", "<!-- pneumoniamnist-results:end -->"
+
+
+def fmt(m: dict | None, key: str) -> str:
+    if not m or m.get(key) is None:
+        return "not measured"
+    lo, hi = m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
+    return f"{m[key]:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "")
+
+
+def table(params_path: str, metrics_root: Path) -> str:
+    params = load_params(params_path)
+    lines = ["| method | split | AUC | ACC | source |", "|---|---|---:|---:|---|"]
+    for name, auc, acc in PUBLISHED:
+        lines.append(f"| {name} | test (624) | {auc:.3f} | {acc:.3f} | MedMNIST v2, published |")
+    notes = []
+    for model in params.train.models:
+        d = metrics_root / model
+        if not (d / "eval.json").exists():
+            raise SystemExit(f"{d / 'eval.json'} is missing: run `make benchmark-pneumoniamnist` first")
+        ev = json.loads((d / "eval.json").read_text())
+        tr = json.loads((d / "train.json").read_text())
+        hist = pd.read_csv(d / "history.csv")
+        for split in ("val", "test"):
+            m = ev.get(split)
+            if m is None:
+                lines.append(f"| lungxray {model} ({params.preprocess.image_size}) | test | not measured | "
+                             f"not measured | official test split held back in ../shared/data |")
+                continue
+            lines.append(f"| lungxray {model} ({params.preprocess.image_size}) | {split} ({m['n_samples']}) | "
+                         f"{fmt(m, 'macro_auc')} | {fmt(m, 'accuracy')} | this repository, metrics/{model}/eval.json |")
+        notes.append(f"{model}: {tr['epochs_run']} epochs, best epoch {tr['best_epoch']}, "
+                     f"{hist.epoch_seconds.sum() / 60:.1f} min of training on {tr['device']} "
+                     f"({tr.get('precision', 'float32')}), {tr['trainable_parameters']:,} parameters")
+    lines.append("")
+    lines.append("AUC: one-vs-rest ROC-AUC of P(pneumonia) (for two classes the macro AUC equals it); ACC: argmax; "
+                 "[95% bootstrap interval]. Val figures are not test figures: the recipe was tuned on val, and "
+                 "PneumoniaMNIST's test split is known to be harder than its val split.")
+    lines += [f"- {n}" for n in notes]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="configs/pneumoniamnist.yaml")
+    ap.add_argument("--metrics", default="metrics")
+    ap.add_argument("--update-readme", action="store_true")
+    args = ap.parse_args()
+    md = table(args.params, Path(args.metrics))
+    print(md)
+    if args.update_readme:
+        readme = Path("README.md")
+        text = readme.read_text()
+        if START not in text or END not in text:
+            print(f"README.md has no {START} ... {END} markers", file=sys.stderr)
+            return 2
+        head, rest = text.split(START, 1)
+        _, tail = rest.split(END, 1)
+        readme.write_text(f"{head}{START}\n{md}\n{END}{tail}")
+        print("README.md updated")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
