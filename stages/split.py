@@ -1,5 +1,7 @@
 """DVC stage `split`: stratified, grouped (dedupe group + patient) train/val/test split with a leakage check."""
 
+import json
+
 import pandas as pd
 
 from lungxray import schema
@@ -20,9 +22,15 @@ def main() -> None:
     counts = split_counts(split_df, params.fetch.classes)
     split_counts_plot(counts, schema.SPLIT_PLOT)
     write_json(schema.SPLIT_METRICS, counts)
+    write_json(schema.SPLIT_REPORT, stats)
     write_split(split_df, schema.SPLIT)
     sizes = ", ".join(f"{s} {c['total']}" for s, c in counts.items())
-    print(f"split: {sizes}; leakage check passed; written: {schema.SPLIT}, {schema.SPLIT_METRICS}")
+    print(f"split: {sizes}; leakage check passed; written: {schema.SPLIT}, {schema.SPLIT_METRICS}, "
+          f"{schema.SPLIT_REPORT}")
+    official = stats.get("official", {})
+    if official.get("mode", "none") != "none":
+        print(f"  official splits ({official['mode']}): " + json.dumps({k: v for k, v in official.items()
+                                                                        if k != "mode"}, sort_keys=True))
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ VALIDATION_DOCS = REPORTS / "validation_docs"
 SPLIT = DATA / "split" / "split.csv"
 SPLIT_METRICS = METRICS / "split.json"
 SPLIT_PLOT = REPORTS / "split_counts.png"
+SPLIT_REPORT = REPORTS / "split.json"
 PROCESSED = DATA / "processed"
 MODELS = Path("models")
 
