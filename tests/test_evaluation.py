@@ -160,3 +160,24 @@ def test_ci_gate_fails_on_a_degraded_run(trained, tmp_path, monkeypatch, capsys)
     # a metric that disappeared is a failure too
     (work / "metrics/cnn8/eval.json").unlink()
     assert cli(["metrics", "check"]) == 2
+
+
+def test_held_back_test_split_reports_val_only(trained, tmp_path):
+    root, processed, ml, _ = trained
+    held = tmp_path / "processed"
+    shutil.copytree(processed, held)
+    np.save(held / "test.npy", np.zeros((0, 32, 32), np.uint8))
+    import pandas as pd
+
+    index = pd.read_csv(held / "index.csv")
+    index[index.split != "test"].to_csv(held / "index.csv", index=False)
+    # same data version is required: re-train-free check by copying the model's recorded version is not possible,
+    # so evaluate a model trained on this very folder
+    t = train_model("cnn5", train_params(tmp_path, epochs=1, mlflow=ml), held, tmp_path / "m", tmp_path / "x",
+                    progress=False)
+    with pytest.raises(LungxrayError, match="test split is empty"):
+        evaluate_model("cnn5", held, tmp_path / "m/model.pt", tmp_path / "x", tmp_path / "r", EVAL, t, ml)
+    out = evaluate_model("cnn5", held, tmp_path / "m/model.pt", tmp_path / "x", tmp_path / "r",
+                         EvaluateParams(bootstrap=50, latency_batches=1, allow_empty_test=True), t, ml)
+    assert out["test"] is None and out["val"]["n_samples"] == 24 and out["plots_split"] == "val"
+    assert (tmp_path / "r/confusion_matrix.png").exists() and (tmp_path / "x/roc.csv").exists()

@@ -50,7 +50,7 @@ def evaluate_model(name: str, processed: Path, model_path: Path, metrics_dir: Pa
     index = pd.read_csv(processed / "index.csv", keep_default_na=False)
     out: dict = {"model": name, "classes": classes, "test_set": fingerprint_test_set(processed)}
     warnings: list[str] = []
-    full_test = None
+    results: dict[str, tuple] = {}
     for split in ("test", "val"):
         x, y = load_split(processed, split)
         if len(y) == 0:
@@ -70,16 +70,20 @@ def evaluate_model(name: str, processed: Path, model_path: Path, metrics_dir: Pa
         by_source = ev.metrics_by_source(y, probs, sources, classes, params)
         out[split] = ev.summary(m)
         out[split]["by_source"] = {s: _short(v) for s, v in by_source.items()}
-        if split == "test":
-            cm = m["confusion_matrix"]["matrix"]
-            reports_dir.mkdir(parents=True, exist_ok=True)
-            ev.plot_confusion_matrix(cm, classes, reports_dir / "confusion_matrix.png", title=f"{name}: test")
-            ev.plot_roc_curves(y, probs, classes, reports_dir / "roc.png", title=f"{name}: test ROC (one-vs-rest)")
-            ev.plot_reliability(m["reliability"], reports_dir / "reliability.png", title=f"{name}: calibration")
-            (reports_dir / "classification_report.txt").write_text(m["classification_report"] + "\n")
-            write_csv(metrics_dir / "roc.csv", ev.roc_points(y, probs, classes))
-            write_csv(metrics_dir / "confusion.csv", ev.confusion_pairs(y, probs.argmax(1), classes))
-            full_test = m
+        results[split] = (y, probs, m)
+    # plots of the test split (of val when the test split is held back), for people (PNG) and for dvc plots (CSV)
+    shown = "test" if "test" in results else "val"
+    y, probs, m = results[shown]
+    out["plots_split"] = shown
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    ev.plot_confusion_matrix(m["confusion_matrix"]["matrix"], classes, reports_dir / "confusion_matrix.png",
+                             title=f"{name}: {shown}")
+    ev.plot_roc_curves(y, probs, classes, reports_dir / "roc.png", title=f"{name}: {shown} ROC (one-vs-rest)")
+    ev.plot_reliability(m["reliability"], reports_dir / "reliability.png", title=f"{name}: calibration ({shown})")
+    (reports_dir / "classification_report.txt").write_text(f"{name}, {shown} split\n\n{m['classification_report']}\n")
+    write_csv(metrics_dir / "roc.csv", ev.roc_points(y, probs, classes))
+    write_csv(metrics_dir / "confusion.csv", ev.confusion_pairs(y, probs.argmax(1), classes))
+    full_test = results["test"][2] if "test" in results else None
     out["warnings"] = warnings
     out["throughput"] = ev.measure_throughput(model, stats["image_size"], batch_size=params.batch_size,
                                               n_batches=params.latency_batches)
