@@ -34,7 +34,8 @@ from sklearn.metrics import roc_auc_score
 from lungxray.preprocess import PreprocessParams, to_square
 from lungxray.train import AugmentParams, MlflowParams, TrainParams, load_trained, train_model
 
-NPZ = Path("/work/shared/data/pneumoniamnist/pneumoniamnist_trainval.npz")
+# ../shared/data beside the repository root (this file is benchmarks/pneumoniamnist/explore.py)
+NPZ = Path(__file__).resolve().parents[3] / "shared" / "data" / "pneumoniamnist" / "pneumoniamnist_trainval.npz"
 ROOT = Path(os.environ.get("PM_ROOT", "/tmp/pm"))
 CLASSES = ["normal", "pneumonia"]
 
