@@ -39,3 +39,17 @@ def test_check_params(capsys):
 
     assert main(["check-params", str(REPO / "configs" / "shared-data.yaml")]) == 0
     assert "valid" in capsys.readouterr().out
+
+
+def test_dedupe_command_without_labels_on_flat_folders(tmp_path):
+    a = xray(7, (160, 128))
+    save(tmp_path / "flat1" / "images" / "a.png", Image.fromarray(a))
+    save(tmp_path / "flat2" / "pics" / "b.jpg", Image.fromarray(a), quality=90)
+    out, rep = tmp_path / "g.csv", tmp_path / "r.json"
+    args = ["dedupe", str(tmp_path / "flat1"), str(tmp_path / "flat2"), "--out", str(out), "--quiet", "--workers",
+            "1", "--report", str(rep)]
+    assert main(args) == 0
+    assert json.loads(rep.read_text())["n_label_conflicts"] == 1  # 'images' vs 'pics' read as labels
+    assert main(args + ["--labels", "none"]) == 0
+    assert json.loads(rep.read_text())["n_label_conflicts"] == 0
+    assert pd.read_csv(out).group.nunique() == 1

@@ -21,7 +21,8 @@ def _cmd_dedupe(args: argparse.Namespace) -> None:
 
     overrides = {"conflict_policy": args.conflict_policy, "workers": args.workers}
     params = DedupeParams(**{k: v for k, v in overrides.items() if v is not None})
-    report = dedupe_folders(args.folders, args.out, params, cache_path=args.cache, progress=not args.quiet)
+    report = dedupe_folders(args.folders, args.out, params, cache_path=args.cache, progress=not args.quiet,
+                            labels=args.labels)
     print(summary_text(report))
     print(f"groups table: {args.out} (one row per image; 'kept' marks one image per X-ray)")
     if args.sheet:
@@ -95,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="also write the JSON report here")
     p.add_argument("--sheet", help="also write a contact sheet PNG of sample groups and label conflicts here")
     p.add_argument("--cache", help="signature cache file (reruns only hash new files)")
+    p.add_argument("--labels", choices=["parent", "none"], default="parent",
+                   help="labels from each image's parent folder (default), or none (flat folders: no label check)")
     p.add_argument("--conflict-policy", choices=["drop", "majority", "fail"])
     p.add_argument("--workers", type=int, help="processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -984,8 +984,11 @@ def summary_text(report: dict) -> str:
 
 
 def dedupe_folders(folders: list[str], out_csv: str, params: DedupeParams | None = None,
-                   cache_path: str | None = None, progress: bool = True) -> dict:
-    """Dedupe image folders (recursively); label = parent folder name, source = the folder argument's name."""
+                   cache_path: str | None = None, progress: bool = True,
+                   labels: Literal["parent", "none"] = "parent") -> dict:
+    """Dedupe image folders (recursively); source = the folder argument's name; label = the image's parent folder
+    name (``labels="parent"``; images directly in a given folder have none), or no labels at all (``"none"``: flat
+    folders, no label-conflict check)."""
     from .io import write_csv
 
     params = params or DedupeParams()
@@ -998,7 +1001,7 @@ def dedupe_folders(folders: list[str], out_csv: str, params: DedupeParams | None
         for p in sorted(root.rglob("*")):
             if p.is_file() and is_image_path(p):
                 rows.append({"id": f"{source}/{p.relative_to(root).as_posix()}", "source": source, "path": str(p),
-                             "label": p.parent.name if p.parent != root else ""})
+                             "label": p.parent.name if labels == "parent" and p.parent != root else None})
     if not rows:
         raise LungxrayError(f"no images ({', '.join(sorted({'.png', '.jpg', '.jpeg'}))}, ...) under {folders}")
     df = pd.DataFrame(rows)
