@@ -66,7 +66,9 @@ def test_run_preprocess_writes_arrays_index_and_stats(tmp_path):
     x, y = load_split(out, "train")
     assert x.shape == (3, 32, 32) and x.dtype == np.uint8 and y.tolist() == [0, 1, 0]
     assert stats["splits"]["val"]["per_class"] == {"normal": 0, "pneumonia": 1, "covid19": 0}
-    assert 0 < stats["mean"] < 1 and stats["std"] > 0
+    train = np.load(out / "train.npy").astype(np.float64) / 255.0
+    assert stats["mean"] == pytest.approx(train.mean(), abs=1e-6)
+    assert stats["std"] == pytest.approx(train.std(), abs=1e-6)
     assert json.loads((out / "stats.json").read_text())["image_size"] == 32
     assert not (tmp_path / "processed.partial").exists()
     # same inputs -> identical arrays

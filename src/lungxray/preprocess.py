@@ -60,9 +60,22 @@ def load_square(path: str, size: int, aspect: str = "pad", resample: str = "area
     return to_square(grey, size, aspect, resample)
 
 
-def _job(args: tuple[str, int, str, str]) -> np.ndarray | str:
+_OPEN: dict[str, np.ndarray] = {}  # per worker process: the split array files it writes into
+
+
+def _job(args: tuple[str, int, str, str, str, int]) -> tuple[int, int] | str:
+    """Decode one image and write it straight into row ``row`` of the split's array file (no pickling of pixels
+    back to the parent). Returns (sum of pixel values, sum of their squares) for the statistics, or an error."""
+    path, size, aspect, resample, array_file, row = args
     try:
-        return load_square(*args)
+        arr = _OPEN.get(array_file)
+        if arr is None:
+            _OPEN.clear()  # one split at a time
+            arr = _OPEN[array_file] = np.load(array_file, mmap_mode="r+")
+        img = load_square(path, size, aspect, resample)
+        arr[row] = img
+        wide = img.astype(np.int64).ravel()
+        return int(wide.sum()), int(wide @ wide)
     except Exception as e:  # reported by the parent with the file name
         return f"{type(e).__name__}: {e}"
 
@@ -83,13 +96,15 @@ def run_preprocess(split_df: pd.DataFrame, classes: list[str], params: Preproces
     size = params.image_size
     index_rows = []
     stats: dict = {"classes": list(classes), "image_size": size, "aspect": params.aspect, "splits": {}}
+    total, total_sq = 0, 0
     try:
         with get_context("fork").Pool(workers) as pool:
             for split in SPLITS:
                 part = df[df.split == split].reset_index(drop=True)
-                arr = np.lib.format.open_memmap(tmp / f"{split}.npy", mode="w+", dtype=np.uint8,
-                                                shape=(len(part), size, size))
-                jobs = [(p, size, params.aspect, params.resample) for p in part.path]
+                array_file = str(tmp / f"{split}.npy")
+                arr = np.lib.format.open_memmap(array_file, mode="w+", dtype=np.uint8, shape=(len(part), size, size))
+                del arr  # the workers write the rows
+                jobs = [(p, size, params.aspect, params.resample, array_file, i) for i, p in enumerate(part.path)]
                 it = pool.imap(_job, jobs, chunksize=16)
                 for i, res in enumerate(tqdm(it, total=len(jobs), desc=f"preprocess {split}", unit="img",
                                              disable=not progress, mininterval=1.0)):
@@ -97,31 +112,25 @@ def run_preprocess(split_df: pd.DataFrame, classes: list[str], params: Preproces
                         raise LungxrayError(
                             f"cannot decode {part.path[i]} ({res}); it passed the fetch stage, so the file changed "
                             f"since: rerun `dvc repro` to fetch it again")
-                    arr[i] = res
-                arr.flush()
-                del arr
-                for i, r in part.iterrows():
-                    index_rows.append({"split": split, "row": i, "id": r.id, "label": r.label,
-                                       "label_idx": classes.index(r.label), "source": r.get("source", "")})
+                    if split == "train":
+                        total += res[0]
+                        total_sq += res[1]
+                index_rows.append(pd.DataFrame({
+                    "split": split, "row": np.arange(len(part)), "id": part.id.to_numpy(), "label": part.label.to_numpy(),
+                    "label_idx": part.label.map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64),
+                    "source": part["source"].to_numpy() if "source" in part else ""}))
                 counts = part.label.value_counts()
                 stats["splits"][split] = {"images": int(len(part)),
                                           "per_class": {c: int(counts.get(c, 0)) for c in classes}}
-        train = np.load(tmp / "train.npy", mmap_mode="r")
-        if len(train) == 0:
+        n = stats["splits"]["train"]["images"] * size * size
+        if n == 0:
             raise LungxrayError("the train split is empty: check the split ratios and the data")
-        # mean/std of training pixels (scaled to 0..1), exact, from a histogram of the uint8 values (fast, bounded
-        # memory: one chunk of images at a time)
-        hist = np.zeros(256, dtype=np.int64)
-        for start in range(0, len(train), 1024):
-            hist += np.bincount(np.asarray(train[start: start + 1024]).ravel(), minlength=256)
-        values = np.arange(256, dtype=np.float64) / 255.0
-        n = hist.sum()
-        mean = float((hist * values).sum() / n)
-        var = float((hist * values**2).sum() / n) - mean * mean
+        # mean/std of training pixels scaled to 0..1, exact (integer sums gathered by the workers)
+        mean = total / n / 255.0
+        var = total_sq / n / 255.0**2 - mean * mean
         stats["mean"] = round(mean, 6)
         stats["std"] = round(float(np.sqrt(max(var, 1e-12))), 6)
-        del train
-        pd.DataFrame(index_rows).to_csv(tmp / "index.csv", index=False, lineterminator="\n")
+        pd.concat(index_rows, ignore_index=True).to_csv(tmp / "index.csv", index=False, lineterminator="\n")
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
