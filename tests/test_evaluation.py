@@ -122,7 +122,6 @@ def test_missing_model_is_a_clear_error(tmp_path, trained):
 
 
 def test_unreachable_mlflow_store(trained, monkeypatch):
-    from test_fetch import free_port  # noqa: F401  (same helper module path)
     from httpserver import free_port
 
     root, *_ = trained
