@@ -44,6 +44,9 @@ def evaluate_model(name: str, processed: Path, model_path: Path, metrics_dir: Pa
             f"{model_path} is stale: it was trained on data version {trained_on}, the preprocessed data is now "
             f"{current}. Rerun `dvc repro` so that train@{name} runs again before evaluating.")
     classes = ck["classes"]
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the same command on a GPU machine or a CPU
     stats = json.loads((processed / "stats.json").read_text())
     if stats["classes"] != classes:
         raise LungxrayError(f"{model_path} predicts {classes} but the data has classes {stats['classes']}")
@@ -64,7 +67,7 @@ def evaluate_model(name: str, processed: Path, model_path: Path, metrics_dir: Pa
         if absent:
             warnings.append(f"{split}: no image of class(es) {absent}: their sensitivity and AUC are undefined "
                             f"(reported as null); macro averages use the classes present")
-        probs = ev.predict_proba(model, x, ck["mean"], ck["std"], batch_size=params.batch_size)
+        probs = ev.predict_proba(model, x, ck["mean"], ck["std"], batch_size=params.batch_size, device=device)
         m = ev.compute_metrics(y, probs, classes, params)
         sources = index[index.split == split].sort_values("row").source.astype(str).tolist()
         by_source = ev.metrics_by_source(y, probs, sources, classes, params)
@@ -86,7 +89,8 @@ def evaluate_model(name: str, processed: Path, model_path: Path, metrics_dir: Pa
     full_test = results["test"][2] if "test" in results else None
     out["warnings"] = warnings
     out["throughput"] = ev.measure_throughput(model, stats["image_size"], batch_size=params.batch_size,
-                                              n_batches=params.latency_batches)
+                                              device=device, n_batches=params.latency_batches)
+    model.cpu()
     write_json(metrics_dir / "eval.json", out)
 
     run_id = (train_metrics or {}).get("mlflow_run_id")
