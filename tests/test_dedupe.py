@@ -279,6 +279,21 @@ def test_prefilter_keeps_decisions(corpus):
     assert (accepted(on) == accepted(off)).all()
     assert accepted(on).sum() >= 5
 
+
+def test_prefilter_passes_every_altered_copy(corpus, monkeypatch):
+    """No true pair (original, altered copy) is rejected by either pre-filter step, with some margin."""
+    df, _, _, truth = corpus
+    sig = D.compute_signatures(df["path"].tolist(), workers=1, progress=False, params=PARAMS)
+    paths = df["path"].tolist()
+    pairs = np.array([(i, j) for i in range(len(paths)) for j in range(i + 1, len(paths))
+                      if truth[paths[i]] == truth[paths[j]]])
+    seen = {}
+    monkeypatch.setattr(D, "_PREFILTER_HOOK", lambda stage, s: seen.setdefault(stage, s.copy()))
+    D.verify_pairs(sig.thumbs[pairs[:, 0]], sig.thumbs[pairs[:, 1]], PARAMS)
+    assert len(pairs) >= len(perturb.KINDS)
+    assert seen["quarter"].min() >= PARAMS.verify_prefilter_coarse + 0.05
+    assert seen["half"].min() >= PARAMS.verify_prefilter + 0.05
+
 @pytest.mark.shared
 def test_real_images_alterations(tmp_path):
     folder = SHARED / "jtiptj_test"

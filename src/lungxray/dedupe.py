@@ -87,9 +87,9 @@ class DedupeParams(BaseModel):
     verify_threshold: float = Field(0.82, gt=0.0, le=1.0, description="high-pass NCC after alignment to accept a pair")
     verify_min_low: float = Field(0.85, ge=-1.0, le=1.0, description="low-pass NCC after alignment must also reach this")
     verify_reject_below: float = Field(0.65, description="after the coarse alignment, pairs below this are rejected")
-    verify_prefilter: float = Field(0.5, ge=-1.0, le=1.0, description="half-resolution high-pass NCC after the "
+    verify_prefilter: float = Field(0.6, ge=-1.0, le=1.0, description="half-resolution high-pass NCC after the "
                                     "coarse alignment below which a pair is rejected early (-1 = off)")
-    verify_prefilter_coarse: float = Field(0.4, ge=-1.0, le=1.0, description="the same after the 1/4-resolution "
+    verify_prefilter_coarse: float = Field(0.55, ge=-1.0, le=1.0, description="the same after the 1/4-resolution "
                                            "alignment (before the 1/2-resolution one)")
     verify_min_overlap: float = Field(0.6, gt=0.0, le=1.0, description="share of the thumbnail both images must cover")
     verify_batch: int = Field(256, ge=1, description="pairs verified per vectorised batch")
