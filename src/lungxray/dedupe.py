@@ -57,6 +57,7 @@ from scipy.fft import dctn
 from scipy.ndimage import gaussian_filter
 
 from .errors import LungxrayError
+from .graph import components
 from .imaging import is_image_path, open_grey
 
 log = logging.getLogger(__name__)
@@ -749,25 +750,6 @@ def verify_all(thumbs: np.ndarray, pairs: np.ndarray, params: DedupeParams, work
 # grouping
 
 
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = np.arange(n)
-
-    def find(self, x: int) -> int:
-        p = self.parent
-        root = x
-        while p[root] != root:
-            root = p[root]
-        while p[x] != root:
-            p[x], x = root, p[x]
-        return root
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
 def candidate_pairs(sig: Signatures, idx: np.ndarray, params: DedupeParams) -> tuple[np.ndarray, np.ndarray]:
     """Candidate pairs (as indices into ``idx``) and their hash distance."""
     hp, hd = hash_pairs(sig.hashes[idx], params.hash_radius, params.mih_chunks, workers=_resolve_workers(params.workers))
@@ -823,7 +805,7 @@ def find_groups(df: pd.DataFrame, params: DedupeParams | None = None, cache_path
     out["readable"] = sig.ok
     t_sig = time.time() - t0
 
-    uf = _UnionFind(n)
+    edges: list[tuple[int, int]] = []
     # 1. byte-identical
     first_by_sha: dict[str, int] = {}
     edge_method = [""] * n
@@ -835,7 +817,7 @@ def find_groups(df: pd.DataFrame, params: DedupeParams | None = None, cache_path
             continue
         j = first_by_sha.setdefault(s, i)
         if j != i:
-            uf.union(i, j)
+            edges.append((i, j))
             for a, b in ((i, j), (j, i)):
                 edge_method[a], edge_partner[a], edge_dist[a], edge_sim[a] = METHOD_SHA, b, 0.0, 1.0
     # 2. visual, over one readable row per distinct content
@@ -855,7 +837,7 @@ def find_groups(df: pd.DataFrame, params: DedupeParams | None = None, cache_path
         if s:
             members_of.setdefault(first_by_sha[s], []).append(i)
     for (a, b), d, sc in zip(reps[pairs[accepted]] if len(pairs) else [], hdist[accepted], score[accepted]):
-        uf.union(int(a), int(b))
+        edges.append((int(a), int(b)))
         for x, y in ((a, b), (b, a)):
             for m in members_of[int(x)]:
                 if edge_method[m] == METHOD_SHA:
@@ -863,7 +845,7 @@ def find_groups(df: pd.DataFrame, params: DedupeParams | None = None, cache_path
                 if np.isnan(edge_sim[m]) or sc > edge_sim[m]:
                     edge_method[m], edge_partner[m], edge_dist[m], edge_sim[m] = METHOD_VISUAL, int(y), d, sc
 
-    roots = np.array([uf.find(i) for i in range(n)])
+    roots = components(n, edges)
     out["_root"] = roots
     out["match_method"] = edge_method
     out["matched_to"] = [out.at[p, "id"] if p >= 0 else "" for p in edge_partner]

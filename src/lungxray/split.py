@@ -38,6 +38,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import LungxrayError
+from .graph import components_by_keys
 
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMNS = ["id", "path", "label", "split", "group", "unit", "source", "patient"]
@@ -141,44 +142,6 @@ def _merge_inputs(manifest: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# union-find
-
-
-def _components(keys: list[list[str]]) -> np.ndarray:
-    """Connected components of rows that share any non-empty key.
-
-    ``keys`` is one list per key kind (e.g. [groups, patients]), each holding one key per row. Rows are linked when
-    they share a key of the same kind. Returns, per row, the index of the smallest row of its component.
-    """
-    n = len(keys[0]) if keys else 0
-    parent = np.arange(n)
-
-    def find(i: int) -> int:
-        root = i
-        while parent[root] != root:
-            root = parent[root]
-        while parent[i] != root:
-            parent[i], i = root, parent[i]
-        return root
-
-    for kind, col in enumerate(keys):
-        first: dict[str, int] = {}
-        for i, k in enumerate(col):
-            if not k:
-                continue
-            j = first.setdefault(k, i)
-            if j != i:
-                a, b = find(i), find(j)
-                if a != b:
-                    # keep the smaller index as root so the root is the smallest row of the component
-                    if a < b:
-                        parent[b] = a
-                    else:
-                        parent[a] = b
-    return np.array([find(i) for i in range(n)], dtype=np.int64)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # assignment
 
 
@@ -253,7 +216,7 @@ def make_split(
     """
     p = params or SplitParams()
     df = _merge_inputs(manifest, groups)
-    roots = _components([df["group"].tolist(), df["patient"].tolist()])
+    roots = components_by_keys([df["group"].tolist(), df["patient"].tolist()])
     df["unit"] = df["id"].to_numpy()[roots]
     if p.keep_official_splits or p.keep_official_test:
         bad = sorted(set(df["official_split"]) - set(SPLITS) - {""})
@@ -441,7 +404,7 @@ def check_leakage(split_df: pd.DataFrame, *references: pd.DataFrame) -> list[str
         reported_ids.update(sub["id"])
 
     # 3. longer chains
-    rows["_root"] = _components([rows["group"].tolist(), rows["patient"].tolist()])
+    rows["_root"] = components_by_keys([rows["group"].tolist(), rows["patient"].tolist()])
     for _, sub in _spanning(rows[rows["split"] != ""], "_root"):
         if not (set(sub["id"]) & reported_ids):
             sub = sub.assign(where=sub["split"])
