@@ -15,9 +15,9 @@ def main() -> None:
     plot_leaderboard(df, schema.LEADERBOARD_PNG)
     with atomic_path(schema.LEADERBOARD_MD) as tmp:
         tmp.write_text("# Leaderboard (test split)\n\n" + md + "\n")
-    write_json(schema.LEADERBOARD_JSON, {r["model"]: {k: v for k, v in r.items() if k not in ("model", "test_set", "mlflow_run_id",
-                                                                                                "mlflow_model_uri")}
-                                         for r in df.to_dict("records")})
+    internal = {"model", "test_set", "mlflow_run_id", "mlflow_model_uri"}
+    write_json(schema.LEADERBOARD_JSON,
+               {r["model"]: {k: v for k, v in r.items() if k not in internal} for r in df.to_dict("records")})
     print(md)
 
 

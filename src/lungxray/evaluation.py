@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from . import evaluate as ev
 from .errors import LungxrayError
@@ -44,8 +45,6 @@ def evaluate_model(name: str, processed: Path, model_path: Path, metrics_dir: Pa
             f"{model_path} is stale: it was trained on data version {trained_on}, the preprocessed data is now "
             f"{current}. Rerun `dvc repro` so that train@{name} runs again before evaluating.")
     classes = ck["classes"]
-    import torch
-
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the same command on a GPU machine or a CPU
     stats = json.loads((processed / "stats.json").read_text())
     if stats["classes"] != classes:

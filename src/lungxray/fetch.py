@@ -208,7 +208,7 @@ def scan_source(src, source_dir: Path, params: FetchParams) -> tuple[list[Candid
     return out, ignored, len(set(table) - used_keys)
 
 
-def check_labels(src, candidates: list[Candidate]) -> None:
+def check_labels(src, candidates: list[Candidate], classes: list[str]) -> None:
     """Stop on raw labels the source's map does not cover, naming each with an example file."""
     examples: dict[str, str] = {}
     for c in candidates:
@@ -218,7 +218,7 @@ def check_labels(src, candidates: list[Candidate]) -> None:
         lines = [f"  - '{raw}' (e.g. {ex})" for raw, ex in sorted(examples.items())]
         raise SourceError(
             f"source '{src.name}': {len(examples)} raw label(s) are not mapped:\n" + "\n".join(lines) + "\n"
-            f"Add each to the source's 'labels' in params.yaml, mapped to a class ({', '.join(sorted(set(src.labels.values()) - {DROP}) or '...')}) "
+            f"Add each to the source's 'labels' in params.yaml, mapped to a class ({', '.join(classes)}) "
             f"or to '{DROP}'. Mapped so far: {sorted(src.labels)}."
         )
 
@@ -352,7 +352,7 @@ def run_fetch(params: FetchParams, progress: bool = True) -> dict:
     for src in params.sources:
         source_dir = materialise(src, params.download_timeout_s)
         cands, ignored, unmatched_rows = scan_source(src, source_dir, params)
-        check_labels(src, cands)
+        check_labels(src, cands, params.classes)
         per_source.append((src, cands))
         summary_sources[src.name] = {
             "kind": src.kind,

@@ -445,9 +445,8 @@ def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, 
             print(f"[{name}] resuming after epoch {ck['epoch']} from {ckpt_path}")
         elif ck is not None:
             print(f"[{name}] the checkpoint in {ckpt_path} is for another configuration; starting afresh")
-    for stale in ("model.pt",):
-        if (out_dir / stale).exists() and start_epoch == 1:
-            (out_dir / stale).unlink()
+    if start_epoch == 1 and (out_dir / "model.pt").exists():
+        (out_dir / "model.pt").unlink()  # a finished model of another configuration is not this run's result
 
     # ---- mlflow run (continued on resume)
     mlflow = mlflow_setup(params.mlflow)
@@ -559,7 +558,7 @@ def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, 
 
 
 def log_torch_model(mlflow, model: nn.Module, stats: dict, classes: list[str]):
-    """Log the model with a signature and an input example (a normalised 3-channel batch of one)."""
+    """Log the model with a signature and an input example (a normalised 3-channel batch of two)."""
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
