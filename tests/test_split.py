@@ -411,6 +411,13 @@ def test_split_refuses_input_never_validated(tmp_path):
         require_validated(report, paths)
 
 
+def test_split_names_a_missing_input_instead_of_a_traceback(tmp_path):
+    report, paths = _validated(tmp_path)
+    paths[1].unlink()  # as after `dvc repro` stopped at a dedupe that failed
+    with pytest.raises(LungxrayError, match=r"groups.csv is missing.*dvc repro split"):
+        require_validated(report, paths)
+
+
 def test_split_refuses_input_changed_since_validation(tmp_path):
     report, paths = _validated(tmp_path)
     with open(paths[1], "a") as fh:

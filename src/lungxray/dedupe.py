@@ -1060,9 +1060,10 @@ def contact_sheet(groups_df: pd.DataFrame, report: dict, out_png: str, max_group
         axes[r, 0].text(-0.05, 0.5, f"{head}\n({len(g)} images)",
                         transform=axes[r, 0].transAxes, rotation=90, ha="right", va="center", fontsize=7,
                         color="red" if is_conflict else "black")
-    fig.suptitle(f"{len(conflict_ids)} label conflicts (red) + {len(sample)} of {len(dup_ids)} other duplicate groups",
-                 fontsize=10)
-    fig.tight_layout()
+    top = 1 - 0.5 / fig.get_figheight()  # a band of half an inch for the title, whatever the number of rows
+    fig.suptitle(f"{len(conflict_ids)} label conflicts (red, with what was done) + {len(sample)} of {len(dup_ids)} "
+                 "other duplicate groups", fontsize=10, y=1 - 0.2 / fig.get_figheight())
+    fig.tight_layout(rect=(0, 0, 1, top))
     Path(out_png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=80)
     plt.close(fig)

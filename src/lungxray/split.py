@@ -85,19 +85,22 @@ def require_validated(report_path: str | os.PathLike, inputs: list[str | os.Path
     manifest and the groups table: the report records their sha256)."""
     from .io import file_fingerprints, read_json
 
-    again = "rerun the validate stage first (dvc repro validate)"
+    rerun = "rerun the validate stage (dvc repro validate)"
+    for path in inputs:
+        if not Path(path).exists():
+            raise LungxrayError(f"{path} is missing: run the stages before split first (dvc repro split)")
     report_path = Path(report_path)
     if not report_path.exists():
-        raise LungxrayError(f"{report_path} is missing: the data has not been validated; {again}")
+        raise LungxrayError(f"{report_path} is missing: validate the data first (dvc repro validate)")
     report = read_json(report_path)
     if report.get("success") is not True:
         raise LungxrayError(f"data validation failed ({report.get('n_failed', '?')} failed checks, see {report_path}): "
-                            f"split refuses data that did not pass it; fix what it lists, then {again}")
+                            f"split refuses data that did not pass it; fix what it lists, then {rerun}")
     validated, now = report.get("inputs") or {}, file_fingerprints(inputs)
     changed = [p for p, sha in now.items() if validated.get(p) != sha]
     if changed:
         raise LungxrayError(f"{report_path} was not computed on the current {' and '.join(changed)} (changed since "
-                            f"validation, or validated by an older version): {again}")
+                            f"validation, or validated by an older version): {rerun}")
 
 
 def _text(s: pd.Series) -> pd.Series:
