@@ -58,7 +58,7 @@ from scipy.ndimage import gaussian_filter
 from .errors import LungxrayError
 from .graph import components
 from .imaging import is_image_path, open_grey
-from .schema import conflict_outcome, kept_per_group
+from .schema import CONFLICT_POLICIES, conflict_outcome, kept_per_group
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class DedupeParams(BaseModel):
     verify_batch: int = Field(256, ge=1, description="pairs verified per vectorised batch")
     # policy / output
     source_preference: list[str] = Field(default_factory=list, description="kept-member tie break, most preferred first")
-    conflict_policy: Literal["drop", "majority", "fail"] = Field(
+    conflict_policy: Literal[CONFLICT_POLICIES] = Field(  # type: ignore[valid-type]
         "drop", description="copies of one X-ray under different labels: drop them all, keep one with the majority "
         "label, or fail (the contract: lungxray.schema)")
     workers: int = Field(0, ge=0, description="processes (0 = all cores)")

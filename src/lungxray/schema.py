@@ -1,4 +1,4 @@
-"""Stable names of the tables the stages pass along, and where they live.
+"""Stable names of the tables the stages pass along, where they live, and the label-conflict contract between them.
 
 Later stages read these columns by name; renaming one is a breaking change.
 """
