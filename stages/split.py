@@ -8,12 +8,13 @@ from lungxray import schema
 from lungxray.config import load_params
 from lungxray.errors import LungxrayError
 from lungxray.io import write_json
-from lungxray.split import make_split, split_counts, split_counts_plot, write_split
+from lungxray.split import make_split, require_validated, split_counts, split_counts_plot, write_split
 from lungxray.stage import run_stage
 
 
 def main() -> None:
     params = load_params()
+    require_validated(schema.VALIDATION_REPORT, [schema.MANIFEST, schema.GROUPS])
     manifest = pd.read_csv(schema.MANIFEST, keep_default_na=False)
     groups = pd.read_csv(schema.GROUPS, keep_default_na=False)
     split_df, stats = make_split(manifest, groups, params.split, params.fetch.classes)

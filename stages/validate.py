@@ -5,6 +5,7 @@ import pandas as pd
 from lungxray import schema
 from lungxray.config import load_params
 from lungxray.errors import LungxrayError
+from lungxray.io import file_fingerprints
 from lungxray.stage import run_stage
 from lungxray.validate import format_failures, validate_tables, write_report
 
@@ -13,7 +14,8 @@ def main() -> None:
     params = load_params()
     manifest = pd.read_csv(schema.MANIFEST, keep_default_na=False)
     groups = pd.read_csv(schema.GROUPS, keep_default_na=False)
-    result = validate_tables(manifest, groups, params.fetch.classes, params.validate_params)
+    inputs = file_fingerprints([schema.MANIFEST, schema.GROUPS])  # split runs only on what passed here
+    result = validate_tables(manifest, groups, params.fetch.classes, params.validate_params, inputs=inputs)
     write_report(result, schema.VALIDATION_REPORT, schema.VALIDATION_DOCS)  # written either way
     if not result.success:
         raise LungxrayError(f"data validation failed (report: {schema.VALIDATION_REPORT}):\n{format_failures(result)}")

@@ -112,8 +112,8 @@ def test_output_shape_and_kept_rule(corpus):
     df, groups, report, truth = corpus
     assert len(groups) == len(df)
     assert list(groups["id"]) == list(df["id"])
-    for col in ("group", "kept", "match_method", "hash_distance", "similarity", "label_conflict", "train_eligible",
-                "conflict_action", "exclude"):
+    for col in ("group", "kept", "match_method", "hash_distance", "similarity", "label_conflict", "conflict_action",
+                "resolved_label", "readable"):
         assert col in groups.columns
     assert (groups.groupby("group")["kept"].sum() == 1).all()
     for _, g in groups.groupby("group"):
@@ -152,29 +152,60 @@ def _conflict_df(tmp_path, labels):
     return _df(items)
 
 
-def test_conflict_policies(tmp_path):
+def test_drop_policy_keeps_no_member_of_a_conflict_group(tmp_path):
     df = _conflict_df(tmp_path, ["NORMAL", "PNEUMONIA", "PNEUMONIA"])
     g, rep = D.find_groups(df, PARAMS, progress=False)
     conf = g[g["label_conflict"]]
-    assert len(conf) == 3 and not conf["train_eligible"].any() and conf["exclude"].all()
+    assert len(conf) == 3 and not conf["kept"].any()
+    assert (conf["conflict_action"] == "drop").all() and (conf["resolved_label"] == "").all()
+    assert g.loc[~g["label_conflict"], "kept"].all()  # the unrelated image enters the split
     assert rep["n_label_conflicts"] == 1 and len(rep["label_conflicts"][0]["members"]) == 3
-    assert g.loc[~g["label_conflict"], "train_eligible"].all()
+    assert rep["label_conflicts"][0]["kept"] is None and rep["images_dropped_for_label_conflicts"] == 3
 
+
+def test_kept_is_the_only_column_that_says_what_enters_the_split(tmp_path):
+    g, _ = D.find_groups(_conflict_df(tmp_path, ["NORMAL", "PNEUMONIA"]), PARAMS, progress=False)
+    assert not {"train_eligible", "exclude"} & set(g.columns)
+
+
+def test_majority_policy_keeps_one_member_with_the_majority_label(tmp_path):
+    df = _conflict_df(tmp_path, ["NORMAL", "PNEUMONIA", "PNEUMONIA"])
     g, rep = D.find_groups(df, PARAMS.model_copy(update={"conflict_policy": "majority"}), progress=False)
     conf = g[g["label_conflict"]]
-    kept = conf[conf["train_eligible"]]
-    assert len(kept) == 1 and kept["label"].item() == "PNEUMONIA"
-    assert (conf["resolved_label"] == "PNEUMONIA").all()
+    kept = conf[conf["kept"]]
+    # c0 (NORMAL) has the highest resolution, yet the kept member must carry the majority label
+    assert len(kept) == 1 and kept["label"].item() == "PNEUMONIA" and kept["id"].item() == "s1/c1.jpg"
+    assert (conf["resolved_label"] == "PNEUMONIA").all() and (conf["conflict_action"] == "majority").all()
+    assert rep["label_conflicts"][0]["kept"] == "s1/c1.jpg"
 
-    with pytest.raises(LungxrayError, match="conflict_policy"):
-        D.find_groups(df, PARAMS.model_copy(update={"conflict_policy": "fail"}), progress=False)
 
-
-def test_majority_tie_drops(tmp_path):
+def test_majority_tie_is_dropped_like_drop(tmp_path):
     df = _conflict_df(tmp_path, ["NORMAL", "PNEUMONIA"])
     g, rep = D.find_groups(df, PARAMS.model_copy(update={"conflict_policy": "majority"}), progress=False)
-    assert not g.loc[g["label_conflict"], "train_eligible"].any()
+    conf = g[g["label_conflict"]]
+    assert not conf["kept"].any() and (conf["conflict_action"] == "drop_tie").all()
     assert rep["n_label_conflicts"] == 1
+
+
+def test_fail_policy_stops_naming_label_source_and_file_of_each_member(tmp_path):
+    df = _conflict_df(tmp_path, ["NORMAL", "PNEUMONIA", "PNEUMONIA"])
+    with pytest.raises(LungxrayError, match="conflict_policy") as e:
+        D.find_groups(df, PARAMS.model_copy(update={"conflict_policy": "fail"}), progress=False)
+    for r in df.iloc[:3].itertuples():
+        assert f"{r.label} from {r.source}: {r.path}" in str(e.value)
+    assert str(df.path.iloc[3]) not in str(e.value)  # the image without a conflict is not listed
+
+
+def test_unreadable_file_is_never_kept(tmp_path):
+    good = str(tmp_path / "good.png")
+    _texture(5).save(good)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    df = pd.DataFrame([{"id": "g", "source": "s", "path": good, "label": "N"},
+                       {"id": "b", "source": "s", "path": str(bad), "label": "N"}])
+    g, rep = D.find_groups(df, PARAMS, progress=False)
+    assert len(rep["unreadable"]) == 1 and rep["unreadable"][0]["id"] == "b"
+    assert g.set_index("id")["kept"].to_dict() == {"g": True, "b": False}
 
 
 def test_group_ids_deterministic(corpus):
@@ -206,18 +237,6 @@ def test_cache_reuse(tmp_path, monkeypatch):
     s2 = D.compute_signatures(df["path"].tolist() + [p], workers=1, cache_path=cache, progress=False)
     assert s2.n_computed == 1 and len(calls) == 4 and s2.n_cached == 3
     assert (s2.hashes[:3] == s1.hashes).all() and (s2.thumbs[:3] == s1.thumbs).all()
-
-
-def test_unreadable_file_reported(tmp_path):
-    good = str(tmp_path / "good.png")
-    _texture(5).save(good)
-    bad = tmp_path / "bad.jpg"
-    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    df = pd.DataFrame([{"id": "g", "source": "s", "path": good, "label": "N"},
-                       {"id": "b", "source": "s", "path": str(bad), "label": "N"}])
-    g, rep = D.find_groups(df, PARAMS, progress=False)
-    assert len(rep["unreadable"]) == 1 and rep["unreadable"][0]["id"] == "b"
-    assert not g.set_index("id").loc["b", "train_eligible"]
 
 
 def test_modes_to_grey():

@@ -37,7 +37,8 @@ def fetched(tmp_path_factory):
 NORMALISED = {"NORMAL": "normal", "PNEUMONIA": "pneumonia", "COVID19": "covid19", "TUBERCULOSIS": "tuberculosis"}
 
 
-@pytest.mark.parametrize("source", ["jtiptj_test", "ieee8023_fork_suyash091", "figure1_covid", "skytells_covid19_xray"])
+@pytest.mark.parametrize("source", ["jtiptj_test", "ieee8023_fork_suyash091", "figure1_covid", "skytells_covid19_xray",
+                                    "relabelled_copies"])
 def test_counts_match_the_source_manifests(fetched, source):
     _, manifest, _ = fetched
     theirs = pd.read_csv(SHARED_DATA / source / "manifest.csv")

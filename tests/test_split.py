@@ -17,6 +17,7 @@ from lungxray.split import (
     SplitParams,
     check_leakage,
     make_split,
+    require_validated,
     split_counts,
     split_counts_plot,
     write_split,
@@ -374,3 +375,56 @@ def test_same_split_whatever_the_csv_reader(tmp_path):
     pd.testing.assert_frame_equal(a, b)
     c, _ = make_split(m, g, SplitParams())
     pd.testing.assert_frame_equal(a, c)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# only validated input
+
+
+def _validated(tmp_path, success=True, inputs=None):
+    """A manifest and a groups table on disk, and a validation report on them (or on ``inputs``)."""
+    from lungxray.io import file_fingerprints, write_json
+
+    m, g = _simple(30)
+    paths = [tmp_path / "manifest.csv", tmp_path / "groups.csv"]
+    m.to_csv(paths[0], index=False)
+    g.to_csv(paths[1], index=False)
+    report = tmp_path / "validation.json"
+    write_json(report, {"success": success, "n_failed": 0 if success else 1,
+                        "inputs": file_fingerprints(paths) if inputs is None else inputs})
+    return report, paths
+
+
+def test_split_accepts_input_that_validation_passed(tmp_path):
+    require_validated(*_validated(tmp_path))
+
+
+def test_split_refuses_input_that_validation_failed(tmp_path):
+    with pytest.raises(LungxrayError, match=r"validation failed.*dvc repro validate"):
+        require_validated(*_validated(tmp_path, success=False))
+
+
+def test_split_refuses_input_never_validated(tmp_path):
+    report, paths = _validated(tmp_path)
+    report.unlink()
+    with pytest.raises(LungxrayError, match=r"missing.*dvc repro validate"):
+        require_validated(report, paths)
+
+
+def test_split_names_a_missing_input_instead_of_a_traceback(tmp_path):
+    report, paths = _validated(tmp_path)
+    paths[1].unlink()  # as after `dvc repro` stopped at a dedupe that failed
+    with pytest.raises(LungxrayError, match=r"groups.csv is missing.*dvc repro split"):
+        require_validated(report, paths)
+
+
+def test_split_refuses_input_changed_since_validation(tmp_path):
+    report, paths = _validated(tmp_path)
+    with open(paths[1], "a") as fh:
+        fh.write("one more row\n")
+    with pytest.raises(LungxrayError, match=r"groups.csv.*dvc repro validate") as e:
+        require_validated(report, paths)
+    assert "manifest.csv" not in str(e.value)
+    # a report from before validation recorded its inputs is not trusted either
+    with pytest.raises(LungxrayError, match="dvc repro validate"):
+        require_validated(*_validated(tmp_path, inputs={}))

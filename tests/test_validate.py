@@ -26,7 +26,7 @@ def _roundtrip(df: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def tables(tmp_path_factory) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
-    """A valid manifest (6 images, files on disk) and groups table (one duplicate pair, one conflict group)."""
+    """A valid manifest (7 images, files on disk) and groups table (one duplicate pair, one dropped conflict group)."""
     root = tmp_path_factory.mktemp("repo")
     specs = [  # label, patient, official split, group, kept, conflict
         ("normal", "k:1", "train", "g1", True, False),
@@ -34,7 +34,8 @@ def tables(tmp_path_factory) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
         ("normal", "k:2", "test", "g2", True, False),
         ("pneumonia", "k:3", "", "g3", True, False),
         ("pneumonia", "", "", "g4", True, False),
-        ("pneumonia", "k:4", "val", "g5", False, True),  # conflict group: nothing kept
+        ("pneumonia", "k:4", "val", "g5", False, True),  # conflict group (drop): nothing kept
+        ("normal", "", "", "g5", False, True),  # the same X-ray under another label
     ]
     rows, grows = [], []
     for i, (label, patient, split, group, kept, conflict) in enumerate(specs):
@@ -63,7 +64,8 @@ def tables(tmp_path_factory) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
         )
         grows.append(
             {"id": ident, "path": path, "source": "src", "label": label, "group": group, "kept": kept,
-             "label_conflict": conflict, "evidence": "sha256"}
+             "label_conflict": conflict, "conflict_action": "drop" if conflict else "",
+             "resolved_label": "" if conflict else label, "readable": True, "evidence": "sha256"}
         )
     manifest = _roundtrip(pd.DataFrame(rows, columns=MANIFEST_COLUMNS))
     groups = _roundtrip(pd.DataFrame(grows))
@@ -90,7 +92,7 @@ def test_valid_tables_pass(tables):
     assert r.failures == []
     assert len(r.checks) > 40
     assert r.stats["class_counts"] == {"normal": 2, "pneumonia": 2}  # kept images only
-    assert r.stats["groups_label_conflict"] == 1
+    assert r.stats["groups_label_conflict"] == 1 and r.stats["groups_dropped_for_label_conflicts"] == 1
     assert format_failures(r).startswith("data validation passed")
     json.dumps(r.to_dict())
 
@@ -105,7 +107,7 @@ def test_unknown_label(tables):
     assert f.unexpected_count == 1
     assert f.examples[0]["label"] == "covid" and f.examples[0]["id"] == m.loc[3, "id"]
     text = format_failures(r)
-    assert "taxonomy" in text and "covid" in text and "1 of 6 rows fail" in text
+    assert "taxonomy" in text and "covid" in text and "1 of 7 rows fail" in text
 
 
 def test_duplicate_id(tables):
@@ -151,7 +153,7 @@ def test_too_small(tables):
     fh = _only_failure(r, "manifest", "height")
     assert fw.examples[0]["width"] == 16 and "between 32 and 20000" in fw.description
     assert fh.examples[0]["height"] == 99999
-    assert "width is between 32 and 20000 pixels: 1 of 6 rows fail" in format_failures(r)
+    assert "width is between 32 and 20000 pixels: 1 of 7 rows fail" in format_failures(r)
     # bounds come from the params
     assert _run(tables, manifest=m, min_width=8, max_height=100000).success
 
@@ -162,7 +164,7 @@ def test_class_below_minimum(tables):
     assert f.unexpected_count == 2
     assert {e["class"] for e in f.examples} == {"normal", "pneumonia"}
     assert "at least 3 kept images" in format_failures(r)
-    # counting every manifest image instead of the kept ones: 3 of each
+    # counting every manifest image instead of the kept ones: 4 normal, 3 pneumonia
     assert _run(tables, min_per_class=3, count_kept_only=False).success
 
 
@@ -182,7 +184,8 @@ def test_two_kept_in_one_group(tables):
     g.loc[1, "kept"] = True
     r = _run(tables, groups=g)
     f = _only_failure(r, "group_kept", "kept")
-    assert f.examples == [{"group": "g1", "n_members": 2, "n_kept": 2, "label_conflict": False}]
+    assert f.examples == [{"group": "g1", "n_members": 2, "n_kept": 2, "label_conflict": False, "conflict_action": "",
+                           "resolved_label": "normal"}]
     assert "exactly one kept image" in format_failures(r)
 
 
@@ -192,6 +195,61 @@ def test_group_without_kept_image(tables):
     g.loc[0, "kept"] = False
     f = _only_failure(_run(tables, groups=g), "group_kept", "kept")
     assert f.examples[0]["group"] == "g1" and f.examples[0]["n_kept"] == 0
+
+
+def _majority_groups(tables, kept_row: int, resolved: str = "pneumonia"):
+    """The fixture's conflict group g5 (rows 5 pneumonia, 6 normal) plus a third copy (row 3, pneumonia), resolved by
+    ``majority``; ``kept_row`` is its kept member."""
+    _, _, g = tables
+    g = g.copy()
+    conf = [3, 5, 6]
+    g.loc[conf, "group"] = "g5"
+    g.loc[conf, "label_conflict"] = True
+    g.loc[conf, "conflict_action"] = "majority"
+    g.loc[conf, "resolved_label"] = resolved
+    g.loc[conf, "kept"] = False
+    g.loc[kept_row, "kept"] = True
+    return g
+
+
+def test_a_conflict_group_resolved_by_majority_keeps_exactly_one_image(tables):
+    r = _run(tables, groups=_majority_groups(tables, kept_row=5))
+    assert r.success, format_failures(r)
+    assert r.stats["groups_label_conflict"] == 1 and r.stats["groups_dropped_for_label_conflicts"] == 0
+
+
+def test_a_dropped_conflict_group_with_a_kept_image_fails(tables):
+    """What dedupe wrote before: the representative of a dropped conflict group still marked kept."""
+    _, _, g = tables
+    g = g.copy()
+    g.loc[5, "kept"] = True
+    f = _only_failure(_run(tables, groups=g), "group_kept", "kept")
+    assert f.examples[0]["group"] == "g5" and f.examples[0]["n_kept"] == 1
+    assert f.examples[0]["conflict_action"] == "drop"
+
+
+def test_the_kept_image_must_carry_the_resolved_label(tables):
+    r = _run(tables, groups=_majority_groups(tables, kept_row=6))  # row 6 is 'normal', the group resolved 'pneumonia'
+    f = _only_failure(r, "group_kept", "resolved_label")
+    assert f.examples[0]["group"] == "g5" and "carries its group's resolved label" in f.description
+
+
+def test_the_resolution_must_follow_the_conflict_policy(tables):
+    r = _run(tables, groups=_majority_groups(tables, kept_row=6, resolved="normal"))  # 'normal' is the minority
+    f = _only_failure(r, "group_kept", "conflict_action")
+    assert f.examples[0]["group"] == "g5"
+    assert "label-conflict contract" in format_failures(r)
+
+
+def test_an_image_dedupe_could_not_read_fails(tables):
+    _, _, g = tables
+    g = g.copy()
+    g.loc[4, "readable"] = False
+    g.loc[4, "kept"] = False
+    r = _run(tables, groups=g)
+    f = _only_failure(r, "groups", "readable")
+    assert f.examples[0]["id"] == g.loc[4, "id"]
+    assert "rerun" in f.description
 
 
 def test_manifest_id_missing_from_groups(tables):
@@ -224,6 +282,14 @@ def test_write_report(tables, tmp_path):
     assert d["success"] is False and d["n_failed"] == len(r.failures) >= 1
     assert d["failures"][0]["examples"]
     assert any(p.suffix == ".html" for p in (tmp_path / "docs").iterdir())
+
+
+def test_the_report_records_which_files_were_validated(tables, tmp_path):
+    root, m, g = tables
+    inputs = {"data/interim/manifest.csv": "a" * 64, "data/interim/groups.csv": "b" * 64}
+    r = validate_tables(m, g, CLASSES, ValidateParams(), root, inputs=inputs)
+    write_report(r, tmp_path / "validation.json")
+    assert json.loads((tmp_path / "validation.json").read_text())["inputs"] == inputs
 
 
 def test_params_are_strict():

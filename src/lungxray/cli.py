@@ -24,7 +24,8 @@ def _cmd_dedupe(args: argparse.Namespace) -> None:
     report = dedupe_folders(args.folders, args.out, params, cache_path=args.cache, progress=not args.quiet,
                             labels=args.labels)
     print(summary_text(report))
-    print(f"groups table: {args.out} (one row per image; 'kept' marks one image per X-ray)")
+    print(f"groups table: {args.out} (one row per image; 'kept' marks the one image per X-ray "
+          "that a split would use, none for a dropped label conflict)")
     if args.sheet:
         import pandas as pd
 

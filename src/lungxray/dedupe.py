@@ -26,14 +26,13 @@ Output rules (see :func:`find_groups`):
 
 * ``group``: ``"g" + first 12 hex digits of the smallest sha256 in the group`` - deterministic, independent of row
   order, worker count and params other than what decides membership.
-* ``kept``: one representative per group: readable first, then the highest resolution (width*height), then the
+* ``kept``: the image of the group that enters the split (the label-conflict contract of :mod:`lungxray.schema`):
+  among the readable members carrying the group's ``resolved_label``, the highest resolution (width*height), then the
   position of its source in ``source_preference`` (unlisted sources after listed ones), then the smallest ``id``.
-  Under ``conflict_policy: majority`` the representative is chosen among the members carrying the majority label.
-* label conflicts (a group with more than one label): ``drop`` (default) sets ``exclude`` for every member, so no
-  member of the group is ``train_eligible`` (``kept`` still marks the representative, for the report); ``majority``
-  keeps the representative with the majority label (ties are dropped as above); ``fail`` raises
-  :class:`~lungxray.errors.LungxrayError` listing the conflicts. Every conflict is listed in the report.
-* ``train_eligible = kept & ~exclude & readable``.
+* label conflicts (a group with more than one label), ``conflict_policy``: ``drop`` (default) keeps no member of the
+  group; ``majority`` keeps one member carrying the majority label, which becomes the group's ``resolved_label`` (a
+  tie is dropped); ``fail`` raises :class:`~lungxray.errors.LungxrayError` listing the label, source and file of every
+  member. Every conflict is listed in the report, with its action and kept member.
 """
 
 from __future__ import annotations
@@ -59,6 +58,7 @@ from scipy.ndimage import gaussian_filter
 from .errors import LungxrayError
 from .graph import components
 from .imaging import is_image_path, open_grey
+from .schema import CONFLICT_POLICIES, conflict_outcome, kept_per_group
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,9 @@ class DedupeParams(BaseModel):
     verify_batch: int = Field(256, ge=1, description="pairs verified per vectorised batch")
     # policy / output
     source_preference: list[str] = Field(default_factory=list, description="kept-member tie break, most preferred first")
-    conflict_policy: Literal["drop", "majority", "fail"] = "drop"
+    conflict_policy: Literal[CONFLICT_POLICIES] = Field(  # type: ignore[valid-type]
+        "drop", description="copies of one X-ray under different labels: drop them all, keep one with the majority "
+        "label, or fail (the contract: lungxray.schema)")
     workers: int = Field(0, ge=0, description="processes (0 = all cores)")
 
     def signature_fingerprint(self) -> str:
@@ -771,6 +773,58 @@ def _source_rank(source: str, preference: list[str]) -> int:
     return preference.index(source) if source in preference else len(preference)
 
 
+def _label_text(labels: pd.Series) -> pd.Series:
+    """Labels as text, "" where there is none."""
+    return labels.astype("string").fillna("").str.strip().astype(object)
+
+
+def _resolve_labels(out: pd.DataFrame, policy: str) -> list[dict]:
+    """Set ``label_conflict``, ``conflict_action`` and ``resolved_label`` of every row (schema.conflict_outcome);
+    return one report entry per label conflict."""
+    labels = _label_text(out["label"])
+    n_labels = labels.where(labels != "").groupby(out["group"]).transform("nunique")
+    out["label_conflict"] = (n_labels > 1).to_numpy()
+    first = labels.where(labels != "").groupby(out["group"]).transform("first")
+    out["conflict_action"] = ""
+    out["resolved_label"] = first.fillna("").astype(object)
+    conflicts = []
+    for gid, g in out[out["label_conflict"]].groupby("group", sort=True):
+        action, resolved = conflict_outcome(labels[g.index], policy)
+        out.loc[g.index, "conflict_action"] = action
+        out.loc[g.index, "resolved_label"] = resolved
+        counts = labels[g.index].value_counts()
+        members = [{"id": str(r.id), "source": str(r.source), "label": str(r.label), "path": str(r.path),
+                    "width": int(r.width), "height": int(r.height)}
+                   for r in g.sort_values(["_id"]).itertuples()]
+        conflicts.append({"group": gid, "labels": {str(k): int(v) for k, v in counts.items()}, "action": action,
+                          "resolved_label": resolved, "members": members})
+    return conflicts
+
+
+def _choose_kept(out: pd.DataFrame, preference: list[str]) -> np.ndarray:
+    """The image of each group that enters the split: among its readable members carrying the resolved label, the
+    highest resolution, then ``preference``'s source order, then the smallest id; none in a dropped group."""
+    cand = out[(_label_text(out["label"]) == out["resolved_label"]) & out["readable"].astype(bool)
+               & (out["conflict_action"].map(kept_per_group) == 1)]
+    resolution = cand["width"].astype("int64") * cand["height"].astype("int64")
+    order = pd.DataFrame({"group": cand["group"], "res": -resolution, "id": cand["_id"],
+                          "srank": [_source_rank(str(x), preference) for x in cand["source"]]})
+    best = order.sort_values(["group", "res", "srank", "id"], kind="mergesort").drop_duplicates("group").index
+    return out.index.isin(best)
+
+
+def _conflict_message(conflicts: list[dict], limit: int = 50) -> str:
+    lines = [f"{len(conflicts)} duplicate group(s) carry different labels (dedupe.conflict_policy: fail):"]
+    for c in conflicts[:limit]:
+        lines.append(f"  group {c['group']} ({', '.join(f'{k} {v}' for k, v in c['labels'].items())}):")
+        lines += [f"    {m['label']} from {m['source']}: {m['path']}" for m in c["members"]]
+    if len(conflicts) > limit:
+        lines.append(f"  ... {len(conflicts) - limit} more")
+    lines.append("Correct the labels at their source, or set dedupe.conflict_policy to 'drop' (no member of such a "
+                 "group is used) or 'majority' (one member with the majority label is used; ties are dropped).")
+    return "\n".join(lines)
+
+
 def find_groups(df: pd.DataFrame, params: DedupeParams | None = None, cache_path: str | None = None,
                 workers: int = 0, progress: bool = True,
                 signatures: Signatures | None = None) -> tuple[pd.DataFrame, dict]:
@@ -778,7 +832,7 @@ def find_groups(df: pd.DataFrame, params: DedupeParams | None = None, cache_path
 
     ``df`` needs ``id, source, path, label``; ``width, height, sha256`` are used when present (else measured).
     Output columns: the input ones plus ``group, kept, match_method, matched_to, hash_distance, similarity,
-    group_size, n_sources, label_conflict, conflict_action, exclude, resolved_label, readable, train_eligible``.
+    group_size, n_sources, readable, label_conflict, conflict_action, resolved_label`` (see the module docstring).
     """
     params = params or DedupeParams()
     t0 = time.time()
@@ -852,9 +906,7 @@ def find_groups(df: pd.DataFrame, params: DedupeParams | None = None, cache_path
     out["hash_distance"] = edge_dist
     out["similarity"] = edge_sim
 
-    # group ids, kept, conflicts
-    out["_res"] = out["width"].astype("int64") * out["height"].astype("int64")
-    out["_srank"] = [_source_rank(str(s), list(params.source_preference)) for s in out["source"]]
+    # group ids, conflicts, kept (the label-conflict contract: lungxray.schema)
     out["_id"] = out["id"].astype(str)
     group_id = {}
     for r, g in out.groupby("_root", sort=False):
@@ -863,42 +915,14 @@ def find_groups(df: pd.DataFrame, params: DedupeParams | None = None, cache_path
     out["group"] = out["_root"].map(group_id)
     out["group_size"] = out.groupby("group")["id"].transform("size").astype("int64")
     out["n_sources"] = out.groupby("group")["source"].transform("nunique").astype("int64")
-    lab = out["label"].astype("string")
-    out["label_conflict"] = lab.groupby(out["group"]).transform(lambda x: x.dropna().nunique() > 1).astype(bool)
-    out["kept"] = False
-    out["exclude"] = False
-    out["conflict_action"] = ""
-    out["resolved_label"] = out["label"]
-    conflicts = []
-    for gid, g in out.groupby("group", sort=True):
-        cand = g
-        if bool(g["label_conflict"].iloc[0]):
-            counts = g["label"].astype("string").value_counts()
-            top = counts[counts == counts.max()]
-            members = [{"id": str(r.id), "source": str(r.source), "label": str(r.label), "path": str(r.path),
-                        "width": int(r.width), "height": int(r.height)} for r in g.itertuples()]
-            entry = {"group": gid, "labels": {str(k): int(v) for k, v in counts.items()}, "members": members}
-            if params.conflict_policy == "majority" and len(top) == 1:
-                maj = str(top.index[0])
-                cand = g[g["label"].astype("string") == maj]
-                out.loc[g.index, "conflict_action"] = "majority"
-                out.loc[g.index, "resolved_label"] = maj
-                entry["action"] = f"majority: {maj}"
-            else:
-                out.loc[g.index, "conflict_action"] = "drop" if params.conflict_policy != "majority" else "drop_tie"
-                out.loc[g.index, "exclude"] = True
-                entry["action"] = "drop" if params.conflict_policy != "majority" else "drop (tie)"
-            conflicts.append(entry)
-        best = cand.sort_values(["readable", "_res", "_srank", "_id"], ascending=[False, False, True, True]).index[0]
-        out.at[best, "kept"] = True
+    conflicts = _resolve_labels(out, params.conflict_policy)
     if conflicts and params.conflict_policy == "fail":
-        lines = [f"  {c['group']}: " + "; ".join(f"{m['source']}:{m['label']}:{m['path']}" for m in c["members"])
-                 for c in conflicts]
-        raise LungxrayError(f"{len(conflicts)} duplicate group(s) carry different labels (conflict_policy: fail):\n"
-                            + "\n".join(lines[:50]) + ("\n  ..." if len(lines) > 50 else "")
-                            + "\nFix the labels, or set dedupe.conflict_policy to 'drop' or 'majority'.")
-    out["train_eligible"] = out["kept"] & ~out["exclude"] & out["readable"]
-    out = out.drop(columns=["_root", "_res", "_srank", "_id"])
+        raise LungxrayError(_conflict_message(conflicts))
+    out["kept"] = _choose_kept(out, list(params.source_preference))
+    for c in conflicts:
+        kept = out.loc[(out["group"] == c["group"]) & out["kept"], "id"]
+        c["kept"] = str(kept.iloc[0]) if len(kept) else None
+    out = out.drop(columns=["_root", "_id"])
 
     report = _report(out, sig, params, conflicts, {
         "candidate_pairs": int(len(pairs)), "verified_pairs": int(accepted.sum()),
@@ -910,11 +934,13 @@ def find_groups(df: pd.DataFrame, params: DedupeParams | None = None, cache_path
 
 def _report(out: pd.DataFrame, sig: Signatures, params: DedupeParams, conflicts: list, extra: dict) -> dict:
     dup = out[out["group_size"] > 1]
+    dropped = out["conflict_action"].map(kept_per_group).eq(0)
     per_source = {}
     for s, g in out.groupby("source", sort=True):
         per_source[str(s)] = {"images": int(len(g)), "kept": int(g["kept"].sum()),
                               "in_duplicate_groups": int((g["group_size"] > 1).sum()),
-                              "removed": int((~g["kept"]).sum()), "train_eligible": int(g["train_eligible"].sum())}
+                              "removed": int((~g["kept"]).sum()),
+                              "dropped_for_label_conflicts": int(dropped[g.index].sum())}
     pair_counts: dict[str, dict[str, int]] = {}
     for _, g in dup.groupby("group", sort=True):
         srcs = g["source"].astype(str).tolist()
@@ -936,7 +962,8 @@ def _report(out: pd.DataFrame, sig: Signatures, params: DedupeParams, conflicts:
         "images_in_duplicate_groups": int(len(dup)),
         "duplicates_removed": int(len(out) - out["group"].nunique()),
         "largest_group": int(out["group_size"].max()) if len(out) else 0,
-        "train_eligible": int(out["train_eligible"].sum()),
+        "kept": int(out["kept"].sum()),
+        "images_dropped_for_label_conflicts": int(dropped.sum()),
         "match_methods": {str(k): int(v) for k, v in methods.items()},
         "per_source": per_source,
         "per_source_pair": dict(sorted(pair_counts.items())),
@@ -957,11 +984,12 @@ def summary_text(report: dict) -> str:
              f"label conflicts: {report['n_label_conflicts']}; unreadable: {len(report['unreadable'])}"]
     for s, c in report["per_source"].items():
         lines.append(f"  {s}: {c['images']} images, {c['in_duplicate_groups']} in duplicate groups, "
-                     f"{c['kept']} kept, {c['train_eligible']} train-eligible")
+                     f"{c['kept']} kept, {c['dropped_for_label_conflicts']} dropped for label conflicts")
     for k, v in report["per_source_pair"].items():
         lines.append(f"  {k}: {v['groups']} groups, {v['pairs']} pairs")
     for c in report["label_conflicts"][:20]:
-        lines.append(f"  conflict {c['group']} {c['labels']} -> {c.get('action', '')}")
+        outcome = f"kept {c['kept']} as {c['resolved_label']}" if c.get("kept") else "no member kept"
+        lines.append(f"  conflict {c['group']} {c['labels']} -> {c['action']}: {outcome}")
     return "\n".join(lines)
 
 
@@ -1004,7 +1032,9 @@ def contact_sheet(groups_df: pd.DataFrame, report: dict, out_png: str, max_group
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    conflict_ids = [c["group"] for c in report.get("label_conflicts", [])][:max_conflicts]
+    outcome = {c["group"]: (f"majority: {c['resolved_label']}" if c.get("kept") else f"{c['action']}: none kept")
+               for c in report.get("label_conflicts", [])}
+    conflict_ids = list(outcome)[:max_conflicts]
     dup_ids = sorted(set(groups_df.loc[groups_df["group_size"] > 1, "group"]) - set(conflict_ids))
     rng = np.random.default_rng(seed)
     sample = sorted(rng.choice(dup_ids, size=min(max_groups, len(dup_ids)), replace=False).tolist()) if dup_ids else []
@@ -1026,12 +1056,14 @@ def contact_sheet(groups_df: pd.DataFrame, report: dict, out_png: str, max_group
             sim = "" if pd.isna(m.similarity) else f" s={m.similarity:.2f}"
             ax.set_title(f"{m.source}\n{m.label} {m.width}x{m.height}{sim}{' *kept' if m.kept else ''}",
                          fontsize=7, color="red" if is_conflict else "black")
-        axes[r, 0].text(-0.05, 0.5, f"{gid}{' CONFLICT' if is_conflict else ''}\n({len(g)} images)",
+        head = f"{gid} CONFLICT\n{outcome[gid]}" if is_conflict else gid
+        axes[r, 0].text(-0.05, 0.5, f"{head}\n({len(g)} images)",
                         transform=axes[r, 0].transAxes, rotation=90, ha="right", va="center", fontsize=7,
                         color="red" if is_conflict else "black")
-    fig.suptitle(f"{len(conflict_ids)} label conflicts (red) + {len(sample)} of {len(dup_ids)} other duplicate groups",
-                 fontsize=10)
-    fig.tight_layout()
+    top = 1 - 0.5 / fig.get_figheight()  # a band of half an inch for the title, whatever the number of rows
+    fig.suptitle(f"{len(conflict_ids)} label conflicts (red, with what was done) + {len(sample)} of {len(dup_ids)} "
+                 "other duplicate groups", fontsize=10, y=1 - 0.2 / fig.get_figheight())
+    fig.tight_layout(rect=(0, 0, 1, top))
     Path(out_png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=80)
     plt.close(fig)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -49,3 +50,16 @@ def write_csv(path: str | os.PathLike, df: pd.DataFrame) -> None:
 
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_fingerprints(paths: list[str | os.PathLike]) -> dict[str, str]:
+    """``{path: sha256 of its bytes}``: what a report records to say which inputs it was computed on."""
+    return {Path(p).as_posix(): sha256_file(p) for p in paths}

@@ -1,11 +1,13 @@
-"""Stable names of the tables the stages pass along, and where they live.
+"""Stable names of the tables the stages pass along, where they live, and the label-conflict contract between them.
 
 Later stages read these columns by name; renaming one is a breaking change.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
+from typing import Iterable
 
 # fetch -> data/interim/manifest.csv: one row per ingested (decodable, mapped, not dropped) image
 MANIFEST_COLUMNS = [
@@ -40,6 +42,57 @@ REPORTS = Path("reports")
 FETCH_SUMMARY = REPORTS / "fetch_summary.json"
 METRICS = Path("metrics")
 FETCH_METRICS = METRICS / "fetch.json"
+
+# dedupe -> data/interim/groups.csv: the manifest's columns plus these (validate checks the label-conflict contract)
+GROUPS_CONTRACT_COLUMNS = [
+    "group",  # the same for every copy of one X-ray
+    "label_conflict",  # the group's members carry more than one label
+    "conflict_action",  # "" (no conflict), "drop", "drop_tie" or "majority": see conflict_outcome
+    "resolved_label",  # the label the group enters the split with; "" when it enters none
+    "readable",  # dedupe could decode the file
+    "kept",  # this image enters the split (train, val or test); at most one per group
+]
+
+# ----------------------------------------------------------------------------------------------------------------------
+# label conflicts: the one contract that dedupe writes, validate checks, and split and preprocess follow
+#
+# A label conflict is a dedupe group whose copies carry different labels. ``dedupe.conflict_policy`` decides:
+#
+# * ``drop`` (default): no member of the group is kept, so none is in any split: its true label is unknown, so it can
+#   be neither trained nor tested on. ``conflict_action`` "drop", ``resolved_label`` "".
+# * ``majority``: the group keeps exactly one member, chosen among those carrying the most frequent label, which is the
+#   ``resolved_label`` of every member (``conflict_action`` "majority"). A tie is dropped as under ``drop``
+#   (``conflict_action`` "drop_tie").
+# * ``fail``: the dedupe stage stops and lists every conflict group (label, source and file of each member).
+#
+# ``kept`` means exactly "this image enters the split": the best readable member carrying the group's
+# ``resolved_label`` (see dedupe), one per group, none in a dropped group. Split takes the kept rows and nothing else
+# (with their label, which is the resolved one), so preprocess and training see only them. Validate checks every group
+# against conflict_outcome and kept_per_group (a group none of whose files dedupe could read keeps none and fails
+# there: the file changed since fetch), and split refuses input that validation did not pass.
+
+CONFLICT_POLICIES = ("drop", "majority", "fail")
+DROPPED_ACTIONS = ("drop", "drop_tie")
+
+
+def conflict_outcome(labels: Iterable[str], policy: str) -> tuple[str, str]:
+    """``(conflict_action, resolved_label)`` of one dedupe group whose members carry ``labels`` ("" = unlabelled,
+    ignored) under ``policy``: ``("", its label)`` without a conflict, else as the contract above says."""
+    if policy not in CONFLICT_POLICIES:
+        raise ValueError(f"unknown conflict policy {policy!r}; expected one of {CONFLICT_POLICIES}")
+    counts = Counter(label for label in labels if label)
+    if len(counts) <= 1:
+        return "", next(iter(counts), "")
+    if policy == "majority":
+        (top, n), (_, runner_up) = counts.most_common(2)
+        return ("majority", top) if n > runner_up else ("drop_tie", "")
+    return "drop", ""
+
+
+def kept_per_group(conflict_action: str) -> int:
+    """How many members of a group with this ``conflict_action`` enter the split: 0 when dropped, else 1."""
+    return 0 if conflict_action in DROPPED_ACTIONS else 1
+
 
 # dedupe -> validate -> split -> preprocess -> train
 GROUPS = INTERIM / "groups.csv"

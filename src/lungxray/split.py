@@ -1,10 +1,12 @@
 """Leakage-free, stratified train / val / test split.
 
-Only *kept* images are split (one representative per dedupe group, see the dedupe stage), but the unit that is
-assigned to a split is wider than one image: the **union** (union-find / connected component) of dedupe groups and
-patients, computed over *all* manifest rows, kept or not. Two kept images of one patient therefore land in the same
-split, and so do two kept images linked only through a non-kept copy (X-ray A of patient P1 was also published as A'
-under patient P2: every image of P1 and P2 goes to one split).
+Only *kept* images are split, with their manifest label: ``kept`` means "enters the split" (one image per dedupe
+group, none for a group dropped for a label conflict, and under ``majority`` an image carrying the resolved label: the
+contract in :mod:`lungxray.schema`). The stage first checks that the validate stage passed on these very tables
+(:func:`require_validated`). The unit that is assigned to a split is wider than one image: the **union**
+(union-find / connected component) of dedupe groups and patients, computed over *all* manifest rows, kept or not. Two
+kept images of one patient therefore land in the same split, and so do two kept images linked only through a non-kept
+copy (X-ray A of patient P1 was also published as A' under patient P2: every image of P1 and P2 goes to one split).
 
 The ``unit`` column of the output names the union by the smallest id among all its images (kept or not).
 
@@ -76,6 +78,29 @@ class SplitParams(BaseModel):
 
 # ----------------------------------------------------------------------------------------------------------------------
 # input preparation
+
+
+def require_validated(report_path: str | os.PathLike, inputs: list[str | os.PathLike]) -> None:
+    """Refuse to split input that the validate stage did not pass, or passed on other versions of ``inputs`` (the
+    manifest and the groups table: the report records their sha256)."""
+    from .io import file_fingerprints, read_json
+
+    rerun = "rerun the validate stage (dvc repro validate)"
+    for path in inputs:
+        if not Path(path).exists():
+            raise LungxrayError(f"{path} is missing: run the stages before split first (dvc repro split)")
+    report_path = Path(report_path)
+    if not report_path.exists():
+        raise LungxrayError(f"{report_path} is missing: validate the data first (dvc repro validate)")
+    report = read_json(report_path)
+    if report.get("success") is not True:
+        raise LungxrayError(f"data validation failed ({report.get('n_failed', '?')} failed checks, see {report_path}): "
+                            f"split refuses data that did not pass it; fix what it lists, then {rerun}")
+    validated, now = report.get("inputs") or {}, file_fingerprints(inputs)
+    changed = [p for p, sha in now.items() if validated.get(p) != sha]
+    if changed:
+        raise LungxrayError(f"{report_path} was not computed on the current {' and '.join(changed)} (changed since "
+                            f"validation, or validated by an older version): {rerun}")
 
 
 def _text(s: pd.Series) -> pd.Series:

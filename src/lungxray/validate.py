@@ -12,10 +12,13 @@ Checks (table: what):
   class of the taxonomy; ``official_split`` is train / val / test (or empty); ``id`` and ``path`` are unique;
   ``width`` / ``height`` lie within the bounds of :class:`ValidateParams`; ``sha256`` is 64 hex digits; ``bytes`` > 0;
   every file exists under ``root`` (optional); every id is in the groups table.
-* groups: the columns ``id, path, source, label, group, kept, label_conflict`` exist; ``id`` unique and not empty;
-  ``group`` not empty; ``kept`` / ``label_conflict`` are booleans; every id is in the manifest.
-* group_kept (derived, one row per dedupe group): exactly one kept image, or none when the group was excluded for a
-  label conflict.
+* groups: the columns ``id, path, source, label`` and :data:`lungxray.schema.GROUPS_CONTRACT_COLUMNS` exist; ``id``
+  unique and not empty; ``group`` not empty; ``kept`` / ``label_conflict`` / ``readable`` are booleans; dedupe could
+  read every image; every id is in the manifest.
+* group_kept (derived, one row per dedupe group): the label-conflict contract of :mod:`lungxray.schema`: exactly one
+  kept image, none when the group was dropped for a label conflict; the kept image carries the group's resolved label
+  (the manifest's label, which split uses); ``label_conflict``, ``conflict_action`` and ``resolved_label`` are what
+  :func:`lungxray.schema.conflict_outcome` gives for the group's labels.
 * class_counts (derived, one row per required class): at least ``min_per_class`` images.
 
 ``required_classes`` defaults to **every class of the taxonomy** (the ``classes`` argument), not only those that
@@ -40,14 +43,14 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import LungxrayError
-from .schema import MANIFEST_COLUMNS
+from .schema import GROUPS_CONTRACT_COLUMNS, MANIFEST_COLUMNS, conflict_outcome, kept_per_group
 
 # Must be set before great_expectations is imported (it is imported lazily below: the import takes a few seconds).
 os.environ["GX_ANALYTICS_ENABLED"] = "false"
 
 log = logging.getLogger(__name__)
 
-GROUPS_COLUMNS = ["id", "path", "source", "label", "group", "kept", "label_conflict"]
+GROUPS_COLUMNS = ["id", "path", "source", "label", *GROUPS_CONTRACT_COLUMNS]
 SPLIT_VALUES = ["train", "val", "test"]
 MAX_EXAMPLES = 5
 
@@ -137,6 +140,7 @@ class ValidationResult:
     checks: list[dict[str, Any]]  # every check: table, expectation, column, description, success
     stats: dict[str, Any]  # row counts, class counts, ... for the report
     gx_results: list[Any] = field(default_factory=list, repr=False)  # raw GX ExpectationSuiteValidationResult objects
+    inputs: dict[str, str] = field(default_factory=dict)  # {file: sha256} of the validated tables (split checks it)
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(
@@ -147,6 +151,7 @@ class ValidationResult:
                 "failures": [f.to_dict() for f in self.failures],
                 "checks": self.checks,
                 "stats": self.stats,
+                "inputs": self.inputs,
             }
         )
 
@@ -313,9 +318,15 @@ def _groups_suite(gx, g: pd.DataFrame) -> _Suite:
     s.add("ExpectColumnValuesToNotBeNull", "'id' is never empty", column="id")
     s.add("ExpectColumnValuesToBeUnique", "'id' is unique (one row per manifest image)", column="id")
     s.add("ExpectColumnValuesToNotBeNull", "'group' is never empty", column="group")
-    for c in ["kept", "label_conflict"]:
+    for c in ["kept", "label_conflict", "readable"]:
         s.add("ExpectColumnValuesToNotBeNull", f"'{c}' is never empty", column=c)
         s.add("ExpectColumnValuesToBeInTypeList", f"'{c}' holds booleans", column=c, type_list=_BOOL_TYPES)
+    s.add(
+        "ExpectColumnValuesToBeInSet",
+        "dedupe could decode every image (a file changed since fetch: rerun the pipeline, dvc repro)",
+        column="readable",
+        value_set=[True],
+    )
     s.add(
         "ExpectColumnValuesToBeInSet",
         "every groups id is in the manifest",
@@ -326,36 +337,89 @@ def _groups_suite(gx, g: pd.DataFrame) -> _Suite:
     return s
 
 
-def _group_kept_table(g: pd.DataFrame) -> pd.DataFrame | None:
-    if not {"group", "kept", "label_conflict"} <= set(g.columns):
+def _text(s: pd.Series) -> pd.Series:
+    return s.astype("string").fillna("").str.strip().astype(object)
+
+
+def _group_kept_table(g: pd.DataFrame, m: pd.DataFrame) -> pd.DataFrame | None:
+    """One row per dedupe group with what the label-conflict contract (lungxray.schema) says about it.
+
+    The labels are the manifest's (split takes them from there), the groups table's where the manifest lacks an id.
+    """
+    need = {"id", "group", "kept", "label", "label_conflict", "conflict_action", "resolved_label"}
+    if not need <= set(g.columns):
         return None
     d = pd.DataFrame(
         {
+            "id": _text(g["id"]),
             "group": g["group"].astype("string"),
             "kept": _as_bool(g["kept"]).fillna(False).astype(bool),
+            "label": _text(g["label"]),
             "label_conflict": _as_bool(g["label_conflict"]).fillna(False).astype(bool),
+            "conflict_action": _text(g["conflict_action"]),
+            "resolved_label": _text(g["resolved_label"]),
         }
     )
+    if {"id", "label"} <= set(m.columns):
+        manifest_label = dict(zip(_text(m["id"]), _text(m["label"])))
+        d["label"] = [manifest_label.get(i, lab) for i, lab in zip(d["id"], d["label"])]
     d = d[d["group"].notna()]
+    d["_kept_label_ok"] = ~d["kept"] | (d["label"] == d["resolved_label"])
+    d["_outcome"] = d["conflict_action"] + "|" + d["resolved_label"]
     agg = (
         d.groupby("group", sort=True)
-        .agg(n_members=("kept", "size"), n_kept=("kept", "sum"), label_conflict=("label_conflict", "any"))
+        .agg(
+            n_members=("kept", "size"),
+            n_kept=("kept", "sum"),
+            label_conflict=("label_conflict", "any"),
+            conflict_action=("conflict_action", "first"),
+            resolved_label=("resolved_label", "first"),
+            n_outcomes=("_outcome", "nunique"),
+            _kept_label_ok=("_kept_label_ok", "all"),
+            labels=("label", list),
+        )
         .reset_index()
     )
     agg["group"] = agg["group"].astype(str)
     agg["n_kept"] = agg["n_kept"].astype("int64")
-    agg["expected_kept"] = np.where(agg["label_conflict"], 0, 1).astype("int64")
-    agg["_kept_ok"] = agg["n_kept"] == agg["expected_kept"]
-    return agg
+    agg["_kept_ok"] = agg["n_kept"] == agg["conflict_action"].map(kept_per_group)
+    agg["_outcome_ok"] = [_follows_contract(*r) for r in zip(agg["labels"], agg["label_conflict"],
+                                                             agg["conflict_action"], agg["resolved_label"])]
+    agg["_outcome_ok"] &= agg.pop("n_outcomes") == 1
+    return agg.drop(columns=["labels"])
+
+
+def _follows_contract(labels: list[str], label_conflict: bool, action: str, resolved: str) -> bool:
+    """Whether a group's recorded outcome is what schema.conflict_outcome gives for its labels (under the policy its
+    action implies: only ``majority`` writes "majority" or "drop_tie")."""
+    policy = "majority" if action in ("majority", "drop_tie") else "drop"
+    expected = conflict_outcome(labels, policy)
+    return (action, resolved) == expected and label_conflict == (expected[0] != "")
 
 
 def _group_kept_suite(gx, t: pd.DataFrame) -> _Suite:
-    s = _Suite(gx, "group_kept", t, ["group", "n_members", "n_kept", "label_conflict"])
+    s = _Suite(gx, "group_kept", t, ["group", "n_members", "n_kept", "label_conflict", "conflict_action",
+                                     "resolved_label"])
     s.add(
         "ExpectColumnValuesToBeInSet",
-        "each dedupe group has exactly one kept image (none when excluded for a label conflict)",
+        "each dedupe group has exactly one kept image (none when dropped for a label conflict)",
         column="_kept_ok",
         shown_column="kept",
+        value_set=[True],
+    )
+    s.add(
+        "ExpectColumnValuesToBeInSet",
+        "the kept image carries its group's resolved label",
+        column="_kept_label_ok",
+        shown_column="resolved_label",
+        value_set=[True],
+    )
+    s.add(
+        "ExpectColumnValuesToBeInSet",
+        "label_conflict, conflict_action and resolved_label follow the label-conflict contract "
+        "(lungxray.schema.conflict_outcome): rerun the dedupe stage",
+        column="_outcome_ok",
+        shown_column="conflict_action",
         value_set=[True],
     )
     return s
@@ -505,12 +569,15 @@ def validate_tables(
     classes: list[str],
     params: ValidateParams | None = None,
     root: Path = Path("."),
+    inputs: dict[str, str] | None = None,
 ) -> ValidationResult:
     """Run the GX suite over the manifest and the dedupe groups table.
 
     ``classes`` is the taxonomy (``fetch.classes``); ``root`` is the folder manifest paths are relative to (the
-    repository root). Nothing is raised for bad data: every problem is a :class:`Failure` in the result. Bad *params*
-    (a required class outside the taxonomy) raise :class:`LungxrayError`.
+    repository root); ``inputs`` (``{file: sha256}`` of the tables, :func:`lungxray.io.file_fingerprints`) is recorded
+    in the result, so that split can tell that validation passed on the very files it reads. Nothing is raised for bad
+    data: every problem is a :class:`Failure` in the result. Bad *params* (a required class outside the taxonomy) raise
+    :class:`LungxrayError`.
     """
     p = params or ValidateParams()
     if not classes:
@@ -532,7 +599,7 @@ def validate_tables(
         m["_file_exists"] = m["_file_exists"].astype(bool)
 
     suites = [_manifest_suite(gx, m, classes, p), _groups_suite(gx, g)]
-    gk = _group_kept_table(g)
+    gk = _group_kept_table(g, m)
     if gk is not None:
         suites.append(_group_kept_suite(gx, gk))
     cc, what = _class_counts_table(m, g, classes, p)
@@ -551,6 +618,7 @@ def validate_tables(
     if gk is not None:
         stats["groups"] = int(len(gk))
         stats["groups_label_conflict"] = int(gk["label_conflict"].sum())
+        stats["groups_dropped_for_label_conflicts"] = int((gk["conflict_action"].map(kept_per_group) == 0).sum())
         stats["kept"] = int(gk["n_kept"].sum())
     if "label" in m.columns:
         vc = m["label"].astype("string").value_counts().sort_index()
@@ -558,7 +626,8 @@ def validate_tables(
     if "_file_exists" in m.columns:
         stats["missing_files"] = int((~m["_file_exists"]).sum())
     stats["params"] = p.model_dump()
-    return ValidationResult(success=not failures, failures=failures, checks=checks, stats=stats, gx_results=raw)
+    return ValidationResult(success=not failures, failures=failures, checks=checks, stats=stats, gx_results=raw,
+                            inputs=dict(inputs or {}))
 
 
 def format_failures(result: ValidationResult, max_examples: int = MAX_EXAMPLES) -> str:
