@@ -4,9 +4,13 @@
   augmentation suited to X-rays (small affine, brightness/contrast; never vertical flips) runs on the tensors.
 * CUDA with mixed precision and channels_last when a GPU is present, the CPU otherwise: the same command.
 * A checkpoint is written atomically after every epoch (``models/<model>/checkpoint.pt``); rerunning an interrupted
-  run (even after ``kill -9``) resumes from it when the configuration is unchanged, and continues the same MLflow run.
+  run (even after ``kill -9``) resumes from it when the model's settings, the data, the code and the library versions
+  are unchanged, and continues the same MLflow run. A finished run marks its checkpoint complete: it is never
+  resumed, a rerun trains from scratch. Unusable checkpoints are set aside (rules in :mod:`lungxray.checkpoint`).
   The best weights are kept in ``best.pt``; ``model.pt`` and ``metrics/<model>/train.json`` are written only when
   training has finished, so a partial run is never taken for a complete one.
+* A model is fed per-channel ``mean``/``std``: its pretrained weights' normalisation, or the train split's statistics
+  when trained from scratch (:func:`input_normalisation`); ``model.pt`` and the MLflow model carry them.
 * Checkpoints hold only tensors and plain data (resolved config, class names) and load with
   ``torch.load(weights_only=True)``.
 """
