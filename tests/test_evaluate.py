@@ -205,6 +205,21 @@ def test_predict_proba_normalises_like_training():
     assert predict_proba(model, imgs[:0], mean, std).shape == (0, 4)
 
 
+
+def test_predict_proba_normalises_each_channel_with_the_models_own_statistics():
+    """A pretrained model is fed its weights' per-channel mean/std (e.g. ImageNet's), exactly as in training."""
+    from lungxray.train import to_model_input
+
+    torch.manual_seed(0)
+    model = Tiny()
+    imgs = np.random.default_rng(0).integers(0, 256, size=(5, 8, 8), dtype=np.uint8)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    probs = predict_proba(model, imgs, mean, std, batch_size=2)
+    x = to_model_input(torch.from_numpy(imgs).unsqueeze(1), torch.device("cpu"), mean, std, channels_last=False)
+    ref = torch.softmax(model(x), 1).detach().numpy()
+    assert np.allclose(probs, ref, atol=1e-6)
+    assert not np.allclose(probs, predict_proba(model, imgs, 0.45, 0.22), atol=1e-3)  # the channels do differ
+
 def test_measure_throughput_reports_what_it_measured():
     r = measure_throughput(Tiny(), image_size=16, batch_size=4, device="cpu", n_batches=3)
     assert r["images_per_s"] > 0 and r["latency_ms_median"] >= 0

@@ -154,12 +154,19 @@ def test_kill_9_then_rerun_resumes_from_the_checkpoint(tmp_path, mlflow_env):
     assert sorted(steps) == [1, 2, 3, 4]
 
 
-def test_changed_config_starts_afresh(tmp_path, mlflow_env, capsys):
+def test_changed_settings_set_an_interrupted_checkpoint_aside_and_start_afresh(tmp_path, mlflow_env, monkeypatch,
+                                                                                capsys):
     processed = make_processed(tmp_path)
-    train_model("cnn5", params(tmp_path, epochs=1), processed, tmp_path / "m", tmp_path / "x", progress=False)
+    interrupt_after_epochs(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        train_model("cnn5", params(tmp_path, epochs=2), processed, tmp_path / "m", tmp_path / "x", progress=False)
+    monkeypatch.undo()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    capsys.readouterr()
     train_model("cnn5", params(tmp_path, epochs=2, lr=1e-3), processed, tmp_path / "m", tmp_path / "x",
                 progress=False)
-    assert "another configuration; starting afresh" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "set aside" in out and "settings" in out and "training from scratch" in out and "resuming" not in out
     assert pd.read_csv(tmp_path / "x/history.csv").epoch.tolist() == [1, 2]
 
 
@@ -191,3 +198,246 @@ def test_augmentation_is_small_and_never_flips_vertically():
     assert not torch.equal(out[0], out[1])  # per-image random parameters
     off = AugmentParams(degrees=0, translate=0, scale=(1.0, 1.0), brightness=0, contrast=0)
     assert torch.allclose(augment_batch(batch, off), batch, atol=1e-5)
+
+
+# -------------------------------------------------------------------------------------------------- never a stale model
+
+
+def interrupt_after_epochs(monkeypatch, done: int) -> None:
+    """Make the next training run stop (as on Ctrl-C) when epoch ``done + 1`` starts training."""
+    import lungxray.train as train
+
+    real, calls = train.run_epoch, {"train": 0}
+
+    def run_epoch(model, batches, device, loss_fn, opt, *args, **kwargs):
+        if opt is not None:
+            calls["train"] += 1
+            if calls["train"] > done:
+                raise KeyboardInterrupt
+        return real(model, batches, device, loss_fn, opt, *args, **kwargs)
+
+    monkeypatch.setattr(train, "run_epoch", run_epoch)
+
+
+def test_a_finished_run_is_never_resumed_a_rerun_trains_from_scratch(tmp_path, mlflow_env, capsys):
+    processed = make_processed(tmp_path)
+    p = params(tmp_path, epochs=2, mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/db.sqlite",
+                                                       artifact_dir=str(tmp_path / "a"), log_model=False))
+    first = train_model("cnn5", p, processed, tmp_path / "m", tmp_path / "x", progress=False)
+    assert torch.load(tmp_path / "m/checkpoint.pt", weights_only=True)["complete"] is True
+    capsys.readouterr()
+    second = train_model("cnn5", p, processed, tmp_path / "m", tmp_path / "x", progress=False)
+    out = capsys.readouterr().out
+    assert "finished run" in out and "training from scratch" in out and "resuming" not in out
+    assert "epoch 1/2" in out and "epoch 2/2" in out  # both epochs trained again, not zero
+    assert second["mlflow_run_id"] != first["mlflow_run_id"]  # a new MLflow run, not the old one re-exported
+    assert pd.read_csv(tmp_path / "x/history.csv").epoch.tolist() == [1, 2]
+
+
+def test_a_code_change_trains_from_scratch_instead_of_resuming(tmp_path, mlflow_env, monkeypatch, capsys):
+    import lungxray.checkpoint as checkpoint
+
+    processed = make_processed(tmp_path)
+    p = params(tmp_path, epochs=2)
+    interrupt_after_epochs(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        train_model("cnn5", p, processed, tmp_path / "m", tmp_path / "x", progress=False)
+    assert torch.load(tmp_path / "m/checkpoint.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.undo()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(checkpoint, "code_fingerprint", lambda *a, **k: "edited-train-or-models-code")
+    capsys.readouterr()
+    train_model("cnn5", p, processed, tmp_path / "m", tmp_path / "x", progress=False)
+    out = capsys.readouterr().out
+    assert "resuming" not in out and "epoch 1/2" in out
+    assert "set aside" in out and "code" in out and "training from scratch" in out
+    assert (tmp_path / "m/checkpoint.stale.pt").exists()
+    assert pd.read_csv(tmp_path / "x/history.csv").epoch.tolist() == [1, 2]
+
+
+def test_a_library_upgrade_trains_from_scratch_instead_of_resuming(tmp_path, mlflow_env, monkeypatch, capsys):
+    import lungxray.checkpoint as checkpoint
+
+    processed = make_processed(tmp_path)
+    p = params(tmp_path, epochs=2)
+    interrupt_after_epochs(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        train_model("cnn5", p, processed, tmp_path / "m", tmp_path / "x", progress=False)
+    monkeypatch.undo()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    versions = checkpoint.library_versions()
+    monkeypatch.setattr(checkpoint, "library_versions", lambda: {**versions, "timm": "999.0"})
+    capsys.readouterr()
+    train_model("cnn5", p, processed, tmp_path / "m", tmp_path / "x", progress=False)
+    out = capsys.readouterr().out
+    assert "resuming" not in out and "epoch 1/2" in out and "library versions" in out
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_the_model_is_set_aside_without_a_traceback(tmp_path, mlflow_env,
+                                                                                          monkeypatch, capsys):
+    """The architecture changed in a way no fingerprint saw (e.g. inside a library): one line, then a fresh start."""
+    import lungxray.models as models
+
+    processed = make_processed(tmp_path)
+    p = params(tmp_path, epochs=2)
+    interrupt_after_epochs(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        train_model("cnn5", p, processed, tmp_path / "m", tmp_path / "x", progress=False)
+    monkeypatch.undo()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    real = models.create_model
+    monkeypatch.setattr(models, "create_model", lambda name, num_classes, **kw: real(name, num_classes,
+                                                                                      **{**kw, "head": "seed"}))
+    capsys.readouterr()
+    m = train_model("cnn5", p, processed, tmp_path / "m", tmp_path / "x", progress=False)
+    out = capsys.readouterr().out
+    assert "set aside" in out and "do not fit" in out and "resuming" not in out
+    assert m["epochs_run"] == 2 and (tmp_path / "m/checkpoint.stale.pt").exists()
+
+
+def test_an_unreadable_checkpoint_is_set_aside(tmp_path, mlflow_env, capsys):
+    processed = make_processed(tmp_path)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m/checkpoint.pt").write_bytes(b"not a checkpoint")
+    train_model("cnn5", params(tmp_path, epochs=1), processed, tmp_path / "m", tmp_path / "x", progress=False)
+    out = capsys.readouterr().out
+    assert "set aside" in out and "unreadable" in out
+    assert (tmp_path / "m/checkpoint.stale.pt").read_bytes() == b"not a checkpoint"
+    assert torch.load(tmp_path / "m/checkpoint.pt", weights_only=True)["complete"] is True
+
+
+ARCH_SCRIPT = """
+import sys
+from pathlib import Path
+from lungxray.train import MlflowParams, TrainParams, train_model
+tmp = Path(sys.argv[1])
+p = TrainParams(models=["cnn5"], epochs=1, batch_size=16, pretrained=False,
+                mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp}/db.sqlite", artifact_dir=str(tmp / "a"),
+                                    log_model=False))
+train_model("cnn5", p, tmp / "processed", tmp / "models/cnn5", tmp / "metrics/cnn5")
+"""
+
+
+def test_an_architecture_change_then_rerun_trains_the_new_model_without_a_traceback(tmp_path):
+    """A scratch copy of the package: train, edit cnn5's first layer in models.py, rerun (as `dvc repro` would)."""
+    import shutil
+
+    make_processed(tmp_path, n_train=30, n_val=12)
+    src = tmp_path / "src"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "src" / "lungxray", src / "lungxray",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    script = tmp_path / "run.py"
+    script.write_text(ARCH_SCRIPT)
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(src)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+
+    def run():
+        return subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True)
+
+    first = run()
+    assert first.returncode == 0, first.stdout + first.stderr
+    models_py = src / "lungxray/models.py"
+    text = models_py.read_text()
+    assert "(32, 64, 128, 256, 512), (5, 5, 3, 3, 3)" in text
+    models_py.write_text(text.replace("(32, 64, 128, 256, 512), (5, 5, 3, 3, 3)", "(16, 64, 128, 256, 512), "
+                                                                                  "(5, 5, 3, 3, 3)"))
+    second = run()
+    assert second.returncode == 0 and "Traceback" not in second.stderr, second.stdout + second.stderr
+    assert "epoch 1/1" in second.stdout  # trained again, not re-exported
+    weights = torch.load(tmp_path / "models/cnn5/model.pt", weights_only=True)["model"]
+    assert weights["features.0.weight"].shape[0] == 16  # the new architecture's weights
+
+
+def test_each_model_is_fingerprinted_by_its_own_resolved_settings_only():
+    from lungxray.train import resolved_settings
+
+    base = dict(models=["cnn5", "resnet18"], model_options={"cnn5": {"lr": 1e-3}, "resnet18": {"freeze": 2}})
+
+    def cnn5(**change):
+        return resolved_settings(TrainParams(**{**base, **change}), "cnn5")
+
+    before = cnn5()
+    assert cnn5(model_options={"cnn5": {"lr": 1e-3}, "resnet18": {"freeze": 0}}) == before  # another model's options
+    assert cnn5(models=["cnn5", "resnet18", "vgg16"]) == before  # a model added
+    assert cnn5(model_options={"cnn5": {"lr": 2e-3}}) != before  # its own options
+    assert cnn5(weight_decay=0.5) != before  # a shared key
+    assert before["lr"] == 1e-3 and before["optimizer"] == "adam" and "model_options" not in before
+
+
+# ------------------------------------------------------------------------------------------ transfer learning as seeded
+
+
+def test_default_params_freeze_the_imagenet_bases_of_vgg16_mobilenetv2_and_inception_resnet_v2():
+    """Seed 003 trained only the heads of these three; seed 002 froze the first ResNet blocks."""
+    from conftest import REPO
+    from lungxray.config import load_params
+    from lungxray.models import count_parameters, create_model
+
+    p = load_params(REPO / "params.yaml").train
+    for name in ("vgg16", "mobilenetv2", "inception_resnet_v2"):
+        s = model_settings(p, name)
+        assert s["pretrained"] and s["freeze"] == "backbone", name
+        model = create_model(name, num_classes=5, pretrained=False, freeze=s["freeze"], head=s["head"])
+        head = model.get_classifier()
+        trainable, total = count_parameters(model)
+        assert trainable == sum(q.numel() for q in head.parameters()) < total / 100, name
+        assert all(q.requires_grad for q in head.parameters())
+    for name in ("resnet18", "resnet34"):
+        s = model_settings(p, name)
+        assert s["freeze"] == 2, name
+        model = create_model(name, num_classes=5, pretrained=False, freeze=s["freeze"], head=s["head"])
+        frozen = {n.split(".")[0] for n, q in model.named_parameters() if not q.requires_grad}
+        assert frozen == {"conv1", "bn1", "layer1", "layer2"}, name
+
+
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def test_a_pretrained_model_is_fed_and_ships_its_weights_normalisation(tmp_path, mlflow_env, monkeypatch):
+    import lungxray.train as train
+    from lungxray.models import create_model
+
+    weights = tmp_path / "mobilenetv2.pth"  # a local ImageNet-shaped file, as from the hub (no internet in tests)
+    torch.save(create_model("mobilenetv2", 1000).state_dict(), weights)
+    processed = make_processed(tmp_path)
+    seen = []
+    real = train.to_model_input
+    monkeypatch.setattr(train, "to_model_input", lambda x, device, mean, std, *a, **k: (
+        seen.append((list(mean), list(std))), real(x, device, mean, std, *a, **k))[1])
+    p = params(tmp_path, models=["mobilenetv2"], epochs=1, pretrained=True,
+               model_options={"mobilenetv2": {"weights_file": str(weights), "freeze": "backbone"}})
+    m = train_model("mobilenetv2", p, processed, tmp_path / "m", tmp_path / "x", progress=False)
+    assert seen and all(s == (IMAGENET_MEAN, IMAGENET_STD) for s in seen)
+    ck = torch.load(tmp_path / "m/model.pt", weights_only=True)
+    assert ck["mean"] == pytest.approx(IMAGENET_MEAN) and ck["std"] == pytest.approx(IMAGENET_STD)
+    assert ck["normalisation"] == "mobilenetv2_100.ra_in1k"
+    model = create_model("mobilenetv2", 3, freeze="backbone")
+    assert m["trainable_parameters"] == sum(q.numel() for q in model.get_classifier().parameters())
+
+    import mlflow
+
+    meta = mlflow.models.get_model_info(m["mlflow_model_uri"]).metadata
+    assert meta["mean"] == pytest.approx(IMAGENET_MEAN) and meta["std"] == pytest.approx(IMAGENET_STD)
+    run = mlflow.get_run(m["mlflow_run_id"])
+    assert run.data.metrics["params/trainable"] == m["trainable_parameters"]
+
+
+def test_a_model_trained_from_scratch_is_fed_the_data_statistics_on_three_channels(tmp_path, mlflow_env):
+    processed = make_processed(tmp_path)  # stats.json: mean 0.4, std 0.2
+    p = params(tmp_path, epochs=1, mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/db.sqlite",
+                                                       artifact_dir=str(tmp_path / "a"), log_model=False))
+    train_model("cnn5", p, processed, tmp_path / "m", tmp_path / "x", progress=False)
+    ck = torch.load(tmp_path / "m/model.pt", weights_only=True)
+    assert ck["mean"] == [0.4] * 3 and ck["std"] == [0.2] * 3 and ck["normalisation"] == "data"
+
+
+def test_model_input_is_normalised_per_channel():
+    from lungxray.train import to_model_input
+
+    x = torch.full((2, 1, 4, 4), 255, dtype=torch.uint8)
+    out = to_model_input(x, torch.device("cpu"), IMAGENET_MEAN, IMAGENET_STD, channels_last=False)
+    assert out.shape == (2, 3, 4, 4)
+    for c in range(3):
+        assert torch.allclose(out[:, c], torch.tensor((1 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]))
+    grey = to_model_input(x, torch.device("cpu"), [0.4] * 3, [0.2] * 3, channels_last=True)
+    assert torch.allclose(grey, torch.tensor(3.0)) and grey.shape == (2, 3, 4, 4)

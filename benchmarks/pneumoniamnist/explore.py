@@ -116,7 +116,8 @@ def build_processed(size: int, resample: str) -> Path:
 def val_probs(model_pt: Path, processed: Path, tta: bool = False) -> np.ndarray:
     model, ck = load_trained(model_pt)
     x = torch.from_numpy(np.load(processed / "val.npy")).float().unsqueeze(1) / 255.0
-    x = ((x - ck["mean"]) / ck["std"]).expand(-1, 3, -1, -1)
+    mean, std = (torch.as_tensor(ck[k], dtype=torch.float32).reshape(1, -1, 1, 1) for k in ("mean", "std"))
+    x = ((x - mean) / std).expand(-1, 3, -1, -1)  # per channel (model.pt has 3 values)
     shifts = [(0, 0)] + ([(1, 0), (-1, 0), (0, 1), (0, -1)] if tta else [])
     out = []
     with torch.inference_mode():

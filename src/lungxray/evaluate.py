@@ -480,12 +480,14 @@ def _device(device) -> "torch.device":  # noqa: F821
     return device if isinstance(device, torch.device) else torch.device(device)
 
 
-def predict_proba(model, images: np.ndarray, mean: float, std: float, batch_size: int = 64, device="cpu",
-                  in_chans: int = 3) -> np.ndarray:
+def predict_proba(model, images: np.ndarray, mean: float | Sequence[float], std: float | Sequence[float],
+                  batch_size: int = 64, device="cpu", in_chans: int = 3) -> np.ndarray:
     """Class probabilities (N, C) float64 for uint8 greyscale images (N, S, S), normalised as in training.
 
-    x/255, then (x - mean) / std with the train split's statistics; the grey channel is replicated to ``in_chans``
-    (3 for ImageNet-shaped stems) per batch, so only one batch is ever in float. Works on memory-mapped arrays.
+    x/255, then (x - mean[c]) / std[c] per channel with the model's own statistics (model.pt's ``mean``/``std``: its
+    pretrained weights' or the train split's; one value applies to every channel); the grey channel is replicated to
+    ``in_chans`` (3 for ImageNet-shaped stems) per batch, so only one batch is ever in float. Works on memory-mapped
+    arrays.
     """
     import torch
 
@@ -494,12 +496,13 @@ def predict_proba(model, images: np.ndarray, mean: float, std: float, batch_size
     if imgs.ndim != 3:
         raise ValueError(f"images must be (N, S, S) uint8, got shape {imgs.shape}")
     model = model.to(dev).eval()
+    m = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)[:, :in_chans].to(dev)
+    s = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)[:, :in_chans].to(dev)
     out = []
     with torch.inference_mode():
         for i in range(0, imgs.shape[0], batch_size):
             x = torch.from_numpy(np.array(imgs[i:i + batch_size], dtype=np.uint8, copy=True)).to(dev)
-            x = (x.float().div_(255.0) - float(mean)) / float(std)
-            x = x.unsqueeze(1).expand(-1, in_chans, -1, -1).contiguous()
+            x = ((x.float().div_(255.0).unsqueeze(1) - m) / s).expand(-1, in_chans, -1, -1).contiguous()
             out.append(torch.softmax(model(x).float(), dim=1).double().cpu().numpy())
     if not out:
         with torch.inference_mode():

@@ -207,12 +207,15 @@ def _wait_ready(client, name: str, version: str, timeout_s: float = 120.0):
         time.sleep(0.5)
 
 
-def predict_images(model_uri: str, images: np.ndarray, mean: float, std: float) -> np.ndarray:
-    """Predict class probabilities for uint8 greyscale images (N, S, S) with a logged/registered model."""
+def predict_images(model_uri: str, images: np.ndarray, mean, std) -> np.ndarray:
+    """Predict class probabilities for uint8 greyscale images (N, S, S) with a logged/registered model; ``mean``/``std``
+    per channel (the model's metadata has them) or one value for all three."""
     import mlflow
 
     model = mlflow.pyfunc.load_model(model_uri)
-    x = ((images.astype(np.float32) / 255.0 - mean) / std)[:, None].repeat(3, axis=1)
+    m, s = (np.asarray(v, dtype=np.float32).reshape(1, -1, 1, 1) for v in (mean, std))
+    x = np.ascontiguousarray(np.broadcast_to((images.astype(np.float32) / 255.0)[:, None] - m,
+                                             (len(images), 3, *images.shape[1:])) / s)
     logits = np.asarray(model.predict(x))
     e = np.exp(logits - logits.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)

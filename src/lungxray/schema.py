@@ -110,8 +110,15 @@ PROCESSED = DATA / "processed"
 MODELS = Path("models")
 
 
+TRAIN_SETTINGS = MODELS / "settings"  # train_settings -> train@<model>: <model>.json, what it depends on
+
+
 def model_dir(name: str) -> Path:
     return MODELS / name
+
+
+def train_settings_file(name: str) -> Path:
+    return TRAIN_SETTINGS / f"{name}.json"
 
 
 def model_metrics_dir(name: str) -> Path:

@@ -4,9 +4,13 @@
   augmentation suited to X-rays (small affine, brightness/contrast; never vertical flips) runs on the tensors.
 * CUDA with mixed precision and channels_last when a GPU is present, the CPU otherwise: the same command.
 * A checkpoint is written atomically after every epoch (``models/<model>/checkpoint.pt``); rerunning an interrupted
-  run (even after ``kill -9``) resumes from it when the configuration is unchanged, and continues the same MLflow run.
+  run (even after ``kill -9``) resumes from it when the model's settings, the data, the code and the library versions
+  are unchanged, and continues the same MLflow run. A finished run marks its checkpoint complete: it is never
+  resumed, a rerun trains from scratch. Unusable checkpoints are set aside (rules in :mod:`lungxray.checkpoint`).
   The best weights are kept in ``best.pt``; ``model.pt`` and ``metrics/<model>/train.json`` are written only when
   training has finished, so a partial run is never taken for a complete one.
+* A model is fed per-channel ``mean``/``std``: its pretrained weights' normalisation, or the train split's statistics
+  when trained from scratch (:func:`input_normalisation`); ``model.pt`` and the MLflow model carry them.
 * Checkpoints hold only tensors and plain data (resolved config, class names) and load with
   ``torch.load(weights_only=True)``.
 """
@@ -20,8 +24,9 @@ import os
 import random
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,6 +34,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from . import checkpoint
 from .errors import LungxrayError
 from .io import atomic_path, write_csv, write_json
 from .preprocess import load_split
@@ -184,16 +190,20 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def to_model_input(x: torch.Tensor, device: torch.device, mean: float, std: float, channels_last: bool,
-                   augment: AugmentParams | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+def to_model_input(x: torch.Tensor, device: torch.device, mean: float | Sequence[float],
+                   std: float | Sequence[float], channels_last: bool, augment: AugmentParams | None = None,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
     """uint8 greyscale batch (B, 1, S, S) -> normalised 3-channel float batch on the device.
 
-    Augmentation (training only) runs here on the whole batch, on the device; grey is replicated to 3 channels only
-    at this point."""
+    Channel ``c`` is ``(x / 255 - mean[c]) / std[c]`` (``mean``/``std``: one value per RGB channel, see
+    :func:`input_normalisation`, or one value for all three). Augmentation (training only) runs here on the whole
+    batch, on the device; grey is replicated to 3 channels only at this point."""
     x = x.to(device, non_blocking=True).float().div_(255.0)
     if augment is not None and augment.enabled:
         x = augment_batch(x, augment, generator)
-    x = ((x - mean) / std).expand(-1, 3, -1, -1)
+    m = torch.as_tensor(mean, dtype=x.dtype).reshape(1, -1, 1, 1).to(device, non_blocking=True)
+    s = torch.as_tensor(std, dtype=x.dtype).reshape(1, -1, 1, 1).to(device, non_blocking=True)
+    x = ((x - m) / s).expand(-1, 3, -1, -1)
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
@@ -248,6 +258,38 @@ def model_settings(params: TrainParams, name: str) -> dict:
         "batch_size": o.batch_size or params.batch_size,
         "epochs": o.epochs or params.epochs,
     }
+
+
+RUN_KEYS = {"models", "model_options", "mlflow"}  # train keys that say which models run and where they are tracked
+
+
+def resolved_settings(params: TrainParams, name: str) -> dict:
+    """Everything that decides how ``name`` is trained: the shared train keys with its own ``model_options`` applied.
+
+    Other models' options and the list of models are not part of it, so changing them neither retrains ``name``
+    (``train@<name>`` depends on this, through :func:`settings_record`) nor changes its checkpoint fingerprint."""
+    return {**params.model_dump(mode="json", exclude=RUN_KEYS), **model_settings(params, name)}
+
+
+def settings_record(params: TrainParams, name: str) -> dict:
+    """What ``train@<name>`` depends on besides the data and the code (``models/settings/<name>.json``): its resolved
+    settings, where it is tracked, and the library versions (a torch or timm upgrade retrains)."""
+    return {"settings": resolved_settings(params, name), "mlflow": params.mlflow.model_dump(mode="json"),
+            "libraries": checkpoint.library_versions()}
+
+
+def input_normalisation(name: str, pretrained: bool, stats: dict) -> dict:
+    """Per-channel ``mean``/``std`` a model is fed with, and where they come from (``source``).
+
+    A model that starts from pretrained weights gets their normalisation (timm's pretrained config: ImageNet's for
+    most, 0.5/0.5 for the TensorFlow ports); a model trained from scratch (or a handcrafted one from a weights file)
+    gets the train split's grey-level mean/std, replicated to the 3 channels."""
+    from .models import describe
+
+    d = describe(name)
+    if pretrained and d["mean"] is not None:
+        return {"mean": [float(v) for v in d["mean"]], "std": [float(v) for v in d["std"]], "source": d["timm_name"]}
+    return {"mean": [float(stats["mean"])] * 3, "std": [float(stats["std"])] * 3, "source": "data"}
 
 
 def fingerprint(obj) -> str:
@@ -381,175 +423,89 @@ def mlflow_setup(mp: MlflowParams):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class _Setup:
+    """What stays fixed while one model trains."""
+
+    name: str
+    params: TrainParams
+    settings: dict  # model_settings()
+    resolved: dict  # the record kept in checkpoints and model.pt
+    fingerprints: dict  # settings, data, code, libraries: see lungxray.checkpoint
+    norm: dict  # input_normalisation()
+    device: torch.device
+    amp: torch.dtype | None
+    out_dir: Path
+    metrics_dir: Path
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+
+@dataclass
+class _Run:
+    """The model and everything that moves while it trains: what a checkpoint holds and a resumed run continues."""
+
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: object
+    scaler: object
+    start_epoch: int = 1
+    history: list = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"val_loss": math.inf, "epoch": 0})
+    bad_epochs: int = 0
+    run_id: str | None = None
+
+
 def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, metrics_dir: Path,
                 progress: bool = True, extra_params: dict | None = None) -> dict:
-    """Train ``name``; resume from ``out_dir/checkpoint.pt`` when it matches; return the final metrics."""
-    from .models import apply_freeze, count_parameters, create_model
+    """Train ``name``: build, resume (only an unfinished checkpoint of the same settings, data, code and libraries),
+    fit, finalise. Returns the final metrics."""
+    from .models import count_parameters
 
-    processed, out_dir, metrics_dir = Path(processed), Path(out_dir), Path(metrics_dir)
+    processed = Path(processed)
     stats = json.loads((processed / "stats.json").read_text())
-    classes: list[str] = stats["classes"]
     settings = model_settings(params, name)
     resolved = {"settings": settings, "train": params.model_dump(mode="json"), "data": {
-        "image_size": stats["image_size"], "mean": stats["mean"], "std": stats["std"], "classes": classes,
+        "image_size": stats["image_size"], "mean": stats["mean"], "std": stats["std"], "classes": stats["classes"],
         "version": data_version(processed)}, **({"extra": extra_params} if extra_params else {})}
-    config_id = fingerprint({k: v for k, v in resolved.items() if k != "extra"} | {"mlflow": None})
+    fingerprints = {"settings": fingerprint(resolved_settings(params, name)), "data": fingerprint(resolved["data"]),
+                    "code": checkpoint.code_fingerprint(), "libraries": fingerprint(checkpoint.library_versions())}
     device = resolve_device(params.device)
-    amp = resolve_precision(params.precision, device)
-    channels_last = params.channels_last
+    setup = _Setup(name, params, settings, resolved, fingerprints, input_normalisation(name, settings["pretrained"],
+                   stats), device, resolve_precision(params.precision, device), Path(out_dir), Path(metrics_dir))
     if params.torch_threads:
         torch.set_num_threads(params.torch_threads)
-
-    x_train, y_train = load_split(processed, "train")
-    x_val, y_val = load_split(processed, "val")
-    if len(x_val) == 0:
+    data = {split: load_split(processed, split) for split in ("train", "val")}
+    if len(data["val"][1]) == 0:
         raise LungxrayError("the val split is empty: early stopping and model selection need one (split.ratios)")
-    seed_everything(params.seed)
-    model = create_model(name, num_classes=len(classes), pretrained=settings["pretrained"],
-                         freeze=settings["freeze"], head=settings["head"], weights_file=settings["weights_file"],
-                         weights_sha256=settings["weights_sha256"])
-    on_train_mode = apply_freeze  # frozen BatchNorm layers keep their ImageNet statistics in train mode
-    model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    trainable, total = count_parameters(model)
-    opt = build_optimizer(params, model, settings["lr"])
-    epochs = settings["epochs"]
-    sched = build_scheduler(params, opt, epochs)
-    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
-    n_cls = len(classes)
-    weights = class_weights(y_train, n_cls)
-    loss_fn = nn.CrossEntropyLoss(weight=weights.to(device) if params.imbalance == "weighted_loss" else None)
-    eval_loss = nn.CrossEntropyLoss()
 
-    # ---- resume
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / "checkpoint.pt"
-    start_epoch, history, best, run_id = 1, [], {"val_loss": math.inf, "epoch": 0}, None
-    bad_epochs = 0
-    if ckpt_path.exists():
-        try:
-            ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            print(f"[{name}] ignoring an unreadable checkpoint ({e}); starting afresh")
-            ck = None
-        if ck is not None and ck.get("config_id") == config_id:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            if sched is not None and ck.get("scheduler"):
-                sched.load_state_dict(ck["scheduler"])
-            if scaler is not None and ck.get("scaler"):
-                scaler.load_state_dict(ck["scaler"])
-            start_epoch, history, best = ck["epoch"] + 1, ck["history"], ck["best"]
-            bad_epochs, run_id = ck["bad_epochs"], ck.get("mlflow_run_id")
-            print(f"[{name}] resuming after epoch {ck['epoch']} from {ckpt_path}")
-        elif ck is not None:
-            print(f"[{name}] the checkpoint in {ckpt_path} is for another configuration; starting afresh")
-    if start_epoch == 1 and (out_dir / "model.pt").exists():
-        (out_dir / "model.pt").unlink()  # a finished model of another configuration is not this run's result
+    setup.out_dir.mkdir(parents=True, exist_ok=True)
+    run = _resume(setup)
+    if run.start_epoch == 1:  # a new run: nothing an earlier run left may be taken for its result
+        for old in (setup.out_dir / "model.pt", setup.out_dir / "best.pt", setup.metrics_dir / "train.json"):
+            old.unlink(missing_ok=True)
+    trainable, total = count_parameters(run.model)
 
     # ---- mlflow run (continued on resume)
     mlflow = mlflow_setup(params.mlflow)
-    if run_id is not None:
+    if run.run_id is not None:
         try:
-            mlflow.get_run(run_id)
+            mlflow.get_run(run.run_id)
         except Exception:
-            run_id = None
-    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else name)
-    run_id = run.info.run_id
+            run.run_id = None
+    run.run_id = mlflow.start_run(run_id=run.run_id, run_name=None if run.run_id else name).info.run_id
     try:
-        if start_epoch == 1:
+        if run.start_epoch == 1:
             mlflow.log_params(flatten({"model": name, **settings, "train": params.model_dump(mode="json"),
                                        "data": resolved["data"], **({"extra": extra_params} if extra_params else {})}))
             mlflow.set_tags({"model": name, "git_commit": git_commit(), "data_version": resolved["data"]["version"],
-                             "device": device.type, "precision": str(amp or torch.float32).removeprefix("torch."),
-                             "channels_last": str(channels_last), "stage": "train"})
+                             "device": device.type, "precision": str(setup.amp or torch.float32).removeprefix("torch."),
+                             "channels_last": str(params.channels_last), "stage": "train"})
             mlflow.log_metrics({"params/trainable": trainable, "params/total": total})
-
-        mean, std, bs = stats["mean"], stats["std"], settings["batch_size"]
-        stopped_early = False
-        for epoch in range(start_epoch, epochs + 1):
-            if bad_epochs >= params.early_stopping_patience:
-                stopped_early = True
-                break
-            seed_everything(params.seed + epoch)  # same batches whether or not the run was resumed
-            g = torch.Generator().manual_seed(params.seed + epoch)
-            if params.imbalance == "weighted_sampler":
-                train_batches = ArrayBatches(x_train, y_train, bs, "weighted", g, weights[torch.from_numpy(y_train)])
-            else:
-                train_batches = ArrayBatches(x_train, y_train, bs, "shuffle", g)
-            t0 = time.perf_counter()
-            tr_loss, tr_acc, n_tr = run_epoch(model, train_batches, device, loss_fn, opt, amp, channels_last, mean,
-                                              std, scaler, on_train_mode, params.augment, g)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            train_s = time.perf_counter() - t0
-            va_loss, va_acc, _ = run_epoch(model, ArrayBatches(x_val, y_val, bs), device, eval_loss, None, amp,
-                                           channels_last, mean, std)
-            epoch_s = time.perf_counter() - t0
-            lr = opt.param_groups[0]["lr"]
-            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                sched.step(va_loss)
-            elif sched is not None:
-                sched.step()
-            row = {"epoch": epoch, "train_loss": tr_loss, "train_accuracy": tr_acc, "val_loss": va_loss,
-                   "val_accuracy": va_acc, "lr": lr, "epoch_seconds": epoch_s,
-                   "train_images_per_s": n_tr / max(train_s, 1e-9)}
-            history.append(row)
-            improved = va_loss < best["val_loss"]
-            if improved:
-                best = {"val_loss": va_loss, "val_accuracy": va_acc, "epoch": epoch}
-                bad_epochs = 0
-                with atomic_path(out_dir / "best.pt") as tmp:
-                    torch.save({"model": model.state_dict(), "epoch": epoch}, tmp)
-            else:
-                bad_epochs += 1
-            mlflow.log_metrics({"train/loss": tr_loss, "train/accuracy": tr_acc, "val/loss": va_loss,
-                                "val/accuracy": va_acc, "lr": lr, "epoch_seconds": epoch_s,
-                                "train/images_per_s": row["train_images_per_s"]}, step=epoch)
-            with atomic_path(ckpt_path) as tmp:
-                torch.save({"config_id": config_id, "epoch": epoch, "model": model.state_dict(),
-                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
-                            "scaler": scaler.state_dict() if scaler else None, "history": history, "best": best,
-                            "bad_epochs": bad_epochs, "mlflow_run_id": run_id, "classes": classes,
-                            "config": resolved}, tmp)
-            print(f"[{name}] epoch {epoch}/{epochs}: train loss {tr_loss:.4f} acc {tr_acc:.3f} | val loss "
-                  f"{va_loss:.4f} acc {va_acc:.3f} | {epoch_s:.1f}s ({row['train_images_per_s']:.0f} img/s)"
-                  + (" *" if improved else ""), flush=True)
-        else:
-            stopped_early = bad_epochs >= params.early_stopping_patience
-
-        # ---- final model: the best epoch's weights, with everything needed to use it
-        best_state = torch.load(out_dir / "best.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(best_state["model"])
-        final = {"model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                 "name": name, "classes": classes, "config": resolved, "image_size": stats["image_size"],
-                 "mean": stats["mean"], "std": stats["std"], "best_epoch": best["epoch"]}
-        hist_df = pd.DataFrame(history)
-        secs = float(hist_df.epoch_seconds.mean())
-        metrics = {"model": name, "best_val_loss": best["val_loss"], "best_val_accuracy": best["val_accuracy"],
-                   "best_epoch": best["epoch"], "epochs_run": int(hist_df.epoch.max()),
-                   "epochs_to_converge": best["epoch"], "stopped_early": bool(stopped_early),
-                   "seconds_per_epoch": secs, "train_images_per_s": float(hist_df.train_images_per_s.mean()),
-                   "trainable_parameters": trainable, "total_parameters": total, "device": device.type,
-                   "precision": str(amp or torch.float32).removeprefix("torch."),
-                   "mlflow_run_id": run_id}
-        metrics_dir.mkdir(parents=True, exist_ok=True)
-        write_csv(metrics_dir / "history.csv", hist_df)
-        curve = metrics_dir / "training_curve.png"
-        curve_png(hist_df, f"{name}: best val loss {best['val_loss']:.4f} at epoch {best['epoch']}", curve)
-        mlflow.log_artifact(str(curve))
-        mlflow.log_metrics({"best/val_loss": best["val_loss"], "best/val_accuracy": best["val_accuracy"],
-                            "best/epoch": best["epoch"], "seconds_per_epoch": secs})
-        model_uri = None
-        if params.mlflow.log_model:
-            info = log_torch_model(mlflow, model.cpu().to(memory_format=torch.contiguous_format).eval(), stats,
-                                   classes)
-            model_uri = info.model_uri
-        with atomic_path(out_dir / "model.pt") as tmp:
-            torch.save(final, tmp)
-        metrics["mlflow_model_uri"] = model_uri
-        write_json(metrics_dir / "train.json", metrics)
+        stopped_early = _fit(setup, run, data, mlflow)
+        metrics = _finalise(setup, run, stopped_early, trainable, total, mlflow)
         mlflow.end_run()
     except BaseException:
         mlflow.end_run(status="KILLED")
@@ -557,12 +513,166 @@ def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, 
     return metrics
 
 
-def log_torch_model(mlflow, model: nn.Module, stats: dict, classes: list[str]):
-    """Log the model with a signature and an input example (a normalised 3-channel batch of two)."""
+def _build(setup: _Setup) -> _Run:
+    """A fresh model (seeded: the same initial weights every time) with its optimiser, schedule and loss scaler."""
+    from . import models
+
+    s, params = setup.settings, setup.params
+    seed_everything(params.seed)
+    model = models.create_model(setup.name, num_classes=len(setup.resolved["data"]["classes"]),
+                                pretrained=s["pretrained"], freeze=s["freeze"], head=s["head"],
+                                weights_file=s["weights_file"], weights_sha256=s["weights_sha256"])
+    model.to(setup.device)
+    if params.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = build_optimizer(params, model, s["lr"])
+    return _Run(model, opt, build_scheduler(params, opt, s["epochs"]),
+                torch.amp.GradScaler("cuda") if setup.amp == torch.float16 else None)
+
+
+def _resume(setup: _Setup) -> _Run:
+    """The run to continue from the checkpoint when :func:`checkpoint.read_checkpoint` allows it, else a fresh one."""
+    run = _build(setup)
+    ck, message = checkpoint.read_checkpoint(setup.ckpt_path, setup.fingerprints)
+    if message:
+        print(f"[{setup.name}] {message}", flush=True)
+    if ck is None:
+        return run
+    try:
+        run.model.load_state_dict(ck["model"])
+        run.opt.load_state_dict(ck["optimizer"])
+        if run.sched is not None and ck.get("scheduler"):
+            run.sched.load_state_dict(ck["scheduler"])
+        if run.scaler is not None and ck.get("scaler"):
+            run.scaler.load_state_dict(ck["scaler"])
+        run.start_epoch, run.history, run.best = ck["epoch"] + 1, ck["history"], ck["best"]
+        run.bad_epochs, run.run_id = ck["bad_epochs"], ck.get("mlflow_run_id")
+    except Exception as e:  # noqa: BLE001 - an unusable checkpoint is set aside, never a traceback
+        reason = " ".join(str(e).split())[:200]
+        print(f"[{setup.name}] " + checkpoint.set_aside(setup.ckpt_path, f"its weights do not fit the model: {reason}"),
+              flush=True)
+        return _build(setup)  # the failed load may have changed part of the weights
+    print(f"[{setup.name}] resuming after epoch {ck['epoch']} from {setup.ckpt_path}", flush=True)
+    return run
+
+
+def _fit(setup: _Setup, run: _Run, data: dict, mlflow) -> bool:
+    """Train from ``run.start_epoch``; checkpoint every epoch, keep the best in best.pt. Returns whether early
+    stopping ended it."""
+    from .models import apply_freeze  # frozen BatchNorm layers keep their ImageNet statistics in train mode
+
+    params, device, amp, channels_last = setup.params, setup.device, setup.amp, setup.params.channels_last
+    (x_train, y_train), (x_val, y_val) = data["train"], data["val"]
+    weights = class_weights(y_train, len(setup.resolved["data"]["classes"]))
+    loss_fn = nn.CrossEntropyLoss(weight=weights.to(device) if params.imbalance == "weighted_loss" else None)
+    eval_loss = nn.CrossEntropyLoss()
+    mean, std = setup.norm["mean"], setup.norm["std"]
+    bs, epochs = setup.settings["batch_size"], setup.settings["epochs"]
+    for epoch in range(run.start_epoch, epochs + 1):
+        if run.bad_epochs >= params.early_stopping_patience:
+            return True
+        seed_everything(params.seed + epoch)  # same batches whether or not the run was resumed
+        g = torch.Generator().manual_seed(params.seed + epoch)
+        if params.imbalance == "weighted_sampler":
+            train_batches = ArrayBatches(x_train, y_train, bs, "weighted", g, weights[torch.from_numpy(y_train)])
+        else:
+            train_batches = ArrayBatches(x_train, y_train, bs, "shuffle", g)
+        t0 = time.perf_counter()
+        tr_loss, tr_acc, n_tr = run_epoch(run.model, train_batches, device, loss_fn, run.opt, amp, channels_last, mean,
+                                          std, run.scaler, apply_freeze, params.augment, g)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_s = time.perf_counter() - t0
+        va_loss, va_acc, _ = run_epoch(run.model, ArrayBatches(x_val, y_val, bs), device, eval_loss, None, amp,
+                                       channels_last, mean, std)
+        epoch_s = time.perf_counter() - t0
+        lr = run.opt.param_groups[0]["lr"]
+        if isinstance(run.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            run.sched.step(va_loss)
+        elif run.sched is not None:
+            run.sched.step()
+        row = {"epoch": epoch, "train_loss": tr_loss, "train_accuracy": tr_acc, "val_loss": va_loss,
+               "val_accuracy": va_acc, "lr": lr, "epoch_seconds": epoch_s,
+               "train_images_per_s": n_tr / max(train_s, 1e-9)}
+        run.history.append(row)
+        improved = va_loss < run.best["val_loss"]
+        if improved:
+            run.best, run.bad_epochs = {"val_loss": va_loss, "val_accuracy": va_acc, "epoch": epoch}, 0
+            with atomic_path(setup.out_dir / "best.pt") as tmp:
+                torch.save({"model": run.model.state_dict(), "epoch": epoch}, tmp)
+        else:
+            run.bad_epochs += 1
+        mlflow.log_metrics({"train/loss": tr_loss, "train/accuracy": tr_acc, "val/loss": va_loss,
+                            "val/accuracy": va_acc, "lr": lr, "epoch_seconds": epoch_s,
+                            "train/images_per_s": row["train_images_per_s"]}, step=epoch)
+        _save_checkpoint(setup, run, epoch)
+        print(f"[{setup.name}] epoch {epoch}/{epochs}: train loss {tr_loss:.4f} acc {tr_acc:.3f} | val loss "
+              f"{va_loss:.4f} acc {va_acc:.3f} | {epoch_s:.1f}s ({row['train_images_per_s']:.0f} img/s)"
+              + (" *" if improved else ""), flush=True)
+    return run.bad_epochs >= params.early_stopping_patience
+
+
+def _save_checkpoint(setup: _Setup, run: _Run, epoch: int) -> None:
+    with atomic_path(setup.ckpt_path) as tmp:
+        torch.save({"fingerprints": setup.fingerprints, "epoch": epoch, "model": run.model.state_dict(),
+                    "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict() if run.sched else None,
+                    "scaler": run.scaler.state_dict() if run.scaler else None, "history": run.history,
+                    "best": run.best, "bad_epochs": run.bad_epochs, "mlflow_run_id": run.run_id,
+                    "classes": setup.resolved["data"]["classes"], "config": setup.resolved, "mean": setup.norm["mean"],
+                    "std": setup.norm["std"], "normalisation": setup.norm["source"]}, tmp)
+
+
+def _finalise(setup: _Setup, run: _Run, stopped_early: bool, trainable: int, total: int, mlflow) -> dict:
+    """The best epoch's weights as model.pt (with everything needed to use them), the history, the curve, train.json,
+    the MLflow model; then the checkpoint is marked complete. Returns the final metrics."""
+    name, best, classes, model = setup.name, run.best, setup.resolved["data"]["classes"], run.model
+    if not (setup.out_dir / "best.pt").exists():
+        raise LungxrayError(f"{name}: no epoch reached a finite validation loss, so there is no model to keep; lower "
+                            f"the learning rate (train.lr or train.model_options.{name}.lr)")
+    best_state = torch.load(setup.out_dir / "best.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(best_state["model"])
+    image_size = setup.resolved["data"]["image_size"]
+    final = {"model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+             "name": name, "classes": classes, "config": setup.resolved, "image_size": image_size,
+             "mean": setup.norm["mean"], "std": setup.norm["std"], "normalisation": setup.norm["source"],
+             "fingerprints": setup.fingerprints, "best_epoch": best["epoch"]}
+    hist_df = pd.DataFrame(run.history)
+    secs = float(hist_df.epoch_seconds.mean())
+    metrics = {"model": name, "best_val_loss": best["val_loss"], "best_val_accuracy": best["val_accuracy"],
+               "best_epoch": best["epoch"], "epochs_run": int(hist_df.epoch.max()),
+               "epochs_to_converge": best["epoch"], "stopped_early": bool(stopped_early),
+               "seconds_per_epoch": secs, "train_images_per_s": float(hist_df.train_images_per_s.mean()),
+               "trainable_parameters": trainable, "total_parameters": total, "device": setup.device.type,
+               "precision": str(setup.amp or torch.float32).removeprefix("torch."),
+               "mlflow_run_id": run.run_id}
+    setup.metrics_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(setup.metrics_dir / "history.csv", hist_df)
+    curve = setup.metrics_dir / "training_curve.png"
+    curve_png(hist_df, f"{name}: best val loss {best['val_loss']:.4f} at epoch {best['epoch']}", curve)
+    mlflow.log_artifact(str(curve))
+    mlflow.log_metrics({"best/val_loss": best["val_loss"], "best/val_accuracy": best["val_accuracy"],
+                        "best/epoch": best["epoch"], "seconds_per_epoch": secs})
+    model_uri = None
+    if setup.params.mlflow.log_model:
+        info = log_torch_model(mlflow, model.cpu().to(memory_format=torch.contiguous_format).eval(), image_size,
+                               classes, setup.norm)
+        model_uri = info.model_uri
+    with atomic_path(setup.out_dir / "model.pt") as tmp:
+        torch.save(final, tmp)
+    metrics["mlflow_model_uri"] = model_uri
+    write_json(setup.metrics_dir / "train.json", metrics)
+    checkpoint.mark_complete(setup.ckpt_path, setup.fingerprints, {
+        "epoch": int(hist_df.epoch.max()), "best": best, "history": run.history, "mlflow_run_id": run.run_id})
+    return metrics
+
+
+def log_torch_model(mlflow, model: nn.Module, image_size: int, classes: list[str], norm: dict):
+    """Log the model with a signature, an input example (a normalised 3-channel batch of two) and, as metadata, what
+    its inputs must be: classes, image size and the per-channel ``mean``/``std`` (``(x / 255 - mean) / std``)."""
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
-    s = stats["image_size"]
+    s = image_size
     example = np.zeros((2, 3, s, s), dtype=np.float32)  # batch of 2: the exported batch dimension stays dynamic
     with torch.inference_mode():
         out = model(torch.from_numpy(example)).numpy()
@@ -576,8 +686,9 @@ def log_torch_model(mlflow, model: nn.Module, stats: dict, classes: list[str]):
     except ImportError:  # pragma: no cover
         pass
     return mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
-                             pip_requirements=reqs, metadata={"classes": classes, "image_size": s,
-                                                               "mean": stats["mean"], "std": stats["std"]})
+                                    pip_requirements=reqs,
+                                    metadata={"classes": classes, "image_size": s, "mean": norm["mean"],
+                                              "std": norm["std"], "normalisation": norm["source"]})
 
 
 def load_trained(path: Path) -> tuple[nn.Module, dict]:
@@ -587,9 +698,18 @@ def load_trained(path: Path) -> tuple[nn.Module, dict]:
     path = Path(path)
     if not path.exists():
         raise LungxrayError(f"no trained model at {path}: run `dvc repro` (the train stage) first")
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    st = ck["config"]["settings"]
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        st = ck["config"]["settings"]
+    except Exception as e:  # noqa: BLE001
+        raise LungxrayError(f"{path} is unreadable ({' '.join(str(e).split())[:200]}): retrain it with "
+                            f"`dvc repro -f train@{path.parent.name}`") from None
     model = create_model(ck["name"], num_classes=len(ck["classes"]), pretrained=False, freeze=st["freeze"],
                          head=st["head"])
-    model.load_state_dict(ck["model"])
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise LungxrayError(f"{path} does not fit the current code of model {ck['name']} "
+                            f"({' '.join(str(e).split())[:200]}): retrain it with `dvc repro train@{ck['name']}`"
+                            ) from None
     return model.eval(), ck

@@ -1,0 +1,138 @@
+"""Training checkpoints (``models/<model>/checkpoint.pt``) and the rule that decides whether one may be resumed.
+
+* A checkpoint records four fingerprints: the model's resolved settings (the shared ``train`` keys with its own
+  ``model_options`` applied), the data version, the code (the source of :mod:`lungxray.train` and of every project
+  module it imports, directly or not: :func:`code_fingerprint`) and the torch/timm/torchvision versions.
+* A run resumes a checkpoint only when all four are unchanged and the checkpoint is not marked complete. A finished run
+  marks its checkpoint complete, so a later run (after any change DVC saw, or ``dvc repro -f``) trains from scratch
+  instead of "retraining" in zero epochs and re-exporting the old weights.
+* A checkpoint that cannot be resumed (unreadable, of another configuration, or whose weights do not fit the model)
+  is set aside as ``checkpoint.stale.pt`` (replacing an older one) with a one-line message naming what changed, and
+  training starts from scratch: never a traceback.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from .io import atomic_path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+STALE_NAME = "checkpoint.stale.pt"
+LIBRARIES = ("torch", "timm", "torchvision")
+
+# --- the code and the libraries a model is trained with ---------------------------------------------------------------
+
+
+def project_imports(path: Path, package_dir: Path = PACKAGE_DIR) -> set[str]:
+    """Names of the ``lungxray`` modules that the Python file ``path`` imports anywhere in it (top level or inside
+    functions; absolute or relative imports), as module names without the package prefix (``"train"``)."""
+    path, package_dir = Path(path), Path(package_dir)
+    inside = path.resolve().parent == package_dir.resolve()
+    found: set[str] = set()
+
+    def add(dotted: str) -> None:
+        parts = dotted.split(".")
+        if parts[0] == "lungxray" and len(parts) > 1 and (package_dir / f"{parts[1]}.py").is_file():
+            found.add(parts[1])
+
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                add(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: only meaningful inside the package
+                if not inside or node.level > 1:
+                    continue
+                base = f"lungxray.{node.module}" if node.module else "lungxray"
+            else:
+                base = node.module or ""
+            add(base)
+            if base == "lungxray":  # `from lungxray import schema` / `from . import evaluate`
+                for alias in node.names:
+                    add(f"lungxray.{alias.name}")
+    return found
+
+
+def module_closure(files: Iterable[Path], package_dir: Path = PACKAGE_DIR) -> list[str]:
+    """Every ``lungxray`` module that ``files`` import, directly or through other project modules (sorted names)."""
+    package_dir = Path(package_dir)
+    seen: set[str] = set()
+    todo = [Path(f) for f in files]
+    while todo:
+        for name in project_imports(todo.pop(), package_dir) - seen:
+            seen.add(name)
+            todo.append(package_dir / f"{name}.py")
+    return sorted(seen)
+
+
+def code_fingerprint(package_dir: Path = PACKAGE_DIR) -> str:
+    """Hash of the source of ``train.py`` and of every project module it imports (models, preprocess's loader, ...):
+    any edit of the code that trains or defines a model changes it."""
+    package_dir = Path(package_dir)
+    h = hashlib.sha256()
+    for name in sorted({"train", *module_closure([package_dir / "train.py"], package_dir)}):
+        h.update(f"{name}\0".encode() + (package_dir / f"{name}.py").read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that define the models and their numerics."""
+    import timm
+    import torchvision
+
+    return {"torch": torch.__version__, "timm": timm.__version__, "torchvision": torchvision.__version__}
+
+
+# --- resume or set aside ----------------------------------------------------------------------------------------------
+
+FINGERPRINT_NAMES = {"settings": "settings", "data": "data", "code": "code", "libraries": "library versions"}
+
+
+def set_aside(path: Path, reason: str) -> str:
+    """Rename an unusable checkpoint to ``checkpoint.stale.pt`` beside it; return the one-line message to show."""
+    path = Path(path)
+    stale = path.with_name(STALE_NAME)
+    os.replace(path, stale)
+    return f"set aside {path} as {stale.name} ({reason}); training from scratch"
+
+
+def _changed(ck: dict, fingerprints: dict[str, str]) -> list[str]:
+    old = ck.get("fingerprints")
+    if not isinstance(old, dict):
+        return ["configuration (a checkpoint of an older version of lungxray)"]
+    return [FINGERPRINT_NAMES[k] for k in fingerprints if old.get(k) != fingerprints[k]]
+
+
+def read_checkpoint(path: Path, fingerprints: dict[str, str]) -> tuple[dict | None, str | None]:
+    """(the checkpoint to resume, None) or (None, a one-line message why training starts from scratch; None when there
+    is no checkpoint). Unusable checkpoints are set aside."""
+    path = Path(path)
+    if not path.exists():
+        return None, None
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is set aside, never a traceback
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        return None, set_aside(path, f"unreadable: {first}")
+    if isinstance(ck, dict) and ck.get("complete"):
+        return None, f"{path} is of a finished run; training from scratch"
+    if not isinstance(ck, dict) or not {"epoch", "model", "optimizer", "history", "best"} <= set(ck):
+        return None, set_aside(path, "not a lungxray training checkpoint")
+    changed = _changed(ck, fingerprints)
+    if changed:
+        return None, set_aside(path, f"trained with other {', '.join(changed)}")
+    return ck, None
+
+
+def mark_complete(path: Path, fingerprints: dict[str, str], summary: dict) -> None:
+    """Replace the checkpoint by a small record of the finished run (no weights: they are in model.pt and best.pt),
+    so that it is never resumed."""
+    with atomic_path(path) as tmp:
+        torch.save({"complete": True, "fingerprints": fingerprints, **summary}, tmp)

@@ -1,0 +1,25 @@
+"""DVC stage `train_settings`: one file per model with what its `train@<model>` depends on (its own settings).
+
+Each train@<model> depends on models/settings/<model>.json instead of the whole `train` section, so changing one
+model's options, or adding a model, retrains only that model; the library versions in it retrain after an upgrade.
+"""
+
+from lungxray import schema
+from lungxray.config import load_params
+from lungxray.io import write_json
+from lungxray.stage import run_stage
+from lungxray.train import settings_record
+
+
+def main() -> None:
+    params = load_params()
+    for old in schema.TRAIN_SETTINGS.glob("*.json"):
+        if old.stem not in params.train.models:
+            old.unlink()
+    for name in params.train.models:
+        write_json(schema.train_settings_file(name), settings_record(params.train, name))
+    print(f"train_settings: {len(params.train.models)} models in {schema.TRAIN_SETTINGS}/")
+
+
+if __name__ == "__main__":
+    run_stage("train_settings", main)

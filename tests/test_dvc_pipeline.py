@@ -1,0 +1,81 @@
+"""dvc.yaml against the code: every stage depends on the modules it runs, and each model on its own settings."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, copy_repo_tree
+
+from lungxray.checkpoint import module_closure
+
+PACKAGE = REPO / "src" / "lungxray"
+NOT_LISTED = {"errors", "io", "schema", "stage"}  # leaf helpers whose changes never change a result (STYLE.md)
+
+
+def stages() -> dict[str, dict]:
+    out = {}
+    for name, stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
+        out[name] = stage.get("do", stage)  # foreach stages: the template
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(stages()))
+def test_every_stage_lists_every_project_module_it_imports_in_its_deps(name):
+    stage = stages()[name]
+    script = re.search(r"python (stages/\S+\.py)", stage["cmd"]).group(1)
+    deps = {d for d in stage.get("deps", []) if isinstance(d, str)}
+    assert script in deps
+    imported = {f"src/lungxray/{m}.py" for m in module_closure([REPO / script], PACKAGE) if m not in NOT_LISTED}
+    listed = {d for d in deps if d.startswith("src/")}
+    assert not imported - listed, f"{name} imports modules its deps do not list: {sorted(imported - listed)}"
+    assert all((REPO / d).exists() for d in listed), f"{name} lists modules that do not exist"
+
+
+def test_the_import_closure_follows_imports_inside_functions_and_relative_imports():
+    closure = module_closure([REPO / "stages" / "compare.py"], PACKAGE)
+    assert {"evaluate", "evaluation", "promote", "config", "train", "models"} <= set(closure)
+
+
+def dvc(cwd: Path, *args: str) -> str:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(cwd / "src"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # the copy's code runs
+    out = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+@pytest.mark.slow
+def test_changing_one_models_options_or_adding_a_model_leaves_the_other_models_trained(tmp_path):
+    """A real `dvc status` in a scratch repository: train@<model> depends on its own resolved settings only."""
+    copy_repo_tree(tmp_path)
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    dvc(tmp_path, "init", "-q")
+    params_file = tmp_path / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["train"]["models"] = ["cnn5", "resnet18"]
+    params_file.write_text(yaml.safe_dump(params))
+    dvc(tmp_path, "repro", "--single-item", "train_settings")
+    (tmp_path / "data/processed").mkdir(parents=True)
+    (tmp_path / "data/processed/stats.json").write_text("{}")
+    for model in ("cnn5", "resnet18"):  # stand-ins for trained models: record both stages as done, without training
+        (tmp_path / "models" / model).mkdir(parents=True)
+        (tmp_path / "models" / model / "model.pt").write_text(model)
+        for name in ("train.json", "history.csv", "training_curve.png"):
+            (tmp_path / "metrics" / model).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "metrics" / model / name).write_text(model)
+    dvc(tmp_path, "commit", "-f", "train@cnn5", "train@resnet18")
+    assert "up to date" in dvc(tmp_path, "status", "train@cnn5", "train@resnet18")
+
+    params["train"]["model_options"]["cnn5"]["lr"] = 0.01
+    params["train"]["models"].append("mobilenetv2")
+    params_file.write_text(yaml.safe_dump(params))
+    dvc(tmp_path, "repro", "--single-item", "train_settings")
+    status = dvc(tmp_path, "status", "train@cnn5", "train@resnet18")
+    assert "train@cnn5" in status and "train@resnet18" not in status
