@@ -1,4 +1,4 @@
-"""DVC stage `compare`: one leaderboard of every trained architecture (Markdown, JSON, PNG)."""
+"""DVC stage `compare`: one leaderboard of every trained architecture (Markdown, JSON, PNG), in the selection order."""
 
 from lungxray import schema
 from lungxray.config import load_params
@@ -11,11 +11,11 @@ from lungxray.stage import run_stage
 def main() -> None:
     params = load_params()
     rows = leaderboard_rows(params.train.models, schema.METRICS)
-    df, md = leaderboard(rows, metric=params.promote.metric, higher_is_better=params.promote.higher_is_better)
-    plot_leaderboard(df, schema.LEADERBOARD_PNG)
+    df, md = leaderboard(rows, params.promote)
+    plot_leaderboard(df, schema.LEADERBOARD_PNG, promotion=params.promote)
     with atomic_path(schema.LEADERBOARD_MD) as tmp:
-        tmp.write_text("# Leaderboard (test split)\n\n" + md + "\n")
-    internal = {"model", "test_set", "mlflow_run_id", "mlflow_model_uri"}
+        tmp.write_text("# Leaderboard\n\n" + md + "\n")
+    internal = {"model", "test_set", "val_set", "mlflow_run_id", "mlflow_model_uri"}
     write_json(schema.LEADERBOARD_JSON,
                {r["model"]: {k: v for k, v in r.items() if k not in internal} for r in df.to_dict("records")})
     print(md)

@@ -2,15 +2,17 @@
 
 from lungxray import schema
 from lungxray.config import load_params
-from lungxray.evaluation import leaderboard_rows, register_and_promote
+from lungxray.evaluation import leaderboard_rows, load_predictions, register_and_promote
 from lungxray.io import write_json
+from lungxray.promote import selection_split
 from lungxray.stage import run_stage
 
 
 def main() -> None:
     params = load_params()
     rows = leaderboard_rows(params.train.models, schema.METRICS)
-    decision = register_and_promote(rows, params.promote, params.train.mlflow)
+    predictions = load_predictions(params.train.models, schema.METRICS, selection_split(params.promote))
+    decision = register_and_promote(rows, params.promote, params.train.mlflow, predictions)
     write_json(schema.PROMOTION, decision)
     versions = ", ".join(f"{v['model']} v{v['version']}" for v in decision["registered_versions"])
     print(f"register: {params.promote.registered_model}: registered {versions}")

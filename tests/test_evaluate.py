@@ -114,6 +114,77 @@ def test_bootstrap_ci_contains_point_and_is_seeded_and_fast():
     assert compute_metrics(y, p, CLASSES, EvaluateParams(bootstrap=0))["accuracy_ci_low"] is None
 
 
+def clustered(n_units=40, size=25, seed=0):
+    """Images in same-unit clusters that the model gets all right or all wrong (one verdict per patient)."""
+    rng = np.random.default_rng(seed)
+    unit_right = rng.random(n_units) < 0.7
+    y = np.tile(np.arange(size) % 2, n_units)
+    right = np.repeat(unit_right, size)
+    p = np.full((y.size, 2), 0.1)
+    p[np.arange(y.size), np.where(right, y, 1 - y)] = 0.9
+    units = np.repeat([f"u{i}" for i in range(n_units)], size)
+    return y, p, units
+
+
+def test_bootstrap_resamples_units_so_same_unit_clusters_widen_the_interval():
+    y, p, units = clustered()
+    by_unit = bootstrap_ci(y, p, 500, 0.95, 0, units=units)
+    by_image = bootstrap_ci(y, p, 500, 0.95, 0)
+    for k in ("accuracy", "macro_recall"):
+        width_unit = by_unit[k]["high"] - by_unit[k]["low"]
+        width_image = by_image[k]["high"] - by_image[k]["low"]
+        assert width_unit > 3 * width_image, k
+    m = compute_metrics(y, p, ["normal", "pneumonia"], FAST, units=units)
+    assert m["bootstrap"]["resampled"] == "split units" and m["bootstrap"]["units"] == 40
+    assert m["accuracy_ci_low"] < m["accuracy"] < m["accuracy_ci_high"]
+
+
+def test_bootstrap_with_one_image_per_unit_is_the_image_bootstrap():
+    y, p = random_data(n=300, seed=9)
+    units = [f"unit-{i}" for i in range(300)]
+    assert bootstrap_ci(y, p, 300, 0.9, 4, units=units) == bootstrap_ci(y, p, 300, 0.9, 4)
+    with pytest.raises(ValueError, match="units"):
+        bootstrap_ci(y, p, 10, units=units[:5])
+
+
+def test_paired_difference_is_narrower_than_separate_intervals_for_correlated_models():
+    from lungxray.evaluate import paired_difference
+
+    y, pa = random_data(n=600, seed=11)
+    pb = pa.copy()
+    flip = np.flatnonzero(pa.argmax(1) == y)[:30]  # model b is wrong on 30 images that a gets right
+    pb[flip] = np.roll(pa[flip], 1, axis=1)
+    r = paired_difference(y, pa, pb, "accuracy", 500, 0.95, 0)
+    assert r["difference"] == pytest.approx(((pa.argmax(1) == y).sum() - (pb.argmax(1) == y).sum()) / 600)
+    assert 0 < r["low"] < r["difference"] < r["high"]
+    sep_a, sep_b = bootstrap_ci(y, pa, 500)["accuracy"], bootstrap_ci(y, pb, 500)["accuracy"]
+    assert sep_a["low"] < sep_b["high"]  # the separate intervals overlap: alone they could not tell a from b
+    assert r["high"] - r["low"] < (sep_a["high"] - sep_a["low"]) / 2
+    same = paired_difference(y, pa, pa, "macro_auc", 200, units=[i // 3 for i in range(600)])
+    assert same["difference"] == 0 and same["low"] == 0 and same["high"] == 0 and same["units"] == 200
+    with pytest.raises(ValueError, match="no paired bootstrap"):
+        paired_difference(y, pa, pb, "ece", 10)
+
+
+def test_predictions_table_round_trips_and_aligns_by_id(tmp_path):
+    from lungxray.evaluate import align_predictions, predictions_table
+
+    y, p = random_data(n=20, c=4, seed=12)
+    ids = [f"s/{i}" for i in range(20)]
+    a = predictions_table(ids, [f"u{i // 2}" for i in range(20)], y, p, CLASSES)
+    a.to_csv(tmp_path / "p.csv", index=False)
+    back = pd.read_csv(tmp_path / "p.csv", keep_default_na=False, dtype={"id": str, "unit": str, "label": str})
+    shuffled = back.sample(frac=1, random_state=0)[["label", "id", "unit"] + [f"prob_{c}" for c in CLASSES[::-1]]]
+    yy, pa, pb, units = align_predictions(back, shuffled)
+    assert yy.tolist() == y.tolist() and np.allclose(pa, p) and np.allclose(pb, p) and units[3] == "u1"
+    with pytest.raises(ValueError, match="different images"):
+        align_predictions(back, back.iloc[1:])
+    relabelled = back.copy()
+    relabelled.loc[0, "label"] = "covid19" if relabelled.loc[0, "label"] != "covid19" else "normal"
+    with pytest.raises(ValueError, match="different labels"):
+        align_predictions(back, relabelled)
+
+
 def test_bootstrap_auc_matches_sklearn_on_a_resample():
     """The weighted (multiplicity) AUC equals sklearn's on the materialised resample."""
     from lungxray.evaluate import _bootstrap_counts, _grouped_auc
@@ -226,23 +297,41 @@ def test_measure_throughput_reports_what_it_measured():
     assert r["device"] == "cpu" and r["batch_size"] == 4 and r["torch_threads"] >= 1 and r["n_batches"] == 3
 
 
-def test_leaderboard_order_and_plot(tmp_path):
-    rows = [
-        {"model": "vgg16", "test_macro_recall": 0.90, "test_accuracy": 0.91, "test_macro_auc": 0.97,
-         "test_macro_auc_ci_low": 0.96, "test_macro_auc_ci_high": 0.98, "trainable_parameters": 134_000_000,
-         "seconds_per_epoch": 100.0, "epochs_to_converge": 12, "images_per_s": 50.0},
-        {"model": "resnet18", "test_macro_recall": 0.90, "test_accuracy": 0.90, "test_macro_auc": 0.96,
-         "trainable_parameters": 11_000_000, "seconds_per_epoch": 30.0, "epochs_to_converge": 9,
-         "images_per_s": 400.0, "test_macro_recall_ci_low": 0.88, "test_macro_recall_ci_high": 0.92},
-        {"model": "cnn5", "test_macro_recall": 0.80, "test_accuracy": 0.85, "test_macro_auc": 0.93,
-         "trainable_parameters": 500_000},
-        {"model": "broken", "test_macro_recall": None},
+def lb_rows():
+    return [
+        {"model": "vgg16", "val_macro_recall": 0.90, "test_macro_recall": 0.95, "test_accuracy": 0.91,
+         "test_macro_auc": 0.97, "test_macro_auc_ci_low": 0.96, "test_macro_auc_ci_high": 0.98,
+         "trainable_parameters": 134_000_000, "seconds_per_epoch": 100.0, "epochs_to_converge": 12,
+         "images_per_s": 50.0},
+        {"model": "resnet18", "val_macro_recall": 0.90, "val_macro_recall_ci_low": 0.88,
+         "val_macro_recall_ci_high": 0.92, "test_macro_recall": 0.85, "test_accuracy": 0.90, "test_macro_auc": 0.96,
+         "trainable_parameters": 11_000_000, "seconds_per_epoch": 300.0, "epochs_to_converge": 9,
+         "images_per_s": 400.0},
+        {"model": "cnn5", "val_macro_recall": 0.80, "test_macro_recall": 0.99, "test_accuracy": 0.85,
+         "test_macro_auc": 0.93, "trainable_parameters": 500_000},
+        {"model": "broken", "val_macro_recall": None, "test_macro_recall": 1.0},
     ]
-    df, md = leaderboard(rows)
-    assert df["model"].tolist() == ["resnet18", "vgg16", "cnn5", "broken"]  # tie -> fewer parameters
+
+
+def test_leaderboard_is_ordered_by_the_val_selection_metric_not_by_test(tmp_path):
+    df, md = leaderboard(lb_rows())
+    assert df["model"].tolist() == ["resnet18", "vgg16", "cnn5", "broken"]  # tie -> fewer parameters; test ignored
     assert df["rank"].tolist() == [1, 2, 3, 4]
-    assert md.splitlines()[0].startswith("| # | model | macro recall")
-    assert "0.9000 [0.8800, 0.9200]" in md and "11,000,000" in md
-    assert len(md.strip().splitlines()) == 2 + 4
+    note, table = md.split("\n\n", 1)
+    assert "Ranked by `val_macro_recall`" in note and "fewer `trainable_parameters`" in note
+    assert "Test figures are reported once" in note and "not used for selection" in note
+    assert table.splitlines()[0].startswith("| # | model | val macro recall [95% CI] (selection) | test macro recall")
+    assert "0.9000 [0.8800, 0.9200]" in table and "11,000,000" in table
+    assert len(table.strip().splitlines()) == 2 + 4
     out = plot_leaderboard(df, tmp_path / "lb.png")
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_leaderboard_uses_the_configured_tie_breaker_and_direction():
+    from lungxray.promote import PromotionParams
+
+    by_speed = PromotionParams(tie_breaker="seconds_per_epoch")
+    df, _ = leaderboard(lb_rows(), by_speed)
+    assert df["model"].tolist()[:2] == ["vgg16", "resnet18"]  # 100 s/epoch beats 300 in the tie
+    df, md = leaderboard(lb_rows(), PromotionParams(metric="test_macro_recall"))
+    assert df["model"].tolist()[0] == "broken" and "Selection uses a **test** metric" in md

@@ -13,8 +13,8 @@ import yaml
 from lungxray.cli import main as cli
 from lungxray.errors import LungxrayError
 from lungxray.evaluate import EvaluateParams, leaderboard
-from lungxray.evaluation import (evaluate_model, leaderboard_rows, predict_images, register_and_promote,
-                                 fingerprint_test_set)
+from lungxray.evaluation import (evaluate_model, fingerprint_test_set, leaderboard_rows, predict_images,
+                                 register_and_promote)
 from lungxray.promote import PromotionParams
 from lungxray.train import MlflowParams, train_model
 
@@ -24,6 +24,16 @@ from test_train import make_processed, params as train_params
 EVAL = EvaluateParams(bootstrap=200, latency_batches=2, batch_size=16)
 
 
+def with_units(processed: Path) -> Path:
+    """Give the index the split unit preprocess writes: here two images per unit (a patient's pair)."""
+    import pandas as pd
+
+    index = pd.read_csv(processed / "index.csv")
+    index["unit"] = index.split + "/u" + (index.row // 2).astype(str)
+    index.to_csv(processed / "index.csv", index=False)
+    return processed
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """cnn5 and cnn8, one epoch each, evaluated; metrics laid out as the pipeline does (metrics/<m>/...)."""
@@ -31,7 +41,7 @@ def trained(tmp_path_factory):
 
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     root = tmp_path_factory.mktemp("eval")
-    processed = make_processed(root, n_train=48, n_val=24, size=32)
+    processed = with_units(make_processed(root, n_train=48, n_val=24, size=32))
     ml = MlflowParams(tracking_uri=f"sqlite:///{root}/mlruns/mlflow.db", artifact_dir=str(root / "mlruns/art"))
     out = {}
     for name in ("cnn5", "cnn8"):
@@ -51,7 +61,18 @@ def test_eval_outputs(trained):
     assert e["test"]["per_class"]["normal"]["specificity"] is not None
     assert e["test"]["by_source"]["synthetic"]["n_samples"] == 6
     assert e["throughput"]["images_per_s"] > 0
-    assert e["test_set"] == fingerprint_test_set(processed)
+    from lungxray.evaluation import fingerprint_split, load_predictions
+
+    assert e["test_set"] == fingerprint_test_set(processed) and e["val_set"] == fingerprint_split(processed, "val")
+    assert e["val_set"] != e["test_set"]
+    assert set(e["inputs"]) == {"data_version", "model_sha256", "evaluate_params"}
+    assert e["val"]["bootstrap"]["resampled"] == "split units" and e["val"]["bootstrap"]["units"] == 12
+    val = load_predictions(["cnn5"], root / "metrics", "val")["cnn5"]
+    assert val.columns.tolist() == ["id", "unit", "label", "prob_normal", "prob_pneumonia", "prob_covid19"]
+    assert val.id.tolist() == [f"val/{i}" for i in range(24)] and val.unit.tolist()[:3] == ["val/u0", "val/u0",
+                                                                                            "val/u1"]
+    assert np.allclose(val.filter(like="prob_").sum(axis=1), 1)
+    assert len(load_predictions(["cnn5"], root / "metrics", "test")["cnn5"]) == 6
     for f in ("confusion_matrix.png", "roc.png", "reliability.png", "classification_report.txt"):
         assert (root / "reports/cnn5" / f).stat().st_size > 0
     assert (root / "metrics/cnn5/roc.csv").exists() and (root / "metrics/cnn5/confusion.csv").exists()
@@ -67,6 +88,8 @@ def test_eval_is_logged_to_the_training_run(trained):
     assert run.data.metrics["test/accuracy"] == pytest.approx(out["cnn5"]["test"]["accuracy"])
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
     assert "evaluation/confusion_matrix.png" in arts
+    assert {"evaluation/predictions_val.csv", "evaluation/predictions_test.csv"} <= arts
+    assert run.data.tags["val_set"] == out["cnn5"]["val_set"]
 
 
 def test_leaderboard(trained):
@@ -74,9 +97,10 @@ def test_leaderboard(trained):
     rows = leaderboard_rows(["cnn5", "cnn8"], root / "metrics")
     df, md = leaderboard(rows)
     assert set(df.model) == {"cnn5", "cnn8"}
-    best = max(rows, key=lambda r: (r["test_macro_recall"], -r["trainable_parameters"]))
+    best = max(rows, key=lambda r: (r["val_macro_recall"], -r["trainable_parameters"]))
     assert df.iloc[0].model == best["model"]  # row 1 is what the promotion rule picks
-    assert "macro recall" in md and best["model"] in md.splitlines()[2]
+    table = md.split("\n\n", 1)[1]
+    assert "val macro recall" in table and best["model"] in table.splitlines()[2]
     with pytest.raises(LungxrayError, match="no metrics for vgg16"):
         leaderboard_rows(["vgg16"], root / "metrics")
 
@@ -84,27 +108,88 @@ def test_leaderboard(trained):
 def test_register_promote_and_load_champion(trained):
     import mlflow
 
+    from lungxray.evaluation import load_predictions
+
     root, processed, ml, _ = trained
     rows = leaderboard_rows(["cnn5", "cnn8"], root / "metrics")
-    p = PromotionParams(registered_model="test-cxr", min_improvement=0.005)
-    first = register_and_promote(rows, p, ml)
+    preds = load_predictions(["cnn5", "cnn8"], root / "metrics", "val")
+    p = PromotionParams(registered_model="test-cxr", min_improvement=0.005, bootstrap=200)
+    first = register_and_promote(rows, p, ml, preds)
     assert first["promote"] is True and "no current champion" in first["reason"].lower()
     client = mlflow.MlflowClient()
     champ = client.get_model_version_by_alias("test-cxr", "champion")
     assert champ.version == first["champion_after"]["version"]
-    assert champ.tags["model"] == first["best"]["model"] and "test_macro_recall" in champ.tags
+    assert champ.tags["model"] == first["best"]["model"] and "val_macro_recall" in champ.tags
+    assert champ.tags["val_set"] == rows[0]["val_set"] and champ.tags["predictions_val"].startswith("runs:/")
     chal = client.get_model_version_by_alias("test-cxr", "challenger")
     assert chal.version != champ.version
 
-    # the same models again: new versions, but nothing beats the champion by the margin -> champion stays
-    second = register_and_promote(rows, p, ml)
+    # the same models again: new versions; the champion's val predictions come back from MLflow and pair with the
+    # best's, whose paired difference is 0 -> below the margin, champion stays
+    second = register_and_promote(rows, p, ml, preds)
+    c = second["compared"]
+    assert c["method"] == "paired_bootstrap" and c["units"] == 12 and c["images"] == 24
+    assert c["difference"] == 0 and c["difference_ci_low"] == 0 and c["difference_ci_high"] == 0
     assert second["promote"] is False and "margin" in second["reason"]
     assert client.get_model_version_by_alias("test-cxr", "champion").version == champ.version
     assert len(second["registered_versions"]) == 2
+    json.dumps(second, allow_nan=False)
 
     x = np.load(processed / "test.npy")
     probs = predict_images("models:/test-cxr@champion", x, 0.4, 0.2)
     assert probs.shape == (len(x), 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_register_stage_pairs_the_challenger_with_the_champion_on_val(trained, tmp_path, monkeypatch):
+    """The stage wiring: promotion.json records the paired difference and its interval (champion from MLflow)."""
+    import subprocess
+    import sys
+
+    from lungxray.evaluation import load_predictions
+
+    root, _, ml, _ = trained
+    work = workdir(root, tmp_path, models=False)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["train"]["mlflow"] = {"tracking_uri": ml.tracking_uri, "artifact_dir": ml.artifact_dir}
+    params["promote"].update(registered_model="stage-cxr", bootstrap=100)
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    rows = leaderboard_rows(["cnn5", "cnn8"], root / "metrics")
+    first = register_and_promote(rows, PromotionParams(registered_model="stage-cxr"), ml,
+                                 load_predictions(["cnn5", "cnn8"], root / "metrics", "val"))
+    assert first["promote"]
+    r = subprocess.run([sys.executable, str(REPO / "stages/register.py")], cwd=work, capture_output=True, text=True,
+                       env={**__import__("os").environ, "PYTHONPATH": str(REPO / "src")})
+    assert r.returncode == 0, r.stderr
+    decision = json.loads((work / "reports/promotion.json").read_text())
+    assert decision["compared"]["method"] == "paired_bootstrap" and decision["compared"]["difference"] == 0
+    assert decision["compared"]["difference_ci_low"] == 0 and decision["params"]["metric"] == "val_macro_recall"
+    assert "paired difference 0 [0, 0]" in r.stdout
+
+
+def test_compare_orders_by_the_configured_tie_breaker(trained, tmp_path):
+    import subprocess
+    import sys
+
+    root, *_ = trained
+    work = workdir(root, tmp_path, models=False)
+    for m, secs in (("cnn5", 10.0), ("cnn8", 50.0)):  # same scores; cnn5 is bigger but faster
+        e = json.loads((work / f"metrics/{m}/eval.json").read_text())
+        e["val"]["macro_recall"] = e["test"]["macro_recall"] = 0.8
+        (work / f"metrics/{m}/eval.json").write_text(json.dumps(e))
+        t = json.loads((work / f"metrics/{m}/train.json").read_text())
+        t["seconds_per_epoch"] = secs
+        (work / f"metrics/{m}/train.json").write_text(json.dumps(t))
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["promote"]["tie_breaker"] = "seconds_per_epoch"
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    r = subprocess.run([sys.executable, str(REPO / "stages/compare.py")], cwd=work, capture_output=True, text=True,
+                       env={**__import__("os").environ, "PYTHONPATH": str(REPO / "src")})
+    assert r.returncode == 0, r.stderr
+    board = json.loads((work / "reports/leaderboard.json").read_text())
+    assert board["cnn5"]["trainable_parameters"] > board["cnn8"]["trainable_parameters"]
+    assert board["cnn5"]["rank"] == 1 and board["cnn8"]["rank"] == 2
+    md = (work / "reports/leaderboard.md").read_text()
+    assert "Ranked by `val_macro_recall`" in md and "fewer `seconds_per_epoch`" in md and "not used for selection" in md
 
 
 def test_stale_model_is_refused(trained, tmp_path):
@@ -136,16 +221,28 @@ def test_unreachable_mlflow_store(trained, monkeypatch):
         register_and_promote(rows, PromotionParams(registered_model="x"), dead)
 
 
-def test_ci_gate_fails_on_a_degraded_run(trained, tmp_path, monkeypatch, capsys):
-    root, *_ = trained
+def workdir(root: Path, tmp_path: Path, models: bool = True) -> Path:
+    """A scratch repository with the trained pair's metrics (and processed data and models) where the pipeline
+    keeps them, and the shared-data profile restricted to cnn5 and cnn8."""
     work = tmp_path / "repo"
     (work / "metrics").mkdir(parents=True)
     for m in ("cnn5", "cnn8"):
         shutil.copytree(root / "metrics" / m, work / "metrics" / m)
+        if models:
+            shutil.copytree(root / "models" / m, work / "models" / m)
+    if models:
+        shutil.copytree(root / "processed", work / "data" / "processed")
     params = yaml.safe_load((REPO / "configs" / "shared-data.yaml").read_text())
     params["train"]["models"] = ["cnn5", "cnn8"]
     params["gate"]["baseline"] = "baseline.json"
+    params["evaluate"] = EVAL.model_dump()
     (work / "params.yaml").write_text(yaml.safe_dump(params))
+    return work
+
+
+def test_ci_gate_fails_on_a_degraded_run(trained, tmp_path, monkeypatch, capsys):
+    root, *_ = trained
+    work = workdir(root, tmp_path)
     monkeypatch.chdir(work)
     assert cli(["metrics", "baseline"]) == 0
     assert cli(["metrics", "check"]) == 0
@@ -162,6 +259,64 @@ def test_ci_gate_fails_on_a_degraded_run(trained, tmp_path, monkeypatch, capsys)
     # a metric that disappeared is a failure too
     (work / "metrics/cnn8/eval.json").unlink()
     assert cli(["metrics", "check"]) == 2
+
+
+def test_ci_gate_refuses_metrics_measured_on_other_images(trained, tmp_path, monkeypatch, capsys):
+    root, *_ = trained
+    work = workdir(root, tmp_path)
+    monkeypatch.chdir(work)
+    assert cli(["metrics", "baseline"]) == 0
+    baseline = json.loads((work / "baseline.json").read_text())
+    assert baseline["cnn5.test_set"] == fingerprint_test_set(root / "processed")
+    assert baseline["cnn8.val_set"] == json.loads((work / "metrics/cnn8/eval.json").read_text())["val_set"]
+    capsys.readouterr()
+
+    # the baseline was measured on another test set: identical numbers prove nothing, worse ones neither
+    (work / "baseline.json").write_text(json.dumps({**baseline, "cnn8.test_set": "0123456789abcdef"}))
+    assert cli(["metrics", "check"]) == 3
+    out = capsys.readouterr().out
+    assert "REFUSED" in out and "cnn8.test_set: baseline 0123456789abcdef" in out
+    assert "PASSED" not in out and "REGRESSION" not in out
+
+    # a baseline written before fingerprints were recorded cannot vouch for its images either
+    (work / "baseline.json").write_text(json.dumps({k: v for k, v in baseline.items() if not isinstance(v, str)}))
+    assert cli(["metrics", "check"]) == 3
+    assert "(no fingerprint recorded)" in capsys.readouterr().out
+
+
+def test_ci_gate_refuses_metrics_older_than_their_inputs(trained, tmp_path, monkeypatch, capsys):
+    root, *_ = trained
+    work = workdir(root, tmp_path)
+    monkeypatch.chdir(work)
+    assert cli(["metrics", "baseline"]) == 0
+    capsys.readouterr()
+
+    # an interrupted rerun on other data: data/processed is new, the eval.json files are the old run's
+    stats = json.loads((work / "data/processed/stats.json").read_text())
+    stats["mean"] = 0.41
+    (work / "data/processed/stats.json").write_text(json.dumps(stats))
+    assert cli(["metrics", "check"]) == 4
+    out = capsys.readouterr().out
+    assert "REFUSED" in out and "cnn5:" in out and "cnn8:" in out and "dvc repro" in out
+    assert "data/processed changed" in out and "PASSED" not in out
+    assert cli(["metrics", "baseline"]) == 4  # and no baseline is written from them
+    capsys.readouterr()
+
+    # only cnn8 was retrained after its evaluation
+    shutil.copytree(root / "processed", work / "data/processed", dirs_exist_ok=True)
+    with open(work / "models/cnn8/model.pt", "ab") as f:
+        f.write(b"\0")
+    assert cli(["metrics", "check"]) == 4
+    out = capsys.readouterr().out
+    assert "cnn8: its model.pt changed" in out and "cnn5:" not in out
+
+    # an eval.json from before inputs were recorded
+    shutil.copy2(root / "models/cnn8/model.pt", work / "models/cnn8/model.pt")
+    e = json.loads((work / "metrics/cnn5/eval.json").read_text())
+    del e["inputs"]
+    (work / "metrics/cnn5/eval.json").write_text(json.dumps(e))
+    assert cli(["metrics", "check"]) == 4
+    assert "cnn5: eval.json records no inputs" in capsys.readouterr().out
 
 
 def test_held_back_test_split_reports_val_only(trained, tmp_path):

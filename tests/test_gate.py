@@ -106,3 +106,26 @@ def test_format_table():
     assert len(body) == len(rows)
     col = lines[0].index("verdict")  # columns aligned: every verdict starts under the header
     assert all(line[col:].strip() == r["verdict"] for line, r in zip(body, rows))
+
+
+def test_baseline_carries_the_fingerprints_of_the_evaluated_images(tmp_path):
+    from lungxray.gate import load_baseline_sets, set_mismatches
+
+    path = tmp_path / "baseline.json"
+    sets = {"cnn5.test_set": "t1", "cnn5.val_set": "v1", "resnet18.test_set": "t1", "resnet18.val_set": "v1"}
+    write_baseline(BASE, path, sets)
+    assert load_baseline(path) == BASE  # the fingerprints are not metrics
+    assert load_baseline_sets(path) == sets
+    assert set_mismatches(sets, load_baseline_sets(path), BASE) == []
+
+
+def test_other_images_than_the_baselines_are_listed():
+    from lungxray.gate import set_mismatches
+
+    base_sets = {"cnn5.test_set": "t1", "cnn5.val_set": "v1"}
+    now = {"cnn5.test_set": "t2", "cnn5.val_set": "v1", "vgg16.test_set": "t2"}  # vgg16: new, not in the baseline
+    assert set_mismatches(now, base_sets, {"cnn5.test.accuracy": 0.9}) == [
+        {"key": "cnn5.test_set", "baseline": "t1", "current": "t2"}]
+    # a baseline written before fingerprints were recorded cannot vouch for its images
+    assert [m["key"] for m in set_mismatches(now, {}, {"cnn5.test.accuracy": 0.9})] == ["cnn5.test_set",
+                                                                                         "cnn5.val_set"]

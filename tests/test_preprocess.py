@@ -84,3 +84,19 @@ def test_a_file_that_vanished_is_a_clear_error(tmp_path):
     with pytest.raises(LungxrayError, match="gone.png"):
         run_preprocess(df, ["normal"], PreprocessParams(image_size=32, workers=1), tmp_path / "p", progress=False)
     assert not (tmp_path / "p").exists() and not (tmp_path / "p.partial").exists()
+
+
+def test_the_processed_index_carries_the_split_unit(tmp_path):
+    rows = []
+    for i, (split, unit) in enumerate([("train", "s/0"), ("train", "s/0"), ("val", "s/2"), ("val", "s/2"),
+                                       ("test", "s/4")]):
+        p = save(tmp_path / "img" / f"{i}.png", Image.fromarray(xray(i, (40, 40))))
+        rows.append({"id": f"s/{i}", "path": str(p), "label": "normal", "split": split, "source": "s", "unit": unit})
+    out = tmp_path / "processed"
+    run_preprocess(pd.DataFrame(rows), ["normal"], PreprocessParams(image_size=16, workers=1), out, progress=False)
+    index = pd.read_csv(out / "index.csv", keep_default_na=False)
+    assert index.set_index("id").unit.to_dict() == {r["id"]: r["unit"] for r in rows}
+    # without units (a hand-made split), each image is its own unit
+    no_unit = pd.DataFrame(rows).drop(columns="unit")
+    run_preprocess(no_unit, ["normal"], PreprocessParams(image_size=16, workers=1), tmp_path / "p2", progress=False)
+    assert (pd.read_csv(tmp_path / "p2" / "index.csv").pipe(lambda d: d.unit == d.id)).all()

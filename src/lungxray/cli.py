@@ -38,19 +38,44 @@ def _cmd_dedupe(args: argparse.Namespace) -> None:
         print(f"report: {args.report}")
 
 
-def current_metrics(params) -> dict[str, float]:
-    """Every model's eval.json, flattened to 'model.split.metric' keys."""
+# exit statuses of `lungxray metrics check` besides 0 (passed), 1 (regression) and 2 (error)
+REFUSED_OTHER_IMAGES = 3
+REFUSED_STALE = 4
+
+
+def current_evaluations(params) -> tuple[dict[str, float], dict[str, str]]:
+    """Every model's eval.json, flattened to 'model.split.metric' keys, and its evaluation-set fingerprints
+    ('model.test_set', 'model.val_set')."""
     from . import schema
     from .errors import LungxrayError
-    from .gate import collect_metrics
+    from .gate import SET_KEYS, collect_metrics
+    from .io import read_json
 
-    files = {}
+    files, sets = {}, {}
     for name in params.train.models:
         f = schema.model_metrics_dir(name) / "eval.json"
         if not f.exists():
             raise LungxrayError(f"{f} is missing: run the pipeline first (dvc repro)")
         files[name] = str(f)
-    return collect_metrics(files)
+        doc = read_json(f)
+        sets.update({f"{name}.{k}": doc[k] for k in SET_KEYS if doc.get(k) is not None})
+    return collect_metrics(files), sets
+
+
+def _refuse_stale(params) -> int | None:
+    """Print why and return the refusal status when some eval.json is older than its inputs."""
+    from . import schema
+    from .evaluation import stale_evaluations
+
+    stale = stale_evaluations(params.train.models, schema.METRICS, schema.PROCESSED, schema.MODELS, params.evaluate)
+    if not stale:
+        return None
+    print("metrics check REFUSED: these metrics are older than their inputs, so they describe other data or another "
+          "model:")
+    for name, why in stale.items():
+        print(f"  {name}: {why}")
+    print("run `dvc repro` to bring them up to date, then check again")
+    return REFUSED_STALE
 
 
 def _cmd_metrics_check(args: argparse.Namespace) -> int:
@@ -58,13 +83,27 @@ def _cmd_metrics_check(args: argparse.Namespace) -> int:
 
     from .config import load_params
     from .errors import LungxrayError
-    from .gate import check, format_table, load_baseline
+    from .gate import check, format_table, load_baseline, load_baseline_sets, set_mismatches
 
     params = load_params(args.params)
     baseline_path = Path(args.baseline or params.gate.baseline)
     if not baseline_path.exists():
         raise LungxrayError(f"no baseline at {baseline_path}: write one with `lungxray metrics baseline` and commit it")
-    rows, ok = check(current_metrics(params), load_baseline(baseline_path), params.gate)
+    metrics, sets = current_evaluations(params)
+    refused = _refuse_stale(params)
+    if refused:
+        return refused
+    baseline = load_baseline(baseline_path)
+    other = set_mismatches(sets, load_baseline_sets(baseline_path), baseline)
+    if other:
+        print(f"metrics check REFUSED: the metrics were computed on other images than the baseline {baseline_path}, "
+              f"so they cannot be compared (neither a regression nor a pass):")
+        for m in other:
+            print(f"  {m['key']}: baseline {m['baseline'] or '(no fingerprint recorded)'}, now {m['current']}")
+        print("if the data change is intended, write a new baseline with `lungxray metrics baseline`, review it and "
+              "commit it")
+        return REFUSED_OTHER_IMAGES
+    rows, ok = check(metrics, baseline, params.gate)
     print(format_table(rows))
     print(f"metrics check against {baseline_path}: " + ("PASSED" if ok else "FAILED (regression beyond tolerance)"))
     return 0 if ok else 1
@@ -76,8 +115,13 @@ def _cmd_metrics_baseline(args: argparse.Namespace) -> int:
 
     params = load_params(args.params)
     path = args.out or params.gate.baseline
-    write_baseline(current_metrics(params), path)
-    print(f"wrote {path}: review it (git diff) and commit it to make it the new baseline")
+    metrics, sets = current_evaluations(params)
+    refused = _refuse_stale(params)
+    if refused:
+        return refused
+    write_baseline(metrics, path, sets)
+    print(f"wrote {path} (metrics and the fingerprints of the images they were measured on): review it (git diff) "
+          f"and commit it to make it the new baseline")
     return 0
 
 
@@ -106,7 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("metrics", help="CI regression gate on the evaluation metrics").add_subparsers(
         dest="metrics_command", required=True)
-    p = m.add_parser("check", help="compare current metrics with the committed baseline; exit 1 on a regression")
+    p = m.add_parser("check", help="compare current metrics with the committed baseline; exit 1 on a regression",
+                     description="Exit status: 0 passed, 1 regression (or a metric missing), 2 error, "
+                                 f"{REFUSED_OTHER_IMAGES} refused: the metrics were measured on other images than the "
+                                 f"baseline's, {REFUSED_STALE} refused: an eval.json is older than its inputs "
+                                 f"(run dvc repro).")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--baseline", help="baseline file (default: gate.baseline in params)")
     p.set_defaults(func=_cmd_metrics_check)

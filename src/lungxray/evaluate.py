@@ -17,9 +17,16 @@ Conventions (they decide what the numbers mean, so they are spelled out):
   present: the AUC is undefined), with the reason in ``per_class[c]["auc_note"]``. ``macro_auc`` averages the defined
   per-class AUCs (``macro_auc_classes`` says how many); ``None`` if none is defined. Ties in scores count 1/2
   (Mann-Whitney), as ``sklearn.metrics.roc_auc_score``.
-* Bootstrap: ``params.bootstrap`` resamples of the samples with replacement (seeded; percentile interval at ``ci``).
+* Bootstrap: ``params.bootstrap`` resamples (seeded; percentile interval at ``ci``) of the **split units**, not of
+  the images: a unit is the union of dedupe group and patient (``unit`` in ``split.csv`` and the processed index), and
+  images of one unit are not independent (same patient, same X-ray). Each resample draws as many units as there are,
+  with replacement, and takes every image of each drawn unit (cluster bootstrap), so proportions are over the
+  resample's images. Without units (``units=None``), or with one image per unit, this is the plain image bootstrap.
   A resample in which a class is absent averages macro recall / AUC over the classes it holds (NaN-skipping); the
   interval bounds are ``None`` when ``bootstrap`` is 0 or the statistic is undefined.
+* Paired difference (:func:`paired_difference`, used to decide a promotion): two models' predictions on the same
+  images, resampled together (the same units in every resample); the interval is the percentile interval of the
+  per-resample differences, which is much narrower than comparing two separate intervals.
 * Expected calibration error: top-label confidence (max probability) in ``ece_bins`` equal-width bins
   ``[i/n, (i+1)/n)`` (the last closed), ECE = sum over bins of (bin count / N) * |accuracy - mean confidence|.
 """
@@ -31,7 +38,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,10 +46,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .io import atomic_path
 
+if TYPE_CHECKING:
+    from .promote import PromotionParams
+
 __all__ = [
     "EvaluateParams", "compute_metrics", "summary", "metrics_by_source", "reliability_data", "expected_calibration_error",
-    "bootstrap_ci", "ovr_auc", "roc_points", "confusion_pairs", "plot_confusion_matrix", "plot_roc_curves",
-    "plot_reliability", "predict_proba", "measure_throughput", "leaderboard", "plot_leaderboard", "LEADERBOARD_COLUMNS",
+    "bootstrap_ci", "paired_difference", "BOOTSTRAP_STATISTICS", "predictions_table", "align_predictions",
+    "ovr_auc", "roc_points", "confusion_pairs", "plot_confusion_matrix", "plot_roc_curves",
+    "plot_reliability", "predict_proba", "measure_throughput", "leaderboard", "leaderboard_note", "plot_leaderboard",
+    "LEADERBOARD_COLUMNS",
 ]
 
 
@@ -135,53 +147,106 @@ def _bootstrap_counts(n: int, resamples: int, rng: np.random.Generator) -> np.nd
     return np.bincount(flat, minlength=resamples * n).reshape(resamples, n).astype(np.float64)
 
 
+def _unit_codes(units: Sequence | None, n: int) -> tuple[np.ndarray, int]:
+    """Unit index of every image, numbered in order of first appearance (one image per unit: 0..n-1)."""
+    if units is None:
+        return np.arange(n), n
+    u = np.asarray(list(units), dtype=object).astype(str)
+    if u.shape[0] != n:
+        raise ValueError(f"{u.shape[0]} units for {n} samples")
+    codes, uniques = pd.factorize(u)
+    return codes.astype(np.int64), len(uniques)
+
+
+BOOTSTRAP_STATISTICS = ("accuracy", "macro_recall", "macro_auc")
+
+
+def _weighted_statistics(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy, macro recall and macro AUC for each row of image multiplicities ``w`` (B, N); NaN where undefined."""
+    b, c = w.shape[0], p.shape[1]
+    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    total = w.sum(axis=1)
+    recalls = np.full((b, c), np.nan)
+    aucs = np.full((b, c), np.nan)
+    for k in range(c):
+        pos = y == k
+        if not pos.any():
+            continue
+        support = w @ pos.astype(np.float64)
+        hits = w @ (correct * pos)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recalls[:, k] = np.where(support > 0, hits / np.where(support > 0, support, 1), np.nan)
+        if not pos.all():
+            aucs[:, k] = _grouped_auc(p[:, k], pos, w)
+    with np.errstate(invalid="ignore", divide="ignore"), _quiet_nanmean():
+        return {"accuracy": np.where(total > 0, (w @ correct) / np.where(total > 0, total, 1), np.nan),
+                "macro_recall": np.nanmean(recalls, axis=1), "macro_auc": np.nanmean(aucs, axis=1)}
+
+
+def _resampled_statistics(y: np.ndarray, probs: Sequence[np.ndarray], units: Sequence | None, resamples: int,
+                          seed: int, chunk: int | None = None) -> list[dict[str, np.ndarray]]:
+    """The statistics of each model in ``probs`` over the same ``resamples`` unit resamples (vectorised, chunked)."""
+    n = y.shape[0]
+    codes, n_units = _unit_codes(units, n)
+    rng = np.random.default_rng(seed)
+    chunk = chunk or max(1, min(resamples, 4_000_000 // max(n, 1)))
+    parts: list[list[dict[str, np.ndarray]]] = [[] for _ in probs]
+    done = 0
+    while done < resamples:
+        b = min(chunk, resamples - done)
+        w = _bootstrap_counts(n_units, b, rng)[:, codes]  # every image weighs as often as its unit was drawn
+        for i, p in enumerate(probs):
+            parts[i].append(_weighted_statistics(y, p, w))
+        done += b
+    return [{k: np.concatenate([d[k] for d in per]) for k in BOOTSTRAP_STATISTICS} for per in parts]
+
+
+def _interval(v: np.ndarray, ci: float) -> dict[str, float | None]:
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return {"low": None, "high": None}
+    alpha = (1.0 - ci) / 2.0
+    lo, hi = np.quantile(v, [alpha, 1.0 - alpha])
+    return {"low": _f(lo), "high": _f(hi)}
+
+
 def bootstrap_ci(y_true: np.ndarray, probs: np.ndarray, resamples: int, ci: float = 0.95, seed: int = 0,
-                 chunk: int | None = None) -> dict[str, dict[str, float | None]]:
-    """Percentile bootstrap intervals of accuracy, macro recall and macro AUC (vectorised over resamples).
+                 chunk: int | None = None, units: Sequence | None = None) -> dict[str, dict[str, float | None]]:
+    """Percentile bootstrap intervals of accuracy, macro recall and macro AUC, resampling ``units`` (cluster bootstrap;
+    ``None``: each image is its own unit).
 
     Each resample is a multiplicity vector over the samples; the statistics are weighted sums, so no resampled
     array is ever materialised. Chunks bound memory at about 32 MB of weights.
     """
     y, p = np.asarray(y_true, dtype=np.int64), np.asarray(probs, dtype=np.float64)
-    n, c = p.shape
-    keys = ("accuracy", "macro_recall", "macro_auc")
-    if resamples <= 0 or n == 0:
-        return {k: {"low": None, "high": None} for k in keys}
-    rng = np.random.default_rng(seed)
-    chunk = chunk or max(1, min(resamples, 4_000_000 // max(n, 1)))
-    correct = (p.argmax(axis=1) == y).astype(np.float64)
-    stats: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-    done = 0
-    while done < resamples:
-        b = min(chunk, resamples - done)
-        w = _bootstrap_counts(n, b, rng)
-        stats["accuracy"].append(w @ correct / n)
-        recalls = np.full((b, c), np.nan)
-        aucs = np.full((b, c), np.nan)
-        for k in range(c):
-            pos = y == k
-            if not pos.any():
-                continue
-            support = w @ pos.astype(np.float64)
-            hits = w @ (correct * pos)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                recalls[:, k] = np.where(support > 0, hits / np.where(support > 0, support, 1), np.nan)
-            if not pos.all():
-                aucs[:, k] = _grouped_auc(p[:, k], pos, w)
-        with np.errstate(invalid="ignore"), _quiet_nanmean():
-            stats["macro_recall"].append(np.nanmean(recalls, axis=1))
-            stats["macro_auc"].append(np.nanmean(aucs, axis=1))
-        done += b
-    alpha = (1.0 - ci) / 2.0
-    out = {}
-    for k in keys:
-        v = np.concatenate(stats[k])
-        v = v[np.isfinite(v)]
-        if v.size == 0:
-            out[k] = {"low": None, "high": None}
-        else:
-            lo, hi = np.quantile(v, [alpha, 1.0 - alpha])
-            out[k] = {"low": _f(lo), "high": _f(hi)}
+    if resamples <= 0 or y.shape[0] == 0:
+        return {k: {"low": None, "high": None} for k in BOOTSTRAP_STATISTICS}
+    stats = _resampled_statistics(y, [p], units, resamples, seed, chunk)[0]
+    return {k: _interval(stats[k], ci) for k in BOOTSTRAP_STATISTICS}
+
+
+def paired_difference(y_true: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, statistic: str, resamples: int,
+                      ci: float = 0.95, seed: int = 0, units: Sequence | None = None) -> dict[str, Any]:
+    """``statistic`` of model a minus that of model b on the same images, with a paired percentile bootstrap interval.
+
+    Both models are scored on the same resampled ``units`` in every resample. Returns ``a``, ``b`` and
+    ``difference`` (on all images), ``low`` / ``high`` (None when no resample defines the statistic),
+    ``resamples``, ``ci``, ``seed``, ``units`` and ``images``.
+    """
+    if statistic not in BOOTSTRAP_STATISTICS:
+        raise ValueError(f"no paired bootstrap for {statistic!r}; use one of {list(BOOTSTRAP_STATISTICS)}")
+    y = np.asarray(y_true, dtype=np.int64)
+    pa, pb = np.asarray(probs_a, dtype=np.float64), np.asarray(probs_b, dtype=np.float64)
+    if pa.shape != pb.shape or pa.shape[0] != y.shape[0]:
+        raise ValueError(f"paired predictions differ in shape: {pa.shape} and {pb.shape} for {y.shape[0]} labels")
+    ones = np.ones((1, y.shape[0]))
+    a, b = (_f(_weighted_statistics(y, p, ones)[statistic][0]) for p in (pa, pb))
+    out = {"statistic": statistic, "a": a, "b": b, "difference": None if a is None or b is None else a - b,
+           "low": None, "high": None, "resamples": int(resamples), "ci": ci, "seed": seed,
+           "units": _unit_codes(units, y.shape[0])[1], "images": int(y.shape[0])}
+    if resamples > 0 and y.shape[0]:
+        sa, sb = _resampled_statistics(y, [pa, pb], units, resamples, seed)
+        out.update(_interval(sa[statistic] - sb[statistic], ci))
     return out
 
 
@@ -234,15 +299,15 @@ BULKY_KEYS = ("confusion_matrix", "reliability", "classification_report")
 
 
 def compute_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str],
-                    params: EvaluateParams | None = None) -> dict[str, Any]:
+                    params: EvaluateParams | None = None, units: Sequence | None = None) -> dict[str, Any]:
     """All test metrics of one model as a JSON-able dict (see the module docstring for the conventions).
 
     Top-level scalar keys: ``n_samples, accuracy, macro_precision, macro_recall, macro_f1, micro_precision,
     micro_recall, micro_f1, weighted_f1, macro_auc, macro_auc_classes, macro_specificity, ece, mce, log_loss,
     accuracy_ci_low/high, macro_recall_ci_low/high, macro_auc_ci_low/high``; nested: ``per_class`` ({class:
     {sensitivity, specificity, ppv, npv, f1, support, predicted, auc, auc_note}}), ``bootstrap`` (resamples, ci,
-    seed), and the bulky ``confusion_matrix`` ({labels, matrix}), ``reliability`` and ``classification_report`` (text)
-    which :func:`summary` drops.
+    seed, what was resampled and how many units), and the bulky ``confusion_matrix`` ({labels, matrix}),
+    ``reliability`` and ``classification_report`` (text) which :func:`summary` drops.
     """
     params = params or EvaluateParams()
     classes = list(classes)
@@ -284,7 +349,7 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str
     eps = 1e-15
     log_loss = _f(-np.log(np.clip(p[np.arange(n), y], eps, 1.0)).mean()) if n else None
     rel = reliability_data(y, p, params.ece_bins)
-    boot = bootstrap_ci(y, p, params.bootstrap, params.ci, params.seed)
+    boot = bootstrap_ci(y, p, params.bootstrap, params.ci, params.seed, units=units)
 
     from sklearn.metrics import classification_report
 
@@ -313,7 +378,8 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str
         "macro_recall_ci_high": boot["macro_recall"]["high"],
         "macro_auc_ci_low": boot["macro_auc"]["low"],
         "macro_auc_ci_high": boot["macro_auc"]["high"],
-        "bootstrap": {"resamples": params.bootstrap, "ci": params.ci, "seed": params.seed, "method": "percentile"},
+        "bootstrap": {"resamples": params.bootstrap, "ci": params.ci, "seed": params.seed, "method": "percentile",
+                      "resampled": "images" if units is None else "split units", "units": _unit_codes(units, n)[1]},
         "per_class": per_class,
         "confusion_matrix": {"labels": classes, "matrix": cm.tolist()},
         "reliability": rel,
@@ -327,15 +393,62 @@ def summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def metrics_by_source(y_true: np.ndarray, probs: np.ndarray, sources: Sequence[str], classes: Sequence[str],
-                      params: EvaluateParams | None = None) -> dict[str, dict[str, Any]]:
-    """:func:`compute_metrics` per source (sorted by name), with ``params.source_bootstrap`` resamples (default 0)."""
+                      params: EvaluateParams | None = None, units: Sequence | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`compute_metrics` per source (sorted by name), with ``params.source_bootstrap`` resamples (default 0) of
+    the ``units`` (None: of the images)."""
     params = params or EvaluateParams()
     y, p = _check_inputs(y_true, probs, classes)
     src = np.asarray(list(sources), dtype=object)
     if src.shape[0] != y.shape[0]:
         raise ValueError(f"{src.shape[0]} sources for {y.shape[0]} samples")
     sub = params.model_copy(update={"bootstrap": params.source_bootstrap})
-    return {str(s): compute_metrics(y[src == s], p[src == s], classes, sub) for s in sorted(set(src.tolist()))}
+    u = None if units is None else np.asarray(list(units), dtype=object)
+    return {str(s): compute_metrics(y[src == s], p[src == s], classes, sub, None if u is None else u[src == s])
+            for s in sorted(set(src.tolist()))}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# per-image predictions (what a paired comparison of two models needs)
+
+PROB_PREFIX = "prob_"
+
+
+def predictions_table(ids: Sequence[str], units: Sequence[str], y_true: np.ndarray, probs: np.ndarray,
+                      classes: Sequence[str]) -> pd.DataFrame:
+    """One row per image: ``id``, ``unit``, ``label`` (class name), then ``prob_<class>`` for every class."""
+    classes = list(classes)
+    y, p = _check_inputs(y_true, probs, classes)
+    df = pd.DataFrame({"id": list(ids), "unit": list(units), "label": np.asarray(classes, dtype=object)[y]})
+    if len(df) != y.shape[0]:
+        raise ValueError(f"{len(df)} ids for {y.shape[0]} samples")
+    for k, c in enumerate(classes):
+        df[f"{PROB_PREFIX}{c}"] = p[:, k]
+    return df
+
+
+def _classes_of(df: pd.DataFrame) -> list[str]:
+    return [c[len(PROB_PREFIX):] for c in df.columns if c.startswith(PROB_PREFIX)]
+
+
+def align_predictions(a: pd.DataFrame, b: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(y, probs_a, probs_b, units) of two :func:`predictions_table` frames over the same images, in ``a``'s order.
+
+    Raises ValueError, saying why, when they do not cover the same images with the same labels and classes.
+    """
+    ca, cb = _classes_of(a), _classes_of(b)
+    if sorted(ca) != sorted(cb):
+        raise ValueError(f"the predictions are over different classes ({ca} and {cb})")
+    if len(a) != len(b) or set(a["id"]) != set(b["id"]) or a["id"].duplicated().any():
+        raise ValueError(f"the predictions are over different images ({len(a)} and {len(b)} rows)")
+    b = b.set_index("id").loc[a["id"]]
+    if (b["label"].to_numpy() != a["label"].to_numpy()).any():
+        raise ValueError("the predictions give some images different labels")
+    bad = sorted(set(a["label"]) - set(ca))
+    if bad:
+        raise ValueError(f"labels {bad} have no probability column")
+    y = a["label"].map({c: i for i, c in enumerate(ca)}).to_numpy(dtype=np.int64)
+    cols = [f"{PROB_PREFIX}{c}" for c in ca]
+    return y, a[cols].to_numpy(np.float64), b[cols].to_numpy(np.float64), a["unit"].astype(str).to_numpy()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -566,30 +679,47 @@ def measure_throughput(model, image_size: int, batch_size: int = 64, device="cpu
 # leaderboard
 
 LEADERBOARD_COLUMNS = [
-    "rank", "model", "test_macro_recall", "test_macro_recall_ci_low", "test_macro_recall_ci_high", "test_accuracy",
-    "test_accuracy_ci_low", "test_accuracy_ci_high", "test_macro_auc", "test_macro_auc_ci_low",
-    "test_macro_auc_ci_high", "trainable_parameters", "seconds_per_epoch", "epochs_to_converge", "images_per_s",
+    "rank", "model", "val_macro_recall", "val_macro_recall_ci_low", "val_macro_recall_ci_high", "test_macro_recall",
+    "test_macro_recall_ci_low", "test_macro_recall_ci_high", "test_accuracy", "test_accuracy_ci_low",
+    "test_accuracy_ci_high", "test_macro_auc", "test_macro_auc_ci_low", "test_macro_auc_ci_high",
+    "trainable_parameters", "seconds_per_epoch", "epochs_to_converge", "images_per_s",
 ]
+REPORTED_TEST = ("test_macro_recall", "test_accuracy", "test_macro_auc")
 
 
-def leaderboard(rows: list[dict[str, Any]], metric: str = "test_macro_recall", higher_is_better: bool = True,
-                tie_tolerance: float = 1e-9) -> tuple[pd.DataFrame, str]:
-    """The comparison table, sorted by the promotion rule, and its markdown.
+def leaderboard(rows: list[dict[str, Any]], promotion: PromotionParams | None = None) -> tuple[pd.DataFrame, str]:
+    """The comparison table in the promotion rule's order, and its markdown (a note on the selection, then the table).
 
-    Rows carry (missing -> empty): ``model, test_macro_recall[_ci_low|_ci_high], test_accuracy[...],
-    test_macro_auc[...], trainable_parameters, seconds_per_epoch, epochs_to_converge, images_per_s``; other keys are
-    kept as extra columns. Order: :func:`lungxray.promote.rank` (metric, then fewer trainable parameters, then name),
-    so the first row is the model the promotion step picks.
+    Rows carry (missing -> empty) the selection metric (``promotion.metric``, default ``val_macro_recall``) and its
+    ``_ci_low`` / ``_ci_high``, the reported ``test_macro_recall``, ``test_accuracy``, ``test_macro_auc`` (each with
+    its interval), ``trainable_parameters, seconds_per_epoch, epochs_to_converge, images_per_s``; other keys are kept
+    as extra columns. Order: :func:`lungxray.promote.rank` with ``promotion`` (a
+    :class:`lungxray.promote.PromotionParams`: metric, direction, tie breaker, tie tolerance), so the first row is the
+    model the promotion step picks.
     """
     from .promote import PromotionParams, rank
 
-    pp = PromotionParams(metric=metric, higher_is_better=higher_is_better, tie_tolerance=tie_tolerance)
+    pp = promotion or PromotionParams()
     ordered = rank([dict(r) for r in rows], pp)
     for i, r in enumerate(ordered, 1):
         r["rank"] = i
-    extra = sorted({k for r in ordered for k in r} - set(LEADERBOARD_COLUMNS))
-    df = pd.DataFrame(ordered, columns=LEADERBOARD_COLUMNS + extra)
-    return df, _markdown(df)
+    first = ["rank", "model", pp.metric, f"{pp.metric}_ci_low", f"{pp.metric}_ci_high"]
+    columns = first + [c for c in LEADERBOARD_COLUMNS if c not in first]
+    extra = sorted({k for r in ordered for k in r} - set(columns))
+    df = pd.DataFrame(ordered, columns=columns + extra)
+    return df, leaderboard_note(pp) + "\n" + _markdown(df, pp.metric)
+
+
+def leaderboard_note(promotion: PromotionParams) -> str:
+    """What chose the order (metric, direction, tie breaker) and what the test figures are for."""
+    p = promotion
+    note = (f"Ranked by `{p.metric}` ({'higher' if p.higher_is_better else 'lower'} is better); values within "
+            f"{p.tie_tolerance:g} tie and ties go to fewer `{p.tie_breaker}`, then the name. Row 1 is the model the "
+            f"register stage considers for champion.")
+    if p.metric.startswith("test_"):
+        return note + (" Selection uses a **test** metric: the test figures below are then optimistic (the best of "
+                       "several noisy scores on the data that reports them).\n")
+    return note + (" Test figures are reported once, for information: they were not used for selection.\n")
 
 
 def _fmt_ci(v, lo, hi) -> str:
@@ -610,9 +740,14 @@ def _fmt_num(v, digits: int = 1) -> str:
     return f"{float(v):.{digits}f}"
 
 
-def _markdown(df: pd.DataFrame) -> str:
-    head = ["#", "model", "macro recall [95% CI]", "accuracy [95% CI]", "macro AUC [95% CI]", "trainable params",
-            "s / epoch", "epochs", "images / s"]
+def _label(metric: str) -> str:
+    return metric.replace("_", " ").replace(" auc", " AUC")
+
+
+def _markdown(df: pd.DataFrame, metric: str) -> str:
+    scored = [metric] + [m for m in REPORTED_TEST if m != metric]
+    head = (["#", "model"] + [f"{_label(m)} [95% CI]" + (" (selection)" if m == metric else "") for m in scored]
+            + ["trainable params", "s / epoch", "epochs", "images / s"])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---:", ":---"] + ["---:"] * (len(head) - 2)) + "|"]
 
     def g(r, k):
@@ -620,19 +755,25 @@ def _markdown(df: pd.DataFrame) -> str:
         return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
     for r in df.to_dict("records"):
-        cells = [str(r["rank"]), str(r["model"]),
-                 _fmt_ci(g(r, "test_macro_recall"), g(r, "test_macro_recall_ci_low"), g(r, "test_macro_recall_ci_high")),
-                 _fmt_ci(g(r, "test_accuracy"), g(r, "test_accuracy_ci_low"), g(r, "test_accuracy_ci_high")),
-                 _fmt_ci(g(r, "test_macro_auc"), g(r, "test_macro_auc_ci_low"), g(r, "test_macro_auc_ci_high")),
-                 _fmt_num(g(r, "trainable_parameters"), 0), _fmt_num(g(r, "seconds_per_epoch"), 1),
-                 _fmt_num(g(r, "epochs_to_converge"), 0), _fmt_num(g(r, "images_per_s"), 1)]
+        cells = ([str(r["rank"]), str(r["model"])]
+                 + [_fmt_ci(g(r, m), g(r, f"{m}_ci_low"), g(r, f"{m}_ci_high")) for m in scored]
+                 + [_fmt_num(g(r, "trainable_parameters"), 0), _fmt_num(g(r, "seconds_per_epoch"), 1),
+                    _fmt_num(g(r, "epochs_to_converge"), 0), _fmt_num(g(r, "images_per_s"), 1)])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot_leaderboard(df: pd.DataFrame, path: str | os.PathLike, metrics: Sequence[str] = (
-        "test_macro_recall", "test_accuracy", "test_macro_auc"), title: str | None = None) -> Path:
-    """Grouped bars per model (leaderboard order) with the bootstrap intervals as error bars."""
+def plot_leaderboard(df: pd.DataFrame, path: str | os.PathLike, metrics: Sequence[str] | None = None,
+                     title: str | None = None, promotion: PromotionParams | None = None) -> Path:
+    """Grouped bars per model (leaderboard order) with the bootstrap intervals as error bars.
+
+    ``metrics`` default: the selection metric of ``promotion`` (default ``val_macro_recall``), then the reported test
+    macro recall, accuracy and macro AUC.
+    """
+    from .promote import PromotionParams
+
+    pp = promotion or PromotionParams()
+    metrics = list(metrics or [pp.metric] + [m for m in REPORTED_TEST if m != pp.metric])
     plt = _pyplot()
     models = df["model"].astype(str).tolist()
     x = np.arange(len(models))
@@ -645,13 +786,14 @@ def plot_leaderboard(df: pd.DataFrame, path: str | os.PathLike, metrics: Sequenc
         hi = pd.to_numeric(df.get(f"{m}_ci_high", pd.Series([np.nan] * len(df))), errors="coerce").to_numpy(float)
         err = np.vstack([np.nan_to_num(v - lo, nan=0.0).clip(0), np.nan_to_num(hi - v, nan=0.0).clip(0)])
         ax.bar(x + (i - (len(metrics) - 1) / 2) * width, np.nan_to_num(v), width, yerr=err, capsize=3,
-               label=m.removeprefix("test_").replace("_", " "))
+               label=_label(m) + (" (selection)" if m == pp.metric else ""), hatch="//" if m == pp.metric else None)
         lows.extend(np.concatenate([v, lo])[np.isfinite(np.concatenate([v, lo]))].tolist())
     bottom = max(0.0, min(lows) - 0.05) if lows else 0.0
     ax.set_ylim(bottom, 1.0)
     ax.set_xticks(x, labels=models, rotation=30, ha="right")
-    ax.set_ylabel("test score (error bars: bootstrap CI)")
-    ax.set_title(title or "model comparison (leaderboard order)")
+    ax.set_ylabel("score (error bars: bootstrap CI over split units)")
+    used = "test: reported, not used" if not pp.metric.startswith("test_") else "selected on a test metric"
+    ax.set_title(title or f"ranked by {_label(pp.metric)} ({used})")
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)

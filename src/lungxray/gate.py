@@ -10,6 +10,11 @@
   ``tolerances``, but absent / not finite now), ``improved`` (better), ``ok`` (no worse than the tolerance),
   ``new`` (checked-eligible, absent from the baseline: reported, never fails). The gate passes when no row is
   ``REGRESSION`` or ``missing``.
+* Numbers are compared only when they were measured on the same images. The baseline file carries, beside the
+  numbers, each model's evaluation-set fingerprints (``"<model>.test_set"``, ``"<model>.val_set"``: strings, which
+  :func:`load_baseline` skips); :func:`set_mismatches` lists those that differ from the current ones (a baseline
+  without them counts as different). The check is then **refused**, neither a pass nor a regression: a change of
+  the data is not a change of the model.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from .io import read_json, write_json
 
 __all__ = ["GateParams", "collect_metrics", "flatten_metrics", "check", "format_table", "write_baseline",
-           "load_baseline", "FAILING"]
+           "load_baseline", "load_baseline_sets", "set_mismatches", "FAILING", "SET_KEYS"]
 
 FAILING = ("REGRESSION", "missing")
+SET_KEYS = ("test_set", "val_set")  # eval.json's fingerprints of the images the metrics were computed on
 _EPS = 1e-12
 
 
@@ -82,11 +88,36 @@ def load_baseline(path: str | os.PathLike) -> dict[str, float]:
     return flatten_metrics(read_json(path))
 
 
-def write_baseline(current: Mapping[str, float], path: str | os.PathLike) -> Path:
-    """Write the flat metrics (sorted keys, atomically) for review and commit as the new baseline."""
-    data = {k: _num(v) for k, v in sorted(current.items()) if _num(v) is not None}
-    write_json(path, data)
+def load_baseline_sets(path: str | os.PathLike) -> dict[str, str]:
+    """The evaluation-set fingerprints stored in a baseline file: ``{"<model>.test_set": fingerprint, ...}``."""
+    data = read_json(path)
+    return {k: v for k, v in data.items() if isinstance(v, str) and k.rpartition(".")[2] in SET_KEYS}
+
+
+def write_baseline(current: Mapping[str, float], path: str | os.PathLike,
+                   sets: Mapping[str, str] | None = None) -> Path:
+    """Write the flat metrics and the evaluation-set fingerprints (``{"<model>.test_set": ...}``; sorted keys,
+    atomically) for review and commit as the new baseline."""
+    data: dict[str, Any] = {k: _num(v) for k, v in current.items() if _num(v) is not None}
+    data.update({k: str(v) for k, v in (sets or {}).items() if v is not None})
+    write_json(path, dict(sorted(data.items())))
     return Path(path)
+
+
+def set_mismatches(current: Mapping[str, str], baseline_sets: Mapping[str, str],
+                   baseline: Mapping[str, float]) -> list[dict[str, Any]]:
+    """Evaluation sets of the baseline's models that differ from the current ones (or that the baseline lacks).
+
+    ``current`` and ``baseline_sets`` map ``"<model>.test_set"`` / ``"<model>.val_set"`` to fingerprints; only models
+    that have numbers in ``baseline`` and now are considered (a model new or gone is reported by :func:`check`).
+    """
+    models = {k.split(".", 1)[0] for k in baseline}
+    out = []
+    for key in sorted(current):
+        model = key.rpartition(".")[0]
+        if model in models and baseline_sets.get(key) != current[key]:
+            out.append({"key": key, "baseline": baseline_sets.get(key), "current": current[key]})
+    return out
 
 
 def _tolerance(key: str, p: GateParams) -> float | None:

@@ -1,7 +1,9 @@
 """The preprocess stage: decode every image of the split once into compact uint8 arrays.
 
 For each split (train / val / test) one ``.npy`` file of shape ``(N, S, S)`` (8-bit greyscale, S =
-``preprocess.image_size``) is written, plus ``index.csv`` (split, row, id, label, label index, source) and
+``preprocess.image_size``) is written, plus ``index.csv`` (split, row, id, label, label index, source, unit: the split
+unit, i.e. the union of dedupe group and patient that the split kept together, which the evaluation's bootstrap
+resamples; an input without units makes each image its own) and
 ``stats.json`` (classes, per-split class counts, mean/std of the training pixels used for normalisation). Training
 reads these with ``np.load(mmap_mode='r')`` and never decodes a JPEG/PNG again; greyscale is replicated to 3 channels
 only at batch time.
@@ -118,7 +120,8 @@ def run_preprocess(split_df: pd.DataFrame, classes: list[str], params: Preproces
                 index_rows.append(pd.DataFrame({
                     "split": split, "row": np.arange(len(part)), "id": part.id.to_numpy(), "label": part.label.to_numpy(),
                     "label_idx": part.label.map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64),
-                    "source": part["source"].to_numpy() if "source" in part else ""}))
+                    "source": part["source"].to_numpy() if "source" in part else "",
+                    "unit": part["unit"].to_numpy() if "unit" in part else part.id.to_numpy()}))
                 counts = part.label.value_counts()
                 stats["splits"][split] = {"images": int(len(part)),
                                           "per_class": {c: int(counts.get(c, 0)) for c in classes}}
