@@ -8,7 +8,8 @@ from lungxray import schema
 from lungxray.config import load_params
 from lungxray.errors import LungxrayError
 from lungxray.io import write_json
-from lungxray.split import make_split, require_validated, split_counts, split_counts_plot, write_split
+from lungxray.split import (make_split, official_test_set, require_validated, split_counts, split_counts_plot,
+                            write_split)
 from lungxray.stage import run_stage
 
 
@@ -24,6 +25,8 @@ def main() -> None:
     split_counts_plot(counts, schema.SPLIT_PLOT)
     write_json(schema.SPLIT_METRICS, counts)
     write_json(schema.SPLIT_REPORT, stats)
+    official_test = official_test_set(manifest, groups, split_df, params.split)
+    write_split(official_test, schema.OFFICIAL_TEST)
     write_split(split_df, schema.SPLIT)
     sizes = ", ".join(f"{s} {c['total']}" for s, c in counts.items())
     print(f"split: {sizes}; leakage check passed; written: {schema.SPLIT}, {schema.SPLIT_METRICS}, "
@@ -32,6 +35,8 @@ def main() -> None:
     if official.get("mode", "none") != "none":
         print(f"  official splits ({official['mode']}): " + json.dumps({k: v for k, v in official.items()
                                                                         if k != "mode"}, sort_keys=True))
+    if len(official_test):
+        print(f"  official test set, copies within it included: {len(official_test)} images ({schema.OFFICIAL_TEST})")
 
 
 if __name__ == "__main__":

@@ -338,3 +338,23 @@ def test_held_back_test_split_reports_val_only(trained, tmp_path):
                          EvaluateParams(bootstrap=50, latency_batches=1, allow_empty_test=True), t, ml)
     assert out["test"] is None and out["val"]["n_samples"] == 24 and out["plots_split"] == "val"
     assert (tmp_path / "r/confusion_matrix.png").exists() and (tmp_path / "x/roc.csv").exists()
+
+
+def test_benchmark_mode_reports_the_official_test_set_beside_the_deduplicated_test(trained, tmp_path):
+    import pandas as pd
+
+    root, processed, ml, _ = trained
+    bench = tmp_path / "processed"
+    shutil.copytree(processed, bench)
+    index = pd.read_csv(bench / "index.csv")
+    test = index[index.split == "test"]
+    copies = pd.concat([test, test.iloc[:2]], ignore_index=True)  # the test set with two copies within it
+    copies = copies.assign(split="test_official", row=range(len(copies)))
+    pd.concat([index, copies], ignore_index=True).to_csv(bench / "index.csv", index=False)
+    x = np.load(bench / "test.npy")
+    np.save(bench / "test_official.npy", np.concatenate([x, x[:2]]))
+    t = train_model("cnn5", train_params(tmp_path, epochs=1, mlflow=ml), bench, tmp_path / "m", tmp_path / "x",
+                    progress=False)
+    out = evaluate_model("cnn5", bench, tmp_path / "m/model.pt", tmp_path / "x", tmp_path / "r", EVAL, t, ml)
+    assert out["test_official"]["n_samples"] == len(x) + 2 and out["test"]["n_samples"] == len(x)
+    assert "test_official" not in trained[3]["cnn5"]  # absent outside benchmark mode

@@ -77,6 +77,19 @@ def test_run_preprocess_writes_arrays_index_and_stats(tmp_path):
     assert (out / "train.npy").read_bytes() == (tmp_path / "again" / "train.npy").read_bytes()
 
 
+def test_the_whole_official_test_set_is_written_beside_the_splits(tmp_path):
+    rows = []
+    for i, split in enumerate(["train", "val", "test", "test_official", "test_official"]):
+        p = save(tmp_path / "img" / f"{i}.png", Image.fromarray(xray(i, (60, 40))))
+        rows.append({"id": f"s/{i}", "path": str(p), "label": "normal", "split": split, "source": "s"})
+    out = tmp_path / "processed"
+    stats = run_preprocess(pd.DataFrame(rows), ["normal"], PreprocessParams(image_size=32, workers=1), out,
+                           progress=False)
+    x, y = load_split(out, "test_official")
+    assert x.shape == (2, 32, 32) and stats["splits"]["test_official"]["images"] == 2
+    assert stats["splits"]["test"]["images"] == 1
+
+
 def test_a_file_that_vanished_is_a_clear_error(tmp_path):
     df = pd.DataFrame([{"id": "a", "path": str(tmp_path / "gone.png"), "label": "normal", "split": "train"}])
     from lungxray.errors import LungxrayError

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from lungxray.errors import LungxrayError
 from lungxray.split import (
+    official_test_set,
     SPLIT_COLUMNS,
     SplitParams,
     check_leakage,
@@ -274,6 +275,30 @@ def test_keep_official_splits_resolves_crossing_units():
     assert stats["official"]["crossing_units"] == 2
     assert stats["official"]["moved"] == {"train->test": 1, "train->val": 1}
     assert stats["official"]["moved_images"] == 2
+
+
+def test_benchmark_mode_keeps_the_official_test_set_whole_beside_the_deduplicated_test_split():
+    # two copies of one X-ray inside the official test set (g3), one official test image whose train copy moves to
+    # test (g4), and train images
+    official = ["train", "train", "test", "test", "test", "train"]
+    groups = ["g0", "g1", "g3", "g3", "g4", "g4"]
+    m, g = _tables(["normal", "pneumonia"] * 3, [None] * 6, groups, official)
+    params = SplitParams(keep_official_splits=True)
+    split_df, _ = make_split(m, g, params)
+    whole = official_test_set(m, g, split_df, params)
+    assert sorted(whole["id"]) == ["src/0002.png", "src/0003.png", "src/0004.png"]  # both copies, not the moved one
+    assert set(whole["split"]) == {"test_official"}
+    assert (split_df["split"] == "test").sum() == 2  # deduplicated: one per group
+    assert official_test_set(m, g, split_df, SplitParams()).empty  # only in benchmark mode
+
+
+def test_official_test_image_sharing_a_unit_with_train_is_refused():
+    m, g = _tables(["normal"] * 3, ["p:1", "p:1", None], ["g0", "g1", "g2"], ["test", "train", "train"])
+    params = SplitParams(keep_official_splits=True)
+    split_df, _ = make_split(m, g, params)
+    split_df.loc[split_df["id"] == "src/0000.png", "split"] = "train"  # as if the split had leaked
+    with pytest.raises(LungxrayError, match="official test image"):
+        official_test_set(m, g, split_df, params)
 
 
 def test_ratio_zero_split_gets_nothing():

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from . import evaluate as ev
+from . import schema
 from .errors import LungxrayError
 from .io import read_json, write_csv, write_json
 from .models import sha256_file
@@ -122,6 +123,9 @@ def evaluate_model(name: str, processed: Path, model_path: Path, metrics_dir: Pa
         write_csv(metrics_dir / f"predictions_{split}.csv",
                   ev.predictions_table(part.id.tolist(), part.unit.tolist(), y, probs, classes))
         results[split] = (y, probs, m)
+    official = _official_test(model, ck, processed, params, device)
+    if official is not None:
+        out[schema.OFFICIAL_TEST_SPLIT] = official
     _write_plots(name, results, classes, metrics_dir, reports_dir, out)
     out["warnings"] = warnings
     out["throughput"] = ev.measure_throughput(model, stats["image_size"], batch_size=params.batch_size,
@@ -132,6 +136,17 @@ def evaluate_model(name: str, processed: Path, model_path: Path, metrics_dir: Pa
     if run_id:
         _log_evaluation(run_id, out, results, metrics_dir, reports_dir, mlflow_params)
     return out
+
+
+def _official_test(model, ck: dict, processed: Path, params: ev.EvaluateParams, device: str) -> dict | None:
+    """Benchmark mode: the figures on the sources' whole official test set (copies within it included), the row
+    comparable with published tables; reported beside the deduplicated test split, never used for selection."""
+    part = _split_index(processed, schema.OFFICIAL_TEST_SPLIT)
+    if part.empty:
+        return None
+    x, y = load_split(processed, schema.OFFICIAL_TEST_SPLIT)
+    probs = ev.predict_proba(model, x, ck["mean"], ck["std"], batch_size=params.batch_size, device=device)
+    return ev.summary(ev.compute_metrics(y, probs, ck["classes"], params, units=part.unit.tolist()))
 
 
 def _write_plots(name: str, results: dict, classes: list[str], metrics_dir: Path, reports_dir: Path,

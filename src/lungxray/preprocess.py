@@ -1,6 +1,7 @@
 """The preprocess stage: decode every image of the split once into compact uint8 arrays.
 
-For each split (train / val / test) one ``.npy`` file of shape ``(N, S, S)`` (8-bit greyscale, S =
+For each split (train / val / test, and ``test_official``: the sources' whole official test set in benchmark mode,
+empty otherwise) one ``.npy`` file of shape ``(N, S, S)`` (8-bit greyscale, S =
 ``preprocess.image_size``) is written, plus ``index.csv`` (split, row, id, label, label index, source, unit: the split
 unit, i.e. the union of dedupe group and patient that the split kept together, which the evaluation's bootstrap
 resamples; an input without units makes each image its own) and
@@ -24,10 +25,13 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
+from . import schema
 from .errors import LungxrayError
 from .imaging import open_grey
 
 SPLITS = ("train", "val", "test")
+# written beside them: the official test set whole (benchmark mode, see split.official_test_set; empty otherwise)
+PROCESSED_SPLITS = (*SPLITS, schema.OFFICIAL_TEST_SPLIT)
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
              "lanczos": Image.Resampling.LANCZOS, "area": Image.Resampling.BOX}
 
@@ -101,7 +105,7 @@ def run_preprocess(split_df: pd.DataFrame, classes: list[str], params: Preproces
     total, total_sq = 0, 0
     try:
         with get_context("fork").Pool(workers) as pool:
-            for split in SPLITS:
+            for split in PROCESSED_SPLITS:
                 part = df[df.split == split].reset_index(drop=True)
                 array_file = str(tmp / f"{split}.npy")
                 arr = np.lib.format.open_memmap(array_file, mode="w+", dtype=np.uint8, shape=(len(part), size, size))

@@ -103,6 +103,9 @@ DEDUPE_CACHE = CACHE_DIR / "dedupe_signatures"
 VALIDATION_REPORT = REPORTS / "validation.json"
 VALIDATION_DOCS = REPORTS / "validation_docs"
 SPLIT = DATA / "split" / "split.csv"
+# benchmark mode (split.keep_official_splits): the sources' whole official test set, copies within it included
+OFFICIAL_TEST = DATA / "split" / "official_test.csv"
+OFFICIAL_TEST_SPLIT = "test_official"  # its name in data/processed and in eval.json
 SPLIT_METRICS = METRICS / "split.json"
 SPLIT_PLOT = REPORTS / "split_counts.png"
 SPLIT_REPORT = REPORTS / "split.json"

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from . import schema
 from .errors import LungxrayError
 from .graph import components_by_keys
 
@@ -226,6 +227,36 @@ def _greedy(
     return out
 
 
+def _with_units(manifest: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
+    """All manifest rows with their ``unit``: the union of dedupe groups and patients, named by its smallest id."""
+    df = _merge_inputs(manifest, groups)
+    roots = components_by_keys([df["group"].tolist(), df["patient"].tolist()])
+    df["unit"] = df["id"].to_numpy()[roots]
+    return df
+
+
+def official_test_set(manifest: pd.DataFrame, groups: pd.DataFrame, split_df: pd.DataFrame,
+                      params: SplitParams) -> pd.DataFrame:
+    """Benchmark mode (``keep_official_splits``): every image of the sources' official test set, copies *within* it
+    included, so that a published table's test figure (e.g. PneumoniaMNIST's 624 images) has a comparable row beside
+    the deduplicated test split. Empty in every other mode.
+
+    Copies inside one split do not leak; what must not happen is that any image of such a unit was trained or tuned
+    on: every unit here is either in the test split or has no kept image at all (a label-conflict group), otherwise
+    a :class:`LungxrayError` is raised.
+    """
+    if not params.keep_official_splits:
+        return pd.DataFrame(columns=SPLIT_COLUMNS)
+    df = _with_units(manifest, groups)
+    official = df[df["official_split"] == "test"].assign(split=schema.OFFICIAL_TEST_SPLIT)
+    unit_split = split_df.drop_duplicates("unit").set_index("unit")["split"]
+    elsewhere = official[official["unit"].map(unit_split).fillna("test") != "test"]
+    if not elsewhere.empty:
+        raise LungxrayError(f"{len(elsewhere)} official test image(s) share a unit with train/val images, e.g. "
+                            f"{elsewhere['id'].iloc[0]}: the official test set cannot be reported as unseen")
+    return official[SPLIT_COLUMNS].sort_values("id", kind="mergesort").reset_index(drop=True)
+
+
 def make_split(
     manifest: pd.DataFrame,
     groups: pd.DataFrame,
@@ -240,9 +271,7 @@ def make_split(
     :func:`check_leakage`; empty unless something is badly wrong, and the stage must fail when it is not). ``classes`` fixes the order (and zero entries) of the class counts; default: labels present.
     """
     p = params or SplitParams()
-    df = _merge_inputs(manifest, groups)
-    roots = components_by_keys([df["group"].tolist(), df["patient"].tolist()])
-    df["unit"] = df["id"].to_numpy()[roots]
+    df = _with_units(manifest, groups)
     if p.keep_official_splits or p.keep_official_test:
         bad = sorted(set(df["official_split"]) - set(SPLITS) - {""})
         if bad:
