@@ -11,7 +11,8 @@ from lungxray.stage import run_stage
 def main() -> None:
     params = load_params()
     split_df = pd.read_csv(schema.SPLIT, keep_default_na=False)
-    stats = run_preprocess(split_df, params.fetch.classes, params.preprocess, schema.PROCESSED)
+    stats = run_preprocess(split_df, params.fetch.classes, params.preprocess, schema.PROCESSED,
+                           max_pixels=params.fetch.max_pixels)
     sizes = ", ".join(f"{s} {v['images']}" for s, v in stats["splits"].items())
     print(f"preprocess: {sizes} at {stats['image_size']}px; mean {stats['mean']:.4f} std {stats['std']:.4f}")
 
