@@ -352,17 +352,17 @@ def test_squashed_copy_whose_border_is_trimmed_differently_is_still_a_candidate(
 
 
 @pytest.mark.shared
-def test_real_squashed_republication_is_grouped(shared_data, tmp_path):
-    """The pair that slipped through: a 1208x776 Kermany JPEG and its 400x300 re-publication."""
+def test_real_squashed_republication_is_grouped(shared_data):
+    """The pair that slipped through: a 1208x776 Kermany JPEG and its 400x300 re-publication (aspect not kept). Its
+    trimmed hashes are 12 bits apart; among the thousands of look-alike films of the real manifest its k-NN
+    neighbours were others, so k-NN is off here and only the hash candidates count."""
     orig = shared_data / "ieee8023_fork_suyash091" / "images" / "person1407_virus_2410.jpeg"
-    copy = str(tmp_path / "400x300.jpeg")
-    with Image.open(orig) as im:
-        assert im.size == (1208, 776)
-        im.resize((400, 300), Image.Resampling.NEAREST).save(copy, quality=90)
+    copy = shared_data / "skytells_covid19_xray" / "NonAugmentedTrain" / "ViralPneumonia" / "217.jpeg"
     params = PARAMS.model_copy(update={"knn_k": 0})
-    groups, report = D.find_groups(_df([(str(orig), "ieee", "PNEUMONIA"), (copy, "skytells", "PNEUMONIA")]), params,
-                                   progress=False)
+    groups, report = D.find_groups(_df([(str(orig), "ieee", "PNEUMONIA"), (str(copy), "skytells", "PNEUMONIA")]),
+                                   params, progress=False)
     assert groups["group"].nunique() == 1 and report["verified_pairs"] == 1
+    assert groups["width"].tolist() == [1208, 400] and groups["height"].tolist() == [776, 300]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
