@@ -43,7 +43,7 @@ def bare_rate(paths: list[str], workers: int) -> float:
 
 def ingest_rate(paths: list[str], workers: int) -> float:
     t = time.perf_counter()
-    probe_all(paths, max_pixels=10**9, workers=workers, progress=False)
+    list(probe_all(paths, max_pixels=10**9, workers=workers, progress=False))
     return len(paths) / (time.perf_counter() - t)
 
 

@@ -36,6 +36,24 @@ def aspect(im: Image.Image, rng: np.random.Generator) -> Variant:
     return im.resize(size, Image.Resampling.BILINEAR), {"format": "JPEG", "quality": int(rng.integers(75, 96))}
 
 
+def squash(im: Image.Image, rng: np.random.Generator) -> Variant:
+    """Aspect ratio (width/height) times 0.7 to 1.4 at 30-100% of the size, by one of the resamplers re-publishers
+    use: nearest, antialiased bilinear (Pillow's resize) or pointwise bilinear without antialiasing (OpenCV's
+    INTER_LINEAR), which keeps aliased detail and noise that an antialiased copy loses."""
+    f = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
+    s = float(rng.uniform(0.3, 1.0))
+    im = im if im.mode in ("L", "RGB") else _grey(im)
+    w, h = im.size
+    size = (max(32, round(w * s * f ** 0.5)), max(32, round(h * s / f ** 0.5)))
+    how = str(rng.choice(["nearest", "bilinear", "pointwise"]))
+    if how == "pointwise":
+        out = im.transform(size, Image.Transform.AFFINE, (w / size[0], 0, 0, 0, h / size[1], 0),
+                           resample=Image.Resampling.BILINEAR)
+    else:
+        out = im.resize(size, Image.Resampling.NEAREST if how == "nearest" else Image.Resampling.BILINEAR)
+    return out, {"format": "JPEG", "quality": int(rng.integers(75, 96))}
+
+
 def jpeg(im: Image.Image, rng: np.random.Generator) -> Variant:
     return im, {"format": "JPEG", "quality": int(rng.integers(25, 96))}
 
@@ -107,12 +125,13 @@ KINDS: dict[str, Callable[[Image.Image, np.random.Generator], Variant]] = {
     "gamma": gamma,
     "png16": png16,
     "rotate": rotate,
+    "squash": squash,
 }
 
 
 def combo(im: Image.Image, rng: np.random.Generator) -> Variant:
     """Two or three alterations in a row (geometry first, then intensity, then encoding)."""
-    order = ["crop", "rotate", "pad", "aspect", "resize", "brightness", "contrast", "gamma", "jpeg", "png16"]
+    order = ["crop", "rotate", "pad", "aspect", "squash", "resize", "brightness", "contrast", "gamma", "jpeg", "png16"]
     picked = set(rng.choice([k for k in order if k != "png16"], size=int(rng.integers(2, 4)), replace=False))
     kwargs: dict = {"format": "JPEG", "quality": 90}
     for k in order:

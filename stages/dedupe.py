@@ -12,7 +12,8 @@ from lungxray.stage import run_stage
 def main() -> None:
     params = load_params()
     manifest = pd.read_csv(schema.MANIFEST, keep_default_na=False)
-    groups, report = find_groups(manifest, params.dedupe, cache_path=str(schema.DEDUPE_CACHE))
+    groups, report = find_groups(manifest, params.dedupe, cache_path=str(schema.DEDUPE_CACHE),
+                                 max_pixels=params.fetch.max_pixels)
     contact_sheet(groups, report, str(schema.DEDUPE_SHEET))
     write_json(schema.DEDUPE_REPORT, report)
     write_json(schema.DEDUPE_METRICS, {k: report[k] for k in ("images_in", "groups", "duplicate_groups",

@@ -13,7 +13,8 @@ def main() -> None:
     split_df = pd.read_csv(schema.SPLIT, keep_default_na=False)
     official_test = pd.read_csv(schema.OFFICIAL_TEST, keep_default_na=False)  # empty unless in benchmark mode
     split_df = pd.concat([split_df, official_test], ignore_index=True)
-    stats = run_preprocess(split_df, params.fetch.classes, params.preprocess, schema.PROCESSED)
+    stats = run_preprocess(split_df, params.fetch.classes, params.preprocess, schema.PROCESSED,
+                           max_pixels=params.fetch.max_pixels)
     sizes = ", ".join(f"{s} {v['images']}" for s, v in stats["splits"].items())
     print(f"preprocess: {sizes} at {stats['image_size']}px; mean {stats['mean']:.4f} std {stats['std']:.4f}")
 

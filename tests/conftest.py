@@ -44,3 +44,27 @@ def copy_repo_tree(dest: Path) -> None:
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         elif src.exists():
             shutil.copy2(src, dest / name)
+
+
+def write_bomb_png(path: Path, side: int = 13000) -> Path:
+    """A decompression bomb: a ~165 kB greyscale PNG of ``side`` x ``side`` pixels (all black), written row by row
+    without ever holding the picture in memory."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z = zlib.compressobj(9)
+    rows = (b"\x00" * (side + 1)) * 64  # filter byte + one row of black pixels, 64 rows at a time
+    idat = b"".join(z.compress(rows) for _ in range(side // 64)) + z.compress(b"\x00" * (side + 1) * (side % 64))
+    idat += z.flush()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture(scope="session")
+def bomb_png(tmp_path_factory) -> Path:
+    return write_bomb_png(tmp_path_factory.mktemp("bomb") / "bomb.png")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -54,3 +55,45 @@ def test_dedupe_command_without_labels_on_flat_folders(tmp_path):
     assert main(args + ["--labels", "none"]) == 0
     assert json.loads(rep.read_text())["n_label_conflicts"] == 0
     assert pd.read_csv(out).group.nunique() == 1
+
+
+def test_dedupe_command_rejects_a_decompression_bomb_as_fetch_does(tmp_path, bomb_png, capsys, monkeypatch):
+    from PIL import ImageFile
+
+    from lungxray.fetch import probe
+    from lungxray.imaging import DEFAULT_MAX_PIXELS
+
+    save(tmp_path / "site" / "NORMAL" / "a.png", Image.fromarray(xray(5, (160, 128))))
+    (tmp_path / "site" / "NORMAL" / "bomb.png").write_bytes(bomb_png.read_bytes())  # 13000x13000 in ~165 kB
+    loaded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: loaded.append(im.size) or real_load(im))
+    rep = tmp_path / "r.json"
+    assert main(["dedupe", str(tmp_path / "site"), "--out", str(tmp_path / "g.csv"), "--report", str(rep),
+                 "--quiet", "--workers", "1"]) == 0
+    assert (13000, 13000) not in loaded
+    [bad] = json.loads(rep.read_text())["unreadable"]
+    assert bad["id"] == "site/NORMAL/bomb.png"
+    assert bad["error"] == probe(str(bomb_png), DEFAULT_MAX_PIXELS)["detail"]
+    assert f"bomb.png: {bad['error']}" in capsys.readouterr().out
+    assert main(["dedupe", str(tmp_path / "site"), "--out", str(tmp_path / "g.csv"), "--report", str(rep),
+                 "--quiet", "--workers", "1", "--max-pixels", "20000"]) == 0  # a.png has 160x128 = 20480 pixels
+    assert len(json.loads(rep.read_text())["unreadable"]) == 2
+
+
+def test_dedupe_command_reports_an_empty_file_in_fetchs_words(tmp_path, capsys):
+    from lungxray.fetch import probe
+
+    save(tmp_path / "site" / "NORMAL" / "a.png", Image.fromarray(xray(5, (160, 128))))
+    empty = tmp_path / "site" / "NORMAL" / "empty.jpg"
+    empty.write_bytes(b"")
+    (tmp_path / "site" / "NORMAL" / "page.png").write_text("<html>not an image</html>")
+    rep = tmp_path / "r.json"
+    assert main(["dedupe", str(tmp_path / "site"), "--out", str(tmp_path / "g.csv"), "--report", str(rep),
+                 "--quiet", "--workers", "1"]) == 0
+    errors = {Path(u["path"]).name: u["error"] for u in json.loads(rep.read_text())["unreadable"]}
+    assert errors == {"empty.jpg": "empty file (0 bytes)",
+                      "page.png": "not an image: no image decoder recognises this file"}
+    assert errors["empty.jpg"] == probe(str(empty), 10**8)["detail"]
+    out = capsys.readouterr().out
+    assert "empty.jpg: empty file (0 bytes)" in out and "BytesIO" not in out

@@ -397,3 +397,92 @@ def test_summary_json_is_written(project):
               progress=False)
     summary = json.loads(schema.FETCH_SUMMARY.read_text())
     assert summary["per_label"] == {"normal": 1}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# messages, pixel limit and interrupted runs
+
+
+def test_empty_source_names_the_configured_folder_and_what_it_expected(project):
+    (project / "my_xrays" / "misc").mkdir(parents=True)
+    (project / "my_xrays" / "misc" / "readme.txt").write_text("no images here")
+    with pytest.raises(SourceError) as e:
+        run_fetch(fetch_params([{"name": "f", "kind": "folder", "path": "my_xrays",
+                                 "labels": {"NORMAL": "normal", "PNEUMONIA": "pneumonia"}}]), progress=False)
+    msg = str(e.value)
+    assert "my_xrays" in msg and "data/raw" not in msg
+    assert "sub-folder per raw label" in msg and "NORMAL, PNEUMONIA" in msg
+
+
+def test_pixel_limit_rejects_without_decoding(project, bomb_png, monkeypatch):
+    from PIL import ImageFile
+
+    from lungxray.fetch import probe
+    from lungxray.imaging import DEFAULT_MAX_PIXELS
+
+    loaded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: loaded.append(im.size) or real_load(im))
+    r = probe(str(bomb_png), DEFAULT_MAX_PIXELS)
+    assert r["reason"] == "too_many_pixels" and loaded == []
+    assert r["detail"].startswith(f"too many pixels: 13000x13000 = 169000000 pixels > max_pixels {DEFAULT_MAX_PIXELS}")
+
+
+def _images(root: Path, n: int) -> list[Path]:
+    return [save(root / "NORMAL" / f"{i}.png", Image.fromarray(xray(i))) for i in range(n)]
+
+
+def _count_probes(monkeypatch) -> list[str]:
+    from lungxray import fetch
+
+    calls, real = [], fetch.probe
+    monkeypatch.setattr(fetch, "probe", lambda path, mp: calls.append(path) or real(path, mp))
+    return calls
+
+
+SOURCE_F = [{"name": "f", "kind": "folder", "path": "f", "labels": {"NORMAL": "normal"}}]
+
+
+def test_kill_9_during_probing_then_rerun_probes_only_the_files_left(project, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    _images(project / "f", 8)
+    killer = f"""
+import json, os, signal
+from lungxray import fetch
+from lungxray.config import parse_params
+real, calls = fetch.probe, []
+def probe(path, max_pixels):
+    calls.append(path)
+    if len(calls) == 6:  # killed while probing the 6th file: 5 are done
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(path, max_pixels)
+fetch.probe = probe
+fetch.run_fetch(parse_params({{"fetch": {{"sources": {SOURCE_F!r}, "workers": 1}}}}).fetch, progress=False)
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    assert subprocess.run([sys.executable, "-c", killer], cwd=project, env=env).returncode == -9
+    assert not schema.MANIFEST.exists()
+    calls = _count_probes(monkeypatch)
+    summary = run_fetch(fetch_params(SOURCE_F), progress=False)
+    assert len(calls) == 3 and summary["probed_now"] == 3 and summary["probed_from_cache"] == 5
+    assert len(manifest()) == 8
+
+
+def test_torn_last_probe_cache_record_is_ignored(project, monkeypatch):
+    _images(project / "f", 4)
+    run_fetch(fetch_params(SOURCE_F), progress=False)
+    first = manifest()
+    cache = schema.CACHE_DIR / "probe_cache"
+    cache.write_bytes(cache.read_bytes()[:-7])  # as a writer killed in the middle of its last record leaves it
+    calls = _count_probes(monkeypatch)
+    run_fetch(fetch_params(SOURCE_F), progress=False)
+    assert len(calls) == 1
+    pd.testing.assert_frame_equal(manifest(), first)
+    calls.clear()
+    run_fetch(fetch_params(SOURCE_F), progress=False)
+    assert calls == []

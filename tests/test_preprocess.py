@@ -113,3 +113,22 @@ def test_the_processed_index_carries_the_split_unit(tmp_path):
     no_unit = pd.DataFrame(rows).drop(columns="unit")
     run_preprocess(no_unit, ["normal"], PreprocessParams(image_size=16, workers=1), tmp_path / "p2", progress=False)
     assert (pd.read_csv(tmp_path / "p2" / "index.csv").pipe(lambda d: d.unit == d.id)).all()
+
+
+def test_an_image_over_the_pixel_limit_is_not_decoded(tmp_path, bomb_png, monkeypatch):
+    from PIL import ImageFile
+
+    from lungxray.errors import LungxrayError
+    from lungxray.imaging import ImageRejected
+
+    loaded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: loaded.append(im.size) or real_load(im))
+    with pytest.raises(ImageRejected, match="too many pixels: 13000x13000"):
+        load_square(str(bomb_png), 32)
+    assert loaded == []
+    small = save(tmp_path / "small.png", Image.fromarray(xray(1, (60, 40))))
+    df = pd.DataFrame([{"id": "a", "path": str(small), "label": "normal", "split": "train"}])
+    with pytest.raises(LungxrayError, match="too many pixels: 60x40 = 2400 pixels > max_pixels 2000"):
+        run_preprocess(df, ["normal"], PreprocessParams(image_size=32, workers=1), tmp_path / "p", progress=False,
+                       max_pixels=2000)

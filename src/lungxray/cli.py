@@ -22,8 +22,12 @@ def _cmd_dedupe(args: argparse.Namespace) -> None:
     overrides = {"conflict_policy": args.conflict_policy, "workers": args.workers}
     params = DedupeParams(**{k: v for k, v in overrides.items() if v is not None})
     report = dedupe_folders(args.folders, args.out, params, cache_path=args.cache, progress=not args.quiet,
-                            labels=args.labels)
+                            labels=args.labels, max_pixels=args.max_pixels)
     print(summary_text(report))
+    for u in report["unreadable"][:20]:
+        print(f"  not used: {u['path']}: {u['error']}")
+    if len(report["unreadable"]) > 20:
+        print(f"  ... and {len(report['unreadable']) - 20} more (see --report)")
     print(f"groups table: {args.out} (one row per image; 'kept' marks the one image per X-ray "
           "that a split would use, none for a dropped label conflict)")
     if args.sheet:
@@ -126,6 +130,8 @@ def _cmd_metrics_baseline(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .imaging import DEFAULT_MAX_PIXELS
+
     ap = argparse.ArgumentParser(prog="lungxray", description="Leakage-free chest X-ray classification pipeline")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("check-params", help="validate a params file and list its sources")
@@ -144,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", choices=["parent", "none"], default="parent",
                    help="labels from each image's parent folder (default), or none (flat folders: no label check)")
     p.add_argument("--conflict-policy", choices=["drop", "majority", "fail"])
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"images with more pixels are not decoded (decompression bombs; default {DEFAULT_MAX_PIXELS}, "
+                        f"as fetch.max_pixels)")
     p.add_argument("--workers", type=int, help="processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_dedupe)

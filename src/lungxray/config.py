@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .imaging import DEFAULT_MAX_PIXELS
 
 DEFAULT_PARAMS = Path("params.yaml")
 DROP = "drop"
@@ -140,7 +141,7 @@ class FetchParams(Strict):
     classes: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]] = Field(
         default_factory=lambda: ["normal", "pneumonia", "covid19", "tuberculosis", "lung_opacity"]
     )
-    max_pixels: int = Field(60_000_000, gt=0, description="larger images are rejected (decompression bombs)")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="larger images are rejected (decompression bombs)")
     image_extensions: list[str] = Field(
         default_factory=lambda: [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"]
     )

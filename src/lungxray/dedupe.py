@@ -9,10 +9,14 @@ alike), so the dedupe works in three steps:
    alpha, CMYK, EXIF orientation: :mod:`lungxray.imaging`), trim uniform borders (padding, letter-boxing), resize the
    remaining picture to a ``thumb_size`` square (aspect ratio deliberately dropped, so a squashed copy matches) and
    rank-equalise it (brightness, contrast and gamma changes are monotonic, so they vanish). From that thumbnail: a
-   64-bit DCT hash and a 16x16 "low-res" vector.
-2. **Candidates** (cheap, generous): pairs whose hashes are within ``hash_radius`` bits (multi-index hashing: exact
-   and sub-quadratic, see :func:`hash_pairs`) plus, up to ``knn_max_images`` images, each image's ``knn_k`` most
-   similar low-res vectors with cosine >= ``knn_min_similarity`` (blocked BLAS product).
+   64-bit DCT hash and a 16x16 "low-res" vector; plus a second DCT hash of the whole frame, borders kept.
+2. **Candidates** (cheap, generous): pairs whose hashes (of either view) are within ``hash_radius`` bits (multi-index
+   hashing: exact and sub-quadratic, see :func:`hash_pairs`) plus, up to ``knn_max_images`` images, each image's
+   ``knn_k`` most similar low-res vectors with cosine >= ``knn_min_similarity`` (blocked BLAS product). Trimming is a
+   yes/no decision per border: a faint band that is 96% uniform in one copy and 98% in another (a copy squashed to
+   400x300 without antialiasing) is trimmed in one only, its trimmed hashes then differ by 10-14 bits, and among
+   thousands of look-alike films its k-NN neighbours are others. The frame hash does not depend on that decision,
+   so such a pair is still compared; the verification's alignment absorbs the band.
 3. **Verification** (strict): the two thumbnails are aligned by an affine Lucas-Kanade fit (shift, scale, aspect,
    small rotation: undoes crops and rotations) and compared by normalised cross-correlation of their *high-pass*
    detail (ribs, vessels, noise texture). Two different patients' films share the low frequencies, not the detail.
@@ -43,11 +47,10 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -57,7 +60,8 @@ from scipy.ndimage import gaussian_filter
 
 from .errors import LungxrayError
 from .graph import components
-from .imaging import is_image_path, open_grey
+from .imaging import DEFAULT_MAX_PIXELS, ImageRejected, is_image_path, open_grey, too_many_pixels
+from .io import Journal
 from .schema import CONFLICT_POLICIES, conflict_outcome, kept_per_group
 
 log = logging.getLogger(__name__)
@@ -163,8 +167,8 @@ def dct_hash(x: np.ndarray, hash_size: int = 8) -> int:
     return int(np.packbits(bits).view(">u8")[0])
 
 
-def signature_from_image(grey, params: DedupeParams) -> tuple[int, np.ndarray]:
-    """``(64-bit hash, thumbnail uint8[T,T])`` of an 8-bit greyscale PIL image."""
+def signature_from_image(grey, params: DedupeParams) -> tuple[int, int, np.ndarray]:
+    """``(64-bit hash, 64-bit hash of the untrimmed frame, thumbnail uint8[T,T])`` of an 8-bit greyscale PIL image."""
     from PIL import Image
 
     T = params.thumb_size
@@ -177,31 +181,36 @@ def signature_from_image(grey, params: DedupeParams) -> tuple[int, np.ndarray]:
     th = np.asarray(grey.resize((T, T), Image.Resampling.BILINEAR, box=(l, t, r, b)), dtype=np.uint8)
     e = equalize(th)
     x32 = e.astype(np.float32).reshape(32, T // 32, 32, T // 32).mean(axis=(1, 3))
-    return dct_hash(x32), e
+    frame = equalize(np.asarray(grey.resize((32, 32), Image.Resampling.BILINEAR), dtype=np.uint8))
+    return dct_hash(x32), dct_hash(frame), e
 
 
 def _decode_count_hook() -> None:  # replaced in tests to count decodes
     pass
 
 
-def _signature_of_file(args: tuple[str, str | None, DedupeParams]) -> tuple:
-    path, sha, params = args
+_FAILED = (0, 0, 0, 0, None)
+
+
+def _signature_of_file(args: tuple[str, str | None, DedupeParams, int]) -> tuple:
+    """``(path, sha256, ok, error, width, height, hash, frame hash, thumbnail)`` of one file; never raises."""
+    path, sha, params, max_pixels = args
     src: str | bytes = path
     if sha is None:  # else the caller (fetch manifest) knows it: decode straight from the file
         try:
             src = Path(path).read_bytes()
         except OSError as e:
-            return (path, sha, False, f"cannot read: {e}", 0, 0, 0, None)
+            return (path, sha, False, f"cannot read: {e}", *_FAILED)
         sha = hashlib.sha256(src).hexdigest()
     try:
         _decode_count_hook()
-        grey, (w, h) = open_grey(src, draft_size=params.work_size)
-        hsh, thumb = signature_from_image(grey, params)
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
-        return (path, sha, False, f"cannot read: {e}", 0, 0, 0, None)
-    except Exception as e:  # noqa: BLE001 - any decoder error means "unreadable", reported, never fatal
-        return (path, sha, False, f"{type(e).__name__}: {e}", 0, 0, 0, None)
-    return (path, sha, True, "", w, h, hsh, thumb)
+        grey, (w, h) = open_grey(src, draft_size=params.work_size, max_pixels=max_pixels)
+        hsh, frame, thumb = signature_from_image(grey, params)
+    except ImageRejected as e:  # the same reasons and words as fetch's rejected.csv
+        return (path, sha, False, e.detail, *_FAILED)
+    except Exception as e:  # noqa: BLE001 - a file that breaks the signature is reported, never fatal
+        return (path, sha, False, f"cannot decode: {type(e).__name__}: {e}", *_FAILED)
+    return (path, sha, True, "", w, h, hsh, frame, thumb)
 
 
 def _sha_of_file(path: str) -> str | None:
@@ -225,7 +234,8 @@ class Signatures:
     errors: list[str]
     width: np.ndarray  # int64, stored (full) size
     height: np.ndarray
-    hashes: np.ndarray  # uint64
+    hashes: np.ndarray  # uint64, of the trimmed thumbnail
+    frame_hashes: np.ndarray  # uint64, of the whole frame (borders kept)
     thumbs: np.ndarray  # uint8 [n, T, T]
     n_computed: int = 0  # how many files were decoded (the rest came from the cache)
     n_cached: int = 0
@@ -235,71 +245,72 @@ class Signatures:
         return len(self.paths)
 
 
-def _map(func, items: list, workers: int, desc: str, progress: bool, chunksize: int = 4) -> list:
+def _imap(func, items: list, workers: int, desc: str, progress: bool, chunksize: int = 4) -> Iterator:
+    """``func`` over ``items`` in worker processes, results in order as they come (so callers can save them)."""
     from tqdm import tqdm
 
     if not items:
-        return []
+        return
     workers = min(workers, len(items))
     if workers <= 1:
-        return [func(x) for x in tqdm(items, desc=desc, disable=not progress, unit="img")]
+        yield from (func(x) for x in tqdm(items, desc=desc, disable=not progress, unit="img"))
+        return
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     with ctx.Pool(workers) as pool:
-        return list(tqdm(pool.imap(func, items, chunksize=chunksize), total=len(items), desc=desc,
-                         disable=not progress, unit="img"))
+        yield from tqdm(pool.imap(func, items, chunksize=chunksize), total=len(items), desc=desc,
+                        disable=not progress, unit="img")
 
 
 def _resolve_workers(workers: int) -> int:
     return workers if workers and workers > 0 else (os.cpu_count() or 1)
 
 
-def _load_cache(cache_path: str | None, fingerprint: str) -> dict[str, tuple]:
-    if not cache_path or not Path(cache_path).exists():
-        return {}
-    try:
-        with np.load(cache_path, allow_pickle=False) as z:
-            if str(z["fingerprint"]) != fingerprint:
-                log.info("dedupe cache %s was made with other signature params; ignoring it", cache_path)
-                return {}
-            return {s: (int(w), int(h), int(hs), th) for s, w, h, hs, th in
-                    zip(z["sha256"].tolist(), z["width"], z["height"], z["hashes"], z["thumbs"])}
-    except Exception as e:  # noqa: BLE001 - a broken cache is rebuilt, not fatal
-        log.warning("dedupe cache %s unreadable (%s); rebuilding it", cache_path, e)
-        return {}
+class SignatureCache:
+    """Signatures by sha256 in an append-only :class:`~lungxray.io.Journal`: each one is saved as soon as its file is
+    decoded, so a rerun after an interruption (even ``kill -9``) decodes only the files that are left. The header
+    holds the signature fingerprint: a cache made with other signature params (or by an older version) is rebuilt."""
+
+    def __init__(self, path: str, params: DedupeParams):
+        T = params.thumb_size
+        self.dtype = np.dtype([("sha", "S32"), ("width", "<i8"), ("height", "<i8"), ("hash", "<u8"),
+                               ("frame", "<u8"), ("thumb", "u1", (T, T))])
+        self.journal = Journal(path, b"lungxray dedupe signatures\n" + params.signature_fingerprint().encode() + b"\n")
+        payloads = [p for p in self.journal.read() if len(p) == self.dtype.itemsize]
+        rec = np.frombuffer(b"".join(payloads), dtype=self.dtype)
+        self.entries: dict[str, tuple] = {
+            r["sha"].hex(): (int(r["width"]), int(r["height"]), int(r["hash"]), int(r["frame"]), r["thumb"])
+            for r in rec}
+
+    def add(self, sha: str, entry: tuple) -> None:
+        rec = np.zeros(1, self.dtype)
+        rec[0] = (bytes.fromhex(sha), *entry)
+        self.journal.append(rec.tobytes())
+        self.entries[sha] = entry
+
+    def close(self) -> None:
+        self.journal.close()
 
 
-def _save_cache(cache_path: str, fingerprint: str, entries: dict[str, tuple], T: int) -> None:
-    shas = sorted(entries)
-    path = Path(cache_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, fingerprint=np.array(fingerprint), sha256=np.array(shas, dtype="U64"),
-                     width=np.array([entries[s][0] for s in shas], dtype=np.int64),
-                     height=np.array([entries[s][1] for s in shas], dtype=np.int64),
-                     hashes=np.array([entries[s][2] for s in shas], dtype=np.uint64),
-                     thumbs=np.stack([entries[s][3] for s in shas]) if shas else np.zeros((0, T, T), np.uint8))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def _cached_entry(entry: tuple, max_pixels: int) -> tuple | str:
+    """A cached signature, or the reason it may not be used (the pixel limit holds for cached files too)."""
+    w, h = entry[0], entry[1]
+    return too_many_pixels(w, h, max_pixels).detail if w * h > max_pixels else entry
 
 
 def compute_signatures(paths: list[str], workers: int = 0, cache_path: str | None = None,
                        sha256s: list[str] | None = None, progress: bool = True,
-                       params: DedupeParams | None = None) -> Signatures:
+                       params: DedupeParams | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Signatures:
     """Decode every image once (in parallel) and return hashes + thumbnails, reusing ``cache_path`` by sha256.
 
-    Unreadable files do not raise: their row has ``ok=False`` and the decoder's message in ``errors``.
+    Unreadable files do not raise: their row has ``ok=False`` and the reason in ``errors`` (the words of fetch's
+    rejected report; files over ``max_pixels`` are not decoded).
     """
     params = params or DedupeParams()
     paths = [str(p) for p in paths]
     n, T = len(paths), params.thumb_size
     workers = _resolve_workers(workers or params.workers)
-    fp = params.signature_fingerprint()
-    cache = _load_cache(cache_path, fp)
+    cache = SignatureCache(cache_path, params) if cache_path else None
+    known = cache.entries if cache else {}
     shas: list[str | None]
     if sha256s is not None:
         if len(sha256s) != n:
@@ -307,11 +318,11 @@ def compute_signatures(paths: list[str], workers: int = 0, cache_path: str | Non
         shas = [s if isinstance(s, str) and len(s) == 64 else None for s in sha256s]
     else:
         shas = [None] * n
-    if cache and any(s is None for s in shas):  # hash the bytes first, so cached files are not decoded
+    if known and any(s is None for s in shas):  # hash the bytes first, so cached files are not decoded
         missing = [i for i, s in enumerate(shas) if s is None]
-        for i, s in zip(missing, _map(_sha_of_file, [paths[i] for i in missing], workers, "sha256", progress, 16)):
+        for i, s in zip(missing, _imap(_sha_of_file, [paths[i] for i in missing], workers, "sha256", progress, 16)):
             shas[i] = s
-    todo = [i for i in range(n) if shas[i] is None or shas[i] not in cache]
+    todo = [i for i in range(n) if shas[i] is None or shas[i] not in known]
     # decode each distinct content once
     first_of: dict[str, int] = {}
     jobs: list[int] = []
@@ -322,44 +333,60 @@ def compute_signatures(paths: list[str], workers: int = 0, cache_path: str | Non
         if s is not None:
             first_of[s] = i
         jobs.append(i)
-    results = _map(_signature_of_file, [(paths[i], shas[i], params) for i in jobs], workers, "dedupe signatures",
-                   progress, chunksize=int(np.clip(len(jobs) // (8 * max(1, workers)), 1, 32)))
     fresh: dict[str, tuple] = {}
     failed: dict[int, str] = {}
-    for i, (_, sha, ok, err, w, h, hsh, thumb) in zip(jobs, results):
-        shas[i] = sha
-        if ok:
-            fresh[sha] = (w, h, hsh, thumb)
-        else:
-            failed[i] = err
+    results = _imap(_signature_of_file, [(paths[i], shas[i], params, max_pixels) for i in jobs], workers,
+                    "dedupe signatures", progress, chunksize=int(np.clip(len(jobs) // (8 * max(1, workers)), 1, 32)))
+    try:
+        for i, (_, sha, ok, err, w, h, hsh, frame, thumb) in zip(jobs, results):
+            shas[i] = sha
+            if ok:
+                fresh[sha] = (w, h, hsh, frame, thumb)
+                if cache:
+                    cache.add(sha, fresh[sha])
+            else:
+                failed[i] = err
+    finally:
+        results.close()
+        if cache:
+            cache.close()
+    return _assemble(paths, shas, fresh, known, failed, params, max_pixels, len(jobs))
+
+
+def _assemble(paths: list[str], shas: list[str | None], fresh: dict[str, tuple], known: dict[str, tuple],
+              failed: dict[int, str], params: DedupeParams, max_pixels: int, n_computed: int) -> Signatures:
+    n, T = len(paths), params.thumb_size
     ok = np.zeros(n, bool)
     errors = [""] * n
     width = np.zeros(n, np.int64)
     height = np.zeros(n, np.int64)
     hashes = np.zeros(n, np.uint64)
+    frames = np.zeros(n, np.uint64)
     thumbs = np.zeros((n, T, T), np.uint8)
     n_cached = 0
     failed_sha = {shas[i]: e for i, e in failed.items() if shas[i] is not None}
     for i in range(n):
         s = shas[i]
         entry = fresh.get(s) if s is not None else None
-        if entry is None and s is not None and s in cache:
-            entry = cache[s]
-            n_cached += 1
+        if entry is None and s is not None and s in known:
+            entry = _cached_entry(known[s], max_pixels)
+            if isinstance(entry, str):
+                failed[i], entry = entry, None
+            else:
+                n_cached += 1
         if entry is None:
             errors[i] = failed.get(i) or failed_sha.get(s) or "not decoded"
             if s is None:
                 shas[i] = ""
             continue
         ok[i] = True
-        width[i], height[i], hashes[i], thumbs[i] = entry[0], entry[1], np.uint64(entry[2]), entry[3]
-    if cache_path and fresh:
-        cache.update(fresh)
-        _save_cache(cache_path, fp, cache, T)
+        width[i], height[i], thumbs[i] = entry[0], entry[1], entry[4]
+        hashes[i], frames[i] = np.uint64(entry[2]), np.uint64(entry[3])
     for i, e in failed.items():
         log.warning("unreadable image %s: %s", paths[i], e)
     return Signatures(paths=paths, sha256=[s or "" for s in shas], ok=ok, errors=errors, width=width, height=height,
-                      hashes=hashes, thumbs=thumbs, n_computed=len(jobs), n_cached=n_cached, params=params)
+                      hashes=hashes, frame_hashes=frames, thumbs=thumbs, n_computed=n_computed, n_cached=n_cached,
+                      params=params)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -753,9 +780,10 @@ def verify_all(thumbs: np.ndarray, pairs: np.ndarray, params: DedupeParams, work
 
 
 def candidate_pairs(sig: Signatures, idx: np.ndarray, params: DedupeParams) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate pairs (as indices into ``idx``) and their hash distance."""
-    hp, hd = hash_pairs(sig.hashes[idx], params.hash_radius, params.mih_chunks, workers=_resolve_workers(params.workers))
-    parts = [hp]
+    """Candidate pairs (as indices into ``idx``) and their hash distance (the smaller of the two views')."""
+    workers = _resolve_workers(params.workers)
+    parts = [hash_pairs(h[idx], params.hash_radius, params.mih_chunks, workers=workers)[0]
+             for h in (sig.hashes, sig.frame_hashes)]
     if params.knn_k > 0 and len(idx) <= params.knn_max_images:
         kp, _ = knn_pairs(lowres_vectors(sig.thumbs[idx]), params.knn_k, params.knn_min_similarity)
         parts.append(kp)
@@ -765,8 +793,8 @@ def candidate_pairs(sig: Signatures, idx: np.ndarray, params: DedupeParams) -> t
     n = len(idx)
     codes = np.unique(np.concatenate([p[:, 0] * n + p[:, 1] for p in parts]))
     pairs = np.stack([codes // n, codes % n], axis=1)
-    d = popcount64(sig.hashes[idx][pairs[:, 0]] ^ sig.hashes[idx][pairs[:, 1]]).astype(np.int64)
-    return pairs, d
+    d = np.minimum(*(popcount64(h[idx][pairs[:, 0]] ^ h[idx][pairs[:, 1]]) for h in (sig.hashes, sig.frame_hashes)))
+    return pairs, d.astype(np.int64)
 
 
 def _source_rank(source: str, preference: list[str]) -> int:
@@ -826,8 +854,8 @@ def _conflict_message(conflicts: list[dict], limit: int = 50) -> str:
 
 
 def find_groups(df: pd.DataFrame, params: DedupeParams | None = None, cache_path: str | None = None,
-                workers: int = 0, progress: bool = True,
-                signatures: Signatures | None = None) -> tuple[pd.DataFrame, dict]:
+                workers: int = 0, progress: bool = True, signatures: Signatures | None = None,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[pd.DataFrame, dict]:
     """Group every copy of the same X-ray. See the module docstring for the rules; returns ``(groups_df, report)``.
 
     ``df`` needs ``id, source, path, label``; ``width, height, sha256`` are used when present (else measured).
@@ -847,7 +875,7 @@ def find_groups(df: pd.DataFrame, params: DedupeParams | None = None, cache_path
     workers = _resolve_workers(workers or params.workers)
     sha_in = out["sha256"].tolist() if "sha256" in out.columns else None
     sig = signatures or compute_signatures(out["path"].astype(str).tolist(), workers=workers, cache_path=cache_path,
-                                           sha256s=sha_in, progress=progress, params=params)
+                                           sha256s=sha_in, progress=progress, params=params, max_pixels=max_pixels)
     shas = np.array(sig.sha256, dtype=object)
     out["sha256"] = shas
     for col, arr in (("width", sig.width), ("height", sig.height)):
@@ -995,10 +1023,11 @@ def summary_text(report: dict) -> str:
 
 def dedupe_folders(folders: list[str], out_csv: str, params: DedupeParams | None = None,
                    cache_path: str | None = None, progress: bool = True,
-                   labels: Literal["parent", "none"] = "parent") -> dict:
+                   labels: Literal["parent", "none"] = "parent", max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     """Dedupe image folders (recursively); source = the folder argument's name; label = the image's parent folder
     name (``labels="parent"``; images directly in a given folder have none), or no labels at all (``"none"``: flat
-    folders, no label-conflict check)."""
+    folders, no label-conflict check). Files that cannot be used (over ``max_pixels``, empty, not an image, ...) are
+    listed in the report's ``unreadable`` with the words of fetch's rejected report."""
     from .io import write_csv
 
     params = params or DedupeParams()
@@ -1015,7 +1044,7 @@ def dedupe_folders(folders: list[str], out_csv: str, params: DedupeParams | None
     if not rows:
         raise LungxrayError(f"no images ({', '.join(sorted({'.png', '.jpg', '.jpeg'}))}, ...) under {folders}")
     df = pd.DataFrame(rows)
-    groups, report = find_groups(df, params, cache_path=cache_path, progress=progress)
+    groups, report = find_groups(df, params, cache_path=cache_path, progress=progress, max_pixels=max_pixels)
     write_csv(out_csv, groups)
     return report
 

@@ -14,23 +14,23 @@ rejected report.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
-import struct
-import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path, PurePosixPath
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import pandas as pd
 from tqdm import tqdm
 
 from . import schema
-from .config import DROP, FetchParams, MedmnistSource
+from .config import DROP, ArchiveSource, FetchParams, FolderSource, KaggleSource, MedmnistSource
 from .errors import SourceError
-from .io import write_csv, write_json
+from .imaging import ImageRejected, open_checked
+from .io import Journal, write_csv, write_json
 from .sources import materialise
 
 SPLIT_ALIASES = {
@@ -163,10 +163,7 @@ def scan_source(src, source_dir: Path, params: FetchParams) -> tuple[list[Candid
         raise SourceError(f"source '{src.name}': folder '{root_rel}' not found in {source_dir.resolve()}")
     rels, ignored = list_files(root, include, exclude, params.image_extensions)
     if not rels:
-        raise SourceError(
-            f"source '{src.name}': no image files ({', '.join(params.image_extensions)}) found under {root}"
-            + (f" matching include={include}" if include else "")
-        )
+        raise SourceError(_empty_source_message(src, root, include, params.image_extensions))
     regex = re.compile(patient.regex) if patient and patient.regex else None
     namespace = (patient.namespace if patient and patient.namespace else src.name)
     table = _read_label_csvs(src, source_dir) if layout == "csv" else {}
@@ -208,6 +205,33 @@ def scan_source(src, source_dir: Path, params: FetchParams) -> tuple[list[Candid
     return out, ignored, len(set(table) - used_keys)
 
 
+def _configured_location(src, root_rel: str | None) -> str:
+    """Where the params say the source is (not its link under data/raw/), for messages."""
+    sub = f", folder '{root_rel}'" if root_rel else ""
+    if isinstance(src, FolderSource):
+        return f"{PurePosixPath(src.path, root_rel or '')}"
+    if isinstance(src, KaggleSource):
+        return f"Kaggle dataset '{src.dataset}'{sub}"
+    if isinstance(src, ArchiveSource):
+        return f"archive {src.url or src.path}{sub}"
+    return f"MedMNIST file {src.url or src.path}"
+
+
+def _empty_source_message(src, root: Path, include: list[str], extensions: list[str]) -> str:
+    root_rel = None if isinstance(src, MedmnistSource) else src.root
+    where = f"{_configured_location(src, root_rel)} (resolved: {root.resolve()})"
+    if isinstance(src, MedmnistSource):
+        expected = "the .npz holds no image"
+    elif src.layout == "csv":
+        expected = (f"expected the image files named in column '{src.csv.filename_column}' of {src.csv.files}, under "
+                    f"'{src.root or '.'}'")
+    else:
+        labels = ", ".join(sorted(src.labels)) or "none mapped yet"
+        expected = f"expected one sub-folder per raw label of its labels map ({labels}) holding the images"
+    return (f"source '{src.name}': no image files ({', '.join(extensions)}) found in {where}"
+            + (f" matching include={include}" if include else "") + f"; {expected}. Check 'path'/'root' in params.yaml.")
+
+
 def check_labels(src, candidates: list[Candidate], classes: list[str]) -> None:
     """Stop on raw labels the source's map does not cover, naming each with an example file."""
     examples: dict[str, str] = {}
@@ -238,52 +262,34 @@ def _png_bit_depth(head: bytes) -> int | None:
 def probe(path: str, max_pixels: int) -> dict:
     """Read one file fully: checksum, header facts and a full decode (to catch truncation).
 
-    Returns a dict with either the manifest facts or ``reason``/``detail`` for the rejected report.
+    Returns a dict with either the manifest facts or ``reason``/``detail`` for the rejected report (the guarded open
+    of :mod:`lungxray.imaging`, shared with every other stage that decodes images).
     """
     import hashlib
-
-    from PIL import Image, UnidentifiedImageError
 
     out: dict = {"path": path}
     try:
         data = Path(path).read_bytes()
     except OSError as e:
-        return {**out, "reason": "unreadable_file", "detail": str(e), "bytes": -1}
+        return {**out, "reason": "unreadable_file", "detail": f"cannot read: {e}", "bytes": -1}
     out["bytes"] = len(data)
-    if not data:
-        return {**out, "reason": "empty_file", "detail": "0 bytes"}
-    out["sha256"] = hashlib.sha256(data).hexdigest()
-    import io
-
-    Image.MAX_IMAGE_PIXELS = None  # we apply our own limit before decoding
+    if data:
+        out["sha256"] = hashlib.sha256(data).hexdigest()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as img:
-                w, h = img.size
-                if w * h > max_pixels:
-                    return {**out, "reason": "too_many_pixels",
-                            "detail": f"{w}x{h} = {w * h} pixels > fetch.max_pixels {max_pixels}"}
-                mode, fmt = img.mode, img.format or ""
-                try:
-                    orientation = int(img.getexif().get(0x0112, 0) or 0)
-                except Exception:
-                    orientation = 0
-                if fmt == "JPEG":
-                    # DCT-domain downscaling: the whole entropy-coded stream is still read (so truncation is
-                    # caught) at a fraction of the cost of a full-size decode.
-                    img.draft(mode, (max(1, w // 8), max(1, h // 8)))
-                img.load()
-    except UnidentifiedImageError:
-        return {**out, "reason": "not_an_image", "detail": "no image decoder recognises this file"}
-    except Image.DecompressionBombError as e:  # pragma: no cover - MAX_IMAGE_PIXELS is None
-        return {**out, "reason": "too_many_pixels", "detail": str(e)}
-    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as e:
-        msg = str(e)
-        reason = "truncated" if "truncated" in msg.lower() or isinstance(e, EOFError) else "decode_error"
-        return {**out, "reason": reason, "detail": msg[:300]}
-    except Exception as e:  # any other decoder failure is a bad file, not a crash of the stage
-        return {**out, "reason": "decode_error", "detail": f"{type(e).__name__}: {e}"[:300]}
+        with open_checked(data, max_pixels) as img:
+            w, h = img.size
+            mode, fmt = img.mode, img.format or ""
+            try:
+                orientation = int(img.getexif().get(0x0112, 0) or 0)
+            except Exception:
+                orientation = 0
+            if fmt == "JPEG":
+                # DCT-domain downscaling: the whole entropy-coded stream is still read (so truncation is
+                # caught) at a fraction of the cost of a full-size decode.
+                img.draft(mode, (max(1, w // 8), max(1, h // 8)))
+            img.load()
+    except ImageRejected as e:
+        return {**out, "reason": e.reason, "detail": e.detail}
     depth = _png_bit_depth(data[:32]) or _MODE_DEPTH.get(mode, 8)
     return {**out, "width": w, "height": h, "mode": mode, "bit_depth": int(depth), "format": fmt,
             "orientation": orientation}
@@ -293,31 +299,41 @@ def _probe_star(args: tuple[str, int]) -> dict:
     return probe(*args)
 
 
-def probe_all(paths: list[str], max_pixels: int, workers: int = 0, progress: bool = True) -> list[dict]:
+def probe_all(paths: list[str], max_pixels: int, workers: int = 0, progress: bool = True) -> Iterator[dict]:
+    """:func:`probe` over ``paths`` in worker processes; results in order, as they come (so they can be saved)."""
     workers = workers or os.cpu_count() or 1
     jobs = [(p, max_pixels) for p in paths]
     bar = dict(total=len(jobs), desc="probe images", unit="img", disable=not progress, mininterval=1.0)
     if workers == 1 or len(jobs) < 64:
-        return [probe(*j) for j in tqdm(jobs, **bar)]
+        yield from (probe(*j) for j in tqdm(jobs, **bar))
+        return
     with get_context("fork").Pool(workers) as pool:
-        return list(tqdm(pool.imap(_probe_star, jobs, chunksize=16), **bar))
+        yield from tqdm(pool.imap(_probe_star, jobs, chunksize=16), **bar)
 
 
 class ProbeCache:
-    """Probe results keyed by (real path, size, mtime), so a rerun only reads new or changed files."""
+    """Probe results keyed by (real path, size, mtime), so a rerun only reads new or changed files.
+
+    Each result goes to an append-only :class:`~lungxray.io.Journal` as soon as it is known, so a rerun after an
+    interruption (even ``kill -9``) probes only the files that are left; a torn last record is ignored.
+    :meth:`save` compacts the journal at the end of the stage.
+    """
 
     COLUMNS = ["key", "path", "bytes", "sha256", "width", "height", "mode", "bit_depth", "format", "orientation",
                "reason", "detail"]
+    HEADER = b"lungxray probe cache 1\n"
 
     def __init__(self, path: Path):
         self.path = path
+        self.journal = Journal(path, self.HEADER)
         self.rows: dict[str, dict] = {}
-        if path.exists():
+        for payload in self.journal.read():
             try:
-                df = pd.read_csv(path, dtype=str, keep_default_na=False)
-                self.rows = {r["key"]: r for r in df.to_dict("records")}
-            except Exception:
-                self.rows = {}  # a damaged cache is only a slower run
+                row = json.loads(payload)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and set(row) == set(self.COLUMNS):
+                self.rows[row["key"]] = row
 
     @staticmethod
     def key(path: str) -> str:
@@ -335,10 +351,11 @@ class ProbeCache:
         return out
 
     def put(self, key: str, result: dict) -> None:
-        self.rows[key] = {"key": key, **{k: result.get(k, "") for k in self.COLUMNS[1:]}}
+        self.rows[key] = row = {"key": key, **{k: result.get(k, "") for k in self.COLUMNS[1:]}}
+        self.journal.append(json.dumps(row).encode())
 
     def save(self) -> None:
-        write_csv(self.path, pd.DataFrame(list(self.rows.values()), columns=self.COLUMNS))
+        self.journal.rewrite(json.dumps(r).encode() for r in self.rows.values())
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -371,14 +388,17 @@ def run_fetch(params: FetchParams, progress: bool = True) -> dict:
                 dropped[src.name][c.raw_label] += 1
             else:
                 keep.append((c, label))
-    cache = ProbeCache(schema.CACHE_DIR / "probe_cache.csv")
+    cache = ProbeCache(schema.CACHE_DIR / "probe_cache")
     keys = [ProbeCache.key(c.path) for c, _ in keep]
     results: list[dict | None] = [cache.get(k) for k in keys]
     todo = [i for i, r in enumerate(results) if r is None]
     fresh = probe_all([keep[i][0].path for i in todo], params.max_pixels, params.workers, progress)
-    for i, r in zip(todo, fresh):
-        results[i] = r
-        cache.put(keys[i], r)
+    try:
+        for i, r in zip(todo, fresh):
+            results[i] = r
+            cache.put(keys[i], r)  # saved at once: a rerun after a kill probes only what is left
+    finally:
+        fresh.close()
     cache.save()
 
     # 3. assemble the tables

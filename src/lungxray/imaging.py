@@ -9,15 +9,31 @@ Everything here turns "some image file as published" into a well-defined 8-bit g
 * alpha is composited over black (the background of a radiograph);
 * JPEGs can be decoded at a reduced scale (``draft``), which is several times faster than a full decode and is all a
   64x64 thumbnail needs.
+
+Every decode in the project goes through :func:`open_checked` (fetch's probe, the dedupe signatures and its CLI,
+preprocess): one pixel limit, checked from the header before any pixel is decoded (a 191 kB PNG can hold
+13000x13000 pixels), and one vocabulary of reasons for a file that cannot be used, the ``reason`` column of fetch's
+``rejected.csv``: ``unreadable_file``, ``empty_file``, ``not_an_image``, ``too_many_pixels``, ``truncated``,
+``decode_error``, each with a readable ``detail``.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import struct
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow's own guard (a warning above 89 Mpx, an error above 179 Mpx, both after the file is opened) is replaced by
+# max_pixels, checked in open_checked before decoding; leaving it on would reject some files with another message.
+Image.MAX_IMAGE_PIXELS = None
+DEFAULT_MAX_PIXELS = 60_000_000  # default of fetch.max_pixels and of `lungxray dedupe --max-pixels`
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm", ".jfif")
 
@@ -61,15 +77,82 @@ def to_grey8(im: Image.Image) -> Image.Image:
     return im.convert("L")
 
 
-def open_grey(source: str | Path | bytes, draft_size: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+# ----------------------------------------------------------------------------------------------------------------------
+# the one guarded open
+
+
+class ImageRejected(Exception):
+    """A file that cannot be used as an image: ``reason`` (fetch's vocabulary, see the module docstring) and a
+    readable ``detail`` (also the exception's message)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def too_many_pixels(width: int, height: int, max_pixels: int) -> ImageRejected:
+    return ImageRejected("too_many_pixels", f"too many pixels: {width}x{height} = {width * height} pixels > max_pixels "
+                                            f"{max_pixels} (decompression-bomb guard: raise fetch.max_pixels or "
+                                            f"--max-pixels to accept it)")
+
+
+def _decode_failure(e: Exception) -> ImageRejected:
+    if isinstance(e, UnidentifiedImageError):
+        return ImageRejected("not_an_image", "not an image: no image decoder recognises this file")
+    msg = str(e)[:300]
+    if isinstance(e, EOFError) or "truncated" in msg.lower():
+        return ImageRejected("truncated", f"truncated: {msg or type(e).__name__}")
+    if isinstance(e, (OSError, SyntaxError, ValueError, struct.error)):
+        return ImageRejected("decode_error", f"cannot decode: {msg}")
+    return ImageRejected("decode_error", f"cannot decode: {type(e).__name__}: {msg}")
+
+
+@contextmanager
+def open_checked(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Image.Image]:
+    """Open ``source`` (a path or the file's bytes) as a PIL image whose size is known not to exceed ``max_pixels``.
+
+    Nothing is decoded before that check. Every failure, while opening or inside the ``with`` block (decode there:
+    ``draft``, ``load``, conversions), raises :class:`ImageRejected`.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        fh = io.BytesIO(source)
+    else:
+        try:
+            fh = open(source, "rb")
+        except OSError as e:
+            raise ImageRejected("unreadable_file", f"cannot read: {e}") from None
+    with fh:
+        if fh.seek(0, os.SEEK_END) == 0:
+            raise ImageRejected("empty_file", "empty file (0 bytes)")
+        fh.seek(0)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Pillow's warnings about odd but decodable files
+                with Image.open(fh) as im:
+                    w, h = im.size
+                    if w * h > max_pixels:
+                        raise too_many_pixels(w, h, max_pixels)
+                    yield im
+        except ImageRejected:
+            raise
+        except Exception as e:  # noqa: BLE001 - any decoder failure is a rejected file, never a crash
+            raise _decode_failure(e) from None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# decoding
+
+
+def open_grey(source: str | Path | bytes, draft_size: int | None = None,
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, tuple[int, int]]:
     """Decode ``source`` (a path or the file's bytes) to 8-bit greyscale with EXIF orientation applied.
 
     ``draft_size``: for JPEGs, let the decoder scale down by 1/2, 1/4 or 1/8 as long as both sides stay >= this size
     (much faster; the result is smaller than the stored image). Returns ``(grey image, (width, height))`` where the
-    size is the stored image's full size (before draft, after EXIF rotation).
+    size is the stored image's full size (before draft, after EXIF rotation). A file that cannot be used (over
+    ``max_pixels``, empty, not an image, truncated, ...) raises :class:`ImageRejected`.
     """
-    fh = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
-    with Image.open(fh) as im:
+    with open_checked(source, max_pixels) as im:
         full = im.size
         orientation = 1
         try:

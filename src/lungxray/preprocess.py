@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from . import schema
 from .errors import LungxrayError
-from .imaging import open_grey
+from .imaging import DEFAULT_MAX_PIXELS, ImageRejected, open_grey
 
 SPLITS = ("train", "val", "test")
 # written beside them: the official test set whole (benchmark mode, see split.official_test_set; empty otherwise)
@@ -60,35 +60,40 @@ def to_square(grey: Image.Image, size: int, aspect: str, resample: str) -> np.nd
     return out
 
 
-def load_square(path: str, size: int, aspect: str = "pad", resample: str = "area") -> np.ndarray:
-    """Decode any image file (any mode, EXIF orientation applied) to a ``size x size`` uint8 array."""
-    grey, _ = open_grey(path, draft_size=size)
+def load_square(path: str, size: int, aspect: str = "pad", resample: str = "area",
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode any image file (any mode, EXIF orientation applied) to a ``size x size`` uint8 array; a file over
+    ``max_pixels`` (or otherwise unusable) raises :class:`~lungxray.imaging.ImageRejected` without being decoded."""
+    grey, _ = open_grey(path, draft_size=size, max_pixels=max_pixels)
     return to_square(grey, size, aspect, resample)
 
 
 _OPEN: dict[str, np.ndarray] = {}  # per worker process: the split array files it writes into
 
 
-def _job(args: tuple[str, int, str, str, str, int]) -> tuple[int, int] | str:
+def _job(args: tuple[str, int, str, str, int, str, int]) -> tuple[int, int] | str:
     """Decode one image and write it straight into row ``row`` of the split's array file (no pickling of pixels
     back to the parent). Returns (sum of pixel values, sum of their squares) for the statistics, or an error."""
-    path, size, aspect, resample, array_file, row = args
+    path, size, aspect, resample, max_pixels, array_file, row = args
     try:
         arr = _OPEN.get(array_file)
         if arr is None:
             _OPEN.clear()  # one split at a time
             arr = _OPEN[array_file] = np.load(array_file, mmap_mode="r+")
-        img = load_square(path, size, aspect, resample)
+        img = load_square(path, size, aspect, resample, max_pixels)
         arr[row] = img
         wide = img.astype(np.int64).ravel()
         return int(wide.sum()), int(wide @ wide)
+    except ImageRejected as e:  # the words of fetch's rejected report
+        return e.detail
     except Exception as e:  # reported by the parent with the file name
         return f"{type(e).__name__}: {e}"
 
 
 def run_preprocess(split_df: pd.DataFrame, classes: list[str], params: PreprocessParams, out_dir: Path,
-                   progress: bool = True) -> dict:
-    """Write ``out_dir/{train,val,test}.npy``, ``index.csv`` and ``stats.json``; return the stats."""
+                   progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """Write ``out_dir/{train,val,test}.npy``, ``index.csv`` and ``stats.json``; return the stats. Images over
+    ``max_pixels`` (``fetch.max_pixels``) are not decoded: they stop the stage like any file that changed since fetch."""
     missing = sorted(set(split_df.label) - set(classes))
     if missing:
         raise LungxrayError(f"labels {missing} in the split are not in fetch.classes {classes}")
@@ -110,7 +115,8 @@ def run_preprocess(split_df: pd.DataFrame, classes: list[str], params: Preproces
                 array_file = str(tmp / f"{split}.npy")
                 arr = np.lib.format.open_memmap(array_file, mode="w+", dtype=np.uint8, shape=(len(part), size, size))
                 del arr  # the workers write the rows
-                jobs = [(p, size, params.aspect, params.resample, array_file, i) for i, p in enumerate(part.path)]
+                jobs = [(p, size, params.aspect, params.resample, max_pixels, array_file, i)
+                        for i, p in enumerate(part.path)]
                 it = pool.imap(_job, jobs, chunksize=16)
                 for i, res in enumerate(tqdm(it, total=len(jobs), desc=f"preprocess {split}", unit="img",
                                              disable=not progress, mininterval=1.0)):
