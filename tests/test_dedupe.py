@@ -422,14 +422,14 @@ D.compute_signatures({paths!r}, workers=1, cache_path={cache!r}, progress=False)
     assert (sig.hashes == fresh.hashes).all() and (sig.thumbs == fresh.thumbs).all()
 
 
-def test_torn_last_signature_cache_record_is_ignored(tmp_path, monkeypatch):
+def test_a_damaged_signature_cache_is_rebuilt_not_trusted(tmp_path, monkeypatch):
     paths, cache = _saved(tmp_path, 3), tmp_path / "sig.cache"
     first = D.compute_signatures(paths, workers=1, cache_path=str(cache), progress=False, params=PARAMS)
-    cache.write_bytes(cache.read_bytes()[:-100])  # as a writer killed in the middle of its last record leaves it
+    cache.write_bytes(b"not a cache" + cache.read_bytes()[:-100])  # overwritten or cut short: not trusted
     calls = []
     monkeypatch.setattr(D, "_decode_count_hook", lambda: calls.append(1))
     again = D.compute_signatures(paths, workers=1, cache_path=str(cache), progress=False, params=PARAMS)
-    assert len(calls) == 1 and again.n_cached == 2
+    assert len(calls) == 3 and again.n_cached == 0
     assert (again.hashes == first.hashes).all() and (again.thumbs == first.thumbs).all()
     calls.clear()
     D.compute_signatures(paths, workers=1, cache_path=str(cache), progress=False, params=PARAMS)

@@ -473,15 +473,15 @@ fetch.run_fetch(parse_params({{"fetch": {{"sources": {SOURCE_F!r}, "workers": 1}
     assert len(manifest()) == 8
 
 
-def test_torn_last_probe_cache_record_is_ignored(project, monkeypatch):
+def test_a_damaged_probe_cache_is_rebuilt_not_trusted(project, monkeypatch):
     _images(project / "f", 4)
     run_fetch(fetch_params(SOURCE_F), progress=False)
     first = manifest()
     cache = schema.CACHE_DIR / "probe_cache"
-    cache.write_bytes(cache.read_bytes()[:-7])  # as a writer killed in the middle of its last record leaves it
+    cache.write_bytes(b"not a cache" + cache.read_bytes()[:-7])  # overwritten or cut short: not trusted
     calls = _count_probes(monkeypatch)
     run_fetch(fetch_params(SOURCE_F), progress=False)
-    assert len(calls) == 1
+    assert len(calls) == 4
     pd.testing.assert_frame_equal(manifest(), first)
     calls.clear()
     run_fetch(fetch_params(SOURCE_F), progress=False)

@@ -61,7 +61,7 @@ from scipy.ndimage import gaussian_filter
 from .errors import LungxrayError
 from .graph import components
 from .imaging import DEFAULT_MAX_PIXELS, ImageRejected, is_image_path, open_grey, too_many_pixels
-from .io import Journal
+from .io import KeyValueStore
 from .schema import CONFLICT_POLICIES, conflict_outcome, kept_per_group
 
 log = logging.getLogger(__name__)
@@ -266,29 +266,30 @@ def _resolve_workers(workers: int) -> int:
 
 
 class SignatureCache:
-    """Signatures by sha256 in an append-only :class:`~lungxray.io.Journal`: each one is saved as soon as its file is
-    decoded, so a rerun after an interruption (even ``kill -9``) decodes only the files that are left. The header
-    holds the signature fingerprint: a cache made with other signature params (or by an older version) is rebuilt."""
+    """Signatures by sha256 in a :class:`~lungxray.io.KeyValueStore`: each one is saved as soon as its file is
+    decoded, so a rerun after an interruption (even ``kill -9``) decodes only the files that are left. The store's
+    version holds the signature fingerprint: a cache made with other signature params (or by an older version) is
+    rebuilt."""
 
     def __init__(self, path: str, params: DedupeParams):
         T = params.thumb_size
-        self.dtype = np.dtype([("sha", "S32"), ("width", "<i8"), ("height", "<i8"), ("hash", "<u8"),
-                               ("frame", "<u8"), ("thumb", "u1", (T, T))])
-        self.journal = Journal(path, b"lungxray dedupe signatures\n" + params.signature_fingerprint().encode() + b"\n")
-        payloads = [p for p in self.journal.read() if len(p) == self.dtype.itemsize]
-        rec = np.frombuffer(b"".join(payloads), dtype=self.dtype)
-        self.entries: dict[str, tuple] = {
-            r["sha"].hex(): (int(r["width"]), int(r["height"]), int(r["hash"]), int(r["frame"]), r["thumb"])
-            for r in rec}
+        self.dtype = np.dtype([("width", "<i8"), ("height", "<i8"), ("hash", "<u8"), ("frame", "<u8"),
+                               ("thumb", "u1", (T, T))])
+        self.store = KeyValueStore(path, "lungxray dedupe signatures " + params.signature_fingerprint())
+        self.entries: dict[str, tuple] = {}
+        for sha, value in self.store.items().items():
+            if len(value) == self.dtype.itemsize:
+                r = np.frombuffer(value, dtype=self.dtype)[0]
+                self.entries[sha] = (int(r["width"]), int(r["height"]), int(r["hash"]), int(r["frame"]), r["thumb"])
 
     def add(self, sha: str, entry: tuple) -> None:
         rec = np.zeros(1, self.dtype)
-        rec[0] = (bytes.fromhex(sha), *entry)
-        self.journal.append(rec.tobytes())
+        rec[0] = entry
+        self.store.put(sha, rec.tobytes())
         self.entries[sha] = entry
 
     def close(self) -> None:
-        self.journal.close()
+        self.store.close()
 
 
 def _cached_entry(entry: tuple, max_pixels: int) -> tuple | str:

@@ -30,7 +30,7 @@ from . import schema
 from .config import DROP, ArchiveSource, FetchParams, FolderSource, KaggleSource, MedmnistSource
 from .errors import SourceError
 from .imaging import ImageRejected, open_checked
-from .io import Journal, write_csv, write_json
+from .io import KeyValueStore, write_csv, write_json
 from .sources import materialise
 
 SPLIT_ALIASES = {
@@ -314,26 +314,21 @@ def probe_all(paths: list[str], max_pixels: int, workers: int = 0, progress: boo
 class ProbeCache:
     """Probe results keyed by (real path, size, mtime), so a rerun only reads new or changed files.
 
-    Each result goes to an append-only :class:`~lungxray.io.Journal` as soon as it is known, so a rerun after an
-    interruption (even ``kill -9``) probes only the files that are left; a torn last record is ignored.
-    :meth:`save` compacts the journal at the end of the stage.
+    Each result goes to a :class:`~lungxray.io.KeyValueStore` as soon as it is known, so a rerun after an
+    interruption (even ``kill -9``) probes only the files that are left.
     """
 
     COLUMNS = ["key", "path", "bytes", "sha256", "width", "height", "mode", "bit_depth", "format", "orientation",
                "reason", "detail"]
-    HEADER = b"lungxray probe cache 1\n"
+    VERSION = "lungxray probe cache 2"
 
     def __init__(self, path: Path):
-        self.path = path
-        self.journal = Journal(path, self.HEADER)
+        self.store = KeyValueStore(path, self.VERSION)
         self.rows: dict[str, dict] = {}
-        for payload in self.journal.read():
-            try:
-                row = json.loads(payload)
-            except ValueError:
-                continue
+        for key, payload in self.store.items().items():
+            row = json.loads(payload)
             if isinstance(row, dict) and set(row) == set(self.COLUMNS):
-                self.rows[row["key"]] = row
+                self.rows[key] = row
 
     @staticmethod
     def key(path: str) -> str:
@@ -352,10 +347,10 @@ class ProbeCache:
 
     def put(self, key: str, result: dict) -> None:
         self.rows[key] = row = {"key": key, **{k: result.get(k, "") for k in self.COLUMNS[1:]}}
-        self.journal.append(json.dumps(row).encode())
+        self.store.put(key, json.dumps(row).encode())
 
-    def save(self) -> None:
-        self.journal.rewrite(json.dumps(r).encode() for r in self.rows.values())
+    def close(self) -> None:
+        self.store.close()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -399,7 +394,7 @@ def run_fetch(params: FetchParams, progress: bool = True) -> dict:
             cache.put(keys[i], r)  # saved at once: a rerun after a kill probes only what is left
     finally:
         fresh.close()
-    cache.save()
+    cache.close()
 
     # 3. assemble the tables
     rows, rejected = [], []

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import struct
+import sqlite3
 import tempfile
-import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import pandas as pd
 
+
+log = logging.getLogger(__name__)
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -67,72 +69,49 @@ def file_fingerprints(paths: list[str | os.PathLike]) -> dict[str, str]:
     return {Path(p).as_posix(): sha256_file(p) for p in paths}
 
 
-class Journal:
-    """An append-only cache file that keeps what an interrupted run (even ``kill -9``) computed.
-
-    Layout: ``header`` (it names the format and whatever the records depend on), then one frame per record: the
-    payload's length (4 bytes), the payload, its CRC32 (4 bytes). Each :meth:`append` reaches the operating system at
-    once. :meth:`read` returns the payloads up to the first torn or damaged frame (what a killed writer leaves), so a
-    partial write is never taken for a record; the next :meth:`append` cuts that tail off first. A file with another
-    header (other format or params) reads as empty and is started afresh.
+class KeyValueStore:
+    """A persistent ``key -> bytes`` cache in SQLite (Python's standard library), for work that must survive an
+    interruption: each :meth:`put` is committed at once, and SQLite's write-ahead log means a killed writer (even
+    ``kill -9``) leaves the last committed state, never a torn record. ``version`` names the format and whatever the
+    values depend on: a store written under another version, or a file that is not a readable store, is started
+    afresh (it is only a cache).
     """
 
-    _U32 = struct.Struct("<I")
-
-    def __init__(self, path: str | os.PathLike, header: bytes):
+    def __init__(self, path: str | os.PathLike, version: str):
         self.path = Path(path)
-        self.header = header
-        self._fh: Any = None
-        self._valid_end: int | None = None  # bytes of header + whole records; None: no file of ours
-        self._scanned = False
-
-    def read(self) -> list[bytes]:
-        self._scanned, self._valid_end = True, None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            data = self.path.read_bytes()
-        except OSError:
-            return []
-        if not data.startswith(self.header):
-            return []
-        out, pos, n = [], len(self.header), len(data)
-        while pos + 8 <= n:
-            (size,) = self._U32.unpack_from(data, pos)
-            end = pos + 8 + size
-            if end > n or zlib.crc32(data[pos + 4:end - 4]) != self._U32.unpack_from(data, end - 4)[0]:
-                break
-            out.append(data[pos + 4:end - 4])
-            pos = end
-        self._valid_end = pos
-        return out
+            self._db = self._open(version)
+        except sqlite3.DatabaseError as e:
+            log.warning("%s is not a readable cache (%s): starting it afresh", self.path, e)
+            for leftover in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+                leftover.unlink(missing_ok=True)
+            self._db = self._open(version)
 
-    def _frame(self, payload: bytes) -> bytes:
-        return self._U32.pack(len(payload)) + payload + self._U32.pack(zlib.crc32(payload))
+    def _open(self, version: str) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None)  # autocommit: every put is its own transaction
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("CREATE TABLE IF NOT EXISTS meta (version TEXT NOT NULL)")
+            db.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
+            if db.execute("SELECT version FROM meta").fetchall() != [(version,)]:
+                with db:
+                    db.execute("BEGIN")
+                    db.execute("DELETE FROM meta")
+                    db.execute("DELETE FROM kv")
+                    db.execute("INSERT INTO meta VALUES (?)", (version,))
+            db.execute("SELECT count(*) FROM kv").fetchone()  # a damaged file fails here, not later
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
 
-    def append(self, payload: bytes) -> None:
-        if self._fh is None:
-            if not self._scanned:
-                self.read()
-            if self._valid_end is None:  # start afresh, atomically
-                with atomic_path(self.path) as tmp:
-                    tmp.write_bytes(self.header)
-                self._valid_end = len(self.header)
-            with open(self.path, "r+b") as fh:
-                fh.truncate(self._valid_end)  # a torn tail left by a killed run
-            self._fh = open(self.path, "ab", buffering=0)
-        self._fh.write(self._frame(payload))
+    def items(self) -> dict[str, bytes]:
+        return {k: bytes(v) for k, v in self._db.execute("SELECT key, value FROM kv")}
 
-    def rewrite(self, payloads: Iterable[bytes]) -> None:
-        """Replace the file by exactly these records, atomically (compaction)."""
-        self.close()
-        with atomic_path(self.path) as tmp:
-            with open(tmp, "wb") as fh:
-                fh.write(self.header)
-                for p in payloads:
-                    fh.write(self._frame(p))
-        self._scanned = False
+    def put(self, key: str, value: bytes) -> None:
+        self._db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, value))
 
     def close(self) -> None:
-        if self._fh is not None:
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-            self._fh = None
+        self._db.close()
