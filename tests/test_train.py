@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO
 
 from lungxray.train import (MlflowParams, TrainParams, class_weights, load_trained, model_settings, train_model)
 
@@ -306,6 +308,20 @@ def test_an_unreadable_checkpoint_is_set_aside(tmp_path, mlflow_env, capsys):
     assert torch.load(tmp_path / "m/checkpoint.pt", weights_only=True)["complete"] is True
 
 
+
+def test_a_model_file_that_no_longer_fits_the_model_code_is_a_clear_error(tmp_path):
+    from lungxray.errors import LungxrayError
+    from lungxray.models import create_model
+
+    path = tmp_path / "model.pt"
+    torch.save({"name": "cnn5", "classes": CLASSES, "config": {"settings": {"freeze": 0, "head": "linear"}},
+                "model": create_model("cnn8", 3).state_dict()}, path)  # as if cnn5's architecture had changed
+    with pytest.raises(LungxrayError, match=r"does not fit the current code of model cnn5.*dvc repro train@cnn5"):
+        load_trained(path)
+    path.write_bytes(b"truncated")
+    with pytest.raises(LungxrayError, match="unreadable"):
+        load_trained(path)
+
 ARCH_SCRIPT = """
 import sys
 from pathlib import Path
@@ -320,12 +336,9 @@ train_model("cnn5", p, tmp / "processed", tmp / "models/cnn5", tmp / "metrics/cn
 
 def test_an_architecture_change_then_rerun_trains_the_new_model_without_a_traceback(tmp_path):
     """A scratch copy of the package: train, edit cnn5's first layer in models.py, rerun (as `dvc repro` would)."""
-    import shutil
-
     make_processed(tmp_path, n_train=30, n_val=12)
     src = tmp_path / "src"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "src" / "lungxray", src / "lungxray",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "src" / "lungxray", src / "lungxray", ignore=shutil.ignore_patterns("__pycache__"))
     script = tmp_path / "run.py"
     script.write_text(ARCH_SCRIPT)
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(src)}
@@ -369,7 +382,6 @@ def test_each_model_is_fingerprinted_by_its_own_resolved_settings_only():
 
 def test_default_params_freeze_the_imagenet_bases_of_vgg16_mobilenetv2_and_inception_resnet_v2():
     """Seed 003 trained only the heads of these three; seed 002 froze the first ResNet blocks."""
-    from conftest import REPO
     from lungxray.config import load_params
     from lungxray.models import count_parameters, create_model
 
