@@ -14,7 +14,10 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from lungxray import dedupe as D
+from lungxray.dedupe import signatures as dedupe_signatures
+from lungxray.dedupe import verify as dedupe_verify
 from lungxray.errors import LungxrayError
+from lungxray.imaging import DEFAULT_MAX_PIXELS
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -228,7 +231,7 @@ def test_cache_reuse(tmp_path, monkeypatch):
     df = _df(items)
     cache = str(tmp_path / "sig.npz")
     calls = []
-    monkeypatch.setattr(D, "_decode_count_hook", lambda: calls.append(1))
+    monkeypatch.setattr(dedupe_signatures, "_decode_count_hook", lambda: calls.append(1))
     s1 = D.compute_signatures(df["path"].tolist(), workers=1, cache_path=cache, sha256s=df["sha256"].tolist(),
                               progress=False)
     assert s1.n_computed == 3 and len(calls) == 3
@@ -307,7 +310,7 @@ def test_prefilter_passes_every_altered_copy(corpus, monkeypatch):
     pairs = np.array([(i, j) for i in range(len(paths)) for j in range(i + 1, len(paths))
                       if truth[paths[i]] == truth[paths[j]]])
     seen = {}
-    monkeypatch.setattr(D, "_PREFILTER_HOOK", lambda stage, s: seen.setdefault(stage, s.copy()))
+    monkeypatch.setattr(dedupe_verify, "_PREFILTER_HOOK", lambda stage, s: seen.setdefault(stage, s.copy()))
     D.verify_pairs(sig.thumbs[pairs[:, 0]], sig.thumbs[pairs[:, 1]], PARAMS)
     assert len(pairs) >= len(perturb.KINDS)
     assert seen["quarter"].min() >= PARAMS.verify_prefilter_coarse + 0.05
@@ -403,19 +406,19 @@ def test_kill_9_during_signatures_then_rerun_decodes_only_the_files_left(tmp_pat
     paths, cache = _saved(tmp_path, 6), str(tmp_path / "sig.cache")
     killer = f"""
 import os, signal
-from lungxray import dedupe as D
+from lungxray.dedupe import signatures as S
 calls = []
 def hook():
     calls.append(1)
     if len(calls) == 5:  # killed while decoding the 5th file: 4 are done
         os.kill(os.getpid(), signal.SIGKILL)
-D._decode_count_hook = hook
-D.compute_signatures({paths!r}, workers=1, cache_path={cache!r}, progress=False)
+S._decode_count_hook = hook
+S.compute_signatures({paths!r}, workers=1, cache_path={cache!r}, progress=False)
 """
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     assert subprocess.run([sys.executable, "-c", killer], env=env).returncode == -9
     calls = []
-    monkeypatch.setattr(D, "_decode_count_hook", lambda: calls.append(1))
+    monkeypatch.setattr(dedupe_signatures, "_decode_count_hook", lambda: calls.append(1))
     sig = D.compute_signatures(paths, workers=1, cache_path=cache, progress=False, params=PARAMS)
     assert len(calls) == 2 and sig.n_computed == 2 and sig.n_cached == 4 and sig.ok.all()
     fresh = D.compute_signatures(paths, workers=1, progress=False, params=PARAMS)
@@ -427,7 +430,7 @@ def test_a_damaged_signature_cache_is_rebuilt_not_trusted(tmp_path, monkeypatch)
     first = D.compute_signatures(paths, workers=1, cache_path=str(cache), progress=False, params=PARAMS)
     cache.write_bytes(b"not a cache" + cache.read_bytes()[:-100])  # overwritten or cut short: not trusted
     calls = []
-    monkeypatch.setattr(D, "_decode_count_hook", lambda: calls.append(1))
+    monkeypatch.setattr(dedupe_signatures, "_decode_count_hook", lambda: calls.append(1))
     again = D.compute_signatures(paths, workers=1, cache_path=str(cache), progress=False, params=PARAMS)
     assert len(calls) == 3 and again.n_cached == 0
     assert (again.hashes == first.hashes).all() and (again.thumbs == first.thumbs).all()
@@ -440,7 +443,7 @@ def test_cache_of_other_signature_params_or_format_is_rebuilt(tmp_path, monkeypa
     paths, cache = _saved(tmp_path, 2), tmp_path / "sig.cache"
     np.savez(open(cache, "wb"), fingerprint=np.array("an older format"))
     calls = []
-    monkeypatch.setattr(D, "_decode_count_hook", lambda: calls.append(1))
+    monkeypatch.setattr(dedupe_signatures, "_decode_count_hook", lambda: calls.append(1))
     D.compute_signatures(paths, workers=1, cache_path=str(cache), progress=False, params=PARAMS)
     D.compute_signatures(paths, workers=1, cache_path=str(cache), progress=False,
                          params=PARAMS.model_copy(update={"trim_tolerance": 5}))
@@ -462,6 +465,6 @@ def test_pixel_limit_applies_before_decoding_and_to_cached_files(tmp_path, bomb_
     small, cache = _saved(tmp_path, 1)[0], str(tmp_path / "sig.cache")  # 320x256 = 81920 pixels
     sig = D.compute_signatures([str(bomb_png), small], workers=1, cache_path=cache, progress=False, params=PARAMS)
     assert sig.ok.tolist() == [False, True] and (13000, 13000) not in loaded
-    assert sig.errors[0] == probe(str(bomb_png), D.DEFAULT_MAX_PIXELS)["detail"]
+    assert sig.errors[0] == probe(str(bomb_png), DEFAULT_MAX_PIXELS)["detail"]
     sig = D.compute_signatures([small], workers=1, cache_path=cache, progress=False, params=PARAMS, max_pixels=80_000)
     assert not sig.ok[0] and sig.errors[0] == probe(small, 80_000)["detail"]

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import REPO, copy_repo_tree
 
-from lungxray.checkpoint import module_closure
+from lungxray.checkpoint import module_closure, module_file
 
 PACKAGE = REPO / "src" / "lungxray"
 NOT_LISTED = {"errors", "io", "schema", "stage"}  # leaf helpers whose changes never change a result (STYLE.md)
@@ -32,7 +32,8 @@ def test_every_stage_lists_every_project_module_it_imports_in_its_deps(name):
     script = re.search(r"python (stages/\S+\.py)", stage["cmd"]).group(1)
     deps = {d for d in stage.get("deps", []) if isinstance(d, str)}
     assert script in deps
-    imported = {f"src/lungxray/{m}.py" for m in module_closure([REPO / script], PACKAGE) if m not in NOT_LISTED}
+    imported = {module_file(m, PACKAGE).relative_to(REPO).as_posix()
+                for m in module_closure([REPO / script], PACKAGE) if m not in NOT_LISTED}
     listed = {d for d in deps if d.startswith("src/")}
     assert not imported - listed, f"{name} imports modules its deps do not list: {sorted(imported - listed)}"
     assert all((REPO / d).exists() for d in listed), f"{name} lists modules that do not exist"
@@ -41,6 +42,25 @@ def test_every_stage_lists_every_project_module_it_imports_in_its_deps(name):
 def test_the_import_closure_follows_imports_inside_functions_and_relative_imports():
     closure = module_closure([REPO / "stages" / "compare.py"], PACKAGE)
     assert {"evaluate", "evaluation", "promote", "config", "train", "models"} <= set(closure)
+
+
+def test_the_import_closure_follows_a_package_into_its_modules_and_names_their_files(tmp_path):
+    package = tmp_path / "lungxray"
+    (package / "steps").mkdir(parents=True)
+    files = {"errors.py": "", "io.py": "from .errors import E\n", "unused.py": "",
+             "steps/__init__.py": "from .first import run\n",
+             "steps/first.py": "from ..io import write\nfrom . import second\n",
+             "steps/second.py": "def f():\n    from lungxray.steps.third import g\n",
+             "steps/third.py": "from .. import errors\n"}
+    for name, text in files.items():
+        (package / name).write_text(text)
+    script = tmp_path / "stage.py"
+    script.write_text("from lungxray.steps import run\n")
+    closure = module_closure([script], package)
+    assert closure == ["errors", "io", "steps", "steps.first", "steps.second", "steps.third"]
+    assert module_file("steps", package) == package / "steps" / "__init__.py"
+    assert module_file("steps.first", package) == package / "steps" / "first.py"
+    assert module_file("io", package) == package / "io.py"
 
 
 def dvc(cwd: Path, *args: str) -> str:

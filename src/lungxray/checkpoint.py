@@ -30,17 +30,33 @@ LIBRARIES = ("torch", "timm", "torchvision")
 # --- the code and the libraries a model is trained with ---------------------------------------------------------------
 
 
+def module_file(name: str, package_dir: Path = PACKAGE_DIR) -> Path:
+    """The source file of the project module ``name``: ``"train"`` -> ``train.py``, a package ``"dedupe"`` ->
+    ``dedupe/__init__.py``, ``"dedupe.groups"`` -> ``dedupe/groups.py``."""
+    base = Path(package_dir).joinpath(*name.split("."))
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
 def project_imports(path: Path, package_dir: Path = PACKAGE_DIR) -> set[str]:
     """Names of the ``lungxray`` modules that the Python file ``path`` imports anywhere in it (top level or inside
-    functions; absolute or relative imports), as module names without the package prefix (``"train"``)."""
+    functions; absolute or relative imports), as dotted names without the package prefix (``"train"``,
+    ``"dedupe.groups"``). Importing a module of a sub-package imports the sub-package too (its ``__init__``)."""
     path, package_dir = Path(path), Path(package_dir)
-    inside = path.resolve().parent == package_dir.resolve()
+    try:  # the package a relative import starts from: the file's folder, as dotted parts
+        here = ["lungxray", *path.resolve().parent.relative_to(package_dir.resolve()).parts]
+    except ValueError:
+        here = None
     found: set[str] = set()
 
     def add(dotted: str) -> None:
         parts = dotted.split(".")
-        if parts[0] == "lungxray" and len(parts) > 1 and (package_dir / f"{parts[1]}.py").is_file():
-            found.add(parts[1])
+        if parts[0] != "lungxray":
+            return
+        for k in range(2, len(parts) + 1):
+            name = ".".join(parts[1:k])
+            if not module_file(name, package_dir).is_file():
+                return
+            found.add(name)
 
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
         if isinstance(node, ast.Import):
@@ -48,27 +64,27 @@ def project_imports(path: Path, package_dir: Path = PACKAGE_DIR) -> set[str]:
                 add(alias.name)
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: only meaningful inside the package
-                if not inside or node.level > 1:
+                if here is None or node.level > len(here):
                     continue
-                base = f"lungxray.{node.module}" if node.module else "lungxray"
+                base = ".".join(here[:len(here) - node.level + 1] + ([node.module] if node.module else []))
             else:
                 base = node.module or ""
             add(base)
-            if base == "lungxray":  # `from lungxray import schema` / `from . import evaluate`
-                for alias in node.names:
-                    add(f"lungxray.{alias.name}")
+            for alias in node.names:  # `from lungxray import schema` / `from . import evaluate`: modules too
+                add(f"{base}.{alias.name}")
     return found
 
 
 def module_closure(files: Iterable[Path], package_dir: Path = PACKAGE_DIR) -> list[str]:
-    """Every ``lungxray`` module that ``files`` import, directly or through other project modules (sorted names)."""
+    """Every ``lungxray`` module that ``files`` import, directly or through other project modules (sorted names; the
+    file of each: :func:`module_file`)."""
     package_dir = Path(package_dir)
     seen: set[str] = set()
     todo = [Path(f) for f in files]
     while todo:
         for name in project_imports(todo.pop(), package_dir) - seen:
             seen.add(name)
-            todo.append(package_dir / f"{name}.py")
+            todo.append(module_file(name, package_dir))
     return sorted(seen)
 
 
@@ -78,7 +94,7 @@ def code_fingerprint(package_dir: Path = PACKAGE_DIR) -> str:
     package_dir = Path(package_dir)
     h = hashlib.sha256()
     for name in sorted({"train", *module_closure([package_dir / "train.py"], package_dir)}):
-        h.update(f"{name}\0".encode() + (package_dir / f"{name}.py").read_bytes() + b"\0")
+        h.update(f"{name}\0".encode() + module_file(name, package_dir).read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
 
