@@ -54,10 +54,11 @@ from typing import Iterator, Literal, Sequence
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from scipy.fft import dctn
 from scipy.ndimage import gaussian_filter
 
+from .config import Strict
 from .errors import LungxrayError
 from .graph import components
 from .imaging import DEFAULT_MAX_PIXELS, ImageRejected, is_image_path, open_grey, too_many_pixels
@@ -71,10 +72,8 @@ METHOD_SHA = "sha256"
 METHOD_VISUAL = "phash+ncc"
 
 
-class DedupeParams(BaseModel):
+class DedupeParams(Strict):
     """Every tunable of the dedupe (the ``dedupe:`` section of params.yaml)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     # signature
     thumb_size: int = Field(64, ge=32, le=128, description="side of the equalised square thumbnail (multiple of 16)")

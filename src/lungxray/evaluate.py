@@ -42,8 +42,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from .config import Strict
 from .io import atomic_path
 
 if TYPE_CHECKING:
@@ -58,8 +59,7 @@ __all__ = [
 ]
 
 
-class EvaluateParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class EvaluateParams(Strict):
 
     bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for the confidence intervals (0: none)")
     ci: float = Field(0.95, gt=0, lt=1, description="confidence level of the percentile intervals")

@@ -22,10 +22,11 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from tqdm import tqdm
 
 from . import schema
+from .config import Strict
 from .errors import LungxrayError
 from .imaging import DEFAULT_MAX_PIXELS, ImageRejected, open_grey
 
@@ -36,8 +37,7 @@ _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.
              "lanczos": Image.Resampling.LANCZOS, "area": Image.Resampling.BOX}
 
 
-class PreprocessParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class PreprocessParams(Strict):
 
     image_size: int = Field(224, ge=16, le=1024, description="side of the square arrays")
     aspect: Literal["stretch", "pad"] = Field("pad", description="stretch to square, or pad the short side (black)")

@@ -9,6 +9,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
+SPLITS = ("train", "val", "test")  # the split stage's parts, in this order everywhere
+
+# the files fetch reads (the default of fetch.image_extensions) and `lungxray dedupe` scans; other files are ignored
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+
 # fetch -> data/interim/manifest.csv: one row per ingested (decodable, mapped, not dropped) image
 MANIFEST_COLUMNS = [
     "id",  # "<source>/<path relative to the source root>", unique

@@ -37,9 +37,10 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from . import schema
+from .config import Strict
 from .errors import LungxrayError
 from .graph import components_by_keys
 
@@ -48,10 +49,8 @@ SPLIT_COLUMNS = ["id", "path", "label", "split", "group", "unit", "source", "pat
 _PRIORITY = {"train": 0, "val": 1, "test": 2}  # which official split wins when a unit crosses splits
 
 
-class SplitParams(BaseModel):
+class SplitParams(Strict):
     """Parameters of the split stage (``split`` section of params.yaml)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     ratios: dict[str, float] = Field(
         default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15},

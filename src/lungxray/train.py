@@ -31,20 +31,17 @@ from typing import Literal, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
 from . import checkpoint
+from .config import Strict
 from .errors import LungxrayError
 from .io import atomic_path, write_csv, write_json
 from .preprocess import load_split
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class AugmentParams(_Strict):
+class AugmentParams(Strict):
     enabled: bool = True
     degrees: float = Field(5.0, ge=0, le=30, description="random rotation, +- degrees")
     translate: float = Field(0.05, ge=0, le=0.3, description="random shift, fraction of the side")
@@ -54,7 +51,7 @@ class AugmentParams(_Strict):
     hflip: bool = Field(False, description="horizontal flips (off: the heart is on the left)")
 
 
-class ModelOptions(_Strict):
+class ModelOptions(Strict):
     """Per-architecture overrides of the train section."""
 
     pretrained: bool | None = None
@@ -70,7 +67,7 @@ class ModelOptions(_Strict):
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
 
-class MlflowParams(_Strict):
+class MlflowParams(Strict):
     experiment: str = "lungxray"
     tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else "
                                                         "sqlite:///mlruns/mlflow.db (local, no server)")
@@ -82,7 +79,7 @@ SEED_MODELS = ["cnn5", "cnn8", "cnn13", "resnet18", "resnet34", "vgg16", "mobile
                "efficientnetv2_s"]
 
 
-class TrainParams(_Strict):
+class TrainParams(Strict):
     models: list[str] = Field(default_factory=lambda: list(SEED_MODELS), min_length=1)
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(32, ge=1)

@@ -40,13 +40,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from .config import Strict
 from .errors import LungxrayError
 from .schema import GROUPS_CONTRACT_COLUMNS, MANIFEST_COLUMNS, conflict_outcome, kept_per_group
-
-# Must be set before great_expectations is imported (it is imported lazily below: the import takes a few seconds).
-os.environ["GX_ANALYTICS_ENABLED"] = "false"
+from .stage import disable_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +60,8 @@ _TEXT_COLUMNS = ["id", "source", "path", "label", "sha256", "mode", "format"]
 _INT_COLUMNS = ["width", "height", "bit_depth", "bytes"]
 
 
-class ValidateParams(BaseModel):
+class ValidateParams(Strict):
     """Parameters of the validation stage (``validate`` section of params.yaml)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     min_width: int = Field(32, ge=1, description="smallest accepted image width in pixels")
     max_width: int = Field(20000, ge=1, description="largest accepted image width in pixels")
@@ -161,7 +158,7 @@ class ValidationResult:
 
 
 def _gx():
-    os.environ["GX_ANALYTICS_ENABLED"] = "false"
+    disable_telemetry()  # before great_expectations is imported (lazily here: the import takes a few seconds)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import great_expectations as gx
