@@ -45,8 +45,6 @@ import hashlib
 import itertools
 import json
 import logging
-import multiprocessing as mp
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +60,9 @@ from .config import Strict
 from .errors import LungxrayError
 from .graph import components
 from .imaging import DEFAULT_MAX_PIXELS, ImageRejected, is_image_path, open_grey, too_many_pixels
-from .io import KeyValueStore
+from .io import KeyValueStore, sha256_file
+from .parallel import process_pool, resolve_workers
+from .plots import pyplot
 from .schema import CONFLICT_POLICIES, conflict_outcome, kept_per_group
 
 log = logging.getLogger(__name__)
@@ -213,14 +213,10 @@ def _signature_of_file(args: tuple[str, str | None, DedupeParams, int]) -> tuple
 
 
 def _sha_of_file(path: str) -> str | None:
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+        return sha256_file(path)
     except OSError:
         return None
-    return h.hexdigest()
 
 
 @dataclass
@@ -254,14 +250,13 @@ def _imap(func, items: list, workers: int, desc: str, progress: bool, chunksize:
     if workers <= 1:
         yield from (func(x) for x in tqdm(items, desc=desc, disable=not progress, unit="img"))
         return
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-    with ctx.Pool(workers) as pool:
+    with process_pool(workers) as pool:
         yield from tqdm(pool.imap(func, items, chunksize=chunksize), total=len(items), desc=desc,
                         disable=not progress, unit="img")
 
 
 def _resolve_workers(workers: int) -> int:
-    return workers if workers and workers > 0 else (os.cpu_count() or 1)
+    return resolve_workers(workers)
 
 
 class SignatureCache:
@@ -768,8 +763,7 @@ def verify_all(thumbs: np.ndarray, pairs: np.ndarray, params: DedupeParams, work
         _verify_init(thumbs, params)
         out = [_verify_chunk(c) for c in tqdm(chunks, desc="dedupe verify", disable=not progress, unit="batch")]
     else:
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-        with ctx.Pool(workers, initializer=_verify_init, initargs=(thumbs, params)) as pool:
+        with process_pool(workers, initializer=_verify_init, initargs=(thumbs, params)) as pool:
             out = list(tqdm(pool.imap(_verify_chunk, chunks), total=len(chunks), desc="dedupe verify",
                             disable=not progress, unit="batch"))
     return tuple(np.concatenate([o[k] for o in out]) for k in range(3))  # type: ignore[return-value]
@@ -1056,10 +1050,7 @@ def dedupe_folders(folders: list[str], out_csv: str, params: DedupeParams | None
 def contact_sheet(groups_df: pd.DataFrame, report: dict, out_png: str, max_groups: int = 24,
                   max_members: int = 6, max_conflicts: int = 200, seed: int = 0) -> str:
     """PNG with ``max_groups`` sample duplicate groups (seeded) and every label conflict (up to ``max_conflicts``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     outcome = {c["group"]: (f"majority: {c['resolved_label']}" if c.get("kept") else f"{c['action']}: none kept")
                for c in report.get("label_conflicts", [])}

@@ -45,7 +45,7 @@ import pandas as pd
 from pydantic import Field
 
 from .config import Strict
-from .io import atomic_path
+from .plots import pyplot as _pyplot, save_png
 
 if TYPE_CHECKING:
     from .promote import PromotionParams
@@ -491,22 +491,8 @@ def confusion_pairs(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[st
 # plots
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, path: str | os.PathLike) -> Path:
-    plt = _pyplot()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=120, bbox_inches="tight")
 
 
 def plot_confusion_matrix(cm, classes: Sequence[str], path: str | os.PathLike, normalize: bool = False,

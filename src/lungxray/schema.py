@@ -94,6 +94,21 @@ def conflict_outcome(labels: Iterable[str], policy: str) -> tuple[str, str]:
     return "drop", ""
 
 
+def as_bool(column):
+    """The groups table's True/False columns (``kept``, ``label_conflict``, ``readable``) as booleans, whether they
+    hold bools or were read back as text: ``True``/``False``, ``true``/``false``, ``1``/``0``, ``1.0``/``0.0`` (any
+    case, spaces around). Anything else, blanks included, becomes missing (``pd.NA``): the caller decides what that
+    means (split stops, validate reports the rows and counts them as False). ``column`` is a pandas Series."""
+    import pandas as pd
+
+    if column.dtype == bool:
+        return column
+    return column.map(lambda v: _BOOL_TEXT.get(str(v).strip().lower(), pd.NA) if not pd.isna(v) else pd.NA)
+
+
+_BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False}
+
+
 def kept_per_group(conflict_action: str) -> int:
     """How many members of a group with this ``conflict_action`` enter the split: 0 when dropped, else 1."""
     return 0 if conflict_action in DROPPED_ACTIONS else 1

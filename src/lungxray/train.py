@@ -38,6 +38,7 @@ from . import checkpoint
 from .config import Strict
 from .errors import LungxrayError
 from .io import atomic_path, write_csv, write_json
+from .plots import pyplot, save_png
 from .preprocess import load_split
 
 
@@ -373,12 +374,7 @@ def run_epoch(model: nn.Module, batches: ArrayBatches, device: torch.device, los
 
 
 def curve_png(history: pd.DataFrame, title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = pyplot().subplots(1, 2, figsize=(10, 3.8))
     for key, ax in (("loss", axes[0]), ("accuracy", axes[1])):
         ax.plot(history.epoch, history[f"train_{key}"], "o-", label="train")
         ax.plot(history.epoch, history[f"val_{key}"], "s-", label="val")
@@ -388,9 +384,7 @@ def curve_png(history: pd.DataFrame, title: str, path: Path) -> None:
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_png(fig, path, dpi=110)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
