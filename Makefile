@@ -23,6 +23,7 @@ ifneq ($(CONFIG),)
 	cp $(CONFIG) params.yaml
 	@echo "params.yaml <- $(CONFIG)"
 endif
+	lungxray check-params  # every section at once: each stage reads only its own
 	dvc repro
 
 # pytest exits 5 when it collects no test: that is not a failure of the suite
@@ -33,5 +34,6 @@ test: setup
 benchmark-pneumoniamnist: setup
 	cp configs/pneumoniamnist.yaml params.yaml
 	@echo "params.yaml <- configs/pneumoniamnist.yaml"
+	lungxray check-params
 	dvc repro
 	$(BIN)/python benchmarks/pneumoniamnist/report.py --update-readme

@@ -1,15 +1,17 @@
 """DVC stage `compare`: one leaderboard of every trained architecture (Markdown, JSON, PNG), in the selection order."""
 
 from lungxray import schema
-from lungxray.config import load_params
+from lungxray.config import load_sections
 from lungxray.evaluate import leaderboard, plot_leaderboard
 from lungxray.evaluation import leaderboard_rows
 from lungxray.io import atomic_path, write_json
+from lungxray.promote import PromotionParams
 from lungxray.stage import run_stage
+from lungxray.train import TrainParams
 
 
 def main() -> None:
-    params = load_params()
+    params = load_sections({"train": TrainParams, "promote": PromotionParams})
     rows = leaderboard_rows(params.train.models, schema.METRICS)
     df, md = leaderboard(rows, params.promote)
     plot_leaderboard(df, schema.LEADERBOARD_PNG, promotion=params.promote)

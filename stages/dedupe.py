@@ -3,14 +3,14 @@
 import pandas as pd
 
 from lungxray import schema
-from lungxray.config import load_params
-from lungxray.dedupe import contact_sheet, find_groups, summary_text
+from lungxray.config import FetchParams, load_sections
+from lungxray.dedupe import DedupeParams, contact_sheet, find_groups, summary_text
 from lungxray.io import write_csv, write_json
 from lungxray.stage import run_stage
 
 
 def main() -> None:
-    params = load_params()
+    params = load_sections({"dedupe": DedupeParams, "fetch": FetchParams})
     manifest = pd.read_csv(schema.MANIFEST, keep_default_na=False)
     groups, report = find_groups(manifest, params.dedupe, cache_path=str(schema.DEDUPE_CACHE),
                                  max_pixels=params.fetch.max_pixels)

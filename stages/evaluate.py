@@ -4,17 +4,19 @@ import json
 import sys
 
 from lungxray import schema
-from lungxray.config import load_params
+from lungxray.config import load_sections
 from lungxray.errors import LungxrayError
+from lungxray.evaluate import EvaluateParams
 from lungxray.evaluation import evaluate_model
 from lungxray.stage import run_stage
+from lungxray.train import TrainParams
 
 
 def main() -> None:
     if len(sys.argv) != 2:
         raise LungxrayError("usage: python stages/evaluate.py MODEL")
     name = sys.argv[1]
-    params = load_params()
+    params = load_sections({"evaluate": EvaluateParams, "train": TrainParams})
     train_json = schema.model_metrics_dir(name) / "train.json"
     if not train_json.exists():
         raise LungxrayError(f"{train_json} is missing: train {name} first (dvc repro train@{name})")

@@ -3,13 +3,13 @@
 import pandas as pd
 
 from lungxray import schema
-from lungxray.config import load_params
-from lungxray.preprocess import run_preprocess
+from lungxray.config import FetchParams, load_sections
+from lungxray.preprocess import PreprocessParams, run_preprocess
 from lungxray.stage import run_stage
 
 
 def main() -> None:
-    params = load_params()
+    params = load_sections({"fetch": FetchParams, "preprocess": PreprocessParams})
     split_df = pd.read_csv(schema.SPLIT, keep_default_na=False)
     official_test = pd.read_csv(schema.OFFICIAL_TEST, keep_default_na=False)  # empty unless in benchmark mode
     split_df = pd.concat([split_df, official_test], ignore_index=True)

@@ -1,15 +1,16 @@
 """DVC stage `register`: register every evaluated model in the MLflow registry; move `champion` by the rule."""
 
 from lungxray import schema
-from lungxray.config import load_params
+from lungxray.config import load_sections
 from lungxray.evaluation import leaderboard_rows, load_predictions, register_and_promote
 from lungxray.io import write_json
-from lungxray.promote import selection_split
+from lungxray.promote import PromotionParams, selection_split
 from lungxray.stage import run_stage
+from lungxray.train import TrainParams
 
 
 def main() -> None:
-    params = load_params()
+    params = load_sections({"train": TrainParams, "promote": PromotionParams})
     rows = leaderboard_rows(params.train.models, schema.METRICS)
     predictions = load_predictions(params.train.models, schema.METRICS, selection_split(params.promote))
     decision = register_and_promote(rows, params.promote, params.train.mlflow, predictions)

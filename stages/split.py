@@ -5,16 +5,16 @@ import json
 import pandas as pd
 
 from lungxray import schema
-from lungxray.config import load_params
+from lungxray.config import FetchParams, load_sections
 from lungxray.errors import LungxrayError
 from lungxray.io import write_json
-from lungxray.split import (make_split, official_test_set, require_validated, split_counts, split_counts_plot,
-                            write_split)
+from lungxray.split import (SplitParams, make_split, official_test_set, require_validated, split_counts,
+                            split_counts_plot, write_split)
 from lungxray.stage import run_stage
 
 
 def main() -> None:
-    params = load_params()
+    params = load_sections({"fetch": FetchParams, "split": SplitParams})
     require_validated(schema.VALIDATION_REPORT, [schema.MANIFEST, schema.GROUPS])
     manifest = pd.read_csv(schema.MANIFEST, keep_default_na=False)
     groups = pd.read_csv(schema.GROUPS, keep_default_na=False)

@@ -3,17 +3,19 @@
 import sys
 
 from lungxray import schema
-from lungxray.config import load_params
+from lungxray.config import load_sections
 from lungxray.errors import LungxrayError
+from lungxray.preprocess import PreprocessParams
+from lungxray.split import SplitParams
 from lungxray.stage import run_stage
-from lungxray.train import train_model
+from lungxray.train import TrainParams, train_model
 
 
 def main() -> None:
     if len(sys.argv) != 2:
         raise LungxrayError("usage: python stages/train.py MODEL (one of train.models in params.yaml)")
     name = sys.argv[1]
-    params = load_params()
+    params = load_sections({"train": TrainParams, "preprocess": PreprocessParams, "split": SplitParams})
     if name not in params.train.models:
         raise LungxrayError(f"'{name}' is not in train.models {params.train.models}")
     m = train_model(name, params.train, schema.PROCESSED, schema.model_dir(name), schema.model_metrics_dir(name),

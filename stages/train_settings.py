@@ -5,20 +5,20 @@ model's options, or adding a model, retrains only that model; the library versio
 """
 
 from lungxray import schema
-from lungxray.config import load_params
+from lungxray.config import load_section
 from lungxray.io import write_json
 from lungxray.stage import run_stage
-from lungxray.train import settings_record
+from lungxray.train import TrainParams, settings_record
 
 
 def main() -> None:
-    params = load_params()
+    train = load_section("train", TrainParams)
     for old in schema.TRAIN_SETTINGS.glob("*.json"):
-        if old.stem not in params.train.models:
+        if old.stem not in train.models:
             old.unlink()
-    for name in params.train.models:
-        write_json(schema.train_settings_file(name), settings_record(params.train, name))
-    print(f"train_settings: {len(params.train.models)} models in {schema.TRAIN_SETTINGS}/")
+    for name in train.models:
+        write_json(schema.train_settings_file(name), settings_record(train, name))
+    print(f"train_settings: {len(train.models)} models in {schema.TRAIN_SETTINGS}/")
 
 
 if __name__ == "__main__":

@@ -3,19 +3,19 @@
 import pandas as pd
 
 from lungxray import schema
-from lungxray.config import load_params
+from lungxray.config import FetchParams, load_sections
 from lungxray.errors import LungxrayError
 from lungxray.io import file_fingerprints
 from lungxray.stage import run_stage
-from lungxray.validate import format_failures, validate_tables, write_report
+from lungxray.validate import ValidateParams, format_failures, validate_tables, write_report
 
 
 def main() -> None:
-    params = load_params()
+    params = load_sections({"fetch": FetchParams, "validate": ValidateParams})
     manifest = pd.read_csv(schema.MANIFEST, keep_default_na=False)
     groups = pd.read_csv(schema.GROUPS, keep_default_na=False)
     inputs = file_fingerprints([schema.MANIFEST, schema.GROUPS])  # split runs only on what passed here
-    result = validate_tables(manifest, groups, params.fetch.classes, params.validate_params, inputs=inputs)
+    result = validate_tables(manifest, groups, params.fetch.classes, params.validate, inputs=inputs)
     write_report(result, schema.VALIDATION_REPORT, schema.VALIDATION_DOCS)  # written either way
     if not result.success:
         raise LungxrayError(f"data validation failed (report: {schema.VALIDATION_REPORT}):\n{format_failures(result)}")

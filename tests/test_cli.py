@@ -97,3 +97,14 @@ def test_dedupe_command_reports_an_empty_file_in_fetchs_words(tmp_path, capsys):
     assert errors["empty.jpg"] == probe(str(empty), 10**8)["detail"]
     out = capsys.readouterr().out
     assert "empty.jpg: empty file (0 bytes)" in out and "BytesIO" not in out
+
+
+def test_dedupe_command_ignores_a_file_type_that_fetch_ignores(tmp_path):
+    from lungxray.schema import IMAGE_EXTENSIONS
+
+    assert ".pgm" not in IMAGE_EXTENSIONS  # fetch does not read .pgm files: neither does the dedupe command
+    save(tmp_path / "site" / "NORMAL" / "a.png", Image.fromarray(xray(5, (160, 128))))
+    save(tmp_path / "site" / "NORMAL" / "b.pgm", Image.fromarray(xray(6, (160, 128))))
+    out = tmp_path / "g.csv"
+    assert main(["dedupe", str(tmp_path / "site"), "--out", str(out), "--quiet", "--workers", "1"]) == 0
+    assert pd.read_csv(out)["id"].tolist() == ["site/NORMAL/a.png"]

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lungxray.config import load_params, parse_params
+from lungxray.params_check import load_params, parse_params
 from lungxray.errors import ConfigError
 
 from conftest import REPO
@@ -92,3 +92,52 @@ def test_every_param_dvc_tracks_is_written_out(path):
             for part in key.split("."):
                 assert isinstance(node, dict) and part in node, f"{path.name} lacks '{key}' (stage {name})"
                 node = node[part]
+
+
+# --- one section per stage, the whole file by `lungxray check-params` ------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [REPO / "params.yaml", *sorted((REPO / "configs").glob("*.yaml"))],
+                         ids=lambda p: p.name)
+def test_check_params_accepts_params_yaml_and_every_profile(path, capsys):
+    from lungxray.cli import main
+
+    assert main(["check-params", "--params", str(path)]) == 0
+    assert "valid" in capsys.readouterr().out
+
+
+def test_check_params_rejects_an_unknown_key_and_names_it(tmp_path, capsys):
+    from lungxray.cli import main
+
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    data["dedupe"]["wokers"] = 2
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    assert main(["check-params", "--params", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "dedupe.wokers" in err and "unknown key" in err
+
+
+def test_a_stage_loads_only_its_own_section_and_an_error_names_the_key(tmp_path):
+    from lungxray.config import load_section
+    from lungxray.dedupe import DedupeParams
+
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"dedupe": {"workers": "many"}, "train": {"not_a_key": 1}}))
+    with pytest.raises(ConfigError) as e:
+        load_section("dedupe", DedupeParams, path)
+    assert "dedupe.workers" in str(e.value) and "'many'" in str(e.value) and "train" not in str(e.value)
+    path.write_text(yaml.safe_dump({"dedupe": {"workers": 3}, "train": {"not_a_key": 1}}))
+    assert load_section("dedupe", DedupeParams, path).workers == 3
+
+
+def test_the_config_and_the_fetch_stage_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import runpy, sys; sys.argv = ['fetch']; import lungxray.config, lungxray.fetch; "
+            "runpy.run_path('stages/fetch.py', run_name='not_main'); "
+            "print(sorted(m for m in ('torch', 'lungxray.train', 'lungxray.dedupe') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

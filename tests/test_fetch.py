@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from lungxray import schema
-from lungxray.config import parse_params
+from lungxray.config import FetchParams, parse_sections
 from lungxray.errors import SourceError
 from lungxray.fetch import run_fetch
 
@@ -40,7 +40,7 @@ def save(path: Path, img: Image.Image, **kw) -> Path:
 
 
 def fetch_params(sources: list[dict], **kw):
-    return parse_params({"fetch": {"sources": sources, "workers": 1, **kw}}).fetch
+    return parse_sections({"fetch": {"sources": sources, "workers": 1, **kw}}, {"fetch": FetchParams}).fetch
 
 
 def manifest() -> pd.DataFrame:
@@ -454,7 +454,7 @@ def test_kill_9_during_probing_then_rerun_probes_only_the_files_left(project, mo
     killer = f"""
 import json, os, signal
 from lungxray import fetch
-from lungxray.config import parse_params
+from lungxray.config import FetchParams, parse_sections
 real, calls = fetch.probe, []
 def probe(path, max_pixels):
     calls.append(path)
@@ -462,7 +462,8 @@ def probe(path, max_pixels):
         os.kill(os.getpid(), signal.SIGKILL)
     return real(path, max_pixels)
 fetch.probe = probe
-fetch.run_fetch(parse_params({{"fetch": {{"sources": {SOURCE_F!r}, "workers": 1}}}}).fetch, progress=False)
+fetch.run_fetch(parse_sections({{"fetch": {{"sources": {SOURCE_F!r}, "workers": 1}}}}, {{"fetch": FetchParams}}).fetch,
+                progress=False)
 """
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     assert subprocess.run([sys.executable, "-c", killer], cwd=project, env=env).returncode == -9

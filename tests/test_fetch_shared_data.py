@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from lungxray import schema
-from lungxray.config import load_params
+from lungxray.config import FetchParams, load_sections
 from lungxray.fetch import run_fetch
 
 from conftest import REPO, SHARED_DATA, needs_shared_data
@@ -17,7 +17,7 @@ pytestmark = [needs_shared_data(), pytest.mark.shared]
 @pytest.fixture(scope="module")
 def fetched(tmp_path_factory):
     work = tmp_path_factory.mktemp("shared")
-    params = load_params(REPO / "configs" / "shared-data.yaml")
+    params = load_sections({"fetch": FetchParams}, REPO / "configs" / "shared-data.yaml")
     import os
 
     old = os.getcwd()

@@ -382,10 +382,11 @@ def test_each_model_is_fingerprinted_by_its_own_resolved_settings_only():
 
 def test_default_params_freeze_the_imagenet_bases_of_vgg16_mobilenetv2_and_inception_resnet_v2():
     """Seed 003 trained only the heads of these three; seed 002 froze the first ResNet blocks."""
-    from lungxray.config import load_params
+    from lungxray.config import load_section
     from lungxray.models import count_parameters, create_model
+    from lungxray.train import TrainParams
 
-    p = load_params(REPO / "params.yaml").train
+    p = load_section("train", TrainParams, REPO / "params.yaml")
     for name in ("vgg16", "mobilenetv2", "inception_resnet_v2"):
         s = model_settings(p, name)
         assert s["pretrained"] and s["freeze"] == "backbone", name

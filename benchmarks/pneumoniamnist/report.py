@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lungxray.config import load_params
+from lungxray.params_check import load_params
 
 # MedMNIST v2 (Yang et al. 2023), PneumoniaMNIST, official test split: (AUC, ACC)
 PUBLISHED = [

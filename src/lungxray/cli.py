@@ -6,13 +6,15 @@ import argparse
 import sys
 
 from .errors import LungxrayError
+from .stage import disable_telemetry
 
 
 def _cmd_check_params(args: argparse.Namespace) -> None:
-    from .config import load_params
+    from .params_check import load_params
 
-    params = load_params(args.params)
-    print(f"{args.params}: valid ({len(params.fetch.sources)} source(s): "
+    path = args.params or args.file or "params.yaml"
+    params = load_params(path)
+    print(f"{path}: valid, every section ({len(params.fetch.sources)} source(s): "
           + ", ".join(f"{s.name} [{s.kind}]" for s in params.fetch.sources) + ")")
 
 
@@ -85,9 +87,9 @@ def _refuse_stale(params) -> int | None:
 def _cmd_metrics_check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .config import load_params
     from .errors import LungxrayError
     from .gate import check, format_table, load_baseline, load_baseline_sets, set_mismatches
+    from .params_check import load_params
 
     params = load_params(args.params)
     baseline_path = Path(args.baseline or params.gate.baseline)
@@ -114,8 +116,8 @@ def _cmd_metrics_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_metrics_baseline(args: argparse.Namespace) -> int:
-    from .config import load_params
     from .gate import write_baseline
+    from .params_check import load_params
 
     params = load_params(args.params)
     path = args.out or params.gate.baseline
@@ -134,8 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ap = argparse.ArgumentParser(prog="lungxray", description="Leakage-free chest X-ray classification pipeline")
     sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("check-params", help="validate a params file and list its sources")
-    p.add_argument("params", nargs="?", default="params.yaml")
+    p = sub.add_parser("check-params", help="check every section of a params file and list its sources",
+                       description="Each stage reads only its own section; this checks the whole file at once (an "
+                                   "unknown key or section, a wrong type). `make run` runs it before `dvc repro`.")
+    p.add_argument("file", nargs="?", help="params file (default: params.yaml)")
+    p.add_argument("--params", help="params file (the same as FILE)")
     p.set_defaults(func=_cmd_check_params)
 
     p = sub.add_parser("dedupe", help="find copies of the same X-ray in folders of images (recursively)",
@@ -175,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    disable_telemetry()
     args = build_parser().parse_args(argv)
     try:
         rc = args.func(args)

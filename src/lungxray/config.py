@@ -1,25 +1,28 @@
-"""One typed configuration, loaded from ``params.yaml``.
+"""The typed configuration in ``params.yaml``: the strict base model, the ``fetch`` section, and the section loader.
 
-Each stage reads its own section (``fetch``, ``dedupe``, ...). The whole file is validated on load: an unknown key or
-a value of the wrong type stops the stage with a message that names the key (``fetch.sources[1].kind``) and what was
-expected, instead of being silently ignored.
+Each stage loads only its own section(s) with :func:`load_section`, validated by the section class that its module
+defines (each derives from :class:`Strict`): an unknown key or a value of the wrong type stops the stage with a
+message that names the key (``fetch.sources[1].kind``, ``dedupe.workers``) and what was expected, instead of being
+silently ignored. This module imports no stage module; ``lungxray check-params`` (:mod:`lungxray.params_check`)
+assembles and checks the whole file.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from types import SimpleNamespace
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from .errors import ConfigError
 from .imaging import DEFAULT_MAX_PIXELS
+from .schema import IMAGE_EXTENSIONS
 
 DEFAULT_PARAMS = Path("params.yaml")
 DROP = "drop"
-SPLITS = ("train", "val", "test")
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
@@ -27,6 +30,9 @@ class Strict(BaseModel):
     """Base for every section: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class CsvLabels(Strict):
@@ -142,9 +148,7 @@ class FetchParams(Strict):
         default_factory=lambda: ["normal", "pneumonia", "covid19", "tuberculosis", "lung_opacity"]
     )
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="larger images are rejected (decompression bombs)")
-    image_extensions: list[str] = Field(
-        default_factory=lambda: [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"]
-    )
+    image_extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
     workers: int = Field(0, ge=0, description="processes used to read images; 0 = one per core")
     download_timeout_s: float = Field(60.0, gt=0)
     sources: list[Source] = Field(min_length=1)
@@ -171,40 +175,6 @@ class FetchParams(Strict):
         return self
 
 
-def _stage_sections():
-    # imported here: each stage module owns the typed section of its parameters
-    from .dedupe import DedupeParams
-    from .evaluate import EvaluateParams
-    from .gate import GateParams
-    from .preprocess import PreprocessParams
-    from .promote import PromotionParams
-    from .split import SplitParams
-    from .train import TrainParams
-    from .validate import ValidateParams
-
-    return (DedupeParams, ValidateParams, SplitParams, PreprocessParams, TrainParams, EvaluateParams,
-            PromotionParams, GateParams)
-
-
-_Dedupe, _Validate, _Split, _Preprocess, _Train, _Evaluate, _Promote, _Gate = _stage_sections()
-
-
-class Params(Strict):
-    fetch: FetchParams
-    dedupe: _Dedupe = Field(default_factory=_Dedupe)
-    validate_: _Validate = Field(default_factory=_Validate, alias="validate")
-    split: _Split = Field(default_factory=_Split)
-    preprocess: _Preprocess = Field(default_factory=_Preprocess)
-    train: _Train = Field(default_factory=_Train)
-    evaluate: _Evaluate = Field(default_factory=_Evaluate)
-    promote: _Promote = Field(default_factory=_Promote)
-    gate: _Gate = Field(default_factory=_Gate)
-
-    @property
-    def validate_params(self):
-        return self.validate_
-
-
 def _format_validation_error(err: ValidationError, origin: str) -> str:
     lines = [f"{origin} is invalid:"]
     for e in err.errors():
@@ -225,16 +195,8 @@ def _format_validation_error(err: ValidationError, origin: str) -> str:
     return "\n".join(lines)
 
 
-def parse_params(data: Any, origin: str = "params.yaml") -> Params:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{origin} must be a mapping of sections (fetch:, dedupe:, ...), got {type(data).__name__}")
-    try:
-        return Params.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, origin)) from None
-
-
-def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+def read_params_file(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    """The params file as a mapping of sections (not validated yet)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path} not found: run from the repository root, or pass the params file explicitly")
@@ -242,4 +204,42 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
-    return parse_params(data, str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a mapping of sections (fetch:, dedupe:, ...), got {type(data).__name__}")
+    return data
+
+
+def validate_model(cls: type[M], data: Any, origin: str) -> M:
+    """``cls`` validated from ``data``; an error names every bad key as the params file spells it."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, origin)) from None
+
+
+def load_section(name: str, cls: type[M], path: str | Path = DEFAULT_PARAMS) -> M:
+    """The section ``name`` of the params file, validated with ``cls`` (its defaults where the file has none).
+
+    Only this section is read: a stage does not stop on an error in another stage's section (``lungxray
+    check-params`` checks the whole file; ``make run`` runs it first). Errors name the key as ``name.key``.
+    """
+    return getattr(load_sections({name: cls}, path), name)
+
+
+def load_sections(sections: dict[str, type[Strict]], path: str | Path = DEFAULT_PARAMS) -> SimpleNamespace:
+    """Several sections at once: ``{name: section class}`` -> ``params.<name>``, each validated by its class."""
+    return parse_sections(read_params_file(path), sections, str(path))
+
+
+def parse_sections(data: dict[str, Any], sections: dict[str, type[Strict]], origin: str = "params.yaml"
+                   ) -> SimpleNamespace:
+    """The named sections of ``data`` (a parsed params file), validated; other sections are not looked at."""
+    model = create_model("Sections", __base__=Strict, **{
+        _field_name(name): (cls, Field(default_factory=cls, alias=name) if name != "fetch" else Field(alias=name))
+        for name, cls in sections.items()})
+    parsed = validate_model(model, {name: data[name] for name in sections if name in data}, origin)
+    return SimpleNamespace(**{name: getattr(parsed, _field_name(name)) for name in sections})
+
+
+def _field_name(section: str) -> str:
+    return section + "_"  # never clashes with a BaseModel attribute (e.g. `validate`)

@@ -42,9 +42,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from .io import atomic_path
+from .config import Strict
+from .plots import pyplot as _pyplot, save_png
 
 if TYPE_CHECKING:
     from .promote import PromotionParams
@@ -58,8 +59,7 @@ __all__ = [
 ]
 
 
-class EvaluateParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class EvaluateParams(Strict):
 
     bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for the confidence intervals (0: none)")
     ci: float = Field(0.95, gt=0, lt=1, description="confidence level of the percentile intervals")
@@ -491,22 +491,8 @@ def confusion_pairs(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[st
 # plots
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, path: str | os.PathLike) -> Path:
-    plt = _pyplot()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=120, bbox_inches="tight")
 
 
 def plot_confusion_matrix(cm, classes: Sequence[str], path: str | os.PathLike, normalize: bool = False,

@@ -22,8 +22,7 @@ import torch
 from . import evaluate as ev
 from . import schema
 from .errors import LungxrayError
-from .io import read_json, write_csv, write_json
-from .models import sha256_file
+from .io import read_json, sha256_file, write_csv, write_json
 from .preprocess import load_split
 from .promote import PromotionParams, decide, selection_split
 from .train import MlflowParams, data_version, fingerprint, load_trained, mlflow_setup

@@ -19,7 +19,6 @@ import os
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
@@ -31,6 +30,7 @@ from .config import DROP, ArchiveSource, FetchParams, FolderSource, KaggleSource
 from .errors import SourceError
 from .imaging import ImageRejected, open_checked
 from .io import KeyValueStore, write_csv, write_json
+from .parallel import process_pool, resolve_workers
 from .sources import materialise
 
 SPLIT_ALIASES = {
@@ -301,13 +301,13 @@ def _probe_star(args: tuple[str, int]) -> dict:
 
 def probe_all(paths: list[str], max_pixels: int, workers: int = 0, progress: bool = True) -> Iterator[dict]:
     """:func:`probe` over ``paths`` in worker processes; results in order, as they come (so they can be saved)."""
-    workers = workers or os.cpu_count() or 1
+    workers = resolve_workers(workers)
     jobs = [(p, max_pixels) for p in paths]
     bar = dict(total=len(jobs), desc="probe images", unit="img", disable=not progress, mininterval=1.0)
     if workers == 1 or len(jobs) < 64:
         yield from (probe(*j) for j in tqdm(jobs, **bar))
         return
-    with get_context("fork").Pool(workers) as pool:
+    with process_pool(workers) as pool:
         yield from tqdm(pool.imap(_probe_star, jobs, chunksize=16), **bar)
 
 

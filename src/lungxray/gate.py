@@ -25,8 +25,9 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from .config import Strict
 from .io import read_json, write_json
 
 __all__ = ["GateParams", "collect_metrics", "flatten_metrics", "check", "format_table", "write_baseline",
@@ -37,8 +38,7 @@ SET_KEYS = ("test_set", "val_set")  # eval.json's fingerprints of the images the
 _EPS = 1e-12
 
 
-class GateParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class GateParams(Strict):
 
     baseline: str = "metrics/baseline.json"
     tolerances: dict[str, float] = Field(default_factory=dict,

@@ -30,12 +30,13 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .schema import IMAGE_EXTENSIONS
+
 # Pillow's own guard (a warning above 89 Mpx, an error above 179 Mpx, both after the file is opened) is replaced by
 # max_pixels, checked in open_checked before decoding; leaving it on would reject some files with another message.
 Image.MAX_IMAGE_PIXELS = None
 DEFAULT_MAX_PIXELS = 60_000_000  # default of fetch.max_pixels and of `lungxray dedupe --max-pixels`
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm", ".jfif")
 
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "I;16S", "I;32", "F"}
 
@@ -179,4 +180,5 @@ def open_grey(source: str | Path | bytes, draft_size: int | None = None,
 
 
 def is_image_path(path: str | Path) -> bool:
+    """Whether fetch (with its default ``image_extensions``) would read this file."""
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS

@@ -72,7 +72,6 @@ Pretrained weights (``pretrained=True``):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import re
 from dataclasses import dataclass
@@ -84,6 +83,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from lungxray.errors import LungxrayError
+from lungxray.io import sha256_file
 
 __all__ = [
     "MODEL_NAMES",
@@ -94,7 +94,6 @@ __all__ = [
     "create_model",
     "describe",
     "frozen_batchnorms",
-    "sha256_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -258,14 +257,6 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) number of parameters."""
     params = list(model.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -15,29 +15,28 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from tqdm import tqdm
 
 from . import schema
+from .config import Strict
 from .errors import LungxrayError
 from .imaging import DEFAULT_MAX_PIXELS, ImageRejected, open_grey
+from .parallel import process_pool, resolve_workers
 
-SPLITS = ("train", "val", "test")
 # written beside them: the official test set whole (benchmark mode, see split.official_test_set; empty otherwise)
-PROCESSED_SPLITS = (*SPLITS, schema.OFFICIAL_TEST_SPLIT)
+PROCESSED_SPLITS = (*schema.SPLITS, schema.OFFICIAL_TEST_SPLIT)
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
              "lanczos": Image.Resampling.LANCZOS, "area": Image.Resampling.BOX}
 
 
-class PreprocessParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class PreprocessParams(Strict):
 
     image_size: int = Field(224, ge=16, le=1024, description="side of the square arrays")
     aspect: Literal["stretch", "pad"] = Field("pad", description="stretch to square, or pad the short side (black)")
@@ -103,13 +102,13 @@ def run_preprocess(split_df: pd.DataFrame, classes: list[str], params: Preproces
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    workers = params.workers or os.cpu_count() or 1
+    workers = resolve_workers(params.workers)
     size = params.image_size
     index_rows = []
     stats: dict = {"classes": list(classes), "image_size": size, "aspect": params.aspect, "splits": {}}
     total, total_sq = 0, 0
     try:
-        with get_context("fork").Pool(workers) as pool:
+        with process_pool(workers) as pool:
             for split in PROCESSED_SPLITS:
                 part = df[df.split == split].reset_index(drop=True)
                 array_file = str(tmp / f"{split}.npy")

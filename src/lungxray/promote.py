@@ -48,8 +48,9 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from .config import Strict
 from .evaluate import BOOTSTRAP_STATISTICS, align_predictions, paired_difference
 
 __all__ = ["PromotionParams", "rank", "decide", "selection_split"]
@@ -57,8 +58,7 @@ __all__ = ["PromotionParams", "rank", "decide", "selection_split"]
 SPLIT_PREFIXES = ("val", "test")
 
 
-class PromotionParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class PromotionParams(Strict):
 
     registered_model: str = "lungxray-cxr"
     metric: str = Field("val_macro_recall", description="selection metric: '<split>_<statistic>' of the leaderboard "

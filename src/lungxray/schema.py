@@ -9,6 +9,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
+SPLITS = ("train", "val", "test")  # the split stage's parts, in this order everywhere
+
+# the files fetch reads (the default of fetch.image_extensions) and `lungxray dedupe` scans; other files are ignored
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+
 # fetch -> data/interim/manifest.csv: one row per ingested (decodable, mapped, not dropped) image
 MANIFEST_COLUMNS = [
     "id",  # "<source>/<path relative to the source root>", unique
@@ -87,6 +92,21 @@ def conflict_outcome(labels: Iterable[str], policy: str) -> tuple[str, str]:
         (top, n), (_, runner_up) = counts.most_common(2)
         return ("majority", top) if n > runner_up else ("drop_tie", "")
     return "drop", ""
+
+
+def as_bool(column):
+    """The groups table's True/False columns (``kept``, ``label_conflict``, ``readable``) as booleans, whether they
+    hold bools or were read back as text: ``True``/``False``, ``true``/``false``, ``1``/``0``, ``1.0``/``0.0`` (any
+    case, spaces around). Anything else, blanks included, becomes missing (``pd.NA``): the caller decides what that
+    means (split stops, validate reports the rows and counts them as False). ``column`` is a pandas Series."""
+    import pandas as pd
+
+    if column.dtype == bool:
+        return column
+    return column.map(lambda v: _BOOL_TEXT.get(str(v).strip().lower(), pd.NA) if not pd.isna(v) else pd.NA)
+
+
+_BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False}
 
 
 def kept_per_group(conflict_action: str) -> int:

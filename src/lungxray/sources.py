@@ -12,7 +12,6 @@ run never leaves something a later run takes as complete; downloads resume from 
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import shutil
@@ -26,18 +25,11 @@ import numpy as np
 
 from .config import ArchiveSource, FolderSource, KaggleSource, MedmnistSource
 from .errors import SourceError
-from .schema import DOWNLOAD_DIR, RAW_DIR
+from .io import sha256_file
+from .schema import DOWNLOAD_DIR, RAW_DIR, SPLITS
 
 MARKER = ".lungxray-complete"
 CHUNK = 1 << 20
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _offline_hint(name: str) -> str:
@@ -277,7 +269,7 @@ def _write_png_gray(arr: np.ndarray, path: Path) -> None:
 
 
 def medmnist_splits(npz: np.lib.npyio.NpzFile, source: str) -> list[str]:
-    splits = [s for s in ("train", "val", "test") if f"{s}_images" in npz.files]
+    splits = [s for s in SPLITS if f"{s}_images" in npz.files]  # MedMNIST's keys use our split names
     if not splits:
         raise SourceError(
             f"source '{source}': the .npz has none of the MedMNIST keys train_images / val_images / test_images "

@@ -37,21 +37,21 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from . import schema
+from .config import Strict
 from .errors import LungxrayError
 from .graph import components_by_keys
+from .plots import pyplot, save_png
+from .schema import SPLITS
 
-SPLITS = ("train", "val", "test")
 SPLIT_COLUMNS = ["id", "path", "label", "split", "group", "unit", "source", "patient"]
 _PRIORITY = {"train": 0, "val": 1, "test": 2}  # which official split wins when a unit crosses splits
 
 
-class SplitParams(BaseModel):
+class SplitParams(Strict):
     """Parameters of the split stage (``split`` section of params.yaml)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     ratios: dict[str, float] = Field(
         default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15},
@@ -111,11 +111,8 @@ def _text(s: pd.Series) -> pd.Series:
     return out.astype(object)
 
 
-def _as_bool(s: pd.Series, name: str) -> pd.Series:
-    if s.dtype == bool:
-        return s
-    m = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False}
-    out = s.map(lambda v: m.get(str(v).strip().lower()) if not pd.isna(v) else None)
+def _require_bool(s: pd.Series, name: str) -> pd.Series:
+    out = schema.as_bool(s)
     if out.isna().any():
         bad = s[out.isna()].head(3).tolist()
         raise LungxrayError(f"groups column '{name}' must hold True/False (found {bad}); re-run the dedupe stage")
@@ -145,7 +142,7 @@ def _merge_inputs(manifest: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
         }
     )
     g = pd.DataFrame(
-        {"id": _text(groups["id"]), "group": _text(groups["group"]), "kept": _as_bool(groups["kept"], "kept")}
+        {"id": _text(groups["id"]), "group": _text(groups["group"]), "kept": _require_bool(groups["kept"], "kept")}
     )
     for name, t in (("manifest", m), ("dedupe groups table", g)):
         if (t["id"] == "").any():
@@ -492,20 +489,13 @@ def write_split(split_df: pd.DataFrame, path: str | os.PathLike) -> None:
 
 def split_counts_plot(counts: dict[str, Any], out_png: str | os.PathLike) -> None:
     """Bar chart of the class counts per split (``counts`` as from :func:`split_counts`, or the stats dict)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from .io import atomic_path
-
     if "counts" in counts and isinstance(counts["counts"], dict):
         counts = counts["counts"]
     splits = [s for s in SPLITS if s in counts] + sorted(set(counts) - set(SPLITS))
     classes: list[str] = []
     for s in splits:
         classes += [c for c in counts[s] if c != "total" and c not in classes]
-    fig = Figure(figsize=(max(5.0, 1.2 * len(classes) + 2), 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = pyplot().subplots(figsize=(max(5.0, 1.2 * len(classes) + 2), 4), dpi=100)
     x = np.arange(len(classes))
     width = 0.8 / max(len(splits), 1)
     for k, s in enumerate(splits):
@@ -518,6 +508,4 @@ def split_counts_plot(counts: dict[str, Any], out_png: str | os.PathLike) -> Non
     ax.set_title("images per class and split")
     ax.legend()
     fig.tight_layout()
-    out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
+    save_png(fig, out_png, metadata={"Software": None})

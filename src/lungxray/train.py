@@ -31,20 +31,18 @@ from typing import Literal, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
 from . import checkpoint
+from .config import Strict
 from .errors import LungxrayError
 from .io import atomic_path, write_csv, write_json
+from .plots import pyplot, save_png
 from .preprocess import load_split
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class AugmentParams(_Strict):
+class AugmentParams(Strict):
     enabled: bool = True
     degrees: float = Field(5.0, ge=0, le=30, description="random rotation, +- degrees")
     translate: float = Field(0.05, ge=0, le=0.3, description="random shift, fraction of the side")
@@ -54,7 +52,7 @@ class AugmentParams(_Strict):
     hflip: bool = Field(False, description="horizontal flips (off: the heart is on the left)")
 
 
-class ModelOptions(_Strict):
+class ModelOptions(Strict):
     """Per-architecture overrides of the train section."""
 
     pretrained: bool | None = None
@@ -70,7 +68,7 @@ class ModelOptions(_Strict):
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
 
-class MlflowParams(_Strict):
+class MlflowParams(Strict):
     experiment: str = "lungxray"
     tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else "
                                                         "sqlite:///mlruns/mlflow.db (local, no server)")
@@ -82,7 +80,7 @@ SEED_MODELS = ["cnn5", "cnn8", "cnn13", "resnet18", "resnet34", "vgg16", "mobile
                "efficientnetv2_s"]
 
 
-class TrainParams(_Strict):
+class TrainParams(Strict):
     models: list[str] = Field(default_factory=lambda: list(SEED_MODELS), min_length=1)
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -376,12 +374,7 @@ def run_epoch(model: nn.Module, batches: ArrayBatches, device: torch.device, los
 
 
 def curve_png(history: pd.DataFrame, title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = pyplot().subplots(1, 2, figsize=(10, 3.8))
     for key, ax in (("loss", axes[0]), ("accuracy", axes[1])):
         ax.plot(history.epoch, history[f"train_{key}"], "o-", label="train")
         ax.plot(history.epoch, history[f"val_{key}"], "s-", label="val")
@@ -391,9 +384,7 @@ def curve_png(history: pd.DataFrame, title: str, path: Path) -> None:
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_png(fig, path, dpi=110)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -40,18 +40,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from .config import Strict
 from .errors import LungxrayError
-from .schema import GROUPS_CONTRACT_COLUMNS, MANIFEST_COLUMNS, conflict_outcome, kept_per_group
-
-# Must be set before great_expectations is imported (it is imported lazily below: the import takes a few seconds).
-os.environ["GX_ANALYTICS_ENABLED"] = "false"
+from .schema import GROUPS_CONTRACT_COLUMNS, MANIFEST_COLUMNS, SPLITS, as_bool, conflict_outcome, kept_per_group
+from .stage import disable_telemetry
 
 log = logging.getLogger(__name__)
 
 GROUPS_COLUMNS = ["id", "path", "source", "label", *GROUPS_CONTRACT_COLUMNS]
-SPLIT_VALUES = ["train", "val", "test"]
 MAX_EXAMPLES = 5
 
 _INT_TYPES = ["int64", "int32", "int16", "int8", "uint64", "uint32", "uint16", "uint8", "Int64", "Int32", "Int16"]
@@ -61,10 +59,8 @@ _TEXT_COLUMNS = ["id", "source", "path", "label", "sha256", "mode", "format"]
 _INT_COLUMNS = ["width", "height", "bit_depth", "bytes"]
 
 
-class ValidateParams(BaseModel):
+class ValidateParams(Strict):
     """Parameters of the validation stage (``validate`` section of params.yaml)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     min_width: int = Field(32, ge=1, description="smallest accepted image width in pixels")
     max_width: int = Field(20000, ge=1, description="largest accepted image width in pixels")
@@ -161,7 +157,7 @@ class ValidationResult:
 
 
 def _gx():
-    os.environ["GX_ANALYTICS_ENABLED"] = "false"
+    disable_telemetry()  # before great_expectations is imported (lazily here: the import takes a few seconds)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import great_expectations as gx
@@ -188,14 +184,6 @@ def _jsonable(obj: Any) -> Any:
 def _short(v: Any, n: int = 120) -> str:
     s = json.dumps(_jsonable(v), sort_keys=True) if not isinstance(v, str) else repr(v)
     return s if len(s) <= n else s[: n - 3] + "..."
-
-
-def _as_bool(s: pd.Series) -> pd.Series:
-    """Booleans from a column that may hold bools, 0/1 or 'true'/'false' strings; anything else becomes NA."""
-    if s.dtype == bool:
-        return s
-    m = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False}
-    return s.map(lambda v: m.get(str(v).strip().lower(), pd.NA) if not pd.isna(v) else pd.NA)
 
 
 def _blank_to_na(df: pd.DataFrame) -> pd.DataFrame:
@@ -267,7 +255,7 @@ def _manifest_suite(gx, m: pd.DataFrame, classes: list[str], p: ValidateParams) 
         "ExpectColumnValuesToBeInSet",
         "'official_split' is train, val, test or empty",
         column="official_split",
-        value_set=SPLIT_VALUES,
+        value_set=list(SPLITS),
     )
     s.add("ExpectColumnValuesToBeUnique", "'id' is unique (one row per image)", column="id")
     s.add("ExpectColumnValuesToBeUnique", "'path' is unique (no file listed twice)", column="path")
@@ -353,9 +341,9 @@ def _group_kept_table(g: pd.DataFrame, m: pd.DataFrame) -> pd.DataFrame | None:
         {
             "id": _text(g["id"]),
             "group": g["group"].astype("string"),
-            "kept": _as_bool(g["kept"]).fillna(False).astype(bool),
+            "kept": as_bool(g["kept"]).fillna(False).astype(bool),
             "label": _text(g["label"]),
-            "label_conflict": _as_bool(g["label_conflict"]).fillna(False).astype(bool),
+            "label_conflict": as_bool(g["label_conflict"]).fillna(False).astype(bool),
             "conflict_action": _text(g["conflict_action"]),
             "resolved_label": _text(g["resolved_label"]),
         }
@@ -437,7 +425,7 @@ def _class_counts_table(
     labels = m["label"] if "label" in m.columns else pd.Series(dtype="string")
     what = "images"
     if p.count_kept_only and {"id", "kept"} <= set(g.columns) and "id" in m.columns:
-        kept_ids = set(g.loc[_as_bool(g["kept"]).fillna(False).astype(bool), "id"].astype(str))
+        kept_ids = set(g.loc[as_bool(g["kept"]).fillna(False).astype(bool), "id"].astype(str))
         labels = labels[m["id"].astype(str).isin(kept_ids)]
         what = "kept images"
     counts = labels.astype("string").value_counts()

@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from ..config import Strict
 from ..schema import CONFLICT_POLICIES
 
 SIGNATURE_VERSION = 1
 
 
-class DedupeParams(BaseModel):
+class DedupeParams(Strict):
     """Every tunable of the dedupe (the ``dedupe:`` section of params.yaml)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     # signature
     thumb_size: int = Field(64, ge=32, le=128, description="side of the equalised square thumbnail (multiple of 16)")

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..imaging import open_grey
+from ..plots import pyplot
 from ..schema import kept_per_group
 from .params import DedupeParams
 from .signatures import Signatures
@@ -83,10 +84,7 @@ def summary_text(report: dict) -> str:
 def contact_sheet(groups_df: pd.DataFrame, report: dict, out_png: str, max_groups: int = 24,
                   max_members: int = 6, max_conflicts: int = 200, seed: int = 0) -> str:
     """PNG with ``max_groups`` sample duplicate groups (seeded) and every label conflict (up to ``max_conflicts``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     outcome = {c["group"]: (f"majority: {c['resolved_label']}" if c.get("kept") else f"{c['action']}: none kept")
                for c in report.get("label_conflicts", [])}

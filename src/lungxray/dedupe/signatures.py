@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import multiprocessing as mp
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -14,7 +12,8 @@ import numpy as np
 from scipy.fft import dctn
 
 from ..imaging import DEFAULT_MAX_PIXELS, ImageRejected, open_grey, too_many_pixels
-from ..io import KeyValueStore
+from ..io import KeyValueStore, sha256_file
+from ..parallel import process_pool, resolve_workers
 from .params import DedupeParams
 
 log = logging.getLogger(__name__)
@@ -120,14 +119,10 @@ def _signature_of_file(args: tuple[str, str | None, DedupeParams, int]) -> tuple
 
 
 def _sha_of_file(path: str) -> str | None:
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+        return sha256_file(path)
     except OSError:
         return None
-    return h.hexdigest()
 
 
 @dataclass
@@ -161,14 +156,13 @@ def _imap(func, items: list, workers: int, desc: str, progress: bool, chunksize:
     if workers <= 1:
         yield from (func(x) for x in tqdm(items, desc=desc, disable=not progress, unit="img"))
         return
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-    with ctx.Pool(workers) as pool:
+    with process_pool(workers) as pool:
         yield from tqdm(pool.imap(func, items, chunksize=chunksize), total=len(items), desc=desc,
                         disable=not progress, unit="img")
 
 
 def _resolve_workers(workers: int) -> int:
-    return workers if workers and workers > 0 else (os.cpu_count() or 1)
+    return resolve_workers(workers)
 
 
 class SignatureCache:

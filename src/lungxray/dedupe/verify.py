@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 from typing import Sequence
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from ..parallel import process_pool
 from .params import DedupeParams
 
 
@@ -227,8 +227,7 @@ def verify_all(thumbs: np.ndarray, pairs: np.ndarray, params: DedupeParams, work
         _verify_init(thumbs, params)
         out = [_verify_chunk(c) for c in tqdm(chunks, desc="dedupe verify", disable=not progress, unit="batch")]
     else:
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-        with ctx.Pool(workers, initializer=_verify_init, initargs=(thumbs, params)) as pool:
+        with process_pool(workers, initializer=_verify_init, initargs=(thumbs, params)) as pool:
             out = list(tqdm(pool.imap(_verify_chunk, chunks), total=len(chunks), desc="dedupe verify",
                             disable=not progress, unit="batch"))
     return tuple(np.concatenate([o[k] for o in out]) for k in range(3))  # type: ignore[return-value]

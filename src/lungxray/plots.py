@@ -1,0 +1,33 @@
+"""Headless figures: every PNG of the pipeline is drawn with matplotlib's Agg backend (no display, same pixels on a
+laptop and in CI) and written atomically.
+
+matplotlib is imported on first use (it takes a second), so importing a stage module stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .io import atomic_path
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig, path: str | os.PathLike, **savefig: Any) -> Path:
+    """Write ``fig`` to ``path`` as PNG (complete or not at all), then free it; ``savefig`` as for
+    :meth:`matplotlib.figure.Figure.savefig` (``dpi``, ``bbox_inches``, ``metadata``)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", **savefig)
+    pyplot().close(fig)
+    return path
