@@ -52,6 +52,16 @@ def trained(tmp_path_factory):
     return root, processed, ml, out
 
 
+def test_the_headline_files_hold_exactly_the_headline_figures_of_their_split(trained):
+    root, _, _, out = trained
+    for split in ("val", "test"):
+        headline = json.loads((root / f"metrics/cnn5/headline_{split}.json").read_text())
+        assert set(headline) == {"accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_recall",
+                                 "macro_recall_ci_low", "macro_recall_ci_high", "macro_auc", "macro_auc_ci_low",
+                                 "macro_auc_ci_high", "ece"}
+        assert headline == {k: out["cnn5"][split][k] for k in headline}
+
+
 def test_eval_outputs(trained):
     root, processed, _, out = trained
     e = json.loads((root / "metrics/cnn5/eval.json").read_text())

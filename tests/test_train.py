@@ -101,6 +101,23 @@ def test_train_writes_model_metrics_history_and_mlflow_run(tmp_path, mlflow_env)
     assert not any("KAGGLE" in k.upper() for k in run.data.params)
 
 
+def test_the_training_run_records_the_processed_train_and_val_splits_as_its_dataset_inputs(tmp_path, mlflow_env):
+    from lungxray.train import data_version
+
+    processed = make_processed(tmp_path)
+    p = params(tmp_path, epochs=1, mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/db.sqlite",
+                                                       artifact_dir=str(tmp_path / "a"), log_model=False))
+    m = train_model("cnn5", p, processed, tmp_path / "m", tmp_path / "x", progress=False)
+    import mlflow
+
+    inputs = mlflow.get_run(m["mlflow_run_id"]).inputs.dataset_inputs
+    contexts = {i.dataset.name: {t.key: t.value for t in i.tags}["mlflow.data.context"] for i in inputs}
+    assert contexts == {"processed/train": "training", "processed/val": "validation"}
+    assert {i.dataset.digest for i in inputs} == {data_version(processed)}
+    rows = {i.dataset.name: json.loads(i.dataset.profile)["num_rows"] for i in inputs}
+    assert rows == {"processed/train": 60, "processed/val": 24}
+
+
 def test_early_stopping(tmp_path, mlflow_env):
     processed = make_processed(tmp_path)
     p = params(tmp_path, epochs=30, lr=5.0, optimizer="sgd", early_stopping_patience=1,
