@@ -61,7 +61,7 @@ from scipy.ndimage import gaussian_filter
 from .errors import LungxrayError
 from .graph import components
 from .imaging import DEFAULT_MAX_PIXELS, ImageRejected, is_image_path, open_grey, too_many_pixels
-from .io import KeyValueStore
+from .io import KeyValueStore, progress_bar
 from .schema import CONFLICT_POLICIES, conflict_outcome, kept_per_group
 
 log = logging.getLogger(__name__)
@@ -247,18 +247,16 @@ class Signatures:
 
 def _imap(func, items: list, workers: int, desc: str, progress: bool, chunksize: int = 4) -> Iterator:
     """``func`` over ``items`` in worker processes, results in order as they come (so callers can save them)."""
-    from tqdm import tqdm
-
     if not items:
         return
     workers = min(workers, len(items))
     if workers <= 1:
-        yield from (func(x) for x in tqdm(items, desc=desc, disable=not progress, unit="img"))
+        yield from (func(x) for x in progress_bar(items, desc=desc, disable=not progress, unit="img"))
         return
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     with ctx.Pool(workers) as pool:
-        yield from tqdm(pool.imap(func, items, chunksize=chunksize), total=len(items), desc=desc,
-                        disable=not progress, unit="img")
+        yield from progress_bar(pool.imap(func, items, chunksize=chunksize), total=len(items), desc=desc,
+                                disable=not progress, unit="img")
 
 
 def _resolve_workers(workers: int) -> int:
@@ -758,8 +756,6 @@ def _verify_chunk(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
 def verify_all(thumbs: np.ndarray, pairs: np.ndarray, params: DedupeParams, workers: int = 1,
                progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`verify_pairs` over index pairs into ``thumbs``, in batches, in parallel."""
-    from tqdm import tqdm
-
     if len(pairs) == 0:
         z = np.zeros(0, np.float32)
         return z, z, z
@@ -767,12 +763,12 @@ def verify_all(thumbs: np.ndarray, pairs: np.ndarray, params: DedupeParams, work
     workers = min(workers, len(chunks))
     if workers <= 1:
         _verify_init(thumbs, params)
-        out = [_verify_chunk(c) for c in tqdm(chunks, desc="dedupe verify", disable=not progress, unit="batch")]
+        out = [_verify_chunk(c) for c in progress_bar(chunks, desc="dedupe verify", disable=not progress, unit="batch")]
     else:
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
         with ctx.Pool(workers, initializer=_verify_init, initargs=(thumbs, params)) as pool:
-            out = list(tqdm(pool.imap(_verify_chunk, chunks), total=len(chunks), desc="dedupe verify",
-                            disable=not progress, unit="batch"))
+            out = list(progress_bar(pool.imap(_verify_chunk, chunks), total=len(chunks), desc="dedupe verify",
+                                    disable=not progress, unit="batch"))
     return tuple(np.concatenate([o[k] for o in out]) for k in range(3))  # type: ignore[return-value]
 
 
