@@ -16,9 +16,9 @@ from scipy.ndimage import gaussian_filter
 from lungxray import dedupe as D
 from lungxray.errors import LungxrayError
 
+from helpers import perturb
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import perturb  # noqa: E402
 
 SHARED = ROOT / ".." / "shared" / "data"
 PARAMS = D.DedupeParams(workers=1)

@@ -19,7 +19,7 @@ from lungxray.promote import PromotionParams
 from lungxray.train import MlflowParams, train_model
 
 from conftest import REPO
-from test_train import make_processed, params as train_params
+from helpers.processed import make_processed, train_params
 
 EVAL = EvaluateParams(bootstrap=200, latency_batches=2, batch_size=16)
 
@@ -220,7 +220,7 @@ def test_missing_model_is_a_clear_error(tmp_path, trained):
 
 
 def test_unreachable_mlflow_store(trained, monkeypatch):
-    from httpserver import free_port
+    from helpers.httpserver import free_port
 
     root, *_ = trained
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
