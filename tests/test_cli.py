@@ -9,7 +9,7 @@ from PIL import Image
 
 from lungxray.cli import main
 
-from test_fetch import save, xray
+from helpers.images import save, xray
 
 
 def test_dedupe_command_on_plain_folders(tmp_path, capsys):

@@ -19,9 +19,9 @@ from lungxray.dedupe import verify as dedupe_verify
 from lungxray.errors import LungxrayError
 from lungxray.imaging import DEFAULT_MAX_PIXELS
 
+from helpers import perturb
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import perturb  # noqa: E402
 
 SHARED = ROOT / ".." / "shared" / "data"
 PARAMS = D.DedupeParams(workers=1)

@@ -19,7 +19,7 @@ from lungxray.promote import PromotionParams
 from lungxray.train import MlflowParams, train_model
 
 from conftest import REPO
-from test_train import make_processed, params as train_params
+from helpers.processed import make_processed, train_params
 
 EVAL = EvaluateParams(bootstrap=200, latency_batches=2, batch_size=16)
 
@@ -50,6 +50,16 @@ def trained(tmp_path_factory):
         out[name] = evaluate_model(name, processed, root / "models" / name / "model.pt", root / "metrics" / name,
                                    root / "reports" / name, EVAL, t, ml)
     return root, processed, ml, out
+
+
+def test_the_headline_files_hold_exactly_the_headline_figures_of_their_split(trained):
+    root, _, _, out = trained
+    for split in ("val", "test"):
+        headline = json.loads((root / f"metrics/cnn5/headline_{split}.json").read_text())
+        assert set(headline) == {"accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_recall",
+                                 "macro_recall_ci_low", "macro_recall_ci_high", "macro_auc", "macro_auc_ci_low",
+                                 "macro_auc_ci_high", "ece"}
+        assert headline == {k: out["cnn5"][split][k] for k in headline}
 
 
 def test_eval_outputs(trained):
@@ -210,7 +220,7 @@ def test_missing_model_is_a_clear_error(tmp_path, trained):
 
 
 def test_unreachable_mlflow_store(trained, monkeypatch):
-    from httpserver import free_port
+    from helpers.httpserver import free_port
 
     root, *_ = trained
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

@@ -9,7 +9,7 @@ from PIL import Image
 
 from lungxray.preprocess import PreprocessParams, load_split, load_square, run_preprocess, to_square
 
-from test_fetch import save, xray
+from helpers.images import save, xray
 
 
 def test_pad_keeps_aspect_and_centres():

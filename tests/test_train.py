@@ -17,35 +17,7 @@ from conftest import REPO
 
 from lungxray.train import (MlflowParams, TrainParams, class_weights, load_trained, model_settings, train_model)
 
-CLASSES = ["normal", "pneumonia", "covid19"]
-
-
-def make_processed(root: Path, n_train=60, n_val=24, size=32, seed=0) -> Path:
-    """A tiny preprocessed data set whose classes differ visibly (bright / dark / striped)."""
-    rng = np.random.default_rng(seed)
-    out = root / "processed"
-    out.mkdir(parents=True)
-    rows = []
-    for split, n in (("train", n_train), ("val", n_val), ("test", 6)):
-        labels = np.arange(n) % 3
-        imgs = rng.integers(60, 100, (n, size, size)).astype(np.uint8)
-        imgs[labels == 1] += 90
-        imgs[labels == 2, :, ::4] = 250
-        np.save(out / f"{split}.npy", imgs)
-        rows += [{"split": split, "row": i, "id": f"{split}/{i}", "label": CLASSES[l], "label_idx": int(l),
-                  "source": "synthetic"} for i, l in enumerate(labels)]
-    pd.DataFrame(rows).to_csv(out / "index.csv", index=False)
-    (out / "stats.json").write_text(json.dumps({"classes": CLASSES, "image_size": size, "mean": 0.4, "std": 0.2,
-                                                "splits": {}}))
-    return out
-
-
-def params(tmp: Path, **kw) -> TrainParams:
-    base = dict(models=["cnn5"], epochs=3, batch_size=16, lr=3e-3, pretrained=False,
-                early_stopping_patience=5, mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp}/mlruns/mlflow.db",
-                                                               artifact_dir=str(tmp / "mlruns" / "artifacts")))
-    base.update(kw)
-    return TrainParams(**base)
+from helpers.processed import CLASSES, make_processed, train_params as params
 
 
 @pytest.fixture
@@ -101,6 +73,23 @@ def test_train_writes_model_metrics_history_and_mlflow_run(tmp_path, mlflow_env)
     assert not any("KAGGLE" in k.upper() for k in run.data.params)
 
 
+def test_the_training_run_records_the_processed_train_and_val_splits_as_its_dataset_inputs(tmp_path, mlflow_env):
+    from lungxray.train import data_version
+
+    processed = make_processed(tmp_path)
+    p = params(tmp_path, epochs=1, mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/db.sqlite",
+                                                       artifact_dir=str(tmp_path / "a"), log_model=False))
+    m = train_model("cnn5", p, processed, tmp_path / "m", tmp_path / "x", progress=False)
+    import mlflow
+
+    inputs = mlflow.get_run(m["mlflow_run_id"]).inputs.dataset_inputs
+    contexts = {i.dataset.name: {t.key: t.value for t in i.tags}["mlflow.data.context"] for i in inputs}
+    assert contexts == {"processed/train": "training", "processed/val": "validation"}
+    assert {i.dataset.digest for i in inputs} == {data_version(processed)}
+    rows = {i.dataset.name: json.loads(i.dataset.profile)["num_rows"] for i in inputs}
+    assert rows == {"processed/train": 60, "processed/val": 24}
+
+
 def test_early_stopping(tmp_path, mlflow_env):
     processed = make_processed(tmp_path)
     p = params(tmp_path, epochs=30, lr=5.0, optimizer="sgd", early_stopping_patience=1,
@@ -114,13 +103,14 @@ SCRIPT = """
 import sys, json
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from test_train import params
+from helpers.processed import train_params as params
 from lungxray.train import train_model
 tmp = Path({tmp!r})
 train_model("cnn5", params(tmp, epochs=int(sys.argv[1])), tmp / "processed", tmp / "models/cnn5", tmp / "metrics/cnn5")
 """
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_resumes_from_the_checkpoint(tmp_path, mlflow_env):
     make_processed(tmp_path, n_train=900, n_val=60, size=48)
     script = tmp_path / "run.py"
@@ -334,6 +324,7 @@ train_model("cnn5", p, tmp / "processed", tmp / "models/cnn5", tmp / "metrics/cn
 """
 
 
+@pytest.mark.slow
 def test_an_architecture_change_then_rerun_trains_the_new_model_without_a_traceback(tmp_path):
     """A scratch copy of the package: train, edit cnn5's first layer in models.py, rerun (as `dvc repro` would)."""
     make_processed(tmp_path, n_train=30, n_val=12)

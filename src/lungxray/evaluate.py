@@ -55,7 +55,7 @@ __all__ = [
     "bootstrap_ci", "paired_difference", "BOOTSTRAP_STATISTICS", "predictions_table", "align_predictions",
     "ovr_auc", "roc_points", "confusion_pairs", "plot_confusion_matrix", "plot_roc_curves",
     "plot_reliability", "predict_proba", "measure_throughput", "leaderboard", "leaderboard_note", "plot_leaderboard",
-    "LEADERBOARD_COLUMNS",
+    "LEADERBOARD_COLUMNS", "headline", "HEADLINE_KEYS",
 ]
 
 
@@ -390,6 +390,15 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str
 def summary(metrics: dict[str, Any]) -> dict[str, Any]:
     """``metrics`` without the bulky entries (confusion matrix, reliability bins, report text): for ``dvc metrics``."""
     return {k: v for k, v in metrics.items() if k not in BULKY_KEYS}
+
+
+HEADLINE_KEYS = tuple(f"{k}{s}" for k in BOOTSTRAP_STATISTICS for s in ("", "_ci_low", "_ci_high")) + ("ece",)
+
+
+def headline(metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """The headline figures of one split (accuracy, macro recall, macro AUC with their intervals, ECE), the only DVC
+    metrics, so that ``dvc metrics show`` stays a narrow table; all ``None`` when the split was not evaluated."""
+    return {k: (metrics or {}).get(k) for k in HEADLINE_KEYS}
 
 
 def metrics_by_source(y_true: np.ndarray, probs: np.ndarray, sources: Sequence[str], classes: Sequence[str],

@@ -130,7 +130,9 @@ def evaluate_model(name: str, processed: Path, model_path: Path, metrics_dir: Pa
     out["throughput"] = ev.measure_throughput(model, stats["image_size"], batch_size=params.batch_size,
                                               device=device, n_batches=params.latency_batches)
     model.cpu()
-    write_json(metrics_dir / "eval.json", out)
+    for split in EVAL_SPLITS:
+        write_json(schema.headline_file(metrics_dir, split), ev.headline(out[split]))
+    write_json(metrics_dir / "eval.json", out)  # last: its presence means the evaluation finished
     run_id = (train_metrics or {}).get("mlflow_run_id")
     if run_id:
         _log_evaluation(run_id, out, results, metrics_dir, reports_dir, mlflow_params)

@@ -23,13 +23,12 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
 import pandas as pd
-from tqdm import tqdm
 
 from . import schema
 from .config import DROP, ArchiveSource, FetchParams, FolderSource, KaggleSource, MedmnistSource
 from .errors import SourceError
 from .imaging import ImageRejected, open_checked
-from .io import KeyValueStore, write_csv, write_json
+from .io import KeyValueStore, progress_bar, write_csv, write_json
 from .parallel import process_pool, resolve_workers
 from .sources import materialise
 
@@ -305,10 +304,10 @@ def probe_all(paths: list[str], max_pixels: int, workers: int = 0, progress: boo
     jobs = [(p, max_pixels) for p in paths]
     bar = dict(total=len(jobs), desc="probe images", unit="img", disable=not progress, mininterval=1.0)
     if workers == 1 or len(jobs) < 64:
-        yield from (probe(*j) for j in tqdm(jobs, **bar))
+        yield from (probe(*j) for j in progress_bar(jobs, **bar))
         return
     with process_pool(workers) as pool:
-        yield from tqdm(pool.imap(_probe_star, jobs, chunksize=16), **bar)
+        yield from progress_bar(pool.imap(_probe_star, jobs, chunksize=16), **bar)
 
 
 class ProbeCache:

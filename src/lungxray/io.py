@@ -1,4 +1,5 @@
-"""Small I/O helpers: atomic writes so that an interrupted stage never leaves a file that looks complete."""
+"""Small I/O helpers: atomic writes so that an interrupted stage never leaves a file that looks complete, and
+progress bars that stay short in a log."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import json
 import logging
 import os
 import sqlite3
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
+from tqdm import tqdm
 
 
 log = logging.getLogger(__name__)
@@ -115,3 +118,27 @@ class KeyValueStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# progress bars
+
+LOG_INTERVAL_S = 60.0  # seconds between two redraws of a bar written to a file or a CI log (not a terminal)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
+        return False
+
+
+def progress_bar(iterable=None, *, file=None, **kwargs: Any) -> tqdm:
+    """``tqdm(iterable, **kwargs)`` on ``file`` (default stderr). On a terminal the bar is redrawn as tqdm does; in a
+    file or a CI log, where every redraw (a ``\\r`` and the whole bar) stays in the text, at most every
+    ``LOG_INTERVAL_S`` seconds (plus the start and the end), so that a long stage leaves a few lines, not 100 kB."""
+    stream = sys.stderr if file is None else file
+    if not _is_terminal(stream):
+        kwargs["mininterval"] = max(kwargs.get("mininterval", 0.1), LOG_INTERVAL_S)
+        kwargs["maxinterval"] = max(kwargs.get("maxinterval", 10.0), LOG_INTERVAL_S)
+    return tqdm(iterable, file=stream, **kwargs)

@@ -22,12 +22,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 from pydantic import Field
-from tqdm import tqdm
 
 from . import schema
 from .config import Strict
 from .errors import LungxrayError
 from .imaging import DEFAULT_MAX_PIXELS, ImageRejected, open_grey
+from .io import progress_bar
 from .parallel import process_pool, resolve_workers
 
 # written beside them: the official test set whole (benchmark mode, see split.official_test_set; empty otherwise)
@@ -117,8 +117,8 @@ def run_preprocess(split_df: pd.DataFrame, classes: list[str], params: Preproces
                 jobs = [(p, size, params.aspect, params.resample, max_pixels, array_file, i)
                         for i, p in enumerate(part.path)]
                 it = pool.imap(_job, jobs, chunksize=16)
-                for i, res in enumerate(tqdm(it, total=len(jobs), desc=f"preprocess {split}", unit="img",
-                                             disable=not progress, mininterval=1.0)):
+                for i, res in enumerate(progress_bar(it, total=len(jobs), desc=f"preprocess {split}", unit="img",
+                                                     disable=not progress, mininterval=1.0)):
                     if isinstance(res, str):
                         raise LungxrayError(
                             f"cannot decode {part.path[i]} ({res}); it passed the fetch stage, so the file changed "

@@ -148,6 +148,11 @@ def model_metrics_dir(name: str) -> Path:
     return METRICS / name
 
 
+def headline_file(metrics_dir: Path, split: str) -> Path:
+    """evaluate@<model> -> the DVC metrics: the headline figures of one split (full evaluation: eval.json)."""
+    return Path(metrics_dir) / f"headline_{split}.json"
+
+
 def model_reports_dir(name: str) -> Path:
     return REPORTS / name
 

@@ -12,7 +12,7 @@ import numpy as np
 from scipy.fft import dctn
 
 from ..imaging import DEFAULT_MAX_PIXELS, ImageRejected, open_grey, too_many_pixels
-from ..io import KeyValueStore, sha256_file
+from ..io import KeyValueStore, progress_bar, sha256_file
 from ..parallel import process_pool, resolve_workers
 from .params import DedupeParams
 
@@ -148,16 +148,14 @@ class Signatures:
 
 def _imap(func, items: list, workers: int, desc: str, progress: bool, chunksize: int = 4) -> Iterator:
     """``func`` over ``items`` in worker processes, results in order as they come (so callers can save them)."""
-    from tqdm import tqdm
-
     if not items:
         return
     workers = min(workers, len(items))
     if workers <= 1:
-        yield from (func(x) for x in tqdm(items, desc=desc, disable=not progress, unit="img"))
+        yield from (func(x) for x in progress_bar(items, desc=desc, disable=not progress, unit="img"))
         return
     with process_pool(workers) as pool:
-        yield from tqdm(pool.imap(func, items, chunksize=chunksize), total=len(items), desc=desc,
+        yield from progress_bar(pool.imap(func, items, chunksize=chunksize), total=len(items), desc=desc,
                         disable=not progress, unit="img")
 
 

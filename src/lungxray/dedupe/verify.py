@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from ..io import progress_bar
 from ..parallel import process_pool
 from .params import DedupeParams
 
@@ -216,8 +217,6 @@ def _verify_chunk(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
 def verify_all(thumbs: np.ndarray, pairs: np.ndarray, params: DedupeParams, workers: int = 1,
                progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`verify_pairs` over index pairs into ``thumbs``, in batches, in parallel."""
-    from tqdm import tqdm
-
     if len(pairs) == 0:
         z = np.zeros(0, np.float32)
         return z, z, z
@@ -225,9 +224,10 @@ def verify_all(thumbs: np.ndarray, pairs: np.ndarray, params: DedupeParams, work
     workers = min(workers, len(chunks))
     if workers <= 1:
         _verify_init(thumbs, params)
-        out = [_verify_chunk(c) for c in tqdm(chunks, desc="dedupe verify", disable=not progress, unit="batch")]
+        out = [_verify_chunk(c)
+               for c in progress_bar(chunks, desc="dedupe verify", disable=not progress, unit="batch")]
     else:
         with process_pool(workers, initializer=_verify_init, initargs=(thumbs, params)) as pool:
-            out = list(tqdm(pool.imap(_verify_chunk, chunks), total=len(chunks), desc="dedupe verify",
+            out = list(progress_bar(pool.imap(_verify_chunk, chunks), total=len(chunks), desc="dedupe verify",
                             disable=not progress, unit="batch"))
     return tuple(np.concatenate([o[k] for o in out]) for k in range(3))  # type: ignore[return-value]

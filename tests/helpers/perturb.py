@@ -1,6 +1,6 @@
 """Synthetic copies of an X-ray: the alterations seen in merged Kaggle chest X-ray sets.
 
-Used by ``dedupe_quality.py`` and by ``tests/test_dedupe.py``. Every function takes an 8-bit greyscale (mode ``L``)
+Used by ``benchmarks/dedupe_quality.py`` and by ``tests/test_dedupe.py``. Every function takes an 8-bit greyscale (mode ``L``)
 or RGB PIL image and a ``numpy.random.Generator`` and returns ``(image, save_kwargs)``: the altered image and how to
 save it (format, quality, ...).
 """
