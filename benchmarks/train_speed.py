@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader
 
 from lungxray.models import create_model
 from lungxray.preprocess import PreprocessParams, load_split, run_preprocess
-from lungxray.train import ArrayBatches, AugmentParams, resolve_precision, to_model_input
+from lungxray.inference import to_model_input
+from lungxray.train import ArrayBatches, AugmentParams, resolve_precision
 
 
 def pick_images(root: Path, n: int, seed: int = 0) -> pd.DataFrame:

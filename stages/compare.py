@@ -1,9 +1,8 @@
 """DVC stage `compare`: one leaderboard of every trained architecture (Markdown, JSON, PNG), in the selection order."""
 
 from lungxray import schema
+from lungxray.compare import leaderboard, leaderboard_rows, plot_leaderboard
 from lungxray.config import load_sections
-from lungxray.evaluate import leaderboard, plot_leaderboard
-from lungxray.evaluation import leaderboard_rows
 from lungxray.io import atomic_path, write_json
 from lungxray.promote import PromotionParams
 from lungxray.stage import run_stage

@@ -6,8 +6,7 @@ import sys
 from lungxray import schema
 from lungxray.config import load_sections
 from lungxray.errors import LungxrayError
-from lungxray.evaluate import EvaluateParams
-from lungxray.evaluation import evaluate_model
+from lungxray.evaluate import EvaluateParams, evaluate_model
 from lungxray.stage import run_stage
 from lungxray.train import TrainParams
 

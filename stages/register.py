@@ -1,10 +1,11 @@
 """DVC stage `register`: register every evaluated model in the MLflow registry; move `champion` by the rule."""
 
 from lungxray import schema
+from lungxray.compare import leaderboard_rows
 from lungxray.config import load_sections
-from lungxray.evaluation import leaderboard_rows, load_predictions, register_and_promote
 from lungxray.io import write_json
 from lungxray.promote import PromotionParams, selection_split
+from lungxray.register import load_predictions, register_and_promote
 from lungxray.stage import run_stage
 from lungxray.train import TrainParams
 

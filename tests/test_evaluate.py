@@ -1,337 +1,373 @@
+"""Evaluate, compare, register/promote and the CI gate, wired together on a tiny trained pair of models."""
+
 from __future__ import annotations
 
 import json
-import time
+import shutil
+from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
-import torch
-from sklearn.metrics import (accuracy_score, f1_score, precision_score, recall_score, roc_auc_score)
+import yaml
 
-from lungxray.evaluate import (EvaluateParams, bootstrap_ci, compute_metrics, confusion_pairs, leaderboard,
-                               measure_throughput, metrics_by_source, ovr_auc, plot_confusion_matrix, plot_leaderboard,
-                               plot_reliability, plot_roc_curves, predict_proba, reliability_data, roc_points, summary)
+from lungxray.cli import main as cli
+from lungxray.errors import LungxrayError
+from lungxray.compare import leaderboard, leaderboard_rows
+from lungxray.evaluate import EvaluateParams, evaluate_model, fingerprint_test_set
+from lungxray.inference import predict_images
+from lungxray.promote import PromotionParams
+from lungxray.register import register_and_promote
+from lungxray.tracking import MlflowParams
+from lungxray.train import train_model
 
-CLASSES = ["normal", "pneumonia", "covid19", "tuberculosis"]
-FAST = EvaluateParams(bootstrap=200, seed=1)
+from conftest import REPO
+from helpers.processed import make_processed, train_params
 
-
-def random_data(n=300, c=4, seed=0, skill=1.5):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, c, n)
-    logits = rng.normal(size=(n, c))
-    logits[np.arange(n), y] += skill
-    p = np.exp(logits)
-    return y, p / p.sum(axis=1, keepdims=True)
+EVAL = EvaluateParams(bootstrap=200, latency_batches=2, batch_size=16)
 
 
-def test_metrics_match_sklearn():
-    y, p = random_data()
-    m = compute_metrics(y, p, CLASSES, FAST)
-    yp = p.argmax(1)
-    assert m["accuracy"] == pytest.approx(accuracy_score(y, yp))
-    assert m["micro_f1"] == pytest.approx(f1_score(y, yp, average="micro"))
-    assert m["macro_recall"] == pytest.approx(recall_score(y, yp, average="macro"))
-    assert m["macro_precision"] == pytest.approx(precision_score(y, yp, average="macro"))
-    assert m["macro_f1"] == pytest.approx(f1_score(y, yp, average="macro"))
-    assert m["weighted_f1"] == pytest.approx(f1_score(y, yp, average="weighted"))
-    assert m["macro_auc"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"))
-    for k, name in enumerate(CLASSES):
-        assert m["per_class"][name]["auc"] == pytest.approx(roc_auc_score(y == k, p[:, k]))
-        assert m["per_class"][name]["sensitivity"] == pytest.approx(recall_score(y == k, yp == k))
-        assert m["per_class"][name]["ppv"] == pytest.approx(precision_score(y == k, yp == k))
-    assert m["confusion_matrix"]["matrix"] == pd.crosstab(y, yp).reindex(index=range(4), columns=range(4),
-                                                                         fill_value=0).values.tolist()
-    assert "pneumonia" in m["classification_report"] and "macro avg" in m["classification_report"]
-    json.dumps(m, allow_nan=False)  # JSON-able, no NaN
+def with_units(processed: Path) -> Path:
+    """Give the index the split unit preprocess writes: here two images per unit (a patient's pair)."""
+    import pandas as pd
+
+    index = pd.read_csv(processed / "index.csv")
+    index["unit"] = index.split + "/u" + (index.row // 2).astype(str)
+    index.to_csv(processed / "index.csv", index=False)
+    return processed
 
 
-def test_auc_ties_match_sklearn():
-    rng = np.random.default_rng(3)
-    y = rng.integers(0, 3, 200)
-    p = rng.integers(0, 4, size=(200, 3)).astype(float) + 1  # many ties
-    p /= p.sum(1, keepdims=True)
-    for k in range(3):
-        assert ovr_auc(y, p, k)[0] == pytest.approx(roc_auc_score(y == k, p[:, k]))
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """cnn5 and cnn8, one epoch each, evaluated; metrics laid out as the pipeline does (metrics/<m>/...)."""
+    import os
+
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    root = tmp_path_factory.mktemp("eval")
+    processed = with_units(make_processed(root, n_train=48, n_val=24, size=32))
+    ml = MlflowParams(tracking_uri=f"sqlite:///{root}/mlruns/mlflow.db", artifact_dir=str(root / "mlruns/art"))
+    out = {}
+    for name in ("cnn5", "cnn8"):
+        tp = train_params(root, models=["cnn5", "cnn8"], epochs=1, mlflow=ml)
+        t = train_model(name, tp, processed, root / "models" / name, root / "metrics" / name, progress=False)
+        out[name] = evaluate_model(name, processed, root / "models" / name / "model.pt", root / "metrics" / name,
+                                   root / "reports" / name, EVAL, t, ml)
+    return root, processed, ml, out
 
 
-def test_specificity_npv_by_hand():
-    # confusion matrix (rows true): [[3,1,0],[1,2,1],[0,0,2]]
-    y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
-    yp = np.array([0, 0, 0, 1, 0, 1, 1, 2, 2, 2])
-    p = np.full((10, 3), 0.1)
-    p[np.arange(10), yp] = 0.8
-    m = compute_metrics(y, p, ["a", "b", "c"], FAST)
-    assert m["confusion_matrix"]["matrix"] == [[3, 1, 0], [1, 2, 1], [0, 0, 2]]
-    a, b, c = (m["per_class"][k] for k in "abc")
-    # class a: tp 3, fn 1, fp 1, tn 5
-    assert a["sensitivity"] == pytest.approx(3 / 4) and a["ppv"] == pytest.approx(3 / 4)
-    assert a["specificity"] == pytest.approx(5 / 6) and a["npv"] == pytest.approx(5 / 6)
-    # class b: tp 2, fn 2, fp 1, tn 5
-    assert b["specificity"] == pytest.approx(5 / 6) and b["npv"] == pytest.approx(5 / 7)
-    assert b["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 2))
-    # class c: tp 2, fn 0, fp 1, tn 7
-    assert c["specificity"] == pytest.approx(7 / 8) and c["npv"] == pytest.approx(1.0)
-    assert c["support"] == 2 and c["predicted"] == 3
-    assert m["macro_specificity"] == pytest.approx(np.mean([5 / 6, 5 / 6, 7 / 8]))
-    assert m["accuracy"] == pytest.approx(0.7)
+def test_the_headline_files_hold_exactly_the_headline_figures_of_their_split(trained):
+    root, _, _, out = trained
+    for split in ("val", "test"):
+        headline = json.loads((root / f"metrics/cnn5/headline_{split}.json").read_text())
+        assert set(headline) == {"accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_recall",
+                                 "macro_recall_ci_low", "macro_recall_ci_high", "macro_auc", "macro_auc_ci_low",
+                                 "macro_auc_ci_high", "ece"}
+        assert headline == {k: out["cnn5"][split][k] for k in headline}
 
 
-def test_absent_class_auc_none_and_macro_over_defined():
-    y, p = random_data(n=200, c=4, seed=2)
-    keep = y != 3
-    y, p = y[keep], p[keep]
-    m = compute_metrics(y, p, CLASSES, FAST)
-    tb = m["per_class"]["tuberculosis"]
-    assert tb["auc"] is None and "absent" in tb["auc_note"]
-    assert tb["sensitivity"] is None and tb["support"] == 0
-    assert m["macro_auc_classes"] == 3
-    assert m["macro_auc"] == pytest.approx(np.mean([roc_auc_score(y == k, p[:, k]) for k in range(3)]))
-    present = [0, 1, 2]
-    assert m["macro_recall"] == pytest.approx(recall_score(y, p.argmax(1), labels=present, average="macro",
-                                                           zero_division=0))
-    # a single class present: no AUC at all
-    one = compute_metrics(np.zeros(5, int), p[:5], CLASSES, FAST)
-    assert one["per_class"]["normal"]["auc"] is None and "only" in one["per_class"]["normal"]["auc_note"]
-    assert one["macro_auc"] is None and one["macro_auc_ci_low"] is None
-    json.dumps(one, allow_nan=False)
+def test_eval_outputs(trained):
+    root, processed, _, out = trained
+    e = json.loads((root / "metrics/cnn5/eval.json").read_text())
+    assert e == json.loads(json.dumps(out["cnn5"]))
+    for key in ("accuracy", "macro_recall", "macro_auc", "accuracy_ci_low", "ece"):
+        assert key in e["test"] and key in e["val"]
+    assert e["test"]["per_class"]["normal"]["specificity"] is not None
+    assert e["test"]["by_source"]["synthetic"]["n_samples"] == 6
+    assert e["throughput"]["images_per_s"] > 0
+    from lungxray.evaluate import fingerprint_split
+    from lungxray.register import load_predictions
+
+    assert e["test_set"] == fingerprint_test_set(processed) and e["val_set"] == fingerprint_split(processed, "val")
+    assert e["val_set"] != e["test_set"]
+    assert set(e["inputs"]) == {"data_version", "model_sha256", "evaluate_params"}
+    assert e["val"]["bootstrap"]["resampled"] == "split units" and e["val"]["bootstrap"]["units"] == 12
+    val = load_predictions(["cnn5"], root / "metrics", "val")["cnn5"]
+    assert val.columns.tolist() == ["id", "unit", "label", "prob_normal", "prob_pneumonia", "prob_covid19"]
+    assert val.id.tolist() == [f"val/{i}" for i in range(24)] and val.unit.tolist()[:3] == ["val/u0", "val/u0",
+                                                                                            "val/u1"]
+    assert np.allclose(val.filter(like="prob_").sum(axis=1), 1)
+    assert len(load_predictions(["cnn5"], root / "metrics", "test")["cnn5"]) == 6
+    for f in ("confusion_matrix.png", "roc.png", "reliability.png", "classification_report.txt"):
+        assert (root / "reports/cnn5" / f).stat().st_size > 0
+    assert (root / "metrics/cnn5/roc.csv").exists() and (root / "metrics/cnn5/confusion.csv").exists()
 
 
-def test_bootstrap_ci_contains_point_and_is_seeded_and_fast():
-    y, p = random_data(n=2000, seed=5)
-    m = compute_metrics(y, p, CLASSES, FAST)
-    for k in ("accuracy", "macro_recall", "macro_auc"):
-        assert m[f"{k}_ci_low"] < m[k] < m[f"{k}_ci_high"]
-        assert m[f"{k}_ci_high"] - m[f"{k}_ci_low"] < 0.1
-    again = compute_metrics(y, p, CLASSES, FAST)
-    assert again["accuracy_ci_low"] == m["accuracy_ci_low"] and again["macro_auc_ci_high"] == m["macro_auc_ci_high"]
-    other = compute_metrics(y, p, CLASSES, FAST.model_copy(update={"seed": 2}))
-    assert other["accuracy_ci_low"] != m["accuracy_ci_low"]
-    t = time.perf_counter()
-    bootstrap_ci(y, p, 1000, 0.95, 0)
-    assert time.perf_counter() - t < 10  # 1000 resamples of 2000 samples, vectorised
-    assert compute_metrics(y, p, CLASSES, EvaluateParams(bootstrap=0))["accuracy_ci_low"] is None
+def test_eval_is_logged_to_the_training_run(trained):
+    import mlflow
+
+    root, _, ml, out = trained
+    mlflow.set_tracking_uri(ml.tracking_uri)
+    train = json.loads((root / "metrics/cnn5/train.json").read_text())
+    run = mlflow.get_run(train["mlflow_run_id"])
+    assert run.data.metrics["test/accuracy"] == pytest.approx(out["cnn5"]["test"]["accuracy"])
+    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
+    assert "evaluation/confusion_matrix.png" in arts
+    assert {"evaluation/predictions_val.csv", "evaluation/predictions_test.csv"} <= arts
+    assert run.data.tags["val_set"] == out["cnn5"]["val_set"]
 
 
-def clustered(n_units=40, size=25, seed=0):
-    """Images in same-unit clusters that the model gets all right or all wrong (one verdict per patient)."""
-    rng = np.random.default_rng(seed)
-    unit_right = rng.random(n_units) < 0.7
-    y = np.tile(np.arange(size) % 2, n_units)
-    right = np.repeat(unit_right, size)
-    p = np.full((y.size, 2), 0.1)
-    p[np.arange(y.size), np.where(right, y, 1 - y)] = 0.9
-    units = np.repeat([f"u{i}" for i in range(n_units)], size)
-    return y, p, units
+def test_leaderboard(trained):
+    root, *_ = trained
+    rows = leaderboard_rows(["cnn5", "cnn8"], root / "metrics")
+    df, md = leaderboard(rows)
+    assert set(df.model) == {"cnn5", "cnn8"}
+    best = max(rows, key=lambda r: (r["val_macro_recall"], -r["trainable_parameters"]))
+    assert df.iloc[0].model == best["model"]  # row 1 is what the promotion rule picks
+    table = md.split("\n\n", 1)[1]
+    assert "val macro recall" in table and best["model"] in table.splitlines()[2]
+    with pytest.raises(LungxrayError, match="no metrics for vgg16"):
+        leaderboard_rows(["vgg16"], root / "metrics")
 
 
-def test_bootstrap_resamples_units_so_same_unit_clusters_widen_the_interval():
-    y, p, units = clustered()
-    by_unit = bootstrap_ci(y, p, 500, 0.95, 0, units=units)
-    by_image = bootstrap_ci(y, p, 500, 0.95, 0)
-    for k in ("accuracy", "macro_recall"):
-        width_unit = by_unit[k]["high"] - by_unit[k]["low"]
-        width_image = by_image[k]["high"] - by_image[k]["low"]
-        assert width_unit > 3 * width_image, k
-    m = compute_metrics(y, p, ["normal", "pneumonia"], FAST, units=units)
-    assert m["bootstrap"]["resampled"] == "split units" and m["bootstrap"]["units"] == 40
-    assert m["accuracy_ci_low"] < m["accuracy"] < m["accuracy_ci_high"]
+def test_register_promote_and_load_champion(trained):
+    import mlflow
+
+    from lungxray.register import load_predictions
+
+    root, processed, ml, _ = trained
+    rows = leaderboard_rows(["cnn5", "cnn8"], root / "metrics")
+    preds = load_predictions(["cnn5", "cnn8"], root / "metrics", "val")
+    p = PromotionParams(registered_model="test-cxr", min_improvement=0.005, bootstrap=200)
+    first = register_and_promote(rows, p, ml, preds)
+    assert first["promote"] is True and "no current champion" in first["reason"].lower()
+    client = mlflow.MlflowClient()
+    champ = client.get_model_version_by_alias("test-cxr", "champion")
+    assert champ.version == first["champion_after"]["version"]
+    assert champ.tags["model"] == first["best"]["model"] and "val_macro_recall" in champ.tags
+    assert champ.tags["val_set"] == rows[0]["val_set"] and champ.tags["predictions_val"].startswith("runs:/")
+    chal = client.get_model_version_by_alias("test-cxr", "challenger")
+    assert chal.version != champ.version
+
+    # the same models again: new versions; the champion's val predictions come back from MLflow and pair with the
+    # best's, whose paired difference is 0 -> below the margin, champion stays
+    second = register_and_promote(rows, p, ml, preds)
+    c = second["compared"]
+    assert c["method"] == "paired_bootstrap" and c["units"] == 12 and c["images"] == 24
+    assert c["difference"] == 0 and c["difference_ci_low"] == 0 and c["difference_ci_high"] == 0
+    assert second["promote"] is False and "margin" in second["reason"]
+    assert client.get_model_version_by_alias("test-cxr", "champion").version == champ.version
+    assert len(second["registered_versions"]) == 2
+    json.dumps(second, allow_nan=False)
+
+    x = np.load(processed / "test.npy")
+    probs = predict_images("models:/test-cxr@champion", x, 0.4, 0.2)
+    assert probs.shape == (len(x), 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 
-def test_bootstrap_with_one_image_per_unit_is_the_image_bootstrap():
-    y, p = random_data(n=300, seed=9)
-    units = [f"unit-{i}" for i in range(300)]
-    assert bootstrap_ci(y, p, 300, 0.9, 4, units=units) == bootstrap_ci(y, p, 300, 0.9, 4)
-    with pytest.raises(ValueError, match="units"):
-        bootstrap_ci(y, p, 10, units=units[:5])
+def test_register_stage_pairs_the_challenger_with_the_champion_on_val(trained, tmp_path, monkeypatch):
+    """The stage wiring: promotion.json records the paired difference and its interval (champion from MLflow)."""
+    import subprocess
+    import sys
+
+    from lungxray.register import load_predictions
+
+    root, _, ml, _ = trained
+    work = workdir(root, tmp_path, models=False)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["train"]["mlflow"] = {"tracking_uri": ml.tracking_uri, "artifact_dir": ml.artifact_dir}
+    params["promote"].update(registered_model="stage-cxr", bootstrap=100)
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    rows = leaderboard_rows(["cnn5", "cnn8"], root / "metrics")
+    first = register_and_promote(rows, PromotionParams(registered_model="stage-cxr"), ml,
+                                 load_predictions(["cnn5", "cnn8"], root / "metrics", "val"))
+    assert first["promote"]
+    r = subprocess.run([sys.executable, str(REPO / "stages/register.py")], cwd=work, capture_output=True, text=True,
+                       env={**__import__("os").environ, "PYTHONPATH": str(REPO / "src")})
+    assert r.returncode == 0, r.stderr
+    decision = json.loads((work / "reports/promotion.json").read_text())
+    assert decision["compared"]["method"] == "paired_bootstrap" and decision["compared"]["difference"] == 0
+    assert decision["compared"]["difference_ci_low"] == 0 and decision["params"]["metric"] == "val_macro_recall"
+    assert "paired difference 0 [0, 0]" in r.stdout
 
 
-def test_paired_difference_is_narrower_than_separate_intervals_for_correlated_models():
-    from lungxray.evaluate import paired_difference
+def test_compare_orders_by_the_configured_tie_breaker(trained, tmp_path):
+    import subprocess
+    import sys
 
-    y, pa = random_data(n=600, seed=11)
-    pb = pa.copy()
-    flip = np.flatnonzero(pa.argmax(1) == y)[:30]  # model b is wrong on 30 images that a gets right
-    pb[flip] = np.roll(pa[flip], 1, axis=1)
-    r = paired_difference(y, pa, pb, "accuracy", 500, 0.95, 0)
-    assert r["difference"] == pytest.approx(((pa.argmax(1) == y).sum() - (pb.argmax(1) == y).sum()) / 600)
-    assert 0 < r["low"] < r["difference"] < r["high"]
-    sep_a, sep_b = bootstrap_ci(y, pa, 500)["accuracy"], bootstrap_ci(y, pb, 500)["accuracy"]
-    assert sep_a["low"] < sep_b["high"]  # the separate intervals overlap: alone they could not tell a from b
-    assert r["high"] - r["low"] < (sep_a["high"] - sep_a["low"]) / 2
-    same = paired_difference(y, pa, pa, "macro_auc", 200, units=[i // 3 for i in range(600)])
-    assert same["difference"] == 0 and same["low"] == 0 and same["high"] == 0 and same["units"] == 200
-    with pytest.raises(ValueError, match="no paired bootstrap"):
-        paired_difference(y, pa, pb, "ece", 10)
-
-
-def test_predictions_table_round_trips_and_aligns_by_id(tmp_path):
-    from lungxray.evaluate import align_predictions, predictions_table
-
-    y, p = random_data(n=20, c=4, seed=12)
-    ids = [f"s/{i}" for i in range(20)]
-    a = predictions_table(ids, [f"u{i // 2}" for i in range(20)], y, p, CLASSES)
-    a.to_csv(tmp_path / "p.csv", index=False)
-    back = pd.read_csv(tmp_path / "p.csv", keep_default_na=False, dtype={"id": str, "unit": str, "label": str})
-    shuffled = back.sample(frac=1, random_state=0)[["label", "id", "unit"] + [f"prob_{c}" for c in CLASSES[::-1]]]
-    yy, pa, pb, units = align_predictions(back, shuffled)
-    assert yy.tolist() == y.tolist() and np.allclose(pa, p) and np.allclose(pb, p) and units[3] == "u1"
-    with pytest.raises(ValueError, match="different images"):
-        align_predictions(back, back.iloc[1:])
-    relabelled = back.copy()
-    relabelled.loc[0, "label"] = "covid19" if relabelled.loc[0, "label"] != "covid19" else "normal"
-    with pytest.raises(ValueError, match="different labels"):
-        align_predictions(back, relabelled)
+    root, *_ = trained
+    work = workdir(root, tmp_path, models=False)
+    for m, secs in (("cnn5", 10.0), ("cnn8", 50.0)):  # same scores; cnn5 is bigger but faster
+        e = json.loads((work / f"metrics/{m}/eval.json").read_text())
+        e["val"]["macro_recall"] = e["test"]["macro_recall"] = 0.8
+        (work / f"metrics/{m}/eval.json").write_text(json.dumps(e))
+        t = json.loads((work / f"metrics/{m}/train.json").read_text())
+        t["seconds_per_epoch"] = secs
+        (work / f"metrics/{m}/train.json").write_text(json.dumps(t))
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["promote"]["tie_breaker"] = "seconds_per_epoch"
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    r = subprocess.run([sys.executable, str(REPO / "stages/compare.py")], cwd=work, capture_output=True, text=True,
+                       env={**__import__("os").environ, "PYTHONPATH": str(REPO / "src")})
+    assert r.returncode == 0, r.stderr
+    board = json.loads((work / "reports/leaderboard.json").read_text())
+    assert board["cnn5"]["trainable_parameters"] > board["cnn8"]["trainable_parameters"]
+    assert board["cnn5"]["rank"] == 1 and board["cnn8"]["rank"] == 2
+    md = (work / "reports/leaderboard.md").read_text()
+    assert "Ranked by `val_macro_recall`" in md and "fewer `seconds_per_epoch`" in md and "not used for selection" in md
 
 
-def test_bootstrap_auc_matches_sklearn_on_a_resample():
-    """The weighted (multiplicity) AUC equals sklearn's on the materialised resample."""
-    from lungxray.evaluate import _bootstrap_counts, _grouped_auc
-
-    y, p = random_data(n=150, seed=8)
-    rng = np.random.default_rng(0)
-    w = _bootstrap_counts(150, 3, rng)
-    for row in w:
-        idx = np.repeat(np.arange(150), row.astype(int))
-        for k in range(4):
-            got = _grouped_auc(p[:, k], y == k, row[None, :])[0]
-            assert got == pytest.approx(roc_auc_score(y[idx] == k, p[idx, k]))
+def test_stale_model_is_refused(trained, tmp_path):
+    root, processed, ml, _ = trained
+    changed = tmp_path / "processed"
+    shutil.copytree(processed, changed)
+    stats = json.loads((changed / "stats.json").read_text())
+    stats["mean"] = 0.41
+    (changed / "stats.json").write_text(json.dumps(stats))
+    with pytest.raises(LungxrayError, match="stale"):
+        evaluate_model("cnn5", changed, root / "models/cnn5/model.pt", tmp_path / "m", tmp_path / "r", EVAL)
 
 
-def test_ece_and_reliability():
-    # perfectly confident and right: ECE 0; confident 0.9 but 50% right: ECE 0.4
-    y = np.array([0, 1, 0, 1])
-    p = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
-    assert reliability_data(y, p, 10)["ece"] == pytest.approx(0.0)
-    p2 = np.array([[0.9, 0.1]] * 4)
-    r = reliability_data(y, p2, 10)
-    assert r["ece"] == pytest.approx(0.4)
-    assert sum(b["count"] for b in r["bins"]) == 4 and len(r["bins"]) == 10
-    full = [b for b in r["bins"] if b["count"]]
-    assert len(full) == 1 and full[0]["accuracy"] == 0.5 and full[0]["confidence"] == pytest.approx(0.9)
-    assert r["bins"][0]["accuracy"] is None
+def test_missing_model_is_a_clear_error(tmp_path, trained):
+    _, processed, *_ = trained
+    with pytest.raises(LungxrayError, match="no trained model"):
+        evaluate_model("cnn5", processed, tmp_path / "nope/model.pt", tmp_path / "m", tmp_path / "r", EVAL)
 
 
-def test_summary_and_metrics_by_source():
-    y, p = random_data(n=240, seed=4)
-    src = np.array(["b", "a", "c"] * 80)
-    per = metrics_by_source(y, p, list(src), CLASSES, FAST)
-    assert list(per) == ["a", "b", "c"]
-    for s in per:
-        mask = src == s
-        assert per[s]["n_samples"] == mask.sum()
-        assert per[s]["accuracy"] == pytest.approx(accuracy_score(y[mask], p[mask].argmax(1)))
-        assert per[s]["accuracy_ci_low"] is None  # no bootstrap per source by default
-    s = summary(compute_metrics(y, p, CLASSES, FAST))
-    assert "confusion_matrix" not in s and "reliability" not in s and "per_class" in s
+def test_unreachable_mlflow_store(trained, monkeypatch):
+    from helpers.httpserver import free_port
+
+    root, *_ = trained
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    rows = leaderboard_rows(["cnn5", "cnn8"], root / "metrics")
+    dead = MlflowParams(tracking_uri=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(LungxrayError, match="MLflow"):
+        register_and_promote(rows, PromotionParams(registered_model="x"), dead)
 
 
-def test_input_validation():
-    y, p = random_data(n=10)
-    with pytest.raises(ValueError):
-        compute_metrics(y, p, CLASSES[:3], FAST)
-    with pytest.raises(ValueError):
-        compute_metrics(y[:5], p, CLASSES, FAST)
+def workdir(root: Path, tmp_path: Path, models: bool = True) -> Path:
+    """A scratch repository with the trained pair's metrics (and processed data and models) where the pipeline
+    keeps them, and the shared-data profile restricted to cnn5 and cnn8."""
+    work = tmp_path / "repo"
+    (work / "metrics").mkdir(parents=True)
+    for m in ("cnn5", "cnn8"):
+        shutil.copytree(root / "metrics" / m, work / "metrics" / m)
+        if models:
+            shutil.copytree(root / "models" / m, work / "models" / m)
+    if models:
+        shutil.copytree(root / "processed", work / "data" / "processed")
+    params = yaml.safe_load((REPO / "configs" / "shared-data.yaml").read_text())
+    params["train"]["models"] = ["cnn5", "cnn8"]
+    params["gate"]["baseline"] = "baseline.json"
+    params["evaluate"] = EVAL.model_dump()
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    return work
 
 
-def test_plot_data_and_plots(tmp_path):
-    y, p = random_data(n=120, seed=6)
-    pts = roc_points(y, p, CLASSES)
-    assert list(pts.columns) == ["class", "fpr", "tpr", "threshold"]
-    assert set(pts["class"]) == set(CLASSES) and np.isfinite(pts["threshold"]).all()
-    pairs = confusion_pairs(y, p.argmax(1), CLASSES)
-    assert list(pairs.columns) == ["actual", "predicted"] and len(pairs) == 120
-    assert pairs["actual"].iloc[0] == CLASSES[y[0]]
-    m = compute_metrics(y, p, CLASSES, FAST)
-    cm = m["confusion_matrix"]["matrix"]
-    paths = [plot_confusion_matrix(cm, CLASSES, tmp_path / "cm.png"),
-             plot_confusion_matrix(cm, CLASSES, tmp_path / "cmn.png", normalize=True),
-             plot_roc_curves(y, p, CLASSES, tmp_path / "roc.png"),
-             plot_reliability(m["reliability"], tmp_path / "rel.png")]
-    for path in paths:
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not list(tmp_path.glob("*.tmp"))
+def test_ci_gate_fails_on_a_degraded_run(trained, tmp_path, monkeypatch, capsys):
+    root, *_ = trained
+    work = workdir(root, tmp_path)
+    monkeypatch.chdir(work)
+    assert cli(["metrics", "baseline"]) == 0
+    assert cli(["metrics", "check"]) == 0
+    assert "PASSED" in capsys.readouterr().out
+
+    # a deliberately degraded run: cnn8 loses 0.2 of test accuracy
+    e = json.loads((work / "metrics/cnn8/eval.json").read_text())
+    e["test"]["accuracy"] -= 0.2
+    (work / "metrics/cnn8/eval.json").write_text(json.dumps(e))
+    assert cli(["metrics", "check"]) == 1
+    out = capsys.readouterr().out
+    assert "cnn8.test.accuracy" in out and "REGRESSION" in out and "FAILED" in out
+
+    # a metric that disappeared is a failure too
+    (work / "metrics/cnn8/eval.json").unlink()
+    assert cli(["metrics", "check"]) == 2
 
 
-class Tiny(torch.nn.Module):
-    def __init__(self, c=4):
-        super().__init__()
-        self.fc = torch.nn.Linear(3, c)
+def test_ci_gate_refuses_metrics_measured_on_other_images(trained, tmp_path, monkeypatch, capsys):
+    root, *_ = trained
+    work = workdir(root, tmp_path)
+    monkeypatch.chdir(work)
+    assert cli(["metrics", "baseline"]) == 0
+    baseline = json.loads((work / "baseline.json").read_text())
+    assert baseline["cnn5.test_set"] == fingerprint_test_set(root / "processed")
+    assert baseline["cnn8.val_set"] == json.loads((work / "metrics/cnn8/eval.json").read_text())["val_set"]
+    capsys.readouterr()
 
-    def forward(self, x):
-        return self.fc(x.mean(dim=(2, 3)))
+    # the baseline was measured on another test set: identical numbers prove nothing, worse ones neither
+    (work / "baseline.json").write_text(json.dumps({**baseline, "cnn8.test_set": "0123456789abcdef"}))
+    assert cli(["metrics", "check"]) == 3
+    out = capsys.readouterr().out
+    assert "REFUSED" in out and "cnn8.test_set: baseline 0123456789abcdef" in out
+    assert "PASSED" not in out and "REGRESSION" not in out
 
-
-def test_predict_proba_normalises_like_training():
-    torch.manual_seed(0)
-    model = Tiny()
-    imgs = np.random.default_rng(0).integers(0, 256, size=(7, 8, 8), dtype=np.uint8)
-    mean, std = 0.4, 0.2
-    probs = predict_proba(model, imgs, mean, std, batch_size=3)
-    assert probs.shape == (7, 4) and np.allclose(probs.sum(1), 1)
-    x = (torch.from_numpy(imgs).float() / 255 - mean) / std
-    ref = torch.softmax(model(x.unsqueeze(1).expand(-1, 3, -1, -1)), 1).detach().numpy()
-    assert np.allclose(probs, ref, atol=1e-6)
-    assert predict_proba(model, imgs[:0], mean, std).shape == (0, 4)
-
-
-
-def test_predict_proba_normalises_each_channel_with_the_models_own_statistics():
-    """A pretrained model is fed its weights' per-channel mean/std (e.g. ImageNet's), exactly as in training."""
-    from lungxray.train import to_model_input
-
-    torch.manual_seed(0)
-    model = Tiny()
-    imgs = np.random.default_rng(0).integers(0, 256, size=(5, 8, 8), dtype=np.uint8)
-    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    probs = predict_proba(model, imgs, mean, std, batch_size=2)
-    x = to_model_input(torch.from_numpy(imgs).unsqueeze(1), torch.device("cpu"), mean, std, channels_last=False)
-    ref = torch.softmax(model(x), 1).detach().numpy()
-    assert np.allclose(probs, ref, atol=1e-6)
-    assert not np.allclose(probs, predict_proba(model, imgs, 0.45, 0.22), atol=1e-3)  # the channels do differ
-
-def test_measure_throughput_reports_what_it_measured():
-    r = measure_throughput(Tiny(), image_size=16, batch_size=4, device="cpu", n_batches=3)
-    assert r["images_per_s"] > 0 and r["latency_ms_median"] >= 0
-    assert r["device"] == "cpu" and r["batch_size"] == 4 and r["torch_threads"] >= 1 and r["n_batches"] == 3
+    # a baseline written before fingerprints were recorded cannot vouch for its images either
+    (work / "baseline.json").write_text(json.dumps({k: v for k, v in baseline.items() if not isinstance(v, str)}))
+    assert cli(["metrics", "check"]) == 3
+    assert "(no fingerprint recorded)" in capsys.readouterr().out
 
 
-def lb_rows():
-    return [
-        {"model": "vgg16", "val_macro_recall": 0.90, "test_macro_recall": 0.95, "test_accuracy": 0.91,
-         "test_macro_auc": 0.97, "test_macro_auc_ci_low": 0.96, "test_macro_auc_ci_high": 0.98,
-         "trainable_parameters": 134_000_000, "seconds_per_epoch": 100.0, "epochs_to_converge": 12,
-         "images_per_s": 50.0},
-        {"model": "resnet18", "val_macro_recall": 0.90, "val_macro_recall_ci_low": 0.88,
-         "val_macro_recall_ci_high": 0.92, "test_macro_recall": 0.85, "test_accuracy": 0.90, "test_macro_auc": 0.96,
-         "trainable_parameters": 11_000_000, "seconds_per_epoch": 300.0, "epochs_to_converge": 9,
-         "images_per_s": 400.0},
-        {"model": "cnn5", "val_macro_recall": 0.80, "test_macro_recall": 0.99, "test_accuracy": 0.85,
-         "test_macro_auc": 0.93, "trainable_parameters": 500_000},
-        {"model": "broken", "val_macro_recall": None, "test_macro_recall": 1.0},
-    ]
+def test_ci_gate_refuses_metrics_older_than_their_inputs(trained, tmp_path, monkeypatch, capsys):
+    root, *_ = trained
+    work = workdir(root, tmp_path)
+    monkeypatch.chdir(work)
+    assert cli(["metrics", "baseline"]) == 0
+    capsys.readouterr()
+
+    # an interrupted rerun on other data: data/processed is new, the eval.json files are the old run's
+    stats = json.loads((work / "data/processed/stats.json").read_text())
+    stats["mean"] = 0.41
+    (work / "data/processed/stats.json").write_text(json.dumps(stats))
+    assert cli(["metrics", "check"]) == 4
+    out = capsys.readouterr().out
+    assert "REFUSED" in out and "cnn5:" in out and "cnn8:" in out and "dvc repro" in out
+    assert "data/processed changed" in out and "PASSED" not in out
+    assert cli(["metrics", "baseline"]) == 4  # and no baseline is written from them
+    capsys.readouterr()
+
+    # only cnn8 was retrained after its evaluation
+    shutil.copytree(root / "processed", work / "data/processed", dirs_exist_ok=True)
+    with open(work / "models/cnn8/model.pt", "ab") as f:
+        f.write(b"\0")
+    assert cli(["metrics", "check"]) == 4
+    out = capsys.readouterr().out
+    assert "cnn8: its model.pt changed" in out and "cnn5:" not in out
+
+    # an eval.json from before inputs were recorded
+    shutil.copy2(root / "models/cnn8/model.pt", work / "models/cnn8/model.pt")
+    e = json.loads((work / "metrics/cnn5/eval.json").read_text())
+    del e["inputs"]
+    (work / "metrics/cnn5/eval.json").write_text(json.dumps(e))
+    assert cli(["metrics", "check"]) == 4
+    assert "cnn5: eval.json records no inputs" in capsys.readouterr().out
 
 
-def test_leaderboard_is_ordered_by_the_val_selection_metric_not_by_test(tmp_path):
-    df, md = leaderboard(lb_rows())
-    assert df["model"].tolist() == ["resnet18", "vgg16", "cnn5", "broken"]  # tie -> fewer parameters; test ignored
-    assert df["rank"].tolist() == [1, 2, 3, 4]
-    note, table = md.split("\n\n", 1)
-    assert "Ranked by `val_macro_recall`" in note and "fewer `trainable_parameters`" in note
-    assert "Test figures are reported once" in note and "not used for selection" in note
-    assert table.splitlines()[0].startswith("| # | model | val macro recall [95% CI] (selection) | test macro recall")
-    assert "0.9000 [0.8800, 0.9200]" in table and "11,000,000" in table
-    assert len(table.strip().splitlines()) == 2 + 4
-    out = plot_leaderboard(df, tmp_path / "lb.png")
-    assert out.read_bytes()[:4] == b"\x89PNG"
+def test_held_back_test_split_reports_val_only(trained, tmp_path):
+    root, processed, ml, _ = trained
+    held = tmp_path / "processed"
+    shutil.copytree(processed, held)
+    np.save(held / "test.npy", np.zeros((0, 32, 32), np.uint8))
+    import pandas as pd
+
+    index = pd.read_csv(held / "index.csv")
+    index[index.split != "test"].to_csv(held / "index.csv", index=False)
+    # same data version is required: re-train-free check by copying the model's recorded version is not possible,
+    # so evaluate a model trained on this very folder
+    t = train_model("cnn5", train_params(tmp_path, epochs=1, mlflow=ml), held, tmp_path / "m", tmp_path / "x",
+                    progress=False)
+    with pytest.raises(LungxrayError, match="test split is empty"):
+        evaluate_model("cnn5", held, tmp_path / "m/model.pt", tmp_path / "x", tmp_path / "r", EVAL, t, ml)
+    out = evaluate_model("cnn5", held, tmp_path / "m/model.pt", tmp_path / "x", tmp_path / "r",
+                         EvaluateParams(bootstrap=50, latency_batches=1, allow_empty_test=True), t, ml)
+    assert out["test"] is None and out["val"]["n_samples"] == 24 and out["plots_split"] == "val"
+    assert (tmp_path / "r/confusion_matrix.png").exists() and (tmp_path / "x/roc.csv").exists()
 
 
-def test_leaderboard_uses_the_configured_tie_breaker_and_direction():
-    from lungxray.promote import PromotionParams
+def test_benchmark_mode_reports_the_official_test_set_beside_the_deduplicated_test(trained, tmp_path):
+    import pandas as pd
 
-    by_speed = PromotionParams(tie_breaker="seconds_per_epoch")
-    df, _ = leaderboard(lb_rows(), by_speed)
-    assert df["model"].tolist()[:2] == ["vgg16", "resnet18"]  # 100 s/epoch beats 300 in the tie
-    df, md = leaderboard(lb_rows(), PromotionParams(metric="test_macro_recall"))
-    assert df["model"].tolist()[0] == "broken" and "Selection uses a **test** metric" in md
+    root, processed, ml, _ = trained
+    bench = tmp_path / "processed"
+    shutil.copytree(processed, bench)
+    index = pd.read_csv(bench / "index.csv")
+    test = index[index.split == "test"]
+    copies = pd.concat([test, test.iloc[:2]], ignore_index=True)  # the test set with two copies within it
+    copies = copies.assign(split="test_official", row=range(len(copies)))
+    pd.concat([index, copies], ignore_index=True).to_csv(bench / "index.csv", index=False)
+    x = np.load(bench / "test.npy")
+    np.save(bench / "test_official.npy", np.concatenate([x, x[:2]]))
+    t = train_model("cnn5", train_params(tmp_path, epochs=1, mlflow=ml), bench, tmp_path / "m", tmp_path / "x",
+                    progress=False)
+    out = evaluate_model("cnn5", bench, tmp_path / "m/model.pt", tmp_path / "x", tmp_path / "r", EVAL, t, ml)
+    assert out["test_official"]["n_samples"] == len(x) + 2 and out["test"]["n_samples"] == len(x)
+    assert "test_official" not in trained[3]["cnn5"]  # absent outside benchmark mode

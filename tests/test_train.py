@@ -15,7 +15,9 @@ import pytest
 import torch
 from conftest import REPO
 
-from lungxray.train import (MlflowParams, TrainParams, class_weights, load_trained, model_settings, train_model)
+from lungxray.inference import load_trained
+from lungxray.tracking import MlflowParams
+from lungxray.train import TrainParams, class_weights, model_settings, train_model
 
 from helpers.processed import CLASSES, make_processed, train_params as params
 
@@ -179,7 +181,7 @@ def test_batches_cover_the_split_once_and_are_seeded():
 
 
 def test_augmentation_is_small_and_never_flips_vertically():
-    from lungxray.train import AugmentParams, augment_batch
+    from lungxray.augment import AugmentParams, augment_batch
 
     img = torch.zeros(1, 1, 32, 32)
     img[..., :8, :] = 1.0  # bright band at the top (e.g. the clavicles)
@@ -315,7 +317,8 @@ def test_a_model_file_that_no_longer_fits_the_model_code_is_a_clear_error(tmp_pa
 ARCH_SCRIPT = """
 import sys
 from pathlib import Path
-from lungxray.train import MlflowParams, TrainParams, train_model
+from lungxray.tracking import MlflowParams
+from lungxray.train import TrainParams, train_model
 tmp = Path(sys.argv[1])
 p = TrainParams(models=["cnn5"], epochs=1, batch_size=16, pretrained=False,
                 mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp}/db.sqlite", artifact_dir=str(tmp / "a"),
@@ -436,7 +439,7 @@ def test_a_model_trained_from_scratch_is_fed_the_data_statistics_on_three_channe
 
 
 def test_model_input_is_normalised_per_channel():
-    from lungxray.train import to_model_input
+    from lungxray.inference import to_model_input
 
     x = torch.full((2, 1, 4, 4), 255, dtype=torch.uint8)
     out = to_model_input(x, torch.device("cpu"), IMAGENET_MEAN, IMAGENET_STD, channels_last=False)

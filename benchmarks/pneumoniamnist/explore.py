@@ -31,8 +31,10 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from lungxray.inference import load_trained
 from lungxray.preprocess import PreprocessParams, to_square
-from lungxray.train import AugmentParams, MlflowParams, TrainParams, load_trained, train_model
+from lungxray.tracking import MlflowParams
+from lungxray.train import AugmentParams, TrainParams, train_model
 
 # ../shared/data beside the repository root (this file is benchmarks/pneumoniamnist/explore.py)
 NPZ = Path(__file__).resolve().parents[3] / "shared" / "data" / "pneumoniamnist" / "pneumoniamnist_trainval.npz"

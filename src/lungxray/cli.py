@@ -71,7 +71,7 @@ def current_evaluations(params) -> tuple[dict[str, float], dict[str, str]]:
 def _refuse_stale(params) -> int | None:
     """Print why and return the refusal status when some eval.json is older than its inputs."""
     from . import schema
-    from .evaluation import stale_evaluations
+    from .evaluate import stale_evaluations
 
     stale = stale_evaluations(params.train.models, schema.METRICS, schema.PROCESSED, schema.MODELS, params.evaluate)
     if not stale:

@@ -15,7 +15,7 @@ from pydantic import Field
 from .config import DEFAULT_PARAMS, FetchParams, Strict, read_params_file, validate_model
 from .dedupe import DedupeParams
 from .errors import ConfigError
-from .evaluate import EvaluateParams
+from .metrics import EvaluateParams
 from .gate import GateParams
 from .preprocess import PreprocessParams
 from .promote import PromotionParams

@@ -126,6 +126,7 @@ SPLIT = DATA / "split" / "split.csv"
 # benchmark mode (split.keep_official_splits): the sources' whole official test set, copies within it included
 OFFICIAL_TEST = DATA / "split" / "official_test.csv"
 OFFICIAL_TEST_SPLIT = "test_official"  # its name in data/processed and in eval.json
+EVAL_SPLITS = ("test", "val")  # the splits every evaluation reports (eval.json, predictions_<split>.csv)
 SPLIT_METRICS = METRICS / "split.json"
 SPLIT_PLOT = REPORTS / "split_counts.png"
 SPLIT_REPORT = REPORTS / "split.json"

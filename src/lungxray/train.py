@@ -20,13 +20,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -35,21 +34,14 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from . import checkpoint
+from .augment import AugmentParams
 from .config import Strict
 from .errors import LungxrayError
+from .inference import to_model_input
 from .io import atomic_path, write_csv, write_json
 from .plots import pyplot, save_png
 from .preprocess import load_split
-
-
-class AugmentParams(Strict):
-    enabled: bool = True
-    degrees: float = Field(5.0, ge=0, le=30, description="random rotation, +- degrees")
-    translate: float = Field(0.05, ge=0, le=0.3, description="random shift, fraction of the side")
-    scale: tuple[float, float] = (0.95, 1.05)
-    brightness: float = Field(0.1, ge=0, le=1)
-    contrast: float = Field(0.1, ge=0, le=1)
-    hflip: bool = Field(False, description="horizontal flips (off: the heart is on the left)")
+from .tracking import MlflowParams, log_datasets, log_torch_model, mlflow_setup
 
 
 class ModelOptions(Strict):
@@ -63,17 +55,6 @@ class ModelOptions(Strict):
     lr: float | None = Field(None, gt=0)
     batch_size: int | None = Field(None, ge=1)
     epochs: int | None = Field(None, ge=1)
-
-
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
-
-
-class MlflowParams(Strict):
-    experiment: str = "lungxray"
-    tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else "
-                                                        "sqlite:///mlruns/mlflow.db (local, no server)")
-    artifact_dir: str = "mlruns/artifacts"
-    log_model: bool = True
 
 
 SEED_MODELS = ["cnn5", "cnn8", "cnn13", "resnet18", "resnet34", "vgg16", "mobilenetv2", "inception_resnet_v2",
@@ -153,56 +134,11 @@ class ArrayBatches:
             yield torch.from_numpy(rows).unsqueeze(1), torch.from_numpy(self.labels[idx])
 
 
-def augment_batch(x: torch.Tensor, aug: AugmentParams, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random small affine + brightness/contrast (+ optional horizontal flip) for a float batch (B, 1, S, S) in
-    [0, 1], vectorised over the batch (one affine_grid/grid_sample call; works on CPU and GPU)."""
-    import torch.nn.functional as F
-
-    b = x.shape[0]
-
-    def u(lo: float, hi: float) -> torch.Tensor:
-        return (torch.rand(b, generator=generator) * (hi - lo) + lo).to(x.device)
-
-    angle = u(-aug.degrees, aug.degrees) * (math.pi / 180)
-    scale = u(*aug.scale)
-    tx, ty = u(-aug.translate, aug.translate) * 2, u(-aug.translate, aug.translate) * 2  # grid units span 2
-    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device) if aug.hflip else torch.zeros(b, dtype=torch.bool,
-                                                                                                 device=x.device)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    sx = torch.where(flip, -1.0, 1.0).to(x.dtype)
-    theta = torch.stack([torch.stack([cos * sx, -sin, tx], 1), torch.stack([sin * sx, cos, ty], 1)], 1).to(x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    if aug.brightness:
-        x = x * u(1 - aug.brightness, 1 + aug.brightness).view(b, 1, 1, 1).to(x.dtype)
-    if aug.contrast:
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * u(1 - aug.contrast, 1 + aug.contrast).view(b, 1, 1, 1).to(x.dtype) + mean
-    return x.clamp_(0.0, 1.0)
-
-
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     """Inverse-frequency weights (mean 1 over the classes present); absent classes get 0."""
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max(1, (counts > 0).sum()), 0.0)
     return torch.tensor(w, dtype=torch.float32)
-
-
-def to_model_input(x: torch.Tensor, device: torch.device, mean: float | Sequence[float],
-                   std: float | Sequence[float], channels_last: bool, augment: AugmentParams | None = None,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 greyscale batch (B, 1, S, S) -> normalised 3-channel float batch on the device.
-
-    Channel ``c`` is ``(x / 255 - mean[c]) / std[c]`` (``mean``/``std``: one value per RGB channel, see
-    :func:`input_normalisation`, or one value for all three). Augmentation (training only) runs here on the whole
-    batch, on the device; grey is replicated to 3 channels only at this point."""
-    x = x.to(device, non_blocking=True).float().div_(255.0)
-    if augment is not None and augment.enabled:
-        x = augment_batch(x, augment, generator)
-    m = torch.as_tensor(mean, dtype=x.dtype).reshape(1, -1, 1, 1).to(device, non_blocking=True)
-    s = torch.as_tensor(std, dtype=x.dtype).reshape(1, -1, 1, 1).to(device, non_blocking=True)
-    x = ((x - m) / s).expand(-1, 3, -1, -1)
-    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -385,45 +321,6 @@ def curve_png(history: pd.DataFrame, title: str, path: Path) -> None:
     fig.suptitle(title)
     fig.tight_layout()
     save_png(fig, path, dpi=110)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# mlflow
-
-
-def mlflow_setup(mp: MlflowParams):
-    import mlflow
-
-    uri = mp.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    try:
-        exp = mlflow.get_experiment_by_name(mp.experiment)
-        if exp is None:
-            art = Path(mp.artifact_dir).resolve()
-            art.mkdir(parents=True, exist_ok=True)
-            mlflow.create_experiment(mp.experiment, artifact_location=art.as_uri())
-        mlflow.set_experiment(mp.experiment)
-    except Exception as e:
-        raise LungxrayError(f"cannot reach the MLflow tracking store {uri}: {e}. Unset MLFLOW_TRACKING_URI to use "
-                            f"the local store under mlruns/, or start that server.") from None
-    return mlflow
-
-
-DATASET_CONTEXTS = {"train": "training", "val": "validation"}  # the processed splits a training run learns from
-
-
-def log_datasets(mlflow, processed: Path, version: str) -> None:
-    """The processed train and val splits as the active run's dataset inputs (the Dataset column of ``mlflow ui``):
-    their index rows, named ``processed/<split>``, with the data version as digest."""
-    index = pd.read_csv(processed / "index.csv", keep_default_na=False, dtype=str)
-    source = mlflow.data.sources.LocalArtifactDatasetSource(str(processed.resolve()))  # named: no guessing, no warning
-    for split, context in DATASET_CONTEXTS.items():
-        rows = index[index.split == split].reset_index(drop=True)
-        dataset = mlflow.data.from_pandas(rows, source=source, targets="label", name=f"processed/{split}",
-                                          digest=version)
-        mlflow.log_input(dataset, context=context)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -673,50 +570,3 @@ def _finalise(setup: _Setup, run: _Run, stopped_early: bool, trainable: int, tot
     return metrics
 
 
-def log_torch_model(mlflow, model: nn.Module, image_size: int, classes: list[str], norm: dict):
-    """Log the model with a signature, an input example (a normalised 3-channel batch of two) and, as metadata, what
-    its inputs must be: classes, image size and the per-channel ``mean``/``std`` (``(x / 255 - mean) / std``)."""
-    import mlflow.pytorch
-    from mlflow.models import infer_signature
-
-    s = image_size
-    example = np.zeros((2, 3, s, s), dtype=np.float32)  # batch of 2: the exported batch dimension stays dynamic
-    with torch.inference_mode():
-        out = model(torch.from_numpy(example)).numpy()
-    signature = infer_signature(example, out)
-    reqs = [f"torch=={torch.__version__.split('+')[0]}"]
-    try:
-        import timm
-        import torchvision
-
-        reqs += [f"torchvision=={torchvision.__version__.split('+')[0]}", f"timm=={timm.__version__}"]
-    except ImportError:  # pragma: no cover
-        pass
-    return mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
-                                    pip_requirements=reqs,
-                                    metadata={"classes": classes, "image_size": s, "mean": norm["mean"],
-                                              "std": norm["std"], "normalisation": norm["source"]})
-
-
-def load_trained(path: Path) -> tuple[nn.Module, dict]:
-    """Rebuild a model from ``models/<name>/model.pt`` (safe load: tensors and plain data only)."""
-    from .models import create_model
-
-    path = Path(path)
-    if not path.exists():
-        raise LungxrayError(f"no trained model at {path}: run `dvc repro` (the train stage) first")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-        st = ck["config"]["settings"]
-    except Exception as e:  # noqa: BLE001
-        raise LungxrayError(f"{path} is unreadable ({' '.join(str(e).split())[:200]}): retrain it with "
-                            f"`dvc repro -f train@{path.parent.name}`") from None
-    model = create_model(ck["name"], num_classes=len(ck["classes"]), pretrained=False, freeze=st["freeze"],
-                         head=st["head"])
-    try:
-        model.load_state_dict(ck["model"])
-    except RuntimeError as e:
-        raise LungxrayError(f"{path} does not fit the current code of model {ck['name']} "
-                            f"({' '.join(str(e).split())[:200]}): retrain it with `dvc repro train@{ck['name']}`"
-                            ) from None
-    return model.eval(), ck

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lungxray.train import MlflowParams, TrainParams
+from lungxray.tracking import MlflowParams
+from lungxray.train import TrainParams
 
 CLASSES = ["normal", "pneumonia", "covid19"]
 

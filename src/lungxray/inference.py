@@ -1,0 +1,161 @@
+"""Inference with a trained model: load it (:func:`load_trained`), turn uint8 greyscale images into its input
+(:func:`to_model_input`, shared with training), class probabilities (:func:`predict_proba`; :func:`predict_images`
+for a logged or registered MLflow model) and its speed (:func:`measure_throughput`)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .augment import AugmentParams, augment_batch
+from .errors import LungxrayError
+
+
+def load_trained(path: Path) -> tuple[nn.Module, dict]:
+    """Rebuild a model from ``models/<name>/model.pt`` (safe load: tensors and plain data only)."""
+    from .models import create_model
+
+    path = Path(path)
+    if not path.exists():
+        raise LungxrayError(f"no trained model at {path}: run `dvc repro` (the train stage) first")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        st = ck["config"]["settings"]
+    except Exception as e:  # noqa: BLE001
+        raise LungxrayError(f"{path} is unreadable ({' '.join(str(e).split())[:200]}): retrain it with "
+                            f"`dvc repro -f train@{path.parent.name}`") from None
+    model = create_model(ck["name"], num_classes=len(ck["classes"]), pretrained=False, freeze=st["freeze"],
+                         head=st["head"])
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise LungxrayError(f"{path} does not fit the current code of model {ck['name']} "
+                            f"({' '.join(str(e).split())[:200]}): retrain it with `dvc repro train@{ck['name']}`"
+                            ) from None
+    return model.eval(), ck
+
+
+def to_model_input(x: torch.Tensor, device: torch.device, mean: float | Sequence[float],
+                   std: float | Sequence[float], channels_last: bool, augment: AugmentParams | None = None,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """uint8 greyscale batch (B, 1, S, S) -> normalised 3-channel float batch on the device.
+
+    Channel ``c`` is ``(x / 255 - mean[c]) / std[c]`` (``mean``/``std``: one value per RGB channel, see
+    :func:`input_normalisation`, or one value for all three). Augmentation (training only) runs here on the whole
+    batch, on the device; grey is replicated to 3 channels only at this point."""
+    x = x.to(device, non_blocking=True).float().div_(255.0)
+    if augment is not None and augment.enabled:
+        x = augment_batch(x, augment, generator)
+    m = torch.as_tensor(mean, dtype=x.dtype).reshape(1, -1, 1, 1).to(device, non_blocking=True)
+    s = torch.as_tensor(std, dtype=x.dtype).reshape(1, -1, 1, 1).to(device, non_blocking=True)
+    x = ((x - m) / s).expand(-1, 3, -1, -1)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _device(device) -> "torch.device":  # noqa: F821
+    import torch
+
+    return device if isinstance(device, torch.device) else torch.device(device)
+
+
+def predict_proba(model, images: np.ndarray, mean: float | Sequence[float], std: float | Sequence[float],
+                  batch_size: int = 64, device="cpu", in_chans: int = 3) -> np.ndarray:
+    """Class probabilities (N, C) float64 for uint8 greyscale images (N, S, S), normalised as in training.
+
+    x/255, then (x - mean[c]) / std[c] per channel with the model's own statistics (model.pt's ``mean``/``std``: its
+    pretrained weights' or the train split's; one value applies to every channel); the grey channel is replicated to
+    ``in_chans`` (3 for ImageNet-shaped stems) per batch, so only one batch is ever in float. Works on memory-mapped
+    arrays.
+    """
+    import torch
+
+    dev = _device(device)
+    imgs = np.asarray(images) if not isinstance(images, np.memmap) else images
+    if imgs.ndim != 3:
+        raise ValueError(f"images must be (N, S, S) uint8, got shape {imgs.shape}")
+    model = model.to(dev).eval()
+    m = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)[:, :in_chans].to(dev)
+    s = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)[:, :in_chans].to(dev)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, imgs.shape[0], batch_size):
+            x = torch.from_numpy(np.array(imgs[i:i + batch_size], dtype=np.uint8, copy=True)).to(dev)
+            x = ((x.float().div_(255.0).unsqueeze(1) - m) / s).expand(-1, in_chans, -1, -1).contiguous()
+            out.append(torch.softmax(model(x).float(), dim=1).double().cpu().numpy())
+    if not out:
+        with torch.inference_mode():
+            s = imgs.shape[1] if imgs.ndim == 3 else 1
+            c = model(torch.zeros(1, in_chans, s, s, device=dev)).shape[1]
+        return np.zeros((0, c))
+    return np.concatenate(out)
+
+
+def measure_throughput(model, image_size: int, batch_size: int = 64, device="cpu", n_batches: int = 20,
+                       warmup: int = 3, single_runs: int | None = None, in_chans: int = 3) -> dict[str, Any]:
+    """Batched throughput (images/s) and median single-image latency (ms) of ``model`` on random inputs.
+
+    ``warmup`` untimed batches (and single images) first; CUDA is synchronised around every timed call. The result
+    says what was measured: device, batch size, torch threads, batches and single runs timed.
+    """
+    import torch
+
+    dev = _device(device)
+    model = model.to(dev).eval()
+    single_runs = single_runs or max(n_batches, 10)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    gen = torch.Generator().manual_seed(0)
+    xb = torch.randn(batch_size, in_chans, image_size, image_size, generator=gen).to(dev)
+    x1 = xb[:1].contiguous()
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(xb)
+            model(x1)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(n_batches):
+            model(xb)
+        sync()
+        batched_s = time.perf_counter() - t0
+        lat = []
+        for _ in range(single_runs):
+            sync()
+            t = time.perf_counter()
+            model(x1)
+            sync()
+            lat.append(time.perf_counter() - t)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (os.uname().machine if hasattr(os, "uname")
+                                                                       else "cpu")
+    return {
+        "images_per_s": float(batch_size * n_batches / batched_s) if batched_s > 0 else None,
+        "latency_ms_median": float(statistics.median(lat) * 1000.0),
+        "latency_ms_p90": float(np.quantile(lat, 0.9) * 1000.0),
+        "device": str(dev),
+        "device_name": name,
+        "batch_size": int(batch_size),
+        "image_size": int(image_size),
+        "torch_threads": int(torch.get_num_threads()),
+        "n_batches": int(n_batches),
+        "single_runs": int(single_runs),
+        "warmup": int(warmup),
+    }
+
+
+def predict_images(model_uri: str, images: np.ndarray, mean, std) -> np.ndarray:
+    """Predict class probabilities for uint8 greyscale images (N, S, S) with a logged/registered model; ``mean``/``std``
+    per channel (the model's metadata has them) or one value for all three."""
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    m, s = (np.asarray(v, dtype=np.float32).reshape(1, -1, 1, 1) for v in (mean, std))
+    x = np.ascontiguousarray(np.broadcast_to((images.astype(np.float32) / 255.0)[:, None] - m,
+                                             (len(images), 3, *images.shape[1:])) / s)
+    logits = np.asarray(model.predict(x))
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)

@@ -1,0 +1,74 @@
+"""The register stage: every evaluated model becomes a new version in the MLflow model registry, then the aliases
+``champion`` and ``challenger`` move by the promotion rule (:func:`lungxray.promote.decide`; the registry look-ups are
+in :mod:`lungxray.tracking`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import LungxrayError
+from .promote import PromotionParams, decide, selection_split
+from .tracking import MlflowParams, current_champion, mlflow_setup, prediction_tags, wait_ready
+
+
+def load_predictions(models: list[str], metrics_root: Path, split: str) -> dict[str, pd.DataFrame]:
+    """Each model's ``predictions_<split>.csv`` (written by evaluate)."""
+    out = {}
+    for name in models:
+        f = Path(metrics_root) / name / f"predictions_{split}.csv"
+        if not f.exists():
+            raise LungxrayError(f"{f} is missing: rerun `dvc repro` (evaluate@{name} writes it)")
+        out[name] = pd.read_csv(f, keep_default_na=False, dtype={"id": str, "unit": str, "label": str})
+    return out
+
+
+def register_and_promote(rows: list[dict], params: PromotionParams, mlflow_params: MlflowParams | None = None,
+                         predictions: dict[str, pd.DataFrame] | None = None) -> dict:
+    """Register every evaluated model as a new version, then move the aliases by :func:`promote.decide`.
+
+    ``predictions`` (model -> its :func:`load_predictions` table of the selection split) makes the paired comparison
+    with the champion possible; the champion's own predictions are found through its version's
+    ``predictions_<split>`` tag (an artifact of its training run, logged by evaluate). Versions are registered (and
+    waited for) first; aliases are set only after every registration succeeded, so a failure never leaves
+    ``champion`` pointing at a half-registered version.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    mlflow = mlflow_setup(mlflow_params or MlflowParams())
+    client = MlflowClient()
+    name = params.registered_model
+    predictions = predictions or {}
+    try:
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            client.create_registered_model(name, description="lungxray chest X-ray classifiers; aliases champion "
+                                                             "and challenger are set by the register stage")
+        champion = current_champion(client, name, params.metric, selection_split(params))
+        candidates = []
+        for r in rows:
+            if not r.get("mlflow_run_id"):
+                raise LungxrayError(f"{r['model']} has no MLflow run id in its train metrics: retrain it")
+            tags = {k: str(v) for k, v in r.items() if v is not None and k not in ("mlflow_run_id", "mlflow_model_uri")}
+            tags.update(prediction_tags(client, r["mlflow_run_id"]))
+            uri = r.get("mlflow_model_uri") or f"runs:/{r['mlflow_run_id']}/model"
+            mv = mlflow.register_model(uri, name, tags=tags)
+            mv = wait_ready(client, name, mv.version)
+            candidates.append({**r, "version": mv.version, "predictions": predictions.get(r["model"])})
+        decision = decide(candidates, champion, params)
+        # aliases last, after every version is READY
+        after = decision.get("champion_after")
+        if decision["promote"] and after:
+            client.set_registered_model_alias(name, "champion", after["version"])
+        chal = decision.get("challenger_after")
+        if chal:
+            client.set_registered_model_alias(name, "challenger", chal["version"])
+    except MlflowException as e:
+        raise LungxrayError(f"the MLflow model registry failed ({e}); aliases were not changed") from None
+    decision["registered_model"] = name
+    decision["registered_versions"] = [{"model": c["model"], "version": c["version"]} for c in candidates]
+    decision["load_with"] = f"mlflow.pyfunc.load_model('models:/{name}@champion')"
+    return decision

@@ -1,0 +1,183 @@
+"""MLflow in one place: the tracking store (:func:`mlflow_setup`), what a training run logs (its datasets, the model
+with its input metadata), what the evaluate stage adds to that run (metrics, plots, per-image predictions), and the
+registry look-ups of the register stage (a version's readiness, the current champion, the logged predictions).
+
+mlflow is imported on first use (it takes seconds), so importing this module stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from . import schema
+from .config import Strict
+from .errors import LungxrayError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+
+
+class MlflowParams(Strict):
+    experiment: str = "lungxray"
+    tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else "
+                                                        "sqlite:///mlruns/mlflow.db (local, no server)")
+    artifact_dir: str = "mlruns/artifacts"
+    log_model: bool = True
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the tracking store and the training run
+
+
+def mlflow_setup(mp: MlflowParams):
+    import mlflow
+
+    uri = mp.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    try:
+        exp = mlflow.get_experiment_by_name(mp.experiment)
+        if exp is None:
+            art = Path(mp.artifact_dir).resolve()
+            art.mkdir(parents=True, exist_ok=True)
+            mlflow.create_experiment(mp.experiment, artifact_location=art.as_uri())
+        mlflow.set_experiment(mp.experiment)
+    except Exception as e:
+        raise LungxrayError(f"cannot reach the MLflow tracking store {uri}: {e}. Unset MLFLOW_TRACKING_URI to use "
+                            f"the local store under mlruns/, or start that server.") from None
+    return mlflow
+
+
+DATASET_CONTEXTS = {"train": "training", "val": "validation"}  # the processed splits a training run learns from
+
+
+def log_datasets(mlflow, processed: Path, version: str) -> None:
+    """The processed train and val splits as the active run's dataset inputs (the Dataset column of ``mlflow ui``):
+    their index rows, named ``processed/<split>``, with the data version as digest."""
+    index = pd.read_csv(processed / "index.csv", keep_default_na=False, dtype=str)
+    source = mlflow.data.sources.LocalArtifactDatasetSource(str(processed.resolve()))  # named: no guessing, no warning
+    for split, context in DATASET_CONTEXTS.items():
+        rows = index[index.split == split].reset_index(drop=True)
+        dataset = mlflow.data.from_pandas(rows, source=source, targets="label", name=f"processed/{split}",
+                                          digest=version)
+        mlflow.log_input(dataset, context=context)
+
+
+def log_torch_model(mlflow, model: nn.Module, image_size: int, classes: list[str], norm: dict):
+    """Log the model with a signature, an input example (a normalised 3-channel batch of two) and, as metadata, what
+    its inputs must be: classes, image size and the per-channel ``mean``/``std`` (``(x / 255 - mean) / std``)."""
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    s = image_size
+    example = np.zeros((2, 3, s, s), dtype=np.float32)  # batch of 2: the exported batch dimension stays dynamic
+    with torch.inference_mode():
+        out = model(torch.from_numpy(example)).numpy()
+    signature = infer_signature(example, out)
+    reqs = [f"torch=={torch.__version__.split('+')[0]}"]
+    try:
+        import timm
+        import torchvision
+
+        reqs += [f"torchvision=={torchvision.__version__.split('+')[0]}", f"timm=={timm.__version__}"]
+    except ImportError:  # pragma: no cover
+        pass
+    return mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
+                                    pip_requirements=reqs,
+                                    metadata={"classes": classes, "image_size": s, "mean": norm["mean"],
+                                              "std": norm["std"], "normalisation": norm["source"]})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# evaluation and registry
+
+
+def log_evaluation(run_id: str, out: dict, results: dict, metrics_dir: Path, reports_dir: Path,
+                    mlflow_params: MlflowParams | None) -> None:
+    """Metrics, plots and per-image predictions into the model's training run (the registry finds them there)."""
+    mlflow = mlflow_setup(mlflow_params or MlflowParams())
+    with mlflow.start_run(run_id=run_id):
+        flat = {f"{split}/{k}": v for split in schema.EVAL_SPLITS if out[split] is not None
+                for k, v in out[split].items() if isinstance(v, (int, float)) and v is not None}
+        flat["inference/images_per_s"] = out["throughput"]["images_per_s"]
+        flat["inference/latency_ms_median"] = out["throughput"]["latency_ms_median"]
+        mlflow.log_metrics({k.replace("/n_samples", "/images"): float(v) for k, v in flat.items()})
+        for f in ("confusion_matrix.png", "roc.png", "reliability.png", "classification_report.txt"):
+            if (reports_dir / f).exists():
+                mlflow.log_artifact(str(reports_dir / f), artifact_path="evaluation")
+        for split in schema.EVAL_SPLITS:
+            mlflow.log_artifact(str(metrics_dir / f"predictions_{split}.csv"), artifact_path="evaluation")
+        if "test" in results:
+            mlflow.log_dict(results["test"][2], "evaluation/test_metrics.json")
+        mlflow.set_tags({"test_set": out["test_set"], "val_set": out["val_set"]})
+
+
+def current_champion(client, registered_model: str, metric: str, split: str) -> dict | None:
+    """The version of ``registered_model`` with the alias ``champion`` as a candidate dict: its ``metric`` (a tag) and,
+    when they can be found, its logged predictions of ``split``."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        v = client.get_model_version_by_alias(registered_model, "champion")
+    except MlflowException:
+        return None
+    return {"model": v.tags.get("model"), "version": v.version,
+            metric: float(v.tags[metric]) if metric in v.tags else None,
+            "trainable_parameters": float(v.tags.get("trainable_parameters", "nan")),
+            "test_set": v.tags.get("test_set"), "val_set": v.tags.get("val_set"),
+            "predictions": logged_predictions(v.tags.get(f"predictions_{split}"))}
+
+
+def prediction_tags(client, run_id: str) -> dict[str, str]:
+    """``predictions_<split>``: where the run's per-image predictions are (only those evaluate logged)."""
+    logged = {a.path for a in client.list_artifacts(run_id, "evaluation")}
+    return {f"predictions_{s}": f"runs:/{run_id}/evaluation/predictions_{s}.csv" for s in schema.EVAL_SPLITS
+            if f"evaluation/predictions_{s}.csv" in logged}
+
+
+def logged_predictions(uri: str | None) -> pd.DataFrame | None:
+    """A predictions table logged to MLflow, or None (logged, with the reason) when it cannot be had."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if not uri:
+        return None
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+            return pd.read_csv(path, keep_default_na=False, dtype={"id": str, "unit": str, "label": str})
+    except (MlflowException, OSError, ValueError) as e:
+        log.warning("the champion's predictions at %s cannot be read (%s): no paired comparison", uri, e)
+        return None
+
+
+def wait_ready(client, name: str, version: str, timeout_s: float = 120.0):
+    import time
+
+    from mlflow.entities.model_registry.model_version_status import ModelVersionStatus
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        mv = client.get_model_version(name, version)
+        status = ModelVersionStatus.from_string(mv.status)
+        if status == ModelVersionStatus.READY:
+            return mv
+        if status == ModelVersionStatus.FAILED_REGISTRATION or time.monotonic() > deadline:
+            raise LungxrayError(f"registering {name} version {version} failed ({mv.status}: {mv.status_message}); "
+                                f"aliases were not changed")
+        time.sleep(0.5)
