@@ -35,7 +35,7 @@ def test_class_weights_balance_and_absent_classes():
 def test_model_options_override():
     p = TrainParams(models=["resnet18"], lr=1e-3, model_options={"resnet18": {"lr": 1e-4, "freeze": 2}})
     s = model_settings(p, "resnet18")
-    assert s["lr"] == 1e-4 and s["freeze"] == 2 and s["batch_size"] == p.batch_size
+    assert s.lr == 1e-4 and s.freeze == 2 and s.batch_size == p.batch_size
 
 
 def test_unknown_model_name_is_a_config_error():
@@ -383,16 +383,16 @@ def test_default_params_freeze_the_imagenet_bases_of_vgg16_mobilenetv2_and_incep
     p = load_section("train", TrainParams, REPO / "params.yaml")
     for name in ("vgg16", "mobilenetv2", "inception_resnet_v2"):
         s = model_settings(p, name)
-        assert s["pretrained"] and s["freeze"] == "backbone", name
-        model = create_model(name, num_classes=5, pretrained=False, freeze=s["freeze"], head=s["head"])
+        assert s.pretrained and s.freeze == "backbone", name
+        model = create_model(name, num_classes=5, pretrained=False, freeze=s.freeze, head=s.head)
         head = model.get_classifier()
         trainable, total = count_parameters(model)
         assert trainable == sum(q.numel() for q in head.parameters()) < total / 100, name
         assert all(q.requires_grad for q in head.parameters())
     for name in ("resnet18", "resnet34"):
         s = model_settings(p, name)
-        assert s["freeze"] == 2, name
-        model = create_model(name, num_classes=5, pretrained=False, freeze=s["freeze"], head=s["head"])
+        assert s.freeze == 2, name
+        model = create_model(name, num_classes=5, pretrained=False, freeze=s.freeze, head=s.head)
         frozen = {n.split(".")[0] for n, q in model.named_parameters() if not q.requires_grad}
         assert frozen == {"conv1", "bn1", "layer1", "layer2"}, name
 

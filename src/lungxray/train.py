@@ -178,20 +178,27 @@ def resolve_precision(setting: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def model_settings(params: TrainParams, name: str) -> dict:
+class ModelSettings(Strict):
+    """How one model trains: the train section with its ``model_options`` applied (what :func:`model_settings` gives)."""
+
+    model: str = Field(description="architecture name (a row of the models table)")
+    pretrained: bool = Field(description="start from ImageNet weights")
+    weights_file: str | None = Field(description="local ImageNet weights instead of the hub")
+    weights_sha256: str | None = Field(description="expected checksum of weights_file")
+    freeze: int | Literal["backbone"] = Field(description="frozen stages (0 = none) or the whole backbone")
+    head: Literal["linear", "seed"] = Field(description="linear, or the seed head (dropout 0.2 -> 1024 ReLU)")
+    lr: float = Field(description="learning rate")
+    batch_size: int = Field(description="images per step")
+    epochs: int = Field(description="maximum epochs (early stopping may end sooner)")
+
+
+def model_settings(params: TrainParams, name: str) -> ModelSettings:
     """Resolved per-model settings (train section + model_options override)."""
     o = params.model_options.get(name, ModelOptions())
-    return {
-        "model": name,
-        "pretrained": params.pretrained if o.pretrained is None else o.pretrained,
-        "weights_file": o.weights_file,
-        "weights_sha256": o.weights_sha256,
-        "freeze": o.freeze,
-        "head": o.head,
-        "lr": o.lr or params.lr,
-        "batch_size": o.batch_size or params.batch_size,
-        "epochs": o.epochs or params.epochs,
-    }
+    return ModelSettings(model=name, pretrained=params.pretrained if o.pretrained is None else o.pretrained,
+                         weights_file=o.weights_file, weights_sha256=o.weights_sha256, freeze=o.freeze, head=o.head,
+                         lr=o.lr or params.lr, batch_size=o.batch_size or params.batch_size,
+                         epochs=o.epochs or params.epochs)
 
 
 RUN_KEYS = {"models", "model_options", "mlflow"}  # train keys that say which models run and where they are tracked
@@ -202,7 +209,8 @@ def resolved_settings(params: TrainParams, name: str) -> dict:
 
     Other models' options and the list of models are not part of it, so changing them neither retrains ``name``
     (``train@<name>`` depends on this, through :func:`settings_record`) nor changes its checkpoint fingerprint."""
-    return {**params.model_dump(mode="json", exclude=RUN_KEYS), **model_settings(params, name)}
+    own = model_settings(params, name).model_dump(mode="json")
+    return {**params.model_dump(mode="json", exclude=RUN_KEYS), **own}
 
 
 def settings_record(params: TrainParams, name: str) -> dict:
@@ -332,7 +340,7 @@ class _Setup:
 
     name: str
     params: TrainParams
-    settings: dict  # model_settings()
+    settings: ModelSettings
     resolved: dict  # the record kept in checkpoints and model.pt
     fingerprints: dict  # settings, data, code, libraries: see lungxray.checkpoint
     norm: dict  # input_normalisation()
@@ -370,13 +378,13 @@ def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, 
     processed = Path(processed)
     stats = json.loads((processed / "stats.json").read_text())
     settings = model_settings(params, name)
-    resolved = {"settings": settings, "train": params.model_dump(mode="json"), "data": {
+    resolved = {"settings": settings.model_dump(mode="json"), "train": params.model_dump(mode="json"), "data": {
         "image_size": stats["image_size"], "mean": stats["mean"], "std": stats["std"], "classes": stats["classes"],
         "version": data_version(processed)}, **({"extra": extra_params} if extra_params else {})}
     fingerprints = {"settings": fingerprint(resolved_settings(params, name)), "data": fingerprint(resolved["data"]),
                     "code": checkpoint.code_fingerprint(), "libraries": fingerprint(checkpoint.library_versions())}
     device = resolve_device(params.device)
-    setup = _Setup(name, params, settings, resolved, fingerprints, input_normalisation(name, settings["pretrained"],
+    setup = _Setup(name, params, settings, resolved, fingerprints, input_normalisation(name, settings.pretrained,
                    stats), device, resolve_precision(params.precision, device), Path(out_dir), Path(metrics_dir))
     if params.torch_threads:
         torch.set_num_threads(params.torch_threads)
@@ -401,7 +409,7 @@ def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, 
     run.run_id = mlflow.start_run(run_id=run.run_id, run_name=None if run.run_id else name).info.run_id
     try:
         if run.start_epoch == 1:
-            mlflow.log_params(flatten({"model": name, **settings, "train": params.model_dump(mode="json"),
+            mlflow.log_params(flatten({"model": name, **settings.model_dump(mode="json"), "train": params.model_dump(mode="json"),
                                        "data": resolved["data"], **({"extra": extra_params} if extra_params else {})}))
             mlflow.set_tags({"model": name, "git_commit": git_commit(), "data_version": resolved["data"]["version"],
                              "device": device.type, "precision": str(setup.amp or torch.float32).removeprefix("torch."),
@@ -424,13 +432,13 @@ def _build(setup: _Setup) -> _Run:
     s, params = setup.settings, setup.params
     seed_everything(params.seed)
     model = models.create_model(setup.name, num_classes=len(setup.resolved["data"]["classes"]),
-                                pretrained=s["pretrained"], freeze=s["freeze"], head=s["head"],
-                                weights_file=s["weights_file"], weights_sha256=s["weights_sha256"])
+                                pretrained=s.pretrained, freeze=s.freeze, head=s.head,
+                                weights_file=s.weights_file, weights_sha256=s.weights_sha256)
     model.to(setup.device)
     if params.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = build_optimizer(params, model, s["lr"])
-    return _Run(model, opt, build_scheduler(params, opt, s["epochs"]),
+    opt = build_optimizer(params, model, s.lr)
+    return _Run(model, opt, build_scheduler(params, opt, s.epochs),
                 torch.amp.GradScaler("cuda") if setup.amp == torch.float16 else None)
 
 
@@ -471,7 +479,7 @@ def _fit(setup: _Setup, run: _Run, data: dict, mlflow) -> bool:
     loss_fn = nn.CrossEntropyLoss(weight=weights.to(device) if params.imbalance == "weighted_loss" else None)
     eval_loss = nn.CrossEntropyLoss()
     mean, std = setup.norm["mean"], setup.norm["std"]
-    bs, epochs = setup.settings["batch_size"], setup.settings["epochs"]
+    bs, epochs = setup.settings.batch_size, setup.settings.epochs
     for epoch in range(run.start_epoch, epochs + 1):
         if run.bad_epochs >= params.early_stopping_patience:
             return True
