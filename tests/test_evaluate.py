@@ -13,7 +13,7 @@ import yaml
 from lungxray.cli import main as cli
 from lungxray.errors import LungxrayError
 from lungxray.compare import leaderboard, leaderboard_rows
-from lungxray.evaluate import EvaluateParams, evaluate_model, fingerprint_test_set
+from lungxray.evaluate import EvaluateParams, evaluate_model, fingerprint_split
 from lungxray.inference import predict_images
 from lungxray.promote import PromotionParams
 from lungxray.register import register_and_promote
@@ -73,10 +73,9 @@ def test_eval_outputs(trained):
     assert e["test"]["per_class"]["normal"]["specificity"] is not None
     assert e["test"]["by_source"]["synthetic"]["n_samples"] == 6
     assert e["throughput"]["images_per_s"] > 0
-    from lungxray.evaluate import fingerprint_split
     from lungxray.register import load_predictions
 
-    assert e["test_set"] == fingerprint_test_set(processed) and e["val_set"] == fingerprint_split(processed, "val")
+    assert e["test_set"] == fingerprint_split(processed, "test") and e["val_set"] == fingerprint_split(processed, "val")
     assert e["val_set"] != e["test_set"]
     assert set(e["inputs"]) == {"data_version", "model_sha256", "evaluate_params"}
     assert e["val"]["bootstrap"]["resampled"] == "split units" and e["val"]["bootstrap"]["units"] == 12
@@ -280,7 +279,7 @@ def test_ci_gate_refuses_metrics_measured_on_other_images(trained, tmp_path, mon
     monkeypatch.chdir(work)
     assert cli(["metrics", "baseline"]) == 0
     baseline = json.loads((work / "baseline.json").read_text())
-    assert baseline["cnn5.test_set"] == fingerprint_test_set(root / "processed")
+    assert baseline["cnn5.test_set"] == fingerprint_split(root / "processed", "test")
     assert baseline["cnn8.val_set"] == json.loads((work / "metrics/cnn8/eval.json").read_text())["val_set"]
     capsys.readouterr()
 

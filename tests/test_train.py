@@ -228,9 +228,8 @@ def test_a_finished_run_is_never_resumed_a_rerun_trains_from_scratch(tmp_path, m
     assert pd.read_csv(tmp_path / "x/history.csv").epoch.tolist() == [1, 2]
 
 
-def test_a_code_change_trains_from_scratch_instead_of_resuming(tmp_path, mlflow_env, monkeypatch, capsys):
-    import lungxray.checkpoint as checkpoint
-
+def interrupted_after_one_epoch(tmp_path: Path, monkeypatch) -> tuple[Path, TrainParams]:
+    """cnn5 (2 epochs) stopped after its first epoch, as on Ctrl-C: its checkpoint holds epoch 1."""
     processed = make_processed(tmp_path)
     p = params(tmp_path, epochs=2)
     interrupt_after_epochs(monkeypatch, 1)
@@ -239,6 +238,13 @@ def test_a_code_change_trains_from_scratch_instead_of_resuming(tmp_path, mlflow_
     assert torch.load(tmp_path / "m/checkpoint.pt", weights_only=True)["epoch"] == 1
     monkeypatch.undo()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return processed, p
+
+
+def test_a_code_change_trains_from_scratch_instead_of_resuming(tmp_path, mlflow_env, monkeypatch, capsys):
+    import lungxray.checkpoint as checkpoint
+
+    processed, p = interrupted_after_one_epoch(tmp_path, monkeypatch)
     monkeypatch.setattr(checkpoint, "code_fingerprint", lambda *a, **k: "edited-train-or-models-code")
     capsys.readouterr()
     train_model("cnn5", p, processed, tmp_path / "m", tmp_path / "x", progress=False)
@@ -252,13 +258,7 @@ def test_a_code_change_trains_from_scratch_instead_of_resuming(tmp_path, mlflow_
 def test_a_library_upgrade_trains_from_scratch_instead_of_resuming(tmp_path, mlflow_env, monkeypatch, capsys):
     import lungxray.checkpoint as checkpoint
 
-    processed = make_processed(tmp_path)
-    p = params(tmp_path, epochs=2)
-    interrupt_after_epochs(monkeypatch, 1)
-    with pytest.raises(KeyboardInterrupt):
-        train_model("cnn5", p, processed, tmp_path / "m", tmp_path / "x", progress=False)
-    monkeypatch.undo()
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    processed, p = interrupted_after_one_epoch(tmp_path, monkeypatch)
     versions = checkpoint.library_versions()
     monkeypatch.setattr(checkpoint, "library_versions", lambda: {**versions, "timm": "999.0"})
     capsys.readouterr()
@@ -272,13 +272,7 @@ def test_a_checkpoint_whose_weights_do_not_fit_the_model_is_set_aside_without_a_
     """The architecture changed in a way no fingerprint saw (e.g. inside a library): one line, then a fresh start."""
     import lungxray.models as models
 
-    processed = make_processed(tmp_path)
-    p = params(tmp_path, epochs=2)
-    interrupt_after_epochs(monkeypatch, 1)
-    with pytest.raises(KeyboardInterrupt):
-        train_model("cnn5", p, processed, tmp_path / "m", tmp_path / "x", progress=False)
-    monkeypatch.undo()
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    processed, p = interrupted_after_one_epoch(tmp_path, monkeypatch)
     real = models.create_model
     monkeypatch.setattr(models, "create_model", lambda name, num_classes, **kw: real(name, num_classes,
                                                                                       **{**kw, "head": "seed"}))

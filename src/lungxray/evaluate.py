@@ -45,10 +45,6 @@ def fingerprint_split(processed: Path, split: str) -> str:
     return fingerprint_images(part.id, part.label)
 
 
-def fingerprint_test_set(processed: Path) -> str:
-    return fingerprint_split(processed, "test")
-
-
 def evaluation_inputs(processed: Path, model_path: Path, params: EvaluateParams) -> dict[str, str]:
     """What an evaluation is computed from: data version, model file hash, settings (recorded in eval.json)."""
     return {"data_version": data_version(Path(processed)), "model_sha256": sha256_file(model_path),

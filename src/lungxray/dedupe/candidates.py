@@ -7,8 +7,9 @@ import logging
 
 import numpy as np
 
+from ..parallel import resolve_workers
 from .params import DedupeParams
-from .signatures import Signatures, _resolve_workers
+from .signatures import Signatures
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def knn_pairs(vectors: np.ndarray, k: int, min_similarity: float, block: int = 2
 
 def candidate_pairs(sig: Signatures, idx: np.ndarray, params: DedupeParams) -> tuple[np.ndarray, np.ndarray]:
     """Candidate pairs (as indices into ``idx``) and their hash distance (the smaller of the two views')."""
-    workers = _resolve_workers(params.workers)
+    workers = resolve_workers(params.workers)
     parts = [hash_pairs(h[idx], params.hash_radius, params.mih_chunks, workers=workers)[0]
              for h in (sig.hashes, sig.frame_hashes)]
     if params.knn_k > 0 and len(idx) <= params.knn_max_images:

@@ -13,11 +13,12 @@ import pandas as pd
 from ..errors import LungxrayError
 from ..graph import components
 from ..imaging import DEFAULT_MAX_PIXELS
+from ..parallel import resolve_workers
 from ..schema import conflict_outcome, kept_per_group
 from .candidates import candidate_pairs
 from .params import DedupeParams
 from .report import build_report
-from .signatures import Signatures, _resolve_workers, compute_signatures
+from .signatures import Signatures, compute_signatures
 from .verify import verify_all
 
 METHOD_SHA = "sha256"
@@ -36,7 +37,7 @@ def find_groups(df: pd.DataFrame, params: DedupeParams | None = None, cache_path
     params = params or DedupeParams()
     t0 = time.time()
     out = _checked_input(df)
-    workers = _resolve_workers(workers or params.workers)
+    workers = resolve_workers(workers or params.workers)
     sig = signatures or _signatures_of(out, params, cache_path, workers, progress, max_pixels)
     _add_signature_columns(out, sig)
     t_sig = time.time() - t0

@@ -159,10 +159,6 @@ def _imap(func, items: list, workers: int, desc: str, progress: bool, chunksize:
                         disable=not progress, unit="img")
 
 
-def _resolve_workers(workers: int) -> int:
-    return resolve_workers(workers)
-
-
 class SignatureCache:
     """Signatures by sha256 in a :class:`~lungxray.io.KeyValueStore`: each one is saved as soon as its file is
     decoded, so a rerun after an interruption (even ``kill -9``) decodes only the files that are left. The store's
@@ -207,7 +203,7 @@ def compute_signatures(paths: list[str], workers: int = 0, cache_path: str | Non
     params = params or DedupeParams()
     paths = [str(p) for p in paths]
     n, T = len(paths), params.thumb_size
-    workers = _resolve_workers(workers or params.workers)
+    workers = resolve_workers(workers or params.workers)
     cache = SignatureCache(cache_path, params) if cache_path else None
     known = cache.entries if cache else {}
     shas: list[str | None]

@@ -57,17 +57,20 @@ def _take_better(s0, l0, o0, idx, s1, l1, o1) -> None:
     s0[idx[better]], l0[idx[better]], o0[idx[better]] = s1[better], l1[better], o1[better]
 
 
+def _centred_grid(H: int, W: int, margin: int):
+    """Pixel coordinates relative to the centre (flattened, [1,N]), the centre, and the mask of the inner pixels."""
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    cx, cy = (W - 1) / 2, (H - 1) / 2
+    inner = np.zeros((H, W), bool)
+    inner[margin:H - margin, margin:W - margin] = True
+    return (xx - cx).ravel()[None], (yy - cy).ravel()[None], cx, cy, inner.ravel()[None]
+
+
 def _lk_affine(A: np.ndarray, B: np.ndarray, schedule: Sequence[tuple[float, int]], margin: int,
                p0: np.ndarray | None = None) -> np.ndarray:
     """Affine parameters mapping A's pixel grid into B (batched Gauss-Newton with gain/offset normalisation)."""
     P, H, W = A.shape
-    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
-    cx, cy = (W - 1) / 2, (H - 1) / 2
-    X = (xx - cx).ravel()[None]
-    Y = (yy - cy).ravel()[None]
-    inner = np.zeros((H, W), bool)
-    inner[margin:H - margin, margin:W - margin] = True
-    inner = inner.ravel()[None]
+    X, Y, cx, cy, inner = _centred_grid(H, W, margin)
     p = np.zeros((P, 6), np.float32) if p0 is None else p0.astype(np.float32).copy()
     eye = np.eye(6, dtype=np.float32) * 1e-2
     for sigma, iters in schedule:
@@ -102,13 +105,7 @@ def _scorer(A: np.ndarray, B: np.ndarray, margin: int):
     """``score_at(idx, p)`` -> (high-pass NCC, low-pass NCC, overlap) of ``A[idx]`` against ``B[idx]`` warped by the
     affine ``p`` (float32 thumbnails [P,H,W]; blur and high-pass scales follow H, as at H=64)."""
     P, H, W = A.shape
-    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
-    cx, cy = (W - 1) / 2, (H - 1) / 2
-    X = (xx - cx).ravel()[None]
-    Y = (yy - cy).ravel()[None]
-    inner = np.zeros((H, W), bool)
-    inner[margin:H - margin, margin:W - margin] = True
-    inner = inner.ravel()[None]
+    X, Y, cx, cy, inner = _centred_grid(H, W, margin)
     n_inner = inner.sum()
     hp_sigma = 1.5 * H / 64
     lp_sigma = 0.6 * H / 64
