@@ -17,7 +17,8 @@ import time
 from multiprocessing import get_context
 from pathlib import Path
 
-from lungxray.fetch import list_files, probe_all
+from lungxray.fetch.listing import list_files
+from lungxray.fetch.probing import probe_all
 
 EXTS = [".png", ".jpg", ".jpeg"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lungxray.fetch import list_files
+from lungxray.fetch.listing import list_files
 from lungxray.preprocess import PreprocessParams, run_preprocess
 
 sys.path.insert(0, str(Path(__file__).parent))

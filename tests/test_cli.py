@@ -60,7 +60,7 @@ def test_dedupe_command_without_labels_on_flat_folders(tmp_path):
 def test_dedupe_command_rejects_a_decompression_bomb_as_fetch_does(tmp_path, bomb_png, capsys, monkeypatch):
     from PIL import ImageFile
 
-    from lungxray.fetch import probe
+    from lungxray.fetch.probing import probe
     from lungxray.imaging import DEFAULT_MAX_PIXELS
 
     save(tmp_path / "site" / "NORMAL" / "a.png", Image.fromarray(xray(5, (160, 128))))
@@ -82,7 +82,7 @@ def test_dedupe_command_rejects_a_decompression_bomb_as_fetch_does(tmp_path, bom
 
 
 def test_dedupe_command_reports_an_empty_file_in_fetchs_words(tmp_path, capsys):
-    from lungxray.fetch import probe
+    from lungxray.fetch.probing import probe
 
     save(tmp_path / "site" / "NORMAL" / "a.png", Image.fromarray(xray(5, (160, 128))))
     empty = tmp_path / "site" / "NORMAL" / "empty.jpg"

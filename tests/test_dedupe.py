@@ -457,7 +457,7 @@ def test_cache_of_other_signature_params_or_format_is_rebuilt(tmp_path, monkeypa
 def test_pixel_limit_applies_before_decoding_and_to_cached_files(tmp_path, bomb_png, monkeypatch):
     from PIL import ImageFile
 
-    from lungxray.fetch import probe
+    from lungxray.fetch.probing import probe
 
     loaded = []
     real_load = ImageFile.ImageFile.load

@@ -403,7 +403,7 @@ def test_empty_source_names_the_configured_folder_and_what_it_expected(project):
 def test_pixel_limit_rejects_without_decoding(project, bomb_png, monkeypatch):
     from PIL import ImageFile
 
-    from lungxray.fetch import probe
+    from lungxray.fetch.probing import probe
     from lungxray.imaging import DEFAULT_MAX_PIXELS
 
     loaded = []
@@ -419,10 +419,10 @@ def _images(root: Path, n: int) -> list[Path]:
 
 
 def _count_probes(monkeypatch) -> list[str]:
-    from lungxray import fetch
+    from lungxray.fetch import probing
 
-    calls, real = [], fetch.probe
-    monkeypatch.setattr(fetch, "probe", lambda path, mp: calls.append(path) or real(path, mp))
+    calls, real = [], probing.probe
+    monkeypatch.setattr(probing, "probe", lambda path, mp: calls.append(path) or real(path, mp))
     return calls
 
 
@@ -441,13 +441,14 @@ def test_kill_9_during_probing_then_rerun_probes_only_the_files_left(project, mo
 import json, os, signal
 from lungxray import fetch
 from lungxray.config import FetchParams, parse_sections
-real, calls = fetch.probe, []
+from lungxray.fetch import probing
+real, calls = probing.probe, []
 def probe(path, max_pixels):
     calls.append(path)
     if len(calls) == 6:  # killed while probing the 6th file: 5 are done
         os.kill(os.getpid(), signal.SIGKILL)
     return real(path, max_pixels)
-fetch.probe = probe
+probing.probe = probe
 fetch.run_fetch(parse_sections({{"fetch": {{"sources": {SOURCE_F!r}, "workers": 1}}}}, {{"fetch": FetchParams}}).fetch,
                 progress=False)
 """
