@@ -186,7 +186,8 @@ def test_predictions_table_round_trips_and_aligns_by_id(tmp_path):
 
 def test_bootstrap_auc_matches_sklearn_on_a_resample():
     """The weighted (multiplicity) AUC equals sklearn's on the materialised resample."""
-    from lungxray.metrics import _bootstrap_counts, _grouped_auc
+    from lungxray.metrics.bootstrap import _bootstrap_counts
+    from lungxray.metrics.primitives import _grouped_auc
 
     y, p = random_data(n=150, seed=8)
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""Tests of the leakage-free split (lungxray.split): hypothesis properties plus unit tests."""
+"""Tests of the leakage-free split (lungxray.split, lungxray.leakage): hypothesis properties plus unit tests."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from lungxray.errors import LungxrayError
+from lungxray.leakage import check_leakage
 from lungxray.split import (
     official_test_set,
     SPLIT_COLUMNS,
     SplitParams,
-    check_leakage,
     make_split,
     require_validated,
     split_counts,

@@ -25,7 +25,8 @@ from . import schema
 from .errors import LungxrayError
 from .inference import load_trained, measure_throughput, predict_proba
 from .io import read_json, sha256_file, write_csv, write_json
-from .metrics import EvaluateParams, _check_inputs, ovr_auc, roc_points
+from .metrics import EvaluateParams, ovr_auc, roc_points
+from .metrics.primitives import _check_inputs
 from .plots import pyplot as _pyplot, save_png
 from .preprocess import load_split
 from .tracking import MlflowParams, log_evaluation

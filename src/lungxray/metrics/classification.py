@@ -1,0 +1,168 @@
+"""The metrics of one model on one split: per-class and macro / micro figures with their bootstrap intervals and
+calibration (:func:`compute_metrics`), their summary and headline, and the per-source breakdown.
+
+Conventions (they decide what the numbers mean, so they are spelled out):
+
+* ``y_pred`` is the arg-max of ``probs`` (ties: the lowest class index, as ``np.argmax``).
+* Per-class values whose denominator is 0 are ``None`` (e.g. the PPV of a class never predicted, the sensitivity of a
+  class absent from ``y_true``), never a silent 0.
+* Macro precision / recall / F1 average over the classes **present in y_true** (support > 0); inside that average a
+  0/0 value counts as 0 (sklearn's ``zero_division=0``). A class absent from the evaluated set (common in per-source
+  metrics) therefore neither helps nor hurts. On a test set holding every class this equals sklearn's
+  ``average="macro"``.
+* Micro precision / recall / F1 pool all classes; for single-label multi-class data they equal the accuracy.
+* One-vs-rest ROC-AUC per class is ``None`` when y_true holds no sample of the class or only samples of it (one class
+  present: the AUC is undefined), with the reason in ``per_class[c]["auc_note"]``. ``macro_auc`` averages the defined
+  per-class AUCs (``macro_auc_classes`` says how many); ``None`` if none is defined. Ties in scores count 1/2
+  (Mann-Whitney), as ``sklearn.metrics.roc_auc_score``.
+* Bootstrap intervals: :mod:`lungxray.metrics.bootstrap`; ECE: :mod:`lungxray.metrics.calibration`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from pydantic import Field
+
+from ..config import Strict
+from .bootstrap import BOOTSTRAP_STATISTICS, _unit_codes, bootstrap_ci
+from .calibration import reliability_data
+from .primitives import _check_inputs, _div, _f, confusion, ovr_auc
+
+
+class EvaluateParams(Strict):
+
+    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for the confidence intervals (0: none)")
+    ci: float = Field(0.95, gt=0, lt=1, description="confidence level of the percentile intervals")
+    seed: int = 0
+    ece_bins: int = Field(15, ge=1)
+    batch_size: int = Field(64, ge=1, description="inference batch size")
+    latency_batches: int = Field(20, ge=1, description="timed batches for the throughput / latency measurement")
+    source_bootstrap: int = Field(0, ge=0, description="bootstrap resamples for the per-source metrics")
+    allow_empty_test: bool = Field(False, description="report an empty test split as absent instead of failing "
+                                                      "(a benchmark whose official test split is held back)")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# metrics
+
+BULKY_KEYS = ("confusion_matrix", "reliability", "classification_report")
+
+
+def compute_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str],
+                    params: EvaluateParams | None = None, units: Sequence | None = None) -> dict[str, Any]:
+    """All test metrics of one model as a JSON-able dict (see the module docstring for the conventions).
+
+    Top-level scalar keys: ``n_samples, accuracy, macro_precision, macro_recall, macro_f1, micro_precision,
+    micro_recall, micro_f1, weighted_f1, macro_auc, macro_auc_classes, macro_specificity, ece, mce, log_loss,
+    accuracy_ci_low/high, macro_recall_ci_low/high, macro_auc_ci_low/high``; nested: ``per_class`` ({class:
+    {sensitivity, specificity, ppv, npv, f1, support, predicted, auc, auc_note}}), ``bootstrap`` (resamples, ci,
+    seed, what was resampled and how many units), and the bulky ``confusion_matrix`` ({labels, matrix}),
+    ``reliability`` and ``classification_report`` (text) which :func:`summary` drops.
+    """
+    params = params or EvaluateParams()
+    classes = list(classes)
+    y, p = _check_inputs(y_true, probs, classes)
+    n, c = p.shape
+    y_pred = p.argmax(axis=1) if n else np.zeros(0, dtype=np.int64)
+    cm = confusion(y, y_pred, c)
+    tp = np.diag(cm).astype(np.float64)
+    support = cm.sum(axis=1).astype(np.float64)
+    predicted = cm.sum(axis=0).astype(np.float64)
+    fn = support - tp
+    fp = predicted - tp
+    tn = n - tp - fn - fp
+
+    per_class: dict[str, dict] = {}
+    present = support > 0
+    rec0, prec0, f10 = np.zeros(c), np.zeros(c), np.zeros(c)  # zero_division=0 versions for the macro means
+    spec_vals = []
+    for k, name in enumerate(classes):
+        sens = _div(tp[k], tp[k] + fn[k])
+        ppv = _div(tp[k], tp[k] + fp[k])
+        spec = _div(tn[k], tn[k] + fp[k])
+        npv = _div(tn[k], tn[k] + fn[k])
+        f1 = _div(2 * tp[k], 2 * tp[k] + fp[k] + fn[k])
+        auc, note = ovr_auc(y, p, k) if n else (None, "no samples")
+        rec0[k], prec0[k], f10[k] = sens or 0.0, ppv or 0.0, f1 or 0.0
+        if present[k] and spec is not None:
+            spec_vals.append(spec)
+        per_class[name] = {"sensitivity": _f(sens), "specificity": _f(spec), "ppv": _f(ppv), "npv": _f(npv),
+                           "f1": _f(f1), "support": int(support[k]), "predicted": int(predicted[k]),
+                           "auc": _f(auc), "auc_note": note}
+
+    def macro(v: np.ndarray) -> float | None:
+        return _f(v[present].mean()) if present.any() else None
+
+    weighted_f1 = _f((f10 * support).sum() / n) if n else None
+    aucs = [d["auc"] for d in per_class.values() if d["auc"] is not None]
+    micro = _div(tp.sum(), n)
+    eps = 1e-15
+    log_loss = _f(-np.log(np.clip(p[np.arange(n), y], eps, 1.0)).mean()) if n else None
+    rel = reliability_data(y, p, params.ece_bins)
+    boot = bootstrap_ci(y, p, params.bootstrap, params.ci, params.seed, units=units)
+
+    from sklearn.metrics import classification_report
+
+    report = classification_report(y, y_pred, labels=list(range(c)), target_names=classes, digits=4,
+                                   zero_division=0) if n else ""
+
+    return {
+        "n_samples": int(n),
+        "accuracy": _f(micro),
+        "macro_precision": macro(prec0),
+        "macro_recall": macro(rec0),
+        "macro_f1": macro(f10),
+        "micro_precision": _f(micro),
+        "micro_recall": _f(micro),
+        "micro_f1": _f(micro),
+        "weighted_f1": weighted_f1,
+        "macro_specificity": _f(np.mean(spec_vals)) if spec_vals else None,
+        "macro_auc": _f(np.mean(aucs)) if aucs else None,
+        "macro_auc_classes": len(aucs),
+        "ece": rel["ece"],
+        "mce": rel["mce"],
+        "log_loss": log_loss,
+        "accuracy_ci_low": boot["accuracy"]["low"],
+        "accuracy_ci_high": boot["accuracy"]["high"],
+        "macro_recall_ci_low": boot["macro_recall"]["low"],
+        "macro_recall_ci_high": boot["macro_recall"]["high"],
+        "macro_auc_ci_low": boot["macro_auc"]["low"],
+        "macro_auc_ci_high": boot["macro_auc"]["high"],
+        "bootstrap": {"resamples": params.bootstrap, "ci": params.ci, "seed": params.seed, "method": "percentile",
+                      "resampled": "images" if units is None else "split units", "units": _unit_codes(units, n)[1]},
+        "per_class": per_class,
+        "confusion_matrix": {"labels": classes, "matrix": cm.tolist()},
+        "reliability": rel,
+        "classification_report": report,
+    }
+
+
+def summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` without the bulky entries (confusion matrix, reliability bins, report text): for ``dvc metrics``."""
+    return {k: v for k, v in metrics.items() if k not in BULKY_KEYS}
+
+
+HEADLINE_KEYS = tuple(f"{k}{s}" for k in BOOTSTRAP_STATISTICS for s in ("", "_ci_low", "_ci_high")) + ("ece",)
+
+
+def headline(metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """The headline figures of one split (accuracy, macro recall, macro AUC with their intervals, ECE), the only DVC
+    metrics, so that ``dvc metrics show`` stays a narrow table; all ``None`` when the split was not evaluated."""
+    return {k: (metrics or {}).get(k) for k in HEADLINE_KEYS}
+
+
+def metrics_by_source(y_true: np.ndarray, probs: np.ndarray, sources: Sequence[str], classes: Sequence[str],
+                      params: EvaluateParams | None = None, units: Sequence | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`compute_metrics` per source (sorted by name), with ``params.source_bootstrap`` resamples (default 0) of
+    the ``units`` (None: of the images)."""
+    params = params or EvaluateParams()
+    y, p = _check_inputs(y_true, probs, classes)
+    src = np.asarray(list(sources), dtype=object)
+    if src.shape[0] != y.shape[0]:
+        raise ValueError(f"{src.shape[0]} sources for {y.shape[0]} samples")
+    sub = params.model_copy(update={"bootstrap": params.source_bootstrap})
+    u = None if units is None else np.asarray(list(units), dtype=object)
+    return {str(s): compute_metrics(y[src == s], p[src == s], classes, sub, None if u is None else u[src == s])
+            for s in sorted(set(src.tolist()))}
