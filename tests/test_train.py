@@ -326,7 +326,7 @@ train_model("cnn5", p, tmp / "processed", tmp / "models/cnn5", tmp / "metrics/cn
 
 @pytest.mark.slow
 def test_an_architecture_change_then_rerun_trains_the_new_model_without_a_traceback(tmp_path):
-    """A scratch copy of the package: train, edit cnn5's first layer in models.py, rerun (as `dvc repro` would)."""
+    """A scratch copy of the package: train, edit cnn5's first layer in handcrafted.py, rerun (as `dvc repro` would)."""
     make_processed(tmp_path, n_train=30, n_val=12)
     src = tmp_path / "src"
     shutil.copytree(REPO / "src" / "lungxray", src / "lungxray", ignore=shutil.ignore_patterns("__pycache__"))
@@ -340,7 +340,7 @@ def test_an_architecture_change_then_rerun_trains_the_new_model_without_a_traceb
 
     first = run()
     assert first.returncode == 0, first.stdout + first.stderr
-    models_py = src / "lungxray/models.py"
+    models_py = src / "lungxray/handcrafted.py"
     text = models_py.read_text()
     assert "(32, 64, 128, 256, 512), (5, 5, 3, 3, 3)" in text
     models_py.write_text(text.replace("(32, 64, 128, 256, 512), (5, 5, 3, 3, 3)", "(16, 64, 128, 256, 512), "
