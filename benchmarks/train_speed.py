@@ -25,10 +25,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from lungxray.augment import AugmentParams
 from lungxray.models import create_model
 from lungxray.preprocess import PreprocessParams, load_split, run_preprocess
 from lungxray.inference import to_model_input
-from lungxray.train import ArrayBatches, AugmentParams, resolve_precision
+from lungxray.train_loop import ArrayBatches, resolve_precision
 
 
 def pick_images(root: Path, n: int, seed: int = 0) -> pd.DataFrame:

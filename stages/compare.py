@@ -6,7 +6,7 @@ from lungxray.config import load_sections
 from lungxray.io import atomic_path, write_json
 from lungxray.promote import PromotionParams
 from lungxray.stage import run_stage
-from lungxray.train import TrainParams
+from lungxray.train_settings import TrainParams
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from lungxray.config import load_sections
 from lungxray.errors import LungxrayError
 from lungxray.evaluate import EvaluateParams, evaluate_model
 from lungxray.stage import run_stage
-from lungxray.train import TrainParams
+from lungxray.train_settings import TrainParams
 
 
 def main() -> None:

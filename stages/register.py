@@ -7,7 +7,7 @@ from lungxray.io import write_json
 from lungxray.promote import PromotionParams, selection_split
 from lungxray.register import load_predictions, register_and_promote
 from lungxray.stage import run_stage
-from lungxray.train import TrainParams
+from lungxray.train_settings import TrainParams
 
 
 def main() -> None:

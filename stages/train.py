@@ -8,7 +8,8 @@ from lungxray.errors import LungxrayError
 from lungxray.preprocess import PreprocessParams
 from lungxray.split import SplitParams
 from lungxray.stage import run_stage
-from lungxray.train import TrainParams, train_model
+from lungxray.train import train_model
+from lungxray.train_settings import TrainParams
 
 
 def main() -> None:

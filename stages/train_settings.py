@@ -8,7 +8,7 @@ from lungxray import schema
 from lungxray.config import load_section
 from lungxray.io import write_json
 from lungxray.stage import run_stage
-from lungxray.train import TrainParams, settings_record
+from lungxray.train_settings import TrainParams, settings_record
 
 
 def main() -> None:

@@ -17,7 +17,9 @@ from conftest import REPO
 
 from lungxray.inference import load_trained
 from lungxray.tracking import MlflowParams
-from lungxray.train import TrainParams, class_weights, model_settings, train_model
+from lungxray.train import train_model
+from lungxray.train_loop import class_weights
+from lungxray.train_settings import TrainParams, model_settings
 
 from helpers.processed import CLASSES, make_processed, train_params as params
 
@@ -76,7 +78,7 @@ def test_train_writes_model_metrics_history_and_mlflow_run(tmp_path, mlflow_env)
 
 
 def test_the_training_run_records_the_processed_train_and_val_splits_as_its_dataset_inputs(tmp_path, mlflow_env):
-    from lungxray.train import data_version
+    from lungxray.checkpoint import data_version
 
     processed = make_processed(tmp_path)
     p = params(tmp_path, epochs=1, mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/db.sqlite",
@@ -165,7 +167,7 @@ def test_changed_settings_set_an_interrupted_checkpoint_aside_and_start_afresh(t
 
 
 def test_batches_cover_the_split_once_and_are_seeded():
-    from lungxray.train import ArrayBatches
+    from lungxray.train_loop import ArrayBatches
 
     x = np.arange(10 * 4 * 4, dtype=np.uint8).reshape(10, 4, 4)
     y = np.arange(10)
@@ -312,7 +314,8 @@ ARCH_SCRIPT = """
 import sys
 from pathlib import Path
 from lungxray.tracking import MlflowParams
-from lungxray.train import TrainParams, train_model
+from lungxray.train import train_model
+from lungxray.train_settings import TrainParams
 tmp = Path(sys.argv[1])
 p = TrainParams(models=["cnn5"], epochs=1, batch_size=16, pretrained=False,
                 mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp}/db.sqlite", artifact_dir=str(tmp / "a"),
@@ -323,7 +326,7 @@ train_model("cnn5", p, tmp / "processed", tmp / "models/cnn5", tmp / "metrics/cn
 
 @pytest.mark.slow
 def test_an_architecture_change_then_rerun_trains_the_new_model_without_a_traceback(tmp_path):
-    """A scratch copy of the package: train, edit cnn5's first layer in models.py, rerun (as `dvc repro` would)."""
+    """A scratch copy of the package: train, edit cnn5's first layer in handcrafted.py, rerun (as `dvc repro` would)."""
     make_processed(tmp_path, n_train=30, n_val=12)
     src = tmp_path / "src"
     shutil.copytree(REPO / "src" / "lungxray", src / "lungxray", ignore=shutil.ignore_patterns("__pycache__"))
@@ -337,7 +340,7 @@ def test_an_architecture_change_then_rerun_trains_the_new_model_without_a_traceb
 
     first = run()
     assert first.returncode == 0, first.stdout + first.stderr
-    models_py = src / "lungxray/models.py"
+    models_py = src / "lungxray/handcrafted.py"
     text = models_py.read_text()
     assert "(32, 64, 128, 256, 512), (5, 5, 3, 3, 3)" in text
     models_py.write_text(text.replace("(32, 64, 128, 256, 512), (5, 5, 3, 3, 3)", "(16, 64, 128, 256, 512), "
@@ -350,7 +353,7 @@ def test_an_architecture_change_then_rerun_trains_the_new_model_without_a_traceb
 
 
 def test_each_model_is_fingerprinted_by_its_own_resolved_settings_only():
-    from lungxray.train import resolved_settings
+    from lungxray.train_settings import resolved_settings
 
     base = dict(models=["cnn5", "resnet18"], model_options={"cnn5": {"lr": 1e-3}, "resnet18": {"freeze": 2}})
 
@@ -372,7 +375,7 @@ def test_default_params_freeze_the_imagenet_bases_of_vgg16_mobilenetv2_and_incep
     """Seed 003 trained only the heads of these three; seed 002 froze the first ResNet blocks."""
     from lungxray.config import load_section
     from lungxray.models import count_parameters, create_model
-    from lungxray.train import TrainParams
+    from lungxray.train_settings import TrainParams
 
     p = load_section("train", TrainParams, REPO / "params.yaml")
     for name in ("vgg16", "mobilenetv2", "inception_resnet_v2"):
@@ -395,15 +398,15 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def test_a_pretrained_model_is_fed_and_ships_its_weights_normalisation(tmp_path, mlflow_env, monkeypatch):
-    import lungxray.train as train
+    import lungxray.train_loop as train_loop
     from lungxray.models import create_model
 
     weights = tmp_path / "mobilenetv2.pth"  # a local ImageNet-shaped file, as from the hub (no internet in tests)
     torch.save(create_model("mobilenetv2", 1000).state_dict(), weights)
     processed = make_processed(tmp_path)
     seen = []
-    real = train.to_model_input
-    monkeypatch.setattr(train, "to_model_input", lambda x, device, mean, std, *a, **k: (
+    real = train_loop.to_model_input
+    monkeypatch.setattr(train_loop, "to_model_input", lambda x, device, mean, std, *a, **k: (
         seen.append((list(mean), list(std))), real(x, device, mean, std, *a, **k))[1])
     p = params(tmp_path, models=["mobilenetv2"], epochs=1, pretrained=True,
                model_options={"mobilenetv2": {"weights_file": str(weights), "freeze": "backbone"}})

@@ -31,10 +31,12 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from lungxray.augment import AugmentParams
 from lungxray.inference import load_trained
 from lungxray.preprocess import PreprocessParams, to_square
 from lungxray.tracking import MlflowParams
-from lungxray.train import AugmentParams, TrainParams, train_model
+from lungxray.train import train_model
+from lungxray.train_settings import TrainParams
 
 # ../shared/data beside the repository root (this file is benchmarks/pneumoniamnist/explore.py)
 NPZ = Path(__file__).resolve().parents[3] / "shared" / "data" / "pneumoniamnist" / "pneumoniamnist_trainval.npz"

@@ -9,13 +9,17 @@
 * A checkpoint that cannot be resumed (unreadable, of another configuration, or whose weights do not fit the model)
   is set aside as ``checkpoint.stale.pt`` (replacing an older one) with a one-line message naming what changed, and
   training starts from scratch: never a traceback.
+* A fingerprint is the first 16 hex digits of the SHA-256 of the object as key-sorted JSON (:func:`fingerprint`); the
+  data version, those of the SHA-256 of the processed data's ``index.csv`` and ``stats.json`` (:func:`data_version`).
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Iterable
 
@@ -104,6 +108,28 @@ def library_versions() -> dict[str, str]:
     import torchvision
 
     return {"torch": torch.__version__, "timm": timm.__version__, "torchvision": torchvision.__version__}
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+# --- fingerprints of the settings and the data ------------------------------------------------------------------------
+
+
+def fingerprint(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def data_version(processed: Path) -> str:
+    h = hashlib.sha256()
+    for name in ("index.csv", "stats.json"):
+        h.update((processed / name).read_bytes())
+    return h.hexdigest()[:16]
 
 
 # --- resume or set aside ----------------------------------------------------------------------------------------------

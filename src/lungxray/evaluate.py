@@ -22,6 +22,7 @@ import torch
 
 from . import metrics
 from . import schema
+from .checkpoint import data_version, fingerprint
 from .errors import LungxrayError
 from .inference import load_trained, measure_throughput, predict_proba
 from .io import read_json, sha256_file, write_csv, write_json
@@ -30,7 +31,6 @@ from .metrics.primitives import _check_inputs
 from .plots import pyplot as _pyplot, save_png
 from .preprocess import load_split
 from .tracking import MlflowParams, log_evaluation
-from .train import data_version, fingerprint
 
 
 def fingerprint_images(ids, labels) -> str:

@@ -5,17 +5,9 @@ Registered names (:data:`MODEL_NAMES`) are the architectures of the published wo
 =====================  ===========  ==========================================================================
 name                   source       what it is
 =====================  ===========  ==========================================================================
-``cnn5``               handcrafted  5 x [conv (32-64-128-256-512 filters, kernels 5,5,3,3,3) -> BN -> ReLU ->
-                                    2x2 max-pool] -> global average pool -> dropout(drop_rate) -> linear
-``cnn8``               handcrafted  *plain* (no batch norm) 8-layer CNN, read as **6 conv + 2 dense** layers:
-                                    [conv32, conv32, pool, conv64, conv64, pool, conv128, conv128, pool] (3x3,
-                                    ReLU) -> global average pool -> Linear(128, 256) -> ReLU ->
-                                    dropout(drop_rate or 0.5) -> Linear(256, classes)
-``cnn13``              handcrafted  VGG-like 13-layer CNN, read as **10 conv + 3 dense** layers: 5 blocks of
-                                    2 x [conv3x3 -> BN -> ReLU] (32, 64, 128, 256, 512 filters), each block
-                                    followed by 2x2 max-pool and Dropout(0.25) -> global average pool ->
-                                    Linear(512, 256) -> ReLU -> dropout -> Linear(256, 128) -> ReLU -> dropout
-                                    -> Linear(128, classes)  (dense dropout = drop_rate or 0.5)
+``cnn5``               handcrafted  5 conv blocks with batch norm (the three layouts: :mod:`lungxray.handcrafted`)
+``cnn8``               handcrafted  *plain* (no batch norm) 8-layer CNN: 6 conv + 2 dense layers
+``cnn13``              handcrafted  VGG-like 13-layer CNN: 10 conv (with batch norm) + 3 dense layers
 ``resnet18/34``        timm         ``resnet18.a1_in1k`` / ``resnet34.a1_in1k`` (timm's default ImageNet weights)
 ``vgg16``              timm         ``vgg16.tv_in1k`` (torchvision's ImageNet weights ported to timm)
 ``mobilenetv2``        timm         ``mobilenetv2_100.ra_in1k``
@@ -67,23 +59,21 @@ Pretrained weights (``pretrained=True``):
   ``in_chans`` and drops the classifier when ``num_classes`` differs from the file's 1000 ImageNet classes). The file
   must use timm's parameter names (timm's hub files, or a state dict of a timm model of that name); a file whose keys
   do not cover the backbone is refused. Handcrafted models load the state dict strictly with ``load_state_dict``.
+  The checks of the file: :mod:`lungxray.weights_file`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from lungxray.errors import LungxrayError
-from lungxray.io import sha256_file
+from lungxray.handcrafted import cnn5, cnn8, cnn13
+from lungxray.weights_file import TimmLoadReport, check_covers_backbone, check_weights_file, load_state_dict_file
 
 __all__ = [
     "MODEL_NAMES",
@@ -96,91 +86,12 @@ __all__ = [
     "frozen_batchnorms",
 ]
 
-log = logging.getLogger(__name__)
-
 SEED_HEAD_HIDDEN = 1024
 SEED_HEAD_DROPOUT = 0.2
 RESNET_STAGES: tuple[tuple[str, ...], ...] = (("conv1", "bn1", "layer1"), ("layer2",), ("layer3",), ("layer4",))
 
 _HEAD_ATTR = "lungxray_head"  # attribute naming the classifier sub-module of a created model
 _FROZEN_FLAG = "_lungxray_frozen_bn"
-
-
-# --------------------------------------------------------------------------------------------------------------
-# handcrafted CNNs
-# --------------------------------------------------------------------------------------------------------------
-
-
-class _HandcraftedCNN(nn.Module):
-    """features -> global average pool -> pre_logits (dense layers but the last) -> classifier."""
-
-    def __init__(self, features: nn.Sequential, pre_logits: nn.Module, num_features: int, num_classes: int,
-                 drop_rate: float):
-        super().__init__()
-        self.features = features
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.pre_logits = pre_logits
-        self.drop = nn.Dropout(drop_rate)
-        self.num_features = num_features
-        self.num_classes = num_classes
-        self.classifier: nn.Module = nn.Linear(num_features, num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.pre_logits(torch.flatten(self.global_pool(x), 1))
-        x = self.drop(x)
-        return x if pre_logits else self.classifier(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-
-def _conv(cin: int, cout: int, k: int, bn: bool) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, padding=k // 2, bias=not bn)]
-    if bn:
-        layers.append(nn.BatchNorm2d(cout))
-    layers.append(nn.ReLU(inplace=True))
-    return layers
-
-
-def _cnn5(num_classes: int, in_chans: int, drop_rate: float) -> _HandcraftedCNN:
-    layers: list[nn.Module] = []
-    cin = in_chans
-    for cout, k in zip((32, 64, 128, 256, 512), (5, 5, 3, 3, 3)):
-        layers += _conv(cin, cout, k, bn=True) + [nn.MaxPool2d(2)]
-        cin = cout
-    return _HandcraftedCNN(nn.Sequential(*layers), nn.Identity(), 512, num_classes, drop_rate)
-
-
-def _cnn8(num_classes: int, in_chans: int, drop_rate: float) -> _HandcraftedCNN:
-    layers: list[nn.Module] = []
-    cin = in_chans
-    for cout in (32, 64, 128):
-        layers += _conv(cin, cout, 3, bn=False) + _conv(cout, cout, 3, bn=False) + [nn.MaxPool2d(2)]
-        cin = cout
-    pre_logits = nn.Sequential(nn.Linear(128, 256), nn.ReLU(inplace=True))
-    return _HandcraftedCNN(nn.Sequential(*layers), pre_logits, 256, num_classes, drop_rate or 0.5)
-
-
-def _cnn13(num_classes: int, in_chans: int, drop_rate: float) -> _HandcraftedCNN:
-    layers: list[nn.Module] = []
-    cin = in_chans
-    for cout in (32, 64, 128, 256, 512):
-        layers += _conv(cin, cout, 3, bn=True) + _conv(cout, cout, 3, bn=True) + [nn.MaxPool2d(2), nn.Dropout(0.25)]
-        cin = cout
-    p = drop_rate or 0.5
-    pre_logits = nn.Sequential(nn.Linear(512, 256), nn.ReLU(inplace=True), nn.Dropout(p),
-                               nn.Linear(256, 128), nn.ReLU(inplace=True))
-    return _HandcraftedCNN(nn.Sequential(*layers), pre_logits, 128, num_classes, p)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -199,9 +110,9 @@ class _Spec:
 
 
 _REGISTRY: dict[str, _Spec] = {
-    "cnn5": _Spec("handcrafted-cnn", "handcrafted", 224, 32, builder=_cnn5),
-    "cnn8": _Spec("handcrafted-cnn", "handcrafted", 224, 8, builder=_cnn8),
-    "cnn13": _Spec("handcrafted-cnn", "handcrafted", 224, 32, builder=_cnn13),
+    "cnn5": _Spec("handcrafted-cnn", "handcrafted", 224, 32, builder=cnn5),
+    "cnn8": _Spec("handcrafted-cnn", "handcrafted", 224, 8, builder=cnn8),
+    "cnn13": _Spec("handcrafted-cnn", "handcrafted", 224, 32, builder=cnn13),
     "resnet18": _Spec("resnet", "timm", 224, 32, timm_name="resnet18.a1_in1k"),
     "resnet34": _Spec("resnet", "timm", 224, 32, timm_name="resnet34.a1_in1k"),
     "vgg16": _Spec("vgg", "timm", 224, 32, timm_name="vgg16.tv_in1k"),
@@ -331,74 +242,8 @@ def _freeze(model: nn.Module, name: str, freeze: int | str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# weights
+# timm models, and the door
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _check_weights_file(name: str, weights_file: str | Path, weights_sha256: str | None) -> Path:
-    path = Path(weights_file).expanduser()
-    if not path.is_file():
-        raise LungxrayError(f"weights file for model {name!r} not found: {path} (set weights_file to an existing "
-                            f".pth/.safetensors state dict)")
-    if weights_sha256:
-        actual = sha256_file(path)
-        if actual.lower() != weights_sha256.strip().lower():
-            raise LungxrayError(f"sha256 mismatch for weights file {path} of model {name!r}: expected "
-                                f"{weights_sha256.strip().lower()}, got {actual} (wrong or corrupt file?)")
-    return path
-
-
-def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    from timm.models import load_state_dict  # handles .safetensors, {'state_dict': ...} wrappers, 'module.' prefix
-
-    try:
-        return load_state_dict(str(path), weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error
-        raise LungxrayError(f"cannot read weights file {path}: {type(e).__name__}: {e}") from e
-
-
-class _TimmLoadReport(logging.Handler):
-    """Collects the missing/unexpected keys that timm's ``load_pretrained`` reports (it loads non-strictly, and only
-    logs them, when the classifier is replaced because ``num_classes`` differs from the file's)."""
-
-    _PATTERN = re.compile(r"^(Missing|Unexpected) keys \((.*)\) (?:discovered|found) while loading", re.S)
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.missing: list[str] = []
-        self.unexpected: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        match = self._PATTERN.match(record.getMessage())
-        if match:
-            keys = [k for k in match.group(2).split(", ") if k]
-            (self.missing if match.group(1) == "Missing" else self.unexpected).extend(keys)
-
-    @contextlib.contextmanager
-    def attached(self):
-        logger = logging.getLogger("timm.models._builder")
-        old_level = logger.level
-        logger.addHandler(self)
-        if logger.getEffectiveLevel() > logging.INFO:
-            logger.setLevel(logging.INFO)
-        try:
-            yield self
-        finally:
-            logger.removeHandler(self)
-            logger.setLevel(old_level)
-
-
-def _check_covers_backbone(name: str, path: Path, report: _TimmLoadReport, head_params: set[str]) -> None:
-    """Refuse a file that leaves backbone weights of the model unloaded (left at random init)."""
-    missing = sorted(k for k in report.missing if k not in head_params)
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
-        raise LungxrayError(f"weights file {path} does not match model {name!r}: {len(missing)} of its weights are not "
-                            f"in the file ({shown}); is it a state dict of this architecture with timm's parameter "
-                            f"names?")
-    if report.unexpected:
-        log.warning("weights file %s has %d keys that model %r does not use (ignored): %s", path,
-                    len(report.unexpected), name, ", ".join(report.unexpected[:5]))
 
 
 def _first_line(e: BaseException, limit: int = 500) -> str:
@@ -415,7 +260,7 @@ def _create_timm(name: str, spec: _Spec, num_classes: int, pretrained: bool, in_
     if not pretrained:
         return timm.create_model(spec.timm_name, pretrained=False, **kwargs)
     if weights_path is not None:
-        report = _TimmLoadReport()
+        report = TimmLoadReport()
         try:
             with report.attached():
                 model = timm.create_model(spec.timm_name, pretrained=True,
@@ -426,7 +271,7 @@ def _create_timm(name: str, spec: _Spec, num_classes: int, pretrained: bool, in_
         classifier = model.pretrained_cfg.get("classifier") or ()
         classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
         head_params = {f"{c}.{s}" for c in classifier for s in ("weight", "bias")}
-        _check_covers_backbone(name, weights_path, report, head_params)
+        check_covers_backbone(name, weights_path, report, head_params)
         return model
     hub_id, url, tagged = _hub_location(spec.timm_name)
     try:
@@ -464,7 +309,7 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, *, in_ch
     if weights_file is not None and not pretrained:
         raise LungxrayError(f"weights_file is set for model {name!r} but pretrained is false; set pretrained: true "
                             f"to load it")
-    weights_path = _check_weights_file(name, weights_file, weights_sha256) if weights_file is not None else None
+    weights_path = check_weights_file(name, weights_file, weights_sha256) if weights_file is not None else None
 
     if spec.source == "handcrafted":
         assert spec.builder is not None
@@ -474,7 +319,7 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, *, in_ch
             if weights_path is None:
                 raise LungxrayError(f"model {name!r} is handcrafted and has no hub weights; set weights_file to a "
                                     f"state dict of it, or pretrained: false")
-            state = _load_state_dict_file(weights_path)
+            state = load_state_dict_file(weights_path)
             try:
                 model.load_state_dict(state, strict=True)
             except RuntimeError as e:

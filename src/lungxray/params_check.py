@@ -20,7 +20,7 @@ from .gate import GateParams
 from .preprocess import PreprocessParams
 from .promote import PromotionParams
 from .split import SplitParams
-from .train import TrainParams
+from .train_settings import TrainParams
 from .validate import ValidateParams
 
 

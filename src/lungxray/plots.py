@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .io import atomic_path
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def pyplot():
@@ -31,3 +34,17 @@ def save_png(fig, path: str | os.PathLike, **savefig: Any) -> Path:
         fig.savefig(tmp, format="png", **savefig)
     pyplot().close(fig)
     return path
+
+
+def curve_png(history: pd.DataFrame, title: str, path: Path) -> None:
+    fig, axes = pyplot().subplots(1, 2, figsize=(10, 3.8))
+    for key, ax in (("loss", axes[0]), ("accuracy", axes[1])):
+        ax.plot(history.epoch, history[f"train_{key}"], "o-", label="train")
+        ax.plot(history.epoch, history[f"val_{key}"], "s-", label="val")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_png(fig, path, dpi=110)

@@ -1,5 +1,8 @@
 """The train stage: one architecture on the preprocessed split, resumable, tracked in MLflow.
 
+:func:`train_model` builds, resumes, fits and finalises; the settings live in :mod:`lungxray.train_settings`, the
+parts of the loop (batches, device, precision, optimiser, one epoch) in :mod:`lungxray.train_loop`.
+
 * Data comes from the preprocess stage's uint8 arrays (memory-mapped): no image is decoded during training. Light
   augmentation suited to X-rays (small affine, brightness/contrast; never vertical flips) runs on the tensors.
 * CUDA with mixed precision and channels_last when a GPU is present, the CPU otherwise: the same command.
@@ -17,207 +20,26 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import random
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
 from . import checkpoint
-from .augment import AugmentParams
-from .config import Strict
+from .checkpoint import data_version, fingerprint, git_commit
 from .errors import LungxrayError
-from .inference import to_model_input
 from .io import atomic_path, write_csv, write_json
-from .plots import pyplot, save_png
+from .plots import curve_png
 from .preprocess import load_split
-from .tracking import MlflowParams, log_datasets, log_torch_model, mlflow_setup
-
-
-class ModelOptions(Strict):
-    """Per-architecture overrides of the train section."""
-
-    pretrained: bool | None = None
-    weights_file: str | None = None
-    weights_sha256: str | None = None
-    freeze: int | Literal["backbone"] = 0
-    head: Literal["linear", "seed"] = "linear"
-    lr: float | None = Field(None, gt=0)
-    batch_size: int | None = Field(None, ge=1)
-    epochs: int | None = Field(None, ge=1)
-
-
-SEED_MODELS = ["cnn5", "cnn8", "cnn13", "resnet18", "resnet34", "vgg16", "mobilenetv2", "inception_resnet_v2",
-               "efficientnetv2_s"]
-
-
-class TrainParams(Strict):
-    models: list[str] = Field(default_factory=lambda: list(SEED_MODELS), min_length=1)
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(32, ge=1)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    scheduler: Literal["none", "cosine", "step", "plateau"] = "cosine"
-    step_size: int = Field(5, ge=1)
-    gamma: float = Field(0.1, gt=0, le=1)
-    early_stopping_patience: int = Field(5, ge=1, description="epochs without a better val loss before stopping")
-    imbalance: Literal["weighted_loss", "weighted_sampler", "none"] = "weighted_loss"
-    augment: AugmentParams = AugmentParams()
-    pretrained: bool = True
-    model_options: dict[str, ModelOptions] = Field(default_factory=dict)
-    seed: int = 42
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="mixed precision: auto = fp16 (with loss scaling) on CUDA, bf16 on CPUs with native bf16 "
-                            "(AVX512-BF16/AMX), else fp32")
-    channels_last: bool = Field(True, description="channels_last memory format (faster convolutions on GPU and "
-                                                  "oneDNN CPUs)")
-    torch_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default")
-    mlflow: MlflowParams = MlflowParams()
-
-    @model_validator(mode="after")
-    def _known_models(self) -> "TrainParams":
-        from .models import MODEL_NAMES
-
-        unknown = [m for m in [*self.models, *self.model_options] if m not in MODEL_NAMES]
-        if unknown:
-            raise ValueError(f"unknown model(s) {unknown}; valid: {', '.join(MODEL_NAMES)}")
-        if len(set(self.models)) != len(self.models):
-            raise ValueError("train.models lists a model twice")
-        return self
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# data
-
-
-class ArrayBatches:
-    """Batches of a preprocessed split, read straight from the uint8 memmap (no per-item Python, no decoding).
-
-    Yields ``(x, y)``: ``x`` uint8 ``(B, 1, S, S)``, ``y`` int64 ``(B,)``. ``order`` is "sequential", "shuffle" or
-    "weighted" (sampling with replacement by ``weights``), drawn from ``generator`` so that an epoch's batches are the
-    same whether or not the run was resumed.
-    """
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, order: str = "sequential",
-                 generator: torch.Generator | None = None, weights: torch.Tensor | None = None):
-        self.images, self.labels, self.batch_size = images, np.asarray(labels, dtype=np.int64), batch_size
-        n = len(self.labels)
-        if order == "shuffle":
-            self.index = torch.randperm(n, generator=generator).numpy()
-        elif order == "weighted":
-            self.index = torch.multinomial(weights.double(), n, replacement=True, generator=generator).numpy()
-        else:
-            self.index = np.arange(n)
-
-    def __len__(self) -> int:
-        return (len(self.index) + self.batch_size - 1) // self.batch_size
-
-    def __iter__(self):
-        for start in range(0, len(self.index), self.batch_size):
-            idx = self.index[start: start + self.batch_size]
-            order = np.argsort(idx, kind="stable")  # read the memmap in file order, restore the drawn order after
-            rows = np.empty((len(idx),) + self.images.shape[1:], dtype=np.uint8)
-            rows[order] = self.images[idx[order]]
-            yield torch.from_numpy(rows).unsqueeze(1), torch.from_numpy(self.labels[idx])
-
-
-def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights (mean 1 over the classes present); absent classes get 0."""
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max(1, (counts > 0).sum()), 0.0)
-    return torch.tensor(w, dtype=torch.float32)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# helpers
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(setting: str) -> torch.device:
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise LungxrayError("train.device is 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'")
-    if setting == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
-
-
-def cpu_has_bf16() -> bool:
-    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool((check and check()) or (amx and amx()))
-
-
-def resolve_precision(setting: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for training (None = plain fp32)."""
-    if setting == "fp32":
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if setting == "bf16" else torch.float16
-    if setting == "fp16":
-        raise LungxrayError("train.precision fp16 needs a CUDA GPU; on the CPU use bf16, auto or fp32")
-    if setting == "bf16" or cpu_has_bf16():
-        return torch.bfloat16
-    return None
-
-
-class ModelSettings(Strict):
-    """How one model trains: the train section with its ``model_options`` applied (what :func:`model_settings` gives)."""
-
-    model: str = Field(description="architecture name (a row of the models table)")
-    pretrained: bool = Field(description="start from ImageNet weights")
-    weights_file: str | None = Field(description="local ImageNet weights instead of the hub")
-    weights_sha256: str | None = Field(description="expected checksum of weights_file")
-    freeze: int | Literal["backbone"] = Field(description="frozen stages (0 = none) or the whole backbone")
-    head: Literal["linear", "seed"] = Field(description="linear, or the seed head (dropout 0.2 -> 1024 ReLU)")
-    lr: float = Field(description="learning rate")
-    batch_size: int = Field(description="images per step")
-    epochs: int = Field(description="maximum epochs (early stopping may end sooner)")
-
-
-def model_settings(params: TrainParams, name: str) -> ModelSettings:
-    """Resolved per-model settings (train section + model_options override)."""
-    o = params.model_options.get(name, ModelOptions())
-    return ModelSettings(model=name, pretrained=params.pretrained if o.pretrained is None else o.pretrained,
-                         weights_file=o.weights_file, weights_sha256=o.weights_sha256, freeze=o.freeze, head=o.head,
-                         lr=o.lr or params.lr, batch_size=o.batch_size or params.batch_size,
-                         epochs=o.epochs or params.epochs)
-
-
-RUN_KEYS = {"models", "model_options", "mlflow"}  # train keys that say which models run and where they are tracked
-
-
-def resolved_settings(params: TrainParams, name: str) -> dict:
-    """Everything that decides how ``name`` is trained: the shared train keys with its own ``model_options`` applied.
-
-    Other models' options and the list of models are not part of it, so changing them neither retrains ``name``
-    (``train@<name>`` depends on this, through :func:`settings_record`) nor changes its checkpoint fingerprint."""
-    own = model_settings(params, name).model_dump(mode="json")
-    return {**params.model_dump(mode="json", exclude=RUN_KEYS), **own}
-
-
-def settings_record(params: TrainParams, name: str) -> dict:
-    """What ``train@<name>`` depends on besides the data and the code (``models/settings/<name>.json``): its resolved
-    settings, where it is tracked, and the library versions (a torch or timm upgrade retrains)."""
-    return {"settings": resolved_settings(params, name), "mlflow": params.mlflow.model_dump(mode="json"),
-            "libraries": checkpoint.library_versions()}
+from .tracking import log_datasets, log_torch_model, mlflow_setup
+from .train_loop import (ArrayBatches, build_optimizer, build_scheduler, class_weights, resolve_device,
+                         resolve_precision, run_epoch, seed_everything)
+from .train_settings import ModelSettings, TrainParams, model_settings, resolved_settings
 
 
 def input_normalisation(name: str, pretrained: bool, stats: dict) -> dict:
@@ -234,25 +56,6 @@ def input_normalisation(name: str, pretrained: bool, stats: dict) -> dict:
     return {"mean": [float(stats["mean"])] * 3, "std": [float(stats["std"])] * 3, "source": "data"}
 
 
-def fingerprint(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
-    except Exception:
-        return "unknown"
-
-
-def data_version(processed: Path) -> str:
-    h = hashlib.sha256()
-    for name in ("index.csv", "stats.json"):
-        h.update((processed / name).read_bytes())
-    return h.hexdigest()[:16]
-
-
 def flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -262,73 +65,6 @@ def flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[key] = v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v)
     return out
-
-
-def build_optimizer(params: TrainParams, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
-        raise LungxrayError("the model has no trainable parameter (check model_options.freeze)")
-    if params.optimizer == "sgd":
-        return torch.optim.SGD(trainable, lr=lr, momentum=params.momentum, weight_decay=params.weight_decay)
-    cls = torch.optim.AdamW if params.optimizer == "adamw" else torch.optim.Adam
-    return cls(trainable, lr=lr, weight_decay=params.weight_decay)
-
-
-def build_scheduler(params: TrainParams, opt: torch.optim.Optimizer, epochs: int):
-    if params.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
-    if params.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=params.step_size, gamma=params.gamma)
-    if params.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=params.gamma, patience=1)
-    return None
-
-
-def run_epoch(model: nn.Module, batches: ArrayBatches, device: torch.device, loss_fn: nn.Module,
-              opt: torch.optim.Optimizer | None, amp: torch.dtype | None, channels_last: bool, mean: float, std: float,
-              scaler=None, on_train_mode=None, augment: AugmentParams | None = None,
-              generator: torch.Generator | None = None) -> tuple[float, float, int]:
-    """One pass; trains when ``opt`` is given. Returns (mean loss, accuracy, images)."""
-    training = opt is not None
-    model.train(training)
-    if training and on_train_mode is not None:
-        on_train_mode(model)
-    total_loss, correct, n = 0.0, 0, 0
-    ctx = torch.enable_grad() if training else torch.inference_mode()
-    with ctx:
-        for x, y in batches:
-            x = to_model_input(x, device, mean, std, channels_last, augment if training else None, generator)
-            y = y.to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                logits = model(x)
-                loss = loss_fn(logits.float(), y)
-            if training:
-                opt.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    opt.step()
-            total_loss += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            n += len(y)
-    return total_loss / max(n, 1), correct / max(n, 1), n
-
-
-def curve_png(history: pd.DataFrame, title: str, path: Path) -> None:
-    fig, axes = pyplot().subplots(1, 2, figsize=(10, 3.8))
-    for key, ax in (("loss", axes[0]), ("accuracy", axes[1])):
-        ax.plot(history.epoch, history[f"train_{key}"], "o-", label="train")
-        ax.plot(history.epoch, history[f"val_{key}"], "s-", label="val")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(key)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    save_png(fig, path, dpi=110)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

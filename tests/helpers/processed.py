@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from lungxray.tracking import MlflowParams
-from lungxray.train import TrainParams
+from lungxray.train_settings import TrainParams
 
 CLASSES = ["normal", "pneumonia", "covid19"]
 

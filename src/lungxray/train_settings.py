@@ -1,0 +1,120 @@
+"""The train section's settings, and what decides how one model trains (what the ``train_settings`` stage writes).
+
+* :class:`TrainParams` is the ``train:`` section; ``model_options`` overrides some of its keys per model
+  (:class:`ModelOptions`).
+* :func:`model_settings` applies a model's own options to the section (:class:`ModelSettings`);
+  :func:`resolved_settings` is everything that decides how that model trains: the shared keys with its own options
+  applied, without the list of models, the other models' options or where runs are tracked (:data:`RUN_KEYS`). So
+  changing another model's options, or adding a model, neither retrains it nor changes its checkpoint's settings
+  fingerprint.
+* :func:`settings_record` is what ``train@<model>`` depends on besides the data and the code
+  (``models/settings/<model>.json``): its resolved settings, where it is tracked, and the library versions.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from . import checkpoint
+from .augment import AugmentParams
+from .config import Strict
+from .tracking import MlflowParams
+
+
+class ModelOptions(Strict):
+    """Per-architecture overrides of the train section."""
+
+    pretrained: bool | None = None
+    weights_file: str | None = None
+    weights_sha256: str | None = None
+    freeze: int | Literal["backbone"] = 0
+    head: Literal["linear", "seed"] = "linear"
+    lr: float | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, ge=1)
+    epochs: int | None = Field(None, ge=1)
+
+
+SEED_MODELS = ["cnn5", "cnn8", "cnn13", "resnet18", "resnet34", "vgg16", "mobilenetv2", "inception_resnet_v2",
+               "efficientnetv2_s"]
+
+
+class TrainParams(Strict):
+    models: list[str] = Field(default_factory=lambda: list(SEED_MODELS), min_length=1)
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    scheduler: Literal["none", "cosine", "step", "plateau"] = "cosine"
+    step_size: int = Field(5, ge=1)
+    gamma: float = Field(0.1, gt=0, le=1)
+    early_stopping_patience: int = Field(5, ge=1, description="epochs without a better val loss before stopping")
+    imbalance: Literal["weighted_loss", "weighted_sampler", "none"] = "weighted_loss"
+    augment: AugmentParams = AugmentParams()
+    pretrained: bool = True
+    model_options: dict[str, ModelOptions] = Field(default_factory=dict)
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="mixed precision: auto = fp16 (with loss scaling) on CUDA, bf16 on CPUs with native bf16 "
+                            "(AVX512-BF16/AMX), else fp32")
+    channels_last: bool = Field(True, description="channels_last memory format (faster convolutions on GPU and "
+                                                  "oneDNN CPUs)")
+    torch_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default")
+    mlflow: MlflowParams = MlflowParams()
+
+    @model_validator(mode="after")
+    def _known_models(self) -> "TrainParams":
+        from .models import MODEL_NAMES
+
+        unknown = [m for m in [*self.models, *self.model_options] if m not in MODEL_NAMES]
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown}; valid: {', '.join(MODEL_NAMES)}")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError("train.models lists a model twice")
+        return self
+
+
+class ModelSettings(Strict):
+    """How one model trains: the train section with its ``model_options`` applied (what :func:`model_settings` gives)."""
+
+    model: str = Field(description="architecture name (a row of the models table)")
+    pretrained: bool = Field(description="start from ImageNet weights")
+    weights_file: str | None = Field(description="local ImageNet weights instead of the hub")
+    weights_sha256: str | None = Field(description="expected checksum of weights_file")
+    freeze: int | Literal["backbone"] = Field(description="frozen stages (0 = none) or the whole backbone")
+    head: Literal["linear", "seed"] = Field(description="linear, or the seed head (dropout 0.2 -> 1024 ReLU)")
+    lr: float = Field(description="learning rate")
+    batch_size: int = Field(description="images per step")
+    epochs: int = Field(description="maximum epochs (early stopping may end sooner)")
+
+
+def model_settings(params: TrainParams, name: str) -> ModelSettings:
+    """Resolved per-model settings (train section + model_options override)."""
+    o = params.model_options.get(name, ModelOptions())
+    return ModelSettings(model=name, pretrained=params.pretrained if o.pretrained is None else o.pretrained,
+                         weights_file=o.weights_file, weights_sha256=o.weights_sha256, freeze=o.freeze, head=o.head,
+                         lr=o.lr or params.lr, batch_size=o.batch_size or params.batch_size,
+                         epochs=o.epochs or params.epochs)
+
+
+RUN_KEYS = {"models", "model_options", "mlflow"}  # train keys that say which models run and where they are tracked
+
+
+def resolved_settings(params: TrainParams, name: str) -> dict:
+    """Everything that decides how ``name`` is trained: the shared train keys with its own ``model_options`` applied.
+
+    Other models' options and the list of models are not part of it, so changing them neither retrains ``name``
+    (``train@<name>`` depends on this, through :func:`settings_record`) nor changes its checkpoint fingerprint."""
+    own = model_settings(params, name).model_dump(mode="json")
+    return {**params.model_dump(mode="json", exclude=RUN_KEYS), **own}
+
+
+def settings_record(params: TrainParams, name: str) -> dict:
+    """What ``train@<name>`` depends on besides the data and the code (``models/settings/<name>.json``): its resolved
+    settings, where it is tracked, and the library versions (a torch or timm upgrade retrains)."""
+    return {"settings": resolved_settings(params, name), "mlflow": params.mlflow.model_dump(mode="json"),
+            "libraries": checkpoint.library_versions()}
