@@ -148,7 +148,7 @@ def test_register_promote_and_load_champion(trained):
     json.dumps(second, allow_nan=False)
 
     x = np.load(processed / "test.npy")
-    probs = predict_images("models:/test-cxr@champion", x, 0.4, 0.2)
+    probs = predict_images("models:/test-cxr@champion", x)
     assert probs.shape == (len(x), 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 

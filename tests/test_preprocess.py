@@ -132,3 +132,13 @@ def test_an_image_over_the_pixel_limit_is_not_decoded(tmp_path, bomb_png, monkey
     with pytest.raises(LungxrayError, match="too many pixels: 60x40 = 2400 pixels > max_pixels 2000"):
         run_preprocess(df, ["normal"], PreprocessParams(image_size=32, workers=1), tmp_path / "p", progress=False,
                        max_pixels=2000)
+
+
+def test_stats_record_every_setting_a_new_image_must_be_preprocessed_with(tmp_path):
+    from lungxray.preprocess import preprocess_record
+
+    rows = [{"id": f"s/{i}", "path": str(save(tmp_path / "img" / f"{i}.png", Image.fromarray(xray(i, (60, 40))))),
+             "label": "normal", "split": split, "source": "s"} for i, split in enumerate(["train", "val", "test"])]
+    params = PreprocessParams(image_size=24, aspect="stretch", resample="bilinear", workers=1)
+    stats = run_preprocess(pd.DataFrame(rows), ["normal"], params, tmp_path / "p", progress=False)
+    assert preprocess_record(stats) == {"image_size": 24, "aspect": "stretch", "resample": "bilinear"}

@@ -44,6 +44,35 @@ def _cmd_dedupe(args: argparse.Namespace) -> None:
         print(f"report: {args.report}")
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import ERROR, FILE, PREDICTED, find_files, load_predictor, predict_files
+
+    files = find_files(args.paths)
+    if not files:
+        print("lungxray predict: no files found under " + ", ".join(args.paths), file=sys.stderr)
+        return 1
+    predictor = load_predictor(args.model, device=args.device)
+    predictor.batch_size = args.batch_size
+    print(f"predict: {len(files)} file(s) with {predictor.source} ({predictor.arch}, {predictor.image_size} px, "
+          f"{predictor.device})", file=sys.stderr)
+    table = predict_files(files, predictor, progress=not args.quiet and len(files) > predictor.batch_size)
+    failed = table[table[ERROR] != ""]
+    if args.out:
+        from .io import write_csv
+
+        write_csv(args.out, table)
+        print(f"predictions: {args.out}", file=sys.stderr)
+    else:
+        table.to_csv(sys.stdout, index=False, lineterminator="\n")
+    counts = table[table[ERROR] == ""][PREDICTED].value_counts()
+    print("predicted: " + (", ".join(f"{c} {n}" for c, n in counts.items()) or "none"), file=sys.stderr)
+    for _, row in failed.head(20).iterrows():
+        print(f"  not classified: {row[FILE]}: {row[ERROR]}", file=sys.stderr)
+    if len(failed):
+        print(f"{len(failed)} of {len(table)} file(s) could not be classified (see the error column)", file=sys.stderr)
+    return 1 if len(failed) else 0
+
+
 # exit statuses of `lungxray metrics check` besides 0 (passed), 1 (regression) and 2 (error)
 REFUSED_OTHER_IMAGES = 3
 REFUSED_STALE = 4
@@ -161,6 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_dedupe)
+
+    p = sub.add_parser("predict", help="classify X-ray files (PNG, JPEG, DICOM, ...) or folders with a trained model",
+                       description="One row per file: the predicted class and one probability per class; a file "
+                                   "that cannot be used gets its reason in the error column and the exit status is "
+                                   "1 (the other files are still classified).")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    p.add_argument("--model", help="models:/<name>@champion (an MLflow model URI), or models/<model> (a trained "
+                                   "model folder); default: the champion of the configured registry")
+    p.add_argument("--out", help="CSV to write (default: the table on stdout)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: the GPU when present")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_predict)
 
     m = sub.add_parser("metrics", help="CI regression gate on the evaluation metrics").add_subparsers(
         dest="metrics_command", required=True)

@@ -1,6 +1,7 @@
 """Inference with a trained model: load it (:func:`load_trained`), turn uint8 greyscale images into its input
 (:func:`to_model_input`, shared with training), class probabilities (:func:`predict_proba`; :func:`predict_images`
-for a logged or registered MLflow model) and its speed (:func:`measure_throughput`)."""
+for a logged or registered MLflow model, which takes images: :mod:`lungxray.image_model`) and its speed
+(:func:`measure_throughput`)."""
 
 from __future__ import annotations
 
@@ -147,15 +148,14 @@ def measure_throughput(model, image_size: int, batch_size: int = 64, device="cpu
     }
 
 
-def predict_images(model_uri: str, images: np.ndarray, mean, std) -> np.ndarray:
-    """Predict class probabilities for uint8 greyscale images (N, S, S) with a logged/registered model; ``mean``/``std``
-    per channel (the model's metadata has them) or one value for all three."""
+def predict_images(model_uri: str, images: np.ndarray) -> np.ndarray:
+    """Class probabilities (N, C) of uint8 greyscale images (N, H, W) by a logged or registered lungxray image model
+    (:mod:`lungxray.image_model`: it applies its own preprocessing and normalisation)."""
     import mlflow
 
     model = mlflow.pyfunc.load_model(model_uri)
-    m, s = (np.asarray(v, dtype=np.float32).reshape(1, -1, 1, 1) for v in (mean, std))
-    x = np.ascontiguousarray(np.broadcast_to((images.astype(np.float32) / 255.0)[:, None] - m,
-                                             (len(images), 3, *images.shape[1:])) / s)
-    logits = np.asarray(model.predict(x))
-    e = np.exp(logits - logits.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
+    out = model.predict({"image": np.asarray(images, dtype=np.uint8)})
+    failed = out[out.error != ""]
+    if len(failed):
+        raise LungxrayError(f"{model_uri} could not use {len(failed)} image(s): {failed.error.iloc[0]}")
+    return out[[c for c in out.columns if c.startswith("prob_")]].to_numpy(dtype=np.float64)

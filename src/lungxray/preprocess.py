@@ -67,6 +67,15 @@ def load_square(path: str, size: int, aspect: str = "pad", resample: str = "area
     return to_square(grey, size, aspect, resample)
 
 
+def preprocess_record(stats: dict) -> dict:
+    """How a processed folder was made (its ``stats.json``), i.e. what a new image must go through to look like the
+    images a model was trained on: ``image_size``, ``aspect``, ``resample`` (a folder written before ``aspect`` or
+    ``resample`` were recorded was made with the defaults)."""
+    defaults = PreprocessParams(image_size=stats["image_size"])
+    return {"image_size": int(stats["image_size"]), "aspect": stats.get("aspect", defaults.aspect),
+            "resample": stats.get("resample", defaults.resample)}
+
+
 _OPEN: dict[str, np.ndarray] = {}  # per worker process: the split array files it writes into
 
 
@@ -105,7 +114,8 @@ def run_preprocess(split_df: pd.DataFrame, classes: list[str], params: Preproces
     workers = resolve_workers(params.workers)
     size = params.image_size
     index_rows = []
-    stats: dict = {"classes": list(classes), "image_size": size, "aspect": params.aspect, "splits": {}}
+    stats: dict = {"classes": list(classes), "image_size": size, "aspect": params.aspect,
+                   "resample": params.resample, "splits": {}}
     total, total_sq = 0, 0
     try:
         with process_pool(workers) as pool:

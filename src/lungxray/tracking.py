@@ -11,18 +11,13 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 from pydantic import Field
 
 from . import schema
 from .config import Strict
 from .errors import LungxrayError
-
-if TYPE_CHECKING:
-    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -77,30 +72,41 @@ def log_datasets(mlflow, processed: Path, version: str) -> None:
         mlflow.log_input(dataset, context=context)
 
 
-def log_torch_model(mlflow, model: nn.Module, image_size: int, classes: list[str], norm: dict):
-    """Log the model with a signature, an input example (a normalised 3-channel batch of two) and, as metadata, what
-    its inputs must be: classes, image size and the per-channel ``mean``/``std`` (``(x / 255 - mean) / std``)."""
-    import mlflow.pytorch
+def log_image_model(mlflow, final: dict):
+    """Log the trained model as the lungxray image model (:mod:`lungxray.image_model`: images in, class probabilities
+    out): ``final`` (what the train stage writes as model.pt) as its artifact, the ``lungxray`` package as its code
+    (it loads outside the repository), a signature and, as metadata, its input contract (classes, image size,
+    preprocessing, normalisation, accepted inputs)."""
+    import shutil
+
     import torch
-    from mlflow.models import infer_signature
 
-    s = image_size
-    example = np.zeros((2, 3, s, s), dtype=np.float32)  # batch of 2: the exported batch dimension stays dynamic
-    with torch.inference_mode():
-        out = model(torch.from_numpy(example)).numpy()
-    signature = infer_signature(example, out)
-    reqs = [f"torch=={torch.__version__.split('+')[0]}"]
-    try:
-        import timm
-        import torchvision
+    from .image_model import ImageClassifier, signature
+    from .predictor import MODEL_ARTIFACT, predictor_from_file
 
-        reqs += [f"torchvision=={torchvision.__version__.split('+')[0]}", f"timm=={timm.__version__}"]
-    except ImportError:  # pragma: no cover
-        pass
-    return mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
-                                    pip_requirements=reqs,
-                                    metadata={"classes": classes, "image_size": s, "mean": norm["mean"],
-                                              "std": norm["std"], "normalisation": norm["source"]})
+    with tempfile.TemporaryDirectory() as tmp:
+        model_pt = Path(tmp) / MODEL_ARTIFACT
+        torch.save(final, model_pt)
+        code = Path(tmp) / "code" / "lungxray"
+        shutil.copytree(Path(__file__).resolve().parent, code, ignore=shutil.ignore_patterns("__pycache__"))
+        contract = predictor_from_file(model_pt, device="cpu").contract()
+        return mlflow.pyfunc.log_model(name="model", python_model=ImageClassifier(),
+                                       artifacts={MODEL_ARTIFACT: str(model_pt)}, code_paths=[str(code)],
+                                       signature=signature(final["classes"]), pip_requirements=model_requirements(),
+                                       metadata={**contract, "model_file": f"artifacts/{MODEL_ARTIFACT}"})
+
+
+def model_requirements() -> list[str]:
+    """The libraries the logged model needs, pinned to the versions it was trained with."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for lib in ("torch", "torchvision", "timm", "mlflow", "numpy", "pandas", "pillow", "pydicom", "pydantic"):
+        try:
+            reqs.append(f"{lib}=={version(lib).split('+')[0]}")
+        except PackageNotFoundError:  # pragma: no cover
+            pass
+    return reqs
 
 
 # ---------------------------------------------------------------------------------------------------------------------

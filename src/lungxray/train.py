@@ -35,8 +35,8 @@ from .checkpoint import data_version, fingerprint, git_commit
 from .errors import LungxrayError
 from .io import atomic_path, write_csv, write_json
 from .plots import curve_png
-from .preprocess import load_split
-from .tracking import log_datasets, log_torch_model, mlflow_setup
+from .preprocess import load_split, preprocess_record
+from .tracking import log_datasets, log_image_model, mlflow_setup
 from .train_loop import (ArrayBatches, build_optimizer, build_scheduler, class_weights, resolve_device,
                          resolve_precision, run_epoch, seed_everything)
 from .train_settings import ModelSettings, TrainParams, model_settings, resolved_settings
@@ -116,7 +116,8 @@ def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, 
     settings = model_settings(params, name)
     resolved = {"settings": settings.model_dump(mode="json"), "train": params.model_dump(mode="json"), "data": {
         "image_size": stats["image_size"], "mean": stats["mean"], "std": stats["std"], "classes": stats["classes"],
-        "version": data_version(processed)}, **({"extra": extra_params} if extra_params else {})}
+        "version": data_version(processed)}, "preprocess": preprocess_record(stats),
+        **({"extra": extra_params} if extra_params else {})}
     fingerprints = {"settings": fingerprint(resolved_settings(params, name)), "data": fingerprint(resolved["data"]),
                     "code": checkpoint.code_fingerprint(), "libraries": fingerprint(checkpoint.library_versions())}
     device = resolve_device(params.device)
@@ -283,7 +284,8 @@ def _finalise(setup: _Setup, run: _Run, stopped_early: bool, trainable: int, tot
     final = {"model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
              "name": name, "classes": classes, "config": setup.resolved, "image_size": image_size,
              "mean": setup.norm["mean"], "std": setup.norm["std"], "normalisation": setup.norm["source"],
-             "fingerprints": setup.fingerprints, "best_epoch": best["epoch"]}
+             "preprocess": setup.resolved["preprocess"], "fingerprints": setup.fingerprints,
+             "best_epoch": best["epoch"]}
     hist_df = pd.DataFrame(run.history)
     secs = float(hist_df.epoch_seconds.mean())
     metrics = {"model": name, "best_val_loss": best["val_loss"], "best_val_accuracy": best["val_accuracy"],
@@ -302,9 +304,7 @@ def _finalise(setup: _Setup, run: _Run, stopped_early: bool, trainable: int, tot
                         "best/epoch": best["epoch"], "seconds_per_epoch": secs})
     model_uri = None
     if setup.params.mlflow.log_model:
-        info = log_torch_model(mlflow, model.cpu().to(memory_format=torch.contiguous_format).eval(), image_size,
-                               classes, setup.norm)
-        model_uri = info.model_uri
+        model_uri = log_image_model(mlflow, final).model_uri
     with atomic_path(setup.out_dir / "model.pt") as tmp:
         torch.save(final, tmp)
     metrics["mlflow_model_uri"] = model_uri

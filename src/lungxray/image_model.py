@@ -1,0 +1,114 @@
+"""The registered MLflow model: images in, a table of class probabilities out.
+
+The model carries the trained ``model.pt`` (an artifact) and the ``lungxray`` package (``code_paths``), so that
+``mlflow.pyfunc.load_model`` and ``mlflow models serve`` work anywhere the libraries are installed, outside the
+repository too. It applies the pipeline's own preprocessing (:class:`lungxray.predict.Predictor`: decode, square
+with the preprocess settings the model was trained with, normalise with its mean/std).
+
+Input: a table with a column ``image`` (a ``pandas.DataFrame``, a dict ``{"image": [...]}``, or JSON
+``dataframe_split``/``inputs`` over HTTP). Each cell is one image: a file path, the file's bytes (PNG, JPEG, DICOM,
+...; base64-encoded in JSON, which the MLflow server decodes since the column is declared ``binary``; a base64
+string is also accepted in Python), or a uint8 greyscale array (H, W) (``{"image": array}`` with an (N, H, W) array
+works too). A path is opened only in Python: over HTTP every cell is decoded as bytes, so a client cannot make the
+server read its files.
+
+Output: one row per input, in order: ``predicted`` (class name), one ``prob_<class>`` per class (summing to 1) and
+``error``. An input that cannot be used does not fail the request: its row has an empty ``predicted``, NaN
+probabilities and the reason in ``error`` (empty for the others).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+IMAGE_COLUMN = "image"
+
+
+def decode_cell(cell):
+    """One input cell as what :meth:`lungxray.predict.Predictor.square` takes: a path, bytes or a uint8 array.
+    Raises ValueError (with the reason) when it is none of those."""
+    if isinstance(cell, (bytes, bytearray, memoryview)):
+        return bytes(cell)
+    if isinstance(cell, (np.ndarray, list)):
+        arr = np.asarray(cell)
+        if arr.dtype.kind in "ui" and arr.size and arr.min() >= 0 and arr.max() <= 255:
+            arr = arr.astype(np.uint8)  # integers from JSON or a list: grey levels
+        return arr
+    if isinstance(cell, str):
+        if os.path.isfile(cell):
+            return cell
+        try:
+            return base64.b64decode(cell, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("neither an existing file nor base64-encoded image bytes") from None
+    raise ValueError(f"an image must be a path, bytes or a uint8 array, not {type(cell).__name__}")
+
+
+def input_cells(model_input) -> list:
+    """The image cells of any accepted input (see the module docstring)."""
+    if isinstance(model_input, pd.DataFrame):
+        if IMAGE_COLUMN not in model_input:
+            raise ValueError(f"the input needs a column {IMAGE_COLUMN!r} (got {list(model_input.columns)})")
+        cells = list(model_input[IMAGE_COLUMN])
+        if len(cells) == 1 and isinstance(cells[0], (list, np.ndarray)) and np.asarray(cells[0]).dtype.kind in "USO":
+            return list(cells[0])  # {"image": [path, ...]}: MLflow makes the list one row
+        return cells
+    if isinstance(model_input, dict):
+        value = model_input[IMAGE_COLUMN]
+        return list(value) if not isinstance(value, (str, bytes)) else [value]
+    if isinstance(model_input, np.ndarray) and model_input.ndim == 3:
+        return list(model_input)
+    if isinstance(model_input, (list, tuple, pd.Series)):
+        return list(model_input)
+    raise ValueError(f"unsupported input {type(model_input).__name__}: pass a table with a column {IMAGE_COLUMN!r}")
+
+
+class ImageClassifier(mlflow.pyfunc.PythonModel):
+    """The lungxray image model (see the module docstring)."""
+
+    def load_context(self, context) -> None:
+        from .predictor import MODEL_ARTIFACT, predictor_from_file
+
+        self.predictor = predictor_from_file(context.artifacts[MODEL_ARTIFACT], device="auto")
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        from .predictor import classify, failed_row
+
+        cells, sources, errors = input_cells(model_input), [], []
+        for cell in cells:
+            try:
+                sources.append(decode_cell(cell))
+                errors.append(None)
+            except ValueError as e:
+                sources.append(None)
+                errors.append(str(e))
+        good = [i for i, e in enumerate(errors) if e is None]
+        rows = [failed_row(self.predictor.classes, e) for e in errors]
+        for i, row in zip(good, classify(self.predictor, [sources[i] for i in good])):
+            rows[i] = row
+        return pd.DataFrame(rows, columns=output_columns(self.predictor.classes))
+
+
+def output_columns(classes) -> list[str]:
+    from .predictor import ERROR, PREDICTED, prob_column
+
+    return [PREDICTED, *map(prob_column, classes), ERROR]
+
+
+def signature(classes):
+    """Input: one ``binary`` column ``image``; output: ``predicted``, ``prob_<class>``..., ``error``."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    from .predictor import ERROR, PREDICTED, prob_column
+
+    return ModelSignature(inputs=Schema([ColSpec("binary", IMAGE_COLUMN)]),
+                          outputs=Schema([ColSpec("string", PREDICTED), *[ColSpec("double", prob_column(c))
+                                                                          for c in classes],
+                                          ColSpec("string", ERROR)]))

@@ -1,0 +1,133 @@
+"""``lungxray predict``: classify image files with a trained model (the shared core: :mod:`lungxray.predictor`).
+
+* :func:`load_predictor` takes ``models:/<name>@<alias>`` (or any MLflow model URI of a lungxray image model), a
+  ``models/<model>`` folder or a ``model.pt`` file; with none, the champion of the configured registry.
+* :func:`predict_files` classifies files in batches (on the GPU when present) and returns one row per file: the
+  predicted class and one ``prob_<class>`` column per class, or, for a file that cannot be used, the reason in
+  ``error`` (the batch goes on). ``on_batch`` receives every classified batch
+  (:class:`~lungxray.predictor.PredictedBatch`: the torch model, its architecture, the square uint8 images, the
+  predicted indices, the probabilities and the files), which is where per-image extras such as Grad-CAM overlays
+  hook in.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import pandas as pd
+
+from .errors import LungxrayError
+from .predictor import (ERROR, MODEL_ARTIFACT, PREDICTED, PredictedBatch, Predictor, classify, predictor_from_file,
+                        prob_column)
+
+MODEL_FILE = "model.pt"
+FILE = "file"
+
+
+def configured_registry(params_file: str | Path = "params.yaml") -> tuple[str, str]:
+    """(tracking URI, registered model name) the pipeline uses: params.yaml's ``train.mlflow`` and ``promote``
+    sections when the file exists (``$MLFLOW_TRACKING_URI`` or the local store otherwise), else the defaults."""
+    import os
+
+    from .promote import PromotionParams
+    from .tracking import DEFAULT_TRACKING_URI, MlflowParams
+
+    name, mp = PromotionParams().registered_model, MlflowParams()
+    if Path(params_file).is_file():
+        from .config import load_sections
+        from .train_settings import TrainParams
+
+        p = load_sections({"train": TrainParams, "promote": PromotionParams}, params_file)
+        name, mp = p.promote.registered_model, p.train.mlflow
+    return mp.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI, name
+
+
+def champion_uri(params_file: str | Path = "params.yaml") -> str:
+    """``models:/<registered model>@champion`` of the configured registry (:func:`configured_registry`), when that
+    champion exists; otherwise a :class:`LungxrayError` that says what to pass instead."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri, name = configured_registry(params_file)
+    missing_store = uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file()
+    try:
+        if missing_store:
+            raise MlflowException("no store")
+        MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        raise LungxrayError(f"no champion of {name!r} in the registry {uri}: pass --model models:/<name>@champion "
+                            f"(with MLFLOW_TRACKING_URI set to its store) or --model models/<model> (a trained "
+                            f"model folder)") from None
+    return f"models:/{name}@champion"
+
+
+def load_predictor(ref: str | Path | None = None, device: str = "auto") -> Predictor:
+    """A :class:`Predictor` from an MLflow model URI (``models:/name@champion``, ``runs:/...``), a ``models/<model>``
+    folder or a ``model.pt`` file; ``None``: the champion of the configured registry."""
+    ref = champion_uri() if ref is None else ref
+    path = Path(str(ref))
+    if path.is_dir() and (path / MODEL_FILE).is_file():
+        return predictor_from_file(path / MODEL_FILE, device)
+    if path.is_file():
+        return predictor_from_file(path, device)
+    if "://" not in str(ref) and not str(ref).startswith("models:/"):
+        raise LungxrayError(f"no model at {ref}: pass models:/<name>@champion or a models/<model> folder that holds "
+                            f"a model.pt (train it with `dvc repro`)")
+    return _predictor_from_mlflow(str(ref), device)
+
+
+def _predictor_from_mlflow(uri: str, device: str) -> Predictor:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(configured_registry()[0])
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        except (MlflowException, OSError) as e:
+            raise LungxrayError(f"cannot load {uri} ({' '.join(str(e).split())[:200]}): check the name and alias, "
+                                f"and MLFLOW_TRACKING_URI") from None
+        model_pt = local / "artifacts" / MODEL_ARTIFACT
+        if not model_pt.is_file():
+            raise LungxrayError(f"{uri} is not a lungxray image model (no artifacts/{MODEL_ARTIFACT}): it was "
+                                f"registered by an older version that logged a bare torch model; retrain and "
+                                f"register it (dvc repro)")
+        p = predictor_from_file(model_pt, device)
+    p.source = uri
+    return p
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# files in, one row per file out
+
+
+def find_files(paths: Iterable[str | Path]) -> list[Path]:
+    """The files named, and every file under the folders named (recursively, hidden ones left out), in order."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file()
+                          and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        else:
+            out.append(p)  # a missing file gets its row (cannot read)
+    return out
+
+
+def predict_files(files: Sequence[str | Path], predictor: Predictor, progress: bool = False,
+                  on_batch: Callable[[PredictedBatch], None] | None = None) -> pd.DataFrame:
+    """One row per file (``file``, ``predicted``, ``prob_<class>``..., ``error``), in batches of
+    ``predictor.batch_size``; a file that cannot be used gets its reason in ``error``."""
+    from .io import progress_bar
+
+    files = [str(f) for f in files]
+    rows: list[dict] = []
+    starts = range(0, len(files), predictor.batch_size)
+    with progress_bar(total=len(files), desc="predict", unit="img", disable=not progress, mininterval=1.0) as bar:
+        for start in starts:
+            chunk = files[start:start + predictor.batch_size]
+            rows += classify(predictor, chunk, chunk, on_batch)
+            bar.update(len(chunk))
+    columns = [FILE, PREDICTED, *map(prob_column, predictor.classes), ERROR]
+    return pd.DataFrame([{FILE: f, **r} for f, r in zip(files, rows)], columns=columns)

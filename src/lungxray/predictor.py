@@ -1,0 +1,157 @@
+"""A trained model with its input contract, the code the registered MLflow model and ``lungxray predict`` share.
+
+A :class:`Predictor` is a trained model with what its ``model.pt`` records about its inputs: the classes, the
+preprocessing its training images went through (``image_size``, ``aspect``, ``resample``: the preprocess stage's
+settings) and the normalisation (``mean``/``std``). A new image goes through exactly that: decoded by
+:func:`lungxray.imaging.open_grey` (PNG 8/16-bit, JPEG, DICOM, ...), made square by
+:func:`lungxray.preprocess.load_square`, normalised and classified by :func:`lungxray.inference.predict_proba`.
+:func:`classify` turns a batch of inputs into output rows: ``predicted``, one ``prob_<class>`` per class and ``error``
+(why an input could not be used; the others are still classified), and hands the classified batch
+(:class:`PredictedBatch`) to an optional ``on_batch`` callback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .imaging import DEFAULT_MAX_PIXELS, ImageRejected
+
+MODEL_ARTIFACT = "model.pt"  # the key (and file name) of model.pt among the MLflow model's artifacts
+PREDICTED, ERROR = "predicted", "error"
+
+
+def prob_column(cls: str) -> str:
+    return f"prob_{cls}"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the model and its input contract
+
+
+@dataclass
+class Predictor:
+    """A trained model ready for new images (see the module docstring)."""
+
+    model: object  # torch.nn.Module, in eval mode on ``device``
+    arch: str  # the architecture name (models.create_model)
+    classes: list[str]
+    image_size: int
+    aspect: str
+    resample: str
+    mean: list[float]
+    std: list[float]
+    device: object  # torch.device
+    source: str  # where it was loaded from
+    batch_size: int = 32
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def contract(self) -> dict:
+        """What the model expects and returns, as recorded in the MLflow model's metadata."""
+        return {"classes": list(self.classes), "architecture": self.arch, "image_size": self.image_size,
+                "aspect": self.aspect, "resample": self.resample, "mean": list(self.mean), "std": list(self.std),
+                "normalisation": "x / 255, then (x - mean[c]) / std[c] per channel, grey copied to 3 channels",
+                "inputs": "column `image`: file paths, encoded image bytes (PNG, JPEG, DICOM, ...; base64 in JSON) "
+                          "or uint8 greyscale arrays (H, W)",
+                "outputs": f"`{PREDICTED}` (class name), one `prob_<class>` per class, `{ERROR}` (why an input "
+                           f"could not be used; empty otherwise)"}
+
+    def square(self, source) -> np.ndarray:
+        """One image (a path, its bytes, or a uint8 greyscale array) as the model's (S, S) uint8 input; a file that
+        cannot be used raises :class:`~lungxray.imaging.ImageRejected`."""
+        from PIL import Image
+
+        from .preprocess import load_square, to_square
+
+        if isinstance(source, np.ndarray):
+            if source.ndim != 2 or source.dtype != np.uint8:
+                raise ImageRejected("not_an_image", f"an array must be uint8 greyscale (H, W), got {source.dtype} "
+                                                    f"{source.shape}")
+            return to_square(Image.fromarray(source, mode="L"), self.image_size, self.aspect, self.resample)
+        return load_square(source, self.image_size, self.aspect, self.resample, self.max_pixels)
+
+    def proba(self, images: np.ndarray) -> np.ndarray:
+        """(N, C) class probabilities of (N, S, S) uint8 images (:func:`lungxray.inference.predict_proba`)."""
+        from .inference import predict_proba
+
+        return predict_proba(self.model, images, self.mean, self.std, batch_size=self.batch_size,
+                             device=self.device)
+
+
+def predictor_from_file(path: str | Path, device: str = "auto") -> Predictor:
+    """A :class:`Predictor` from a ``model.pt`` (written by the train stage)."""
+    from .inference import load_trained
+    from .preprocess import preprocess_record
+    from .train_loop import resolve_device
+
+    model, ck = load_trained(Path(path))
+    dev = resolve_device(device)
+    pre = ck.get("preprocess") or preprocess_record({"image_size": ck["image_size"]})
+    return Predictor(model=model.to(dev).eval(), arch=ck["name"], classes=list(ck["classes"]),
+                     image_size=int(pre["image_size"]), aspect=pre["aspect"], resample=pre["resample"],
+                     mean=[float(v) for v in ck["mean"]], std=[float(v) for v in ck["std"]], device=dev,
+                     source=str(path))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# a batch of inputs in, one row per input out
+
+
+@dataclass
+class PredictedBatch:
+    """One classified batch, as :func:`predict_files` hands it to ``on_batch``."""
+
+    model: object  # the torch model (eval mode, on the predictor's device)
+    arch: str  # its architecture name
+    images: np.ndarray  # (N, S, S) uint8: exactly what the model saw, before normalisation
+    predicted: np.ndarray  # (N,) class indices
+    probs: np.ndarray  # (N, C) probabilities
+    files: list[str]
+    classes: list[str]
+
+
+def result_rows(probs: np.ndarray, classes: Sequence[str]) -> list[dict]:
+    """Rows of the output table for classified images: ``predicted``, one ``prob_<class>`` per class, empty error."""
+    return [{PREDICTED: classes[int(np.argmax(p))], **{prob_column(c): float(v) for c, v in zip(classes, p)},
+             ERROR: ""} for p in probs]
+
+
+def failed_row(classes: Sequence[str], reason: str) -> dict:
+    return {PREDICTED: "", **{prob_column(c): float("nan") for c in classes}, ERROR: reason}
+
+
+def _squares(predictor: Predictor, sources: Sequence) -> tuple[list[np.ndarray | None], list[str]]:
+    """Each source's square image, or None and the reason it cannot be used."""
+    images, errors = [], []
+    for s in sources:
+        try:
+            images.append(predictor.square(s))
+            errors.append("")
+        except ImageRejected as e:
+            images.append(None)
+            errors.append(e.detail)
+        except Exception as e:  # noqa: BLE001 - one bad input never stops the batch
+            images.append(None)
+            errors.append(f"cannot use this input: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
+    return images, errors
+
+
+def classify(predictor: Predictor, sources: Sequence, names: Sequence[str] | None = None,
+             on_batch: Callable[[PredictedBatch], None] | None = None) -> list[dict]:
+    """One output row per source (path, bytes or uint8 array), in order: decoded, squared, classified together."""
+    images, errors = _squares(predictor, sources)
+    ok = [i for i, im in enumerate(images) if im is not None]
+    rows = [failed_row(predictor.classes, e) for e in errors]
+    if ok:
+        batch = np.stack([images[i] for i in ok])
+        probs = predictor.proba(batch)
+        for i, row in zip(ok, result_rows(probs, predictor.classes)):
+            rows[i] = row
+        if on_batch is not None:
+            names = list(names) if names is not None else [str(i) for i in range(len(sources))]
+            on_batch(PredictedBatch(predictor.model, predictor.arch, batch, probs.argmax(1), probs,
+                                    [names[i] for i in ok], list(predictor.classes)))
+    return rows

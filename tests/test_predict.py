@@ -1,0 +1,286 @@
+"""Using the champion: `lungxray predict` on files and folders (PNG, JPEG, DICOM), the registered MLflow model that
+takes images (in process, from another directory, served over HTTP)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from lungxray.cli import main as cli
+from lungxray.inference import predict_proba
+from lungxray.predict import find_files, load_predictor, predict_files
+from lungxray.predictor import PredictedBatch
+from lungxray.preprocess import load_square
+
+from conftest import REPO
+from helpers.dicom import write_dicom
+from helpers.images import xray
+from helpers.processed import CLASSES, make_processed, train_params
+
+NAME = "predict-cxr"
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory):
+    """A tiny cnn5 (32 px, one epoch; its data preprocessed with aspect=stretch, resample=bilinear), registered as
+    NAME@champion in a SQLite store of its own."""
+    import mlflow
+
+    from lungxray.train import train_model
+
+    root = tmp_path_factory.mktemp("champion")
+    processed = make_processed(root, n_train=30, n_val=12, size=32)
+    stats = json.loads((processed / "stats.json").read_text())
+    (processed / "stats.json").write_text(json.dumps({**stats, "aspect": "stretch", "resample": "bilinear"}))
+    tp = train_params(root, epochs=1)
+    t = train_model("cnn5", tp, processed, root / "models/cnn5", root / "metrics/cnn5", progress=False)
+    uri = tp.mlflow.tracking_uri
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model(NAME)
+    mv = client.create_model_version(NAME, t["mlflow_model_uri"], run_id=t["mlflow_run_id"])
+    client.set_registered_model_alias(NAME, "champion", mv.version)
+    return {"root": root, "models": root / "models/cnn5", "uri": uri, "model_uri": t["mlflow_model_uri"]}
+
+
+@pytest.fixture
+def real_xray(shared_data, tmp_path) -> np.ndarray:
+    """A real chest X-ray of ../shared/data, 8-bit grey, at most 256 px (DICOM files of it stay small)."""
+    from lungxray.imaging import open_grey
+
+    grey, _ = open_grey(sorted((shared_data / "jtiptj_test/NORMAL").iterdir())[0])
+    grey.thumbnail((256, 256))
+    return np.asarray(grey)
+
+
+def reference_proba(models: Path, path) -> np.ndarray:
+    """The evaluate stage's computation for one image: the preprocessed square, then inference.predict_proba."""
+    from lungxray.inference import load_trained
+
+    model, ck = load_trained(models / "model.pt")
+    square = load_square(str(path), 32, "stretch", "bilinear")
+    return predict_proba(model, square[None], ck["mean"], ck["std"])[0]
+
+
+def probs(table: pd.DataFrame) -> np.ndarray:
+    return table[[f"prob_{c}" for c in CLASSES]].to_numpy(dtype=float)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# lungxray predict
+
+
+def test_the_model_applies_the_preprocessing_its_data_was_made_with(champion):
+    p = load_predictor(champion["models"], device="cpu")
+    assert (p.arch, p.classes, p.image_size, p.aspect, p.resample) == ("cnn5", CLASSES, 32, "stretch", "bilinear")
+
+
+@pytest.mark.shared
+def test_dicom_xrays_get_the_predictions_of_their_png(champion, real_xray, tmp_path):
+    png = tmp_path / "x.png"
+    Image.fromarray(real_xray).save(png)
+    wide = real_xray.astype(np.uint16)
+    files = [png,
+             write_dicom(tmp_path / "m2_8.dcm", real_xray),
+             write_dicom(tmp_path / "m1_8.dcm", 255 - real_xray, photometric="MONOCHROME1"),
+             write_dicom(tmp_path / "m2_16.dcm", wide * 257, window=(32768, 65536)),
+             write_dicom(tmp_path / "m1_16.dcm", (255 - wide) * 257, photometric="MONOCHROME1", window=(32768, 65536)),
+             write_dicom(tmp_path / "rle.dcm", real_xray, rle=True),
+             write_dicom(tmp_path / "multi.dcm", np.stack([real_xray, real_xray]))]
+    table = predict_files(files, load_predictor(champion["models"], device="cpu"))
+    assert list(table.file) == [str(f) for f in files]
+    assert (table.error.iloc[:-1] == "").all() and "multi-frame DICOM" in table.error.iloc[-1]
+    p = probs(table)
+    np.testing.assert_allclose(p[1:-1], np.repeat(p[:1], 5, axis=0), atol=1e-6)
+    np.testing.assert_allclose(p[0], reference_proba(champion["models"], png), atol=1e-9)
+    assert np.isnan(p[-1]).all() and table.predicted.iloc[-1] == ""
+
+
+@pytest.mark.shared
+def test_a_folder_with_a_corrupt_file_and_a_non_image_gives_a_row_for_every_file_and_a_failing_exit(
+        champion, shared_data, tmp_path, capsys):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    good = sorted((shared_data / "jtiptj_test/NORMAL").iterdir())[:2]
+    shutil.copy(good[0], folder / good[0].name)
+    shutil.copy(good[1], folder / "sub" / good[1].name)
+    corrupt = sorted((shared_data / "jtiptj_test_unreadable/PNEUMONIA").iterdir())[0]
+    shutil.copy(corrupt, folder / "sub" / corrupt.name)
+    (folder / "notes.txt").write_text("not an X-ray\n")
+    out = tmp_path / "preds.csv"
+    rc = cli(["predict", str(folder), "--model", str(champion["models"]), "--out", str(out), "--quiet"])
+    table = pd.read_csv(out, keep_default_na=False)
+    assert rc == 1 and len(table) == 4
+    bad = table[table.error != ""]
+    assert sorted(Path(f).name for f in bad.file) == sorted([corrupt.name, "notes.txt"])
+    assert bad.error.str.contains("not an image").all()
+    ok = table[table.error == ""]
+    assert set(ok.predicted) <= set(CLASSES) and np.allclose(probs(ok).sum(1), 1)
+    assert "2 of 4 file(s) could not be classified" in capsys.readouterr().err
+
+
+def test_every_batch_reaches_on_batch_with_what_a_grad_cam_needs(champion, tmp_path):
+    files = [str(Image.fromarray(xray(i)).save(tmp_path / f"{i}.png") or tmp_path / f"{i}.png") for i in range(3)]
+    predictor = load_predictor(champion["models"], device="cpu")
+    predictor.batch_size = 2
+    seen: list[PredictedBatch] = []
+    table = predict_files(files, predictor, on_batch=seen.append)
+    assert [b.files for b in seen] == [files[:2], files[2:]]
+    b = seen[0]
+    assert b.arch == "cnn5" and b.images.dtype == np.uint8 and b.images.shape == (2, 32, 32)
+    assert np.array_equal(b.images[0], load_square(files[0], 32, "stretch", "bilinear"))
+    assert [CLASSES[i] for b in seen for i in b.predicted] == list(table.predicted)
+    assert np.allclose(np.concatenate([b.probs for b in seen]), probs(table))
+
+
+def test_a_folder_is_searched_recursively_without_hidden_files(tmp_path):
+    for f in ("b.png", "a/c.dcm", "a/.DS_Store", ".git/x.png"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_bytes(b"")
+    assert [p.relative_to(tmp_path).as_posix() for p in find_files([tmp_path])] == ["a/c.dcm", "b.png"]
+
+
+def test_without_a_champion_predict_says_what_to_pass(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    Image.fromarray(xray(0)).save(tmp_path / "x.png")
+    assert cli(["predict", "x.png"]) == 2
+    err = capsys.readouterr().err
+    assert "no champion of 'lungxray-cxr'" in err and "--model models:/<name>@champion" in err
+    assert not (tmp_path / "mlruns").exists()  # looking for it created no store
+
+
+def test_the_default_model_is_the_champion_of_the_configured_registry(champion, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(json.dumps({"train": {"mlflow": {"tracking_uri": champion["uri"]}},
+                                                      "promote": {"registered_model": NAME}}))
+    p = load_predictor(None, device="cpu")
+    assert p.source == f"models:/{NAME}@champion" and p.classes == CLASSES
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the registered MLflow model
+
+
+def test_the_registered_model_takes_paths_bytes_base64_and_arrays_and_answers_bad_inputs_per_row(champion, tmp_path):
+    import mlflow
+
+    mlflow.set_tracking_uri(champion["uri"])
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    img = xray(5)
+    Image.fromarray(img).save(tmp_path / "x.png")
+    data = (tmp_path / "x.png").read_bytes()
+    out = model.predict(pd.DataFrame({"image": [str(tmp_path / "x.png"), data, base64.b64encode(data).decode(), img,
+                                                b"not an image", str(tmp_path / "missing.png")]}))
+    assert list(out.columns) == ["predicted", *[f"prob_{c}" for c in CLASSES], "error"]
+    p = probs(out)
+    np.testing.assert_allclose(p[:4], np.repeat(p[:1], 4, axis=0), atol=1e-9)
+    np.testing.assert_allclose(p[0], reference_proba(champion["models"], tmp_path / "x.png"), atol=1e-9)
+    assert (out.error[:4] == "").all() and out.error[4].startswith("not an image")
+    assert "neither an existing file nor base64" in out.error[5]
+    batch = model.predict({"image": np.stack([img, img])})  # (N, H, W) uint8
+    np.testing.assert_allclose(probs(batch), np.repeat(p[:1], 2, axis=0), atol=1e-9)
+    meta = mlflow.models.get_model_info(f"models:/{NAME}@champion").metadata
+    assert meta["classes"] == CLASSES and meta["image_size"] == 32 and meta["aspect"] == "stretch"
+    assert meta["resample"] == "bilinear" and len(meta["mean"]) == 3 and "base64" in meta["inputs"]
+
+
+LOAD_ELSEWHERE = """
+import json, sys
+from pathlib import Path
+sys.path[:] = [p for p in sys.path if not (Path(p or '.') / 'lungxray').is_dir()]  # no repository, no editable install
+import mlflow
+model = mlflow.pyfunc.load_model(sys.argv[1])
+import lungxray
+out = model.predict({'image': [sys.argv[2]]})
+print(json.dumps({'lungxray': lungxray.__file__, 'path': sys.path, 'out': out.to_dict(orient='records')}))
+"""
+
+
+def clean_env(uri: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return {**env, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_the_registered_model_loads_and_predicts_outside_the_repository(champion, shared_data, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    xray_file = sorted((shared_data / "jtiptj_test/PNEUMONIA").iterdir())[0]
+    res = subprocess.run([sys.executable, "-c", LOAD_ELSEWHERE, f"models:/{NAME}@champion", str(xray_file)],
+                         cwd=elsewhere, env=clean_env(champion["uri"]), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads(res.stdout.strip().splitlines()[-1])
+    assert not any(str(REPO) in p or p.endswith("/src") for p in doc["path"][1:])
+    assert not doc["lungxray"].startswith(str(REPO)) and "/code/lungxray/" in doc["lungxray"]
+    row = doc["out"][0]
+    assert row["error"] == "" and row["predicted"] in CLASSES
+    np.testing.assert_allclose([row[f"prob_{c}"] for c in CLASSES],
+                               reference_proba(champion["models"], xray_file), atol=1e-6)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_ping(proc: subprocess.Popen, port: int) -> None:
+    """Until the server answers /ping (or dies: then its output is the failure)."""
+    import time
+    import urllib.request
+
+    while proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping") as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"mlflow models serve exited ({proc.returncode}): {proc.stdout.read()[-3000:]}")
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_the_served_champion_answers_a_real_xray_posted_to_invocations(champion, shared_data, tmp_path):
+    import signal
+    import urllib.request
+
+    import mlflow
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion",
+                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], cwd=tmp_path,
+                            env=clean_env(champion["uri"]), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    xray_file = sorted((shared_data / "jtiptj_test/COVID19").iterdir())[0]
+    body = {"dataframe_split": {"columns": ["image"],
+                                "data": [[base64.b64encode(xray_file.read_bytes()).decode()],
+                                         [base64.b64encode(b"junk").decode()]]}}
+    try:
+        wait_for_ping(proc, port)
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req) as r:
+            answer = json.loads(r.read())["predictions"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+    assert answer[0]["predicted"] in CLASSES and answer[0]["error"] == ""
+    served = [answer[0][f"prob_{c}"] for c in CLASSES]
+    assert sum(served) == pytest.approx(1)
+    mlflow.set_tracking_uri(champion["uri"])
+    local = mlflow.pyfunc.load_model(f"models:/{NAME}@champion").predict({"image": [str(xray_file)]})
+    np.testing.assert_allclose(served, probs(local)[0], atol=1e-6)
+    assert answer[1]["predicted"] == "" and answer[1]["error"].startswith("not an image")
