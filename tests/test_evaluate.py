@@ -104,6 +104,19 @@ def test_eval_is_logged_to_the_training_run(trained):
     assert run.data.tags["val_set"] == out["cnn5"]["val_set"]
 
 
+def test_evaluate_writes_a_gradcam_grid_png_and_logs_it_with_the_training_run(trained):
+    import mlflow
+    from PIL import Image
+
+    root, _, ml, _ = trained
+    with Image.open(root / "reports/cnn5/gradcam.png") as im:
+        im.load()
+        assert im.format == "PNG" and im.width > 400 and im.height > 400  # a grid: 3 classes x 4 picks
+    mlflow.set_tracking_uri(ml.tracking_uri)
+    run_id = json.loads((root / "metrics/cnn5/train.json").read_text())["mlflow_run_id"]
+    assert "evaluation/gradcam.png" in {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "evaluation")}
+
+
 def test_leaderboard(trained):
     root, *_ = trained
     rows = leaderboard_rows(["cnn5", "cnn8"], root / "metrics")

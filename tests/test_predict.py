@@ -143,6 +143,22 @@ def test_every_batch_reaches_on_batch_with_what_a_grad_cam_needs(champion, tmp_p
     assert np.allclose(np.concatenate([b.probs for b in seen]), probs(table))
 
 
+def test_predict_cam_writes_one_overlay_per_classified_file_mirroring_the_input_folders(champion, tmp_path):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(xray(0)).save(folder / "a.png")
+    Image.fromarray(xray(1)).save(folder / "sub" / "b.png")
+    (folder / "sub" / "notes.txt").write_text("not an X-ray\n")
+    cams = tmp_path / "cams"
+    rc = cli(["predict", str(folder), "--model", str(champion["models"]), "--out", str(tmp_path / "p.csv"),
+              "--cam", str(cams), "--quiet"])
+    assert rc == 1  # the text file is not an image: a row with its reason, no overlay
+    written = sorted(p.relative_to(cams).as_posix() for p in cams.rglob("*.png"))
+    assert written == ["a.png.png", "sub/b.png.png"]
+    with Image.open(cams / "a.png.png") as im:
+        assert im.width > 64 and im.height > 32
+
+
 def test_a_folder_is_searched_recursively_without_hidden_files(tmp_path):
     for f in ("b.png", "a/c.dcm", "a/.DS_Store", ".git/x.png"):
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)

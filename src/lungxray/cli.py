@@ -45,7 +45,7 @@ def _cmd_dedupe(args: argparse.Namespace) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import ERROR, FILE, PREDICTED, find_files, load_predictor, predict_files
+    from .predict import ERROR, FILE, PREDICTED, cam_writer, find_files, load_predictor, predict_files
 
     files = find_files(args.paths)
     if not files:
@@ -55,7 +55,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     predictor.batch_size = args.batch_size
     print(f"predict: {len(files)} file(s) with {predictor.source} ({predictor.arch}, {predictor.image_size} px, "
           f"{predictor.device})", file=sys.stderr)
-    table = predict_files(files, predictor, progress=not args.quiet and len(files) > predictor.batch_size)
+    on_batch = cam_writer(args.cam, predictor, files) if args.cam else None
+    table = predict_files(files, predictor, progress=not args.quiet and len(files) > predictor.batch_size,
+                          on_batch=on_batch)
     failed = table[table[ERROR] != ""]
     if args.out:
         from .io import write_csv
@@ -64,6 +66,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"predictions: {args.out}", file=sys.stderr)
     else:
         table.to_csv(sys.stdout, index=False, lineterminator="\n")
+    if args.cam:
+        print(f"Grad-CAM overlays: {args.cam}", file=sys.stderr)
     counts = table[table[ERROR] == ""][PREDICTED].value_counts()
     print("predicted: " + (", ".join(f"{c} {n}" for c, n in counts.items()) or "none"), file=sys.stderr)
     for _, row in failed.head(20).iterrows():
@@ -199,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="models:/<name>@champion (an MLflow model URI), or models/<model> (a trained "
                                    "model folder); default: the champion of the configured registry")
     p.add_argument("--out", help="CSV to write (default: the table on stdout)")
+    p.add_argument("--cam", metavar="DIR", help="also write one Grad-CAM overlay PNG per classified image into DIR "
+                                                "(the X-ray, the heat map of the predicted class, class and "
+                                                "probability)")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: the GPU when present")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -24,6 +24,7 @@ from . import metrics
 from . import schema
 from .checkpoint import data_version, fingerprint
 from .errors import LungxrayError
+from .gradcam import gradcam_grid
 from .inference import load_trained, measure_throughput, predict_proba
 from .io import read_json, sha256_file, write_csv, write_json
 from .metrics import EvaluateParams, ovr_auc, roc_points
@@ -124,6 +125,7 @@ def evaluate_model(name: str, processed: Path, model_path: Path, metrics_dir: Pa
     if official is not None:
         out[schema.OFFICIAL_TEST_SPLIT] = official
     _write_plots(name, results, classes, metrics_dir, reports_dir, out)
+    _write_gradcam(name, model, ck, processed, out["plots_split"], results[out["plots_split"]], reports_dir, device)
     out["warnings"] = warnings
     out["throughput"] = measure_throughput(model, stats["image_size"], batch_size=params.batch_size,
                                               device=device, n_batches=params.latency_batches)
@@ -162,6 +164,16 @@ def _write_plots(name: str, results: dict, classes: list[str], metrics_dir: Path
     (reports_dir / "classification_report.txt").write_text(f"{name}, {shown} split\n\n{m['classification_report']}\n")
     write_csv(metrics_dir / "roc.csv", metrics.roc_points(y, probs, classes))
     write_csv(metrics_dir / "confusion.csv", metrics.confusion_pairs(y, probs.argmax(1), classes))
+
+
+def _write_gradcam(name: str, model, ck: dict, processed: Path, split: str, result: tuple, reports_dir: Path,
+                   device: str) -> None:
+    """``gradcam.png``: correctly and wrongly classified images of the plotted split per class, with heat maps."""
+    x, _ = load_split(processed, split)
+    y, probs, _ = result
+    fig = gradcam_grid(model, ck["name"], x, y, probs, ck["classes"], ck["mean"], ck["std"], device=device,
+                       title=f"{name}: Grad-CAM of the predicted class ({split} split)")
+    _save(fig, reports_dir / "gradcam.png")
 
 
 def stale_evaluations(models: list[str], metrics_root: Path, processed: Path, models_root: Path,

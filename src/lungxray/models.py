@@ -80,6 +80,7 @@ __all__ = [
     "SEED_HEAD_HIDDEN",
     "SEED_HEAD_DROPOUT",
     "apply_freeze",
+    "cam_target_layer",
     "count_parameters",
     "create_model",
     "describe",
@@ -107,18 +108,21 @@ class _Spec:
     min_input: int  # smallest input that works
     builder: Callable[[int, int, float], nn.Module] | None = None  # handcrafted
     timm_name: str | None = None
+    cam_layer: str | None = None  # Grad-CAM target (cam_target_layer): the sub-module giving the last feature map
 
 
 _REGISTRY: dict[str, _Spec] = {
-    "cnn5": _Spec("handcrafted-cnn", "handcrafted", 224, 32, builder=cnn5),
-    "cnn8": _Spec("handcrafted-cnn", "handcrafted", 224, 8, builder=cnn8),
-    "cnn13": _Spec("handcrafted-cnn", "handcrafted", 224, 32, builder=cnn13),
-    "resnet18": _Spec("resnet", "timm", 224, 32, timm_name="resnet18.a1_in1k"),
-    "resnet34": _Spec("resnet", "timm", 224, 32, timm_name="resnet34.a1_in1k"),
-    "vgg16": _Spec("vgg", "timm", 224, 32, timm_name="vgg16.tv_in1k"),
-    "mobilenetv2": _Spec("mobilenet", "timm", 224, 32, timm_name="mobilenetv2_100.ra_in1k"),
-    "inception_resnet_v2": _Spec("inception-resnet", "timm", 299, 75, timm_name="inception_resnet_v2.tf_in1k"),
-    "efficientnetv2_s": _Spec("efficientnet", "timm", 224, 32, timm_name="tf_efficientnetv2_s.in1k"),
+    "cnn5": _Spec("handcrafted-cnn", "handcrafted", 224, 32, builder=cnn5, cam_layer="features"),
+    "cnn8": _Spec("handcrafted-cnn", "handcrafted", 224, 8, builder=cnn8, cam_layer="features"),
+    "cnn13": _Spec("handcrafted-cnn", "handcrafted", 224, 32, builder=cnn13, cam_layer="features"),
+    "resnet18": _Spec("resnet", "timm", 224, 32, timm_name="resnet18.a1_in1k", cam_layer="layer4"),
+    "resnet34": _Spec("resnet", "timm", 224, 32, timm_name="resnet34.a1_in1k", cam_layer="layer4"),
+    "vgg16": _Spec("vgg", "timm", 224, 32, timm_name="vgg16.tv_in1k", cam_layer="features"),
+    "mobilenetv2": _Spec("mobilenet", "timm", 224, 32, timm_name="mobilenetv2_100.ra_in1k", cam_layer="bn2"),
+    "inception_resnet_v2": _Spec("inception-resnet", "timm", 299, 75, timm_name="inception_resnet_v2.tf_in1k",
+                                 cam_layer="conv2d_7b"),
+    "efficientnetv2_s": _Spec("efficientnet", "timm", 224, 32, timm_name="tf_efficientnetv2_s.in1k",
+                              cam_layer="bn2"),
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
@@ -162,6 +166,20 @@ def describe(name: str) -> dict:
         out.update(timm_name=spec.timm_name, hf_hub_id=hub_id, url=url, mean=tuple(cfg.mean), std=tuple(cfg.std),
                    pretrained_input_size=int(cfg.input_size[-1]))
     return out
+
+
+def cam_target_layer(model: nn.Module, name: str) -> nn.Module:
+    """The layer of a model built by :func:`create_model` (``name``) that Grad-CAM explains: the last spatial feature
+    map before global pooling (handcrafted and vgg16 ``features``, ResNets ``layer4``, mobilenetv2 and
+    efficientnetv2_s ``bn2``, inception_resnet_v2 ``conv2d_7b``); the ``cam_layer`` column of the table."""
+    spec = _spec(name)
+    try:
+        if not spec.cam_layer:
+            raise AttributeError(spec.cam_layer)
+        return model.get_submodule(spec.cam_layer)
+    except AttributeError:
+        raise LungxrayError(f"model {name!r} has no layer {spec.cam_layer!r} (its Grad-CAM target): was it built "
+                            f"by create_model({name!r}, ...)?") from None
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -131,3 +131,25 @@ def predict_files(files: Sequence[str | Path], predictor: Predictor, progress: b
             bar.update(len(chunk))
     columns = [FILE, PREDICTED, *map(prob_column, predictor.classes), ERROR]
     return pd.DataFrame([{FILE: f, **r} for f, r in zip(files, rows)], columns=columns)
+
+
+def cam_writer(out_dir: str | Path, predictor: Predictor, files: Sequence[str | Path]
+               ) -> Callable[[PredictedBatch], None]:
+    """An ``on_batch`` for :func:`predict_files` that writes one Grad-CAM overlay per classified image
+    (:mod:`lungxray.gradcam`): ``out_dir/<path relative to the inputs' common folder>.png`` (``a/b.dcm`` ->
+    ``a/b.dcm.png``), showing the X-ray, its heat map for the predicted class, that class and its probability."""
+    import os
+
+    from .gradcam import heatmaps, write_overlays
+
+    paths = [Path(f).resolve() for f in files]
+    root = Path(os.path.commonpath([p.parent for p in paths])) if paths else Path(".")
+
+    def write(batch: PredictedBatch) -> None:
+        heats = heatmaps(batch.model, batch.arch, batch.images, predictor.mean, predictor.std, batch.predicted,
+                         predictor.device)
+        names = [Path(f).resolve().relative_to(root).as_posix() for f in batch.files]  # write_overlays adds .png
+        titles = [f"{batch.classes[k]} {p[k]:.2f}" for k, p in zip(batch.predicted, batch.probs)]
+        write_overlays(out_dir, names, batch.images, heats, titles)
+
+    return write
