@@ -211,6 +211,11 @@ def server_command(s: ServerSettings, backend_uri: str) -> list[str]:
 
 def auth_environment(s: ServerSettings, auth_uri: str, state: Path) -> dict[str, str]:
     """The environment the basic-auth app reads: its config file (users in ``auth_uri``) and the secret key."""
+    import importlib.util
+
+    if importlib.util.find_spec("flask_wtf") is None:
+        raise LungxrayError("--auth needs MLflow's auth extra (Flask-WTF), which `make setup` installs: "
+                            "pip install 'mlflow[auth]==3.17.2'")
     if not os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY"):
         raise LungxrayError("--auth needs MLFLOW_FLASK_SERVER_SECRET_KEY (any long random string, the same for every "
                             "server of the team) and, the first time, MLFLOW_AUTH_ADMIN_PASSWORD (the admin's "
