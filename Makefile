@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test bench benchmark-pneumoniamnist
+.PHONY: setup run test bench benchmark-pneumoniamnist mlflow-server
 
 $(BIN)/.lungxray-installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,3 +37,8 @@ benchmark-pneumoniamnist: setup
 	lungxray check-params
 	dvc repro
 	$(BIN)/python benchmarks/pneumoniamnist/report.py --update-readme
+
+# a team MLflow server: PostgreSQL store (local, in mlflow-server/postgres) and served artifacts, on 127.0.0.1:5000;
+# options after ARGS, e.g. make mlflow-server ARGS="--auth --host 0.0.0.0"  (lungxray mlflow-server --help)
+mlflow-server: setup
+	lungxray mlflow-server $(ARGS)

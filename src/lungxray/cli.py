@@ -164,6 +164,28 @@ def _cmd_metrics_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_mlflow_server(args: argparse.Namespace) -> int:
+    import signal
+    from pathlib import Path
+
+    from .server import ServerSettings, team_server
+
+    fields = ("host", "port", "workers", "backend_store_uri", "pg_data", "pg_port", "artifacts_destination", "auth")
+    settings = ServerSettings(**{k: getattr(args, k) for k in fields if getattr(args, k) is not None})
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop: the server, then PostgreSQL
+    with team_server(settings) as (url, server):
+        store = "PostgreSQL " + ("at --backend-store-uri" if settings.backend_store_uri
+                                 else f"in {Path(settings.pg_data)} (127.0.0.1:{settings.pg_port})")
+        print(f"MLflow server at {url}: store {store}, artifacts {settings.artifacts_destination}"
+              + (", basic auth" if settings.auth else ""), flush=True)
+        print(f"  the pipeline logs there with:  export MLFLOW_TRACKING_URI={url}"
+              + ("  MLFLOW_TRACKING_USERNAME=...  MLFLOW_TRACKING_PASSWORD=..." if settings.auth else ""), flush=True)
+        try:
+            return server.wait()
+        except KeyboardInterrupt:
+            return 130
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .imaging import DEFAULT_MAX_PIXELS
 
@@ -225,6 +247,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--out", help="where to write (default: gate.baseline in params)")
     p.set_defaults(func=_cmd_metrics_baseline)
+
+    p = sub.add_parser("mlflow-server", help="run a team MLflow tracking server on PostgreSQL (artifacts served)",
+                       description="PostgreSQL as the store of runs and the model registry (a local one created in "
+                                   "--pg-data, or an existing one by --backend-store-uri); artifacts uploaded through "
+                                   "the server into --artifacts-destination. Ctrl-C stops the server and PostgreSQL. "
+                                   "Point the pipeline at it with MLFLOW_TRACKING_URI=http://HOST:PORT.")
+    p.add_argument("--host", help="interface to bind (default 127.0.0.1: this machine only; 0.0.0.0: every one)")
+    p.add_argument("--port", type=int, help="server port (default 5000)")
+    p.add_argument("--workers", type=int, help="server worker processes (default 2)")
+    p.add_argument("--backend-store-uri", help="an existing PostgreSQL: postgresql://user:password@host:5432/db "
+                                               "(default: a local PostgreSQL in --pg-data)")
+    p.add_argument("--pg-data", help="data directory of the local PostgreSQL (default mlflow-server/postgres)")
+    p.add_argument("--pg-port", type=int, help="port of the local PostgreSQL on 127.0.0.1 (default 5433)")
+    p.add_argument("--artifacts-destination", help="where the server stores artifacts: a folder or s3://bucket/path "
+                                                   "(default mlflow-server/artifacts)")
+    p.add_argument("--auth", action="store_true", default=None,
+                   help="MLflow's basic-auth app; needs MLFLOW_FLASK_SERVER_SECRET_KEY and, the first time, "
+                        "MLFLOW_AUTH_ADMIN_PASSWORD")
+    p.set_defaults(func=_cmd_mlflow_server)
     return ap
 
 

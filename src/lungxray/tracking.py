@@ -27,9 +27,10 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
 class MlflowParams(Strict):
     experiment: str = "lungxray"
-    tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else "
-                                                        "sqlite:///mlruns/mlflow.db (local, no server)")
-    artifact_dir: str = "mlruns/artifacts"
+    tracking_uri: str | None = Field(None, description="used when $MLFLOW_TRACKING_URI is unset (the environment "
+                                                        "wins: a team server); default sqlite:///mlruns/mlflow.db")
+    artifact_dir: str = Field("mlruns/artifacts", description="artifacts of a new experiment in a local store (a "
+                                                             "server keeps its own: --serve-artifacts)")
     log_model: bool = True
 
 
@@ -37,16 +38,26 @@ class MlflowParams(Strict):
 # the tracking store and the training run
 
 
+def tracking_uri(mp: MlflowParams) -> str:
+    """``$MLFLOW_TRACKING_URI`` first (a team server set per shell or CI job), then params, then the local store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or mp.tracking_uri or DEFAULT_TRACKING_URI
+
+
 def mlflow_setup(mp: MlflowParams):
+    """Point mlflow at the tracking store and the experiment, creating it when new: in a local store its artifacts
+    go to ``artifact_dir``; a tracking server (http/https) chooses where they go (served artifacts: uploaded
+    through the server, never written to a path of this machine)."""
     import mlflow
 
-    uri = mp.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    uri = tracking_uri(mp)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     try:
         exp = mlflow.get_experiment_by_name(mp.experiment)
-        if exp is None:
+        if exp is None and uri.startswith(("http://", "https://")):
+            mlflow.create_experiment(mp.experiment)
+        elif exp is None:
             art = Path(mp.artifact_dir).resolve()
             art.mkdir(parents=True, exist_ok=True)
             mlflow.create_experiment(mp.experiment, artifact_location=art.as_uri())
