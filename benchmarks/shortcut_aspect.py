@@ -57,6 +57,7 @@ def measure(work: Path, params, aspect: str, args) -> dict:
 
     split_df = pd.concat([pd.read_csv(work / f, keep_default_na=False) for f in
                           ("data/split/split.csv", "data/split/official_test.csv")], ignore_index=True)
+    split_df["path"] = [str(work / f) for f in split_df.path]  # relative to the scratch folder
     processed = work / f"processed_{aspect}"
     pre = params.preprocess.model_copy(update={"image_size": args.size, "aspect": aspect})
     run_preprocess(split_df, params.fetch.classes, pre, processed, progress=False, max_pixels=params.fetch.max_pixels)

@@ -18,10 +18,10 @@ def main() -> None:
     report["mlflow_run_id"] = log_shortcut_check(report, [schema.SHORTCUT_MD, schema.SHORTCUT_PNG],
                                                  params.train.mlflow)
     write_json(schema.SHORTCUT_JSON, report)  # last: the compare stage reads it
-    p = report["probe"]
+    p, v = report["probe"], report["labels"]["cramers_v"]
     print(warning_text(report) or "shortcut: no warning" + (
         f" (probe val accuracy {p['accuracy']:.3f}, majority source {p['majority_rate']:.3f}, Cramer's V "
-        f"{report['warning']['cramers_v']})" if p else f" ({report['skipped']})"))
+        f"{'-' if v is None else f'{v:.2f}'})" if p else f" ({report['skipped']})"))
 
 
 if __name__ == "__main__":
