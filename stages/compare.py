@@ -1,9 +1,9 @@
 """DVC stage `compare`: one leaderboard of every trained architecture (Markdown, JSON, PNG), in the selection order."""
 
 from lungxray import schema
-from lungxray.compare import leaderboard, leaderboard_rows, plot_leaderboard
+from lungxray.compare import leaderboard, leaderboard_rows, plot_leaderboard, shortcut_block
 from lungxray.config import load_sections
-from lungxray.io import atomic_path, write_json
+from lungxray.io import atomic_path, read_json, write_json
 from lungxray.promote import PromotionParams
 from lungxray.stage import run_stage
 from lungxray.train_settings import TrainParams
@@ -13,6 +13,7 @@ def main() -> None:
     params = load_sections({"train": TrainParams, "promote": PromotionParams})
     rows = leaderboard_rows(params.train.models, schema.METRICS)
     df, md = leaderboard(rows, params.promote)
+    md = shortcut_block(read_json(schema.SHORTCUT_JSON) if schema.SHORTCUT_JSON.exists() else None) + md
     plot_leaderboard(df, schema.LEADERBOARD_PNG, promotion=params.promote)
     with atomic_path(schema.LEADERBOARD_MD) as tmp:
         tmp.write_text("# Leaderboard\n\n" + md + "\n")

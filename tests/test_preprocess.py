@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lungxray.preprocess import PreprocessParams, load_split, load_square, run_preprocess, to_square
+from lungxray.preprocess import PreprocessParams, content_box, load_split, load_square, run_preprocess, to_square
 
 from helpers.images import save, xray
 
@@ -23,6 +23,48 @@ def test_pad_keeps_aspect_and_centres():
 def test_stretch_fills():
     img = Image.fromarray(np.full((50, 100), 200, np.uint8))
     assert to_square(img, 32, "stretch", "bilinear").min() == 200
+
+
+def framed(content: np.ndarray, pad: tuple[int, int, int, int], frame: int = 0) -> np.ndarray:
+    """``content`` inside black padding (top, bottom, left, right), then a white frame ``frame`` pixels wide."""
+    a = np.pad(content, ((pad[0], pad[1]), (pad[2], pad[3])), constant_values=0)
+    return np.pad(a, frame, constant_values=255) if frame else a
+
+
+def test_crop_removes_black_padding_and_a_white_frame_and_keeps_the_content():
+    rng = np.random.default_rng(0)
+    content = rng.integers(40, 200, (60, 40)).astype(np.uint8)
+    a = framed(content, (5, 15, 30, 10), frame=3)
+    top, bottom, left, right = content_box(a)
+    assert np.array_equal(a[top:bottom, left:right], content)
+    out = to_square(Image.fromarray(a), 30, "crop", "area")
+    assert out.shape == (30, 30)
+    assert out[:, 5:25].min() > 16  # the content fills the height: no border row left
+    assert out[:, :3].max() == 0 and out[:, -3:].max() == 0  # padded to square (the short side) afterwards
+
+
+def test_crop_keeps_dark_and_bright_content_inside_the_image():
+    content = np.full((40, 40), 120, np.uint8)
+    content[:, :10] = 0  # a black band and a white band inside the X-ray are content, not border...
+    content[5:35, 30:] = 255
+    content[0, :] = 120  # ...as the content's first row and column are not uniform
+    content[:, 0] = 120
+    a = framed(content, (4, 4, 0, 0))
+    top, bottom, left, right = content_box(a)
+    assert (top, bottom, left, right) == (4, 44, 0, 40)
+
+
+def test_crop_of_a_blank_image_keeps_the_whole_image():
+    for value in (0, 255):
+        a = np.full((30, 50), value, np.uint8)
+        assert content_box(a) == (0, 30, 0, 50)
+        out = to_square(Image.fromarray(a), 20, "crop", "area")
+        assert out.shape == (20, 20)
+        assert np.array_equal(out, to_square(Image.fromarray(a), 20, "pad", "area"))
+
+
+def test_crop_is_a_valid_preprocess_aspect():
+    assert PreprocessParams(aspect="crop").aspect == "crop"
 
 
 @pytest.mark.parametrize("kind", ["L", "I;16", "P", "RGBA", "CMYK", "exif6"])

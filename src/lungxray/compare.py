@@ -67,6 +67,14 @@ def leaderboard(rows: list[dict[str, Any]], promotion: PromotionParams | None = 
     return df, leaderboard_note(pp) + "\n" + _markdown(df, pp.metric)
 
 
+def shortcut_block(report: dict | None) -> str:
+    """The shortcut check's warning (``reports/shortcut.json``, see :mod:`lungxray.shortcut`) as a block for the top
+    of the leaderboard, with its figures; empty when there is no report or the warning does not fire."""
+    if not report or not report.get("warning", {}).get("fires"):
+        return ""
+    return f"> [!WARNING]\n> {report['warning']['message']} Details: `reports/shortcut.md`.\n\n"
+
+
 def leaderboard_note(promotion: PromotionParams) -> str:
     """What chose the order (metric, direction, tie breaker) and what the test figures are for."""
     p = promotion

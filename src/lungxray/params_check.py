@@ -19,6 +19,7 @@ from .metrics import EvaluateParams
 from .gate import GateParams
 from .preprocess import PreprocessParams
 from .promote import PromotionParams
+from .shortcut import ShortcutParams
 from .split import SplitParams
 from .train_settings import TrainParams
 from .validate import ValidateParams
@@ -30,6 +31,7 @@ class Params(Strict):
     validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
     split: SplitParams = Field(default_factory=SplitParams)
     preprocess: PreprocessParams = Field(default_factory=PreprocessParams)
+    shortcut: ShortcutParams = Field(default_factory=ShortcutParams)
     train: TrainParams = Field(default_factory=TrainParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     promote: PromotionParams = Field(default_factory=PromotionParams)

@@ -39,14 +39,38 @@ _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.
 class PreprocessParams(Strict):
 
     image_size: int = Field(224, ge=16, le=1024, description="side of the square arrays")
-    aspect: Literal["stretch", "pad"] = Field("pad", description="stretch to square, or pad the short side (black)")
+    aspect: Literal["stretch", "pad", "crop"] = Field(
+        "pad", description="stretch to square, pad the short side (black), or crop: trim uniform black/white borders "
+                           "and frames first, then pad")
     resample: Literal["bilinear", "bicubic", "lanczos", "area"] = "area"
     workers: int = Field(0, ge=0, description="processes; 0 = one per core")
 
 
+BORDER_DARK, BORDER_BRIGHT, BORDER_SHARE = 16, 240, 0.98  # a border line: 98% of its pixels are <= 16 or >= 240
+
+
+def content_box(a: np.ndarray) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` (exclusive ends) of ``a`` (2-D uint8) without its outer border lines: rows and
+    columns, from each edge inwards, of which at least 98% of the pixels are black (<= 16) or white (>= 240), so a
+    white frame around black padding goes too (its sides cross the padding's lines). A blank image (every line a border) keeps its whole extent."""
+    def content(lines: np.ndarray) -> tuple[int, int] | None:  # first and end of the lines (rows of ``lines``) kept
+        keep = ((lines <= BORDER_DARK) | (lines >= BORDER_BRIGHT)).mean(1) < BORDER_SHARE
+        return (int(keep.argmax()), len(keep) - int(keep[::-1].argmax())) if keep.any() else None
+
+    rows = content(a)
+    cols = content(a[rows[0]:rows[1]].T) if rows else None
+    if rows is None or cols is None:
+        return 0, a.shape[0], 0, a.shape[1]
+    return rows[0], rows[1], cols[0], cols[1]
+
+
 def to_square(grey: Image.Image, size: int, aspect: str, resample: str) -> np.ndarray:
-    """Resize an 8-bit greyscale image to ``size x size`` (stretching, or padding the short side with black)."""
+    """Resize an 8-bit greyscale image to ``size x size``: stretching, padding the short side with black, or (crop)
+    trimming its uniform borders (:func:`content_box`) before padding."""
     method = _RESAMPLE[resample]
+    if aspect == "crop":
+        top, bottom, left, right = content_box(np.asarray(grey, dtype=np.uint8))
+        grey = grey.crop((left, top, right, bottom))
     if aspect == "stretch":
         return np.asarray(grey.resize((size, size), method), dtype=np.uint8)
     w, h = grey.size

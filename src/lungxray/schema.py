@@ -162,3 +162,6 @@ LEADERBOARD_MD = REPORTS / "leaderboard.md"
 LEADERBOARD_PNG = REPORTS / "leaderboard.png"
 LEADERBOARD_JSON = REPORTS / "leaderboard.json"
 PROMOTION = REPORTS / "promotion.json"
+SHORTCUT_JSON = REPORTS / "shortcut.json"  # shortcut -> compare: the source probe, the label mix, the warning
+SHORTCUT_MD = REPORTS / "shortcut.md"
+SHORTCUT_PNG = REPORTS / "shortcut.png"

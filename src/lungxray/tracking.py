@@ -198,3 +198,25 @@ def wait_ready(client, name: str, version: str, timeout_s: float = 120.0):
             raise LungxrayError(f"registering {name} version {version} failed ({mv.status}: {mv.status_message}); "
                                 f"aliases were not changed")
         time.sleep(0.5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the shortcut check
+
+
+def log_shortcut_check(report: dict, files: list[Path], mlflow_params: MlflowParams | None) -> str:
+    """One run in the experiment, tagged ``stage=shortcut``: the probe's figures, the label concentration, whether
+    the warning fired, and the report files. Returns the run id."""
+    mlflow = mlflow_setup(mlflow_params or MlflowParams())
+    probe, warning = report.get("probe") or {}, report["warning"]
+    figures = {f"probe/{k}": probe.get(k) for k in ("accuracy", "accuracy_ci_low", "accuracy_ci_high",
+                                                     "majority_rate", "uniform_rate")}
+    figures["labels/cramers_v"] = report["labels"]["cramers_v"]
+    with mlflow.start_run(run_name="shortcut-check") as run:
+        mlflow.set_tags({"stage": "shortcut", "shortcut_warning": str(warning["fires"]).lower(),
+                         "skipped": report.get("skipped") or ""})
+        mlflow.log_params({f"shortcut.{k}": v for k, v in report["params"].items()})
+        mlflow.log_metrics({k: float(v) for k, v in figures.items() if v is not None})
+        for f in files:
+            mlflow.log_artifact(str(f), artifact_path="shortcut")
+    return run.info.run_id
