@@ -72,8 +72,10 @@ def test_train_writes_model_metrics_history_and_mlflow_run(tmp_path, mlflow_env)
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "training_curve.png" in arts
     logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    x = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
-    assert np.asarray(logged.predict(x)).shape == (4, 3)  # a batch, not only the example's size
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32), dtype=np.uint8)  # the logged model takes images
+    out = logged.predict({"image": x})
+    assert len(out) == 4 and (out.error == "").all()  # a batch, not only the example's size
+    assert np.allclose(out.filter(like="prob_").sum(axis=1), 1.0)
     assert not any("KAGGLE" in k.upper() for k in run.data.params)
 
 
