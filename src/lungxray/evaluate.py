@@ -25,7 +25,7 @@ from . import schema
 from .checkpoint import data_version, fingerprint
 from .errors import LungxrayError
 from .gradcam import gradcam_grid
-from .inference import load_trained, measure_throughput, predict_proba
+from .inference import architecture, load_trained, measure_throughput, predict_proba
 from .io import read_json, sha256_file, write_csv, write_json
 from .metrics import EvaluateParams, ovr_auc, roc_points
 from .metrics.primitives import _check_inputs
@@ -171,7 +171,7 @@ def _write_gradcam(name: str, model, ck: dict, processed: Path, split: str, resu
     """``gradcam.png``: correctly and wrongly classified images of the plotted split per class, with heat maps."""
     x, _ = load_split(processed, split)
     y, probs, _ = result
-    fig = gradcam_grid(model, ck["name"], x, y, probs, ck["classes"], ck["mean"], ck["std"], device=device,
+    fig = gradcam_grid(model, architecture(ck), x, y, probs, ck["classes"], ck["mean"], ck["std"], device=device,
                        title=f"{name}: Grad-CAM of the predicted class ({split} split)")
     _save(fig, reports_dir / "gradcam.png")
 

@@ -19,8 +19,15 @@ from .augment import AugmentParams, augment_batch
 from .errors import LungxrayError
 
 
+def architecture(ck: dict) -> str:
+    """The architecture a ``model.pt`` was built from: its settings' ``model`` (a variant's architecture: ``name`` is
+    the variant's name), or ``name`` in files that do not record it."""
+    return (ck.get("config") or {}).get("settings", {}).get("model") or ck["name"]
+
+
 def load_trained(path: Path) -> tuple[nn.Module, dict]:
-    """Rebuild a model from ``models/<name>/model.pt`` (safe load: tensors and plain data only)."""
+    """Rebuild a model from ``models/<name>/model.pt`` (safe load: tensors and plain data only), as the
+    architecture it records (:func:`architecture`)."""
     from .models import create_model
 
     path = Path(path)
@@ -32,7 +39,7 @@ def load_trained(path: Path) -> tuple[nn.Module, dict]:
     except Exception as e:  # noqa: BLE001
         raise LungxrayError(f"{path} is unreadable ({' '.join(str(e).split())[:200]}): retrain it with "
                             f"`dvc repro -f train@{path.parent.name}`") from None
-    model = create_model(ck["name"], num_classes=len(ck["classes"]), pretrained=False, freeze=st["freeze"],
+    model = create_model(architecture(ck), num_classes=len(ck["classes"]), pretrained=False, freeze=st["freeze"],
                          head=st["head"])
     try:
         model.load_state_dict(ck["model"])

@@ -83,14 +83,14 @@ class Predictor:
 
 def predictor_from_file(path: str | Path, device: str = "auto") -> Predictor:
     """A :class:`Predictor` from a ``model.pt`` (written by the train stage)."""
-    from .inference import load_trained
+    from .inference import architecture, load_trained
     from .preprocess import preprocess_record
     from .train_loop import resolve_device
 
     model, ck = load_trained(Path(path))
     dev = resolve_device(device)
     pre = ck.get("preprocess") or preprocess_record({"image_size": ck["image_size"]})
-    return Predictor(model=model.to(dev).eval(), arch=ck["name"], classes=list(ck["classes"]),
+    return Predictor(model=model.to(dev).eval(), arch=architecture(ck), classes=list(ck["classes"]),
                      image_size=int(pre["image_size"]), aspect=pre["aspect"], resample=pre["resample"],
                      mean=[float(v) for v in ck["mean"]], std=[float(v) for v in ck["std"]], device=dev,
                      source=str(path))

@@ -121,8 +121,9 @@ def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, 
     fingerprints = {"settings": fingerprint(resolved_settings(params, name)), "data": fingerprint(resolved["data"]),
                     "code": checkpoint.code_fingerprint(), "libraries": fingerprint(checkpoint.library_versions())}
     device = resolve_device(params.device)
-    setup = _Setup(name, params, settings, resolved, fingerprints, input_normalisation(name, settings.pretrained,
-                   stats), device, resolve_precision(params.precision, device), Path(out_dir), Path(metrics_dir))
+    setup = _Setup(name, params, settings, resolved, fingerprints, input_normalisation(settings.model,  # architecture
+                   settings.pretrained, stats), device, resolve_precision(params.precision, device), Path(out_dir),
+                   Path(metrics_dir))
     if params.torch_threads:
         torch.set_num_threads(params.torch_threads)
     data = {split: load_split(processed, split) for split in ("train", "val")}
@@ -146,7 +147,8 @@ def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, 
     run.run_id = mlflow.start_run(run_id=run.run_id, run_name=None if run.run_id else name).info.run_id
     try:
         if run.start_epoch == 1:
-            mlflow.log_params(flatten({"model": name, **settings.model_dump(mode="json"), "train": params.model_dump(mode="json"),
+            mlflow.log_params(flatten({**settings.model_dump(mode="json"), "model": name, "architecture": settings.model,
+                                       "train": params.model_dump(mode="json"),
                                        "data": resolved["data"], **({"extra": extra_params} if extra_params else {})}))
             mlflow.set_tags({"model": name, "git_commit": git_commit(), "data_version": resolved["data"]["version"],
                              "device": device.type, "precision": str(setup.amp or torch.float32).removeprefix("torch."),
@@ -168,7 +170,7 @@ def _build(setup: _Setup) -> _Run:
 
     s, params = setup.settings, setup.params
     seed_everything(params.seed)
-    model = models.create_model(setup.name, num_classes=len(setup.resolved["data"]["classes"]),
+    model = models.create_model(s.model, num_classes=len(setup.resolved["data"]["classes"]),
                                 pretrained=s.pretrained, freeze=s.freeze, head=s.head,
                                 weights_file=s.weights_file, weights_sha256=s.weights_sha256)
     model.to(setup.device)

@@ -2,6 +2,11 @@
 
 * :class:`TrainParams` is the ``train:`` section; ``model_options`` overrides some of its keys per model
   (:class:`ModelOptions`).
+* ``variants`` names models that are an architecture plus options (:class:`Variant`), e.g. a freeze sweep
+  ``resnet18_f1: {model: resnet18, freeze: 1}``. A variant's name stands wherever a model name does
+  (``train.models``, ``model_options``, ``models/<name>/``, ``metrics/<name>/``, the leaderboard, the registry); its
+  architecture (:func:`architecture`) is what is built, and ``model.pt`` records it (``config.settings.model``).
+  Options resolve in order: the train section, then the variant's own options, then ``model_options.<variant>``.
 * :func:`model_settings` applies a model's own options to the section (:class:`ModelSettings`);
   :func:`resolved_settings` is everything that decides how that model trains: the shared keys with its own options
   applied, without the list of models, the other models' options or where runs are tracked (:data:`RUN_KEYS`). So
@@ -13,6 +18,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -21,6 +27,9 @@ from . import checkpoint
 from .augment import AugmentParams
 from .config import Strict
 from .tracking import MlflowParams
+
+
+VARIANT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # it names folders and DVC stages (train@<name>)
 
 
 class ModelOptions(Strict):
@@ -34,6 +43,12 @@ class ModelOptions(Strict):
     lr: float | None = Field(None, gt=0)
     batch_size: int | None = Field(None, ge=1)
     epochs: int | None = Field(None, ge=1)
+
+
+class Variant(ModelOptions):
+    """A named model: an architecture with its own options (``train.variants.<name>``)."""
+
+    model: str = Field(description="architecture it builds (a row of the models table, e.g. resnet18)")
 
 
 SEED_MODELS = ["cnn5", "cnn8", "cnn13", "resnet18", "resnet34", "vgg16", "mobilenetv2", "inception_resnet_v2",
@@ -56,6 +71,8 @@ class TrainParams(Strict):
     augment: AugmentParams = AugmentParams()
     pretrained: bool = True
     model_options: dict[str, ModelOptions] = Field(default_factory=dict)
+    variants: dict[str, Variant] = Field(default_factory=dict, description="named models: an architecture plus "
+                                         "options, usable in models and model_options (e.g. a freeze sweep)")
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
@@ -70,9 +87,19 @@ class TrainParams(Strict):
     def _known_models(self) -> "TrainParams":
         from .models import MODEL_NAMES
 
-        unknown = [m for m in [*self.models, *self.model_options] if m not in MODEL_NAMES]
+        for name, v in self.variants.items():
+            if name in MODEL_NAMES:
+                raise ValueError(f"variant {name!r} has the name of an architecture: give it its own name "
+                                 f"(e.g. {name}_v1)")
+            if not VARIANT_NAME.fullmatch(name):
+                raise ValueError(f"variant name {name!r} must use only letters, digits, '_', '-' and '.'")
+            if v.model not in MODEL_NAMES:
+                raise ValueError(f"variant {name!r}: unknown architecture {v.model!r}; valid: {', '.join(MODEL_NAMES)}")
+        unknown = [m for m in [*self.models, *self.model_options] if m not in MODEL_NAMES and m not in self.variants]
         if unknown:
-            raise ValueError(f"unknown model(s) {unknown}; valid: {', '.join(MODEL_NAMES)}")
+            raise ValueError(f"unknown model(s) {unknown}; valid: {', '.join(MODEL_NAMES)}"
+                             + (f" and the variants {', '.join(self.variants)}" if self.variants else
+                                " (or a name defined in train.variants)"))
         if len(set(self.models)) != len(self.models):
             raise ValueError("train.models lists a model twice")
         return self
@@ -92,22 +119,36 @@ class ModelSettings(Strict):
     epochs: int = Field(description="maximum epochs (early stopping may end sooner)")
 
 
+def architecture(params: TrainParams, name: str) -> str:
+    """The architecture model ``name`` builds: its variant's ``model``, or ``name`` itself."""
+    return params.variants[name].model if name in params.variants else name
+
+
+def model_options(params: TrainParams, name: str) -> ModelOptions:
+    """``name``'s options: its variant's, overridden by the keys ``model_options.<name>`` sets."""
+    base = params.variants[name].model_dump(exclude={"model"}) if name in params.variants else {}
+    own = params.model_options[name].model_dump(exclude_unset=True) if name in params.model_options else {}
+    return ModelOptions(**{**base, **own})
+
+
 def model_settings(params: TrainParams, name: str) -> ModelSettings:
-    """Resolved per-model settings (train section + model_options override)."""
-    o = params.model_options.get(name, ModelOptions())
-    return ModelSettings(model=name, pretrained=params.pretrained if o.pretrained is None else o.pretrained,
+    """Resolved per-model settings (train section + the variant's options + model_options override)."""
+    o = model_options(params, name)
+    return ModelSettings(model=architecture(params, name),
+                         pretrained=params.pretrained if o.pretrained is None else o.pretrained,
                          weights_file=o.weights_file, weights_sha256=o.weights_sha256, freeze=o.freeze, head=o.head,
                          lr=o.lr or params.lr, batch_size=o.batch_size or params.batch_size,
                          epochs=o.epochs or params.epochs)
 
 
-RUN_KEYS = {"models", "model_options", "mlflow"}  # train keys that say which models run and where they are tracked
+RUN_KEYS = {"models", "model_options", "variants", "mlflow"}  # train keys that say which models run and where they are tracked
 
 
 def resolved_settings(params: TrainParams, name: str) -> dict:
-    """Everything that decides how ``name`` is trained: the shared train keys with its own ``model_options`` applied.
+    """Everything that decides how ``name`` is trained: the shared train keys with its own options applied (its
+    variant's and ``model_options``; ``model`` is its architecture).
 
-    Other models' options and the list of models are not part of it, so changing them neither retrains ``name``
+    Other models' options and variants, and the list of models are not part of it, so changing them neither retrains ``name``
     (``train@<name>`` depends on this, through :func:`settings_record`) nor changes its checkpoint fingerprint."""
     own = model_settings(params, name).model_dump(mode="json")
     return {**params.model_dump(mode="json", exclude=RUN_KEYS), **own}
