@@ -39,6 +39,25 @@ def test_every_stage_lists_every_project_module_it_imports_in_its_deps(name):
     assert all((REPO / d).exists() for d in listed), f"{name} lists modules that do not exist"
 
 
+def params_dvc_reads() -> set[str]:
+    """Every params key a stage of dvc.yaml lists (``train``, ``fetch.classes``, ...)."""
+    keys = set()
+    for stage in stages().values():
+        for p in stage.get("params", []):
+            keys |= set(p) if isinstance(p, dict) else {p}
+    return keys
+
+
+@pytest.mark.parametrize("profile", ["params.yaml", *sorted(p.relative_to(REPO).as_posix()
+                                                            for p in (REPO / "configs").glob("*.yaml")
+                                                            if not p.name.startswith("metrics-baseline"))])
+def test_every_profile_has_every_params_section_the_stages_read(profile):
+    # dvc repro stops on a params key missing from params.yaml, which `make run CONFIG=...` makes of the profile
+    data = yaml.safe_load((REPO / profile).read_text())
+    missing = sorted(k for k in params_dvc_reads() if k.split(".")[0] not in data)
+    assert not missing, f"{profile} lacks {missing}: dvc repro would stop on it"
+
+
 def test_the_import_closure_follows_imports_inside_functions_and_relative_imports():
     closure = module_closure([REPO / "stages" / "compare.py"], PACKAGE)
     assert {"compare", "metrics", "promote", "config", "train_settings", "models"} <= set(closure)
