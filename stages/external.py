@@ -14,6 +14,7 @@ from lungxray.train_settings import TrainParams
 
 
 def main() -> None:
+    schema.EXTERNAL_JSON.unlink(missing_ok=True)  # never read an earlier run's figures as this one's
     p = load_sections({"external": ExternalParams, "train": TrainParams, "evaluate": EvaluateParams,
                        "promote": PromotionParams, "preprocess": PreprocessParams, "split": SplitParams})
     report = run_external(p.external, p.train, p.evaluate, p.promote, schema.PROCESSED, schema.METRICS,

@@ -25,7 +25,7 @@ from conftest import REPO
 from helpers.multisource import SHARED_UNIT, make_multisource_processed, write_in_source_metrics
 
 
-# --- the folds ---------------------------------------------------------------------------------------------------------
+# --- the folds --------------------------------------------------------------------------------------------------------
 
 
 def test_an_image_sharing_a_unit_with_the_held_out_source_never_trains_or_selects_its_fold(tmp_path):
@@ -110,7 +110,7 @@ def test_check_params_knows_the_external_section():
     assert parse_params(shared).external.models == ["cnn5"]
 
 
-# --- the figures -------------------------------------------------------------------------------------------------------
+# --- the figures ------------------------------------------------------------------------------------------------------
 
 
 def test_fold_figures_on_a_known_case():
@@ -151,7 +151,21 @@ def test_the_summary_averages_macro_recall_over_the_held_out_sources():
     assert external_summary(folds) == {"cnn5": {"mean_macro_recall": pytest.approx(0.6), "folds": 2}}
 
 
-# --- the leaderboard ---------------------------------------------------------------------------------------------------
+def test_with_no_source_to_hold_out_the_report_says_so_and_the_leaderboard_shows_dashes(tmp_path):
+    from lungxray.external import run_external
+    from lungxray.external_report import external_markdown, plot_external
+
+    processed = make_multisource_processed(tmp_path)
+    report = run_external(ExternalParams(min_images=1000), TrainParams(models=["cnn5"]), EvaluateParams(),
+                          PromotionParams(), processed, tmp_path / "metrics", tmp_path / "work")
+    assert report["folds"] == {} and report["summary"] == {} and report["models"] == []
+    assert "at least 1000 kept images" in external_markdown(report)
+    assert plot_external(report, tmp_path / "external.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "external.json").write_text(json.dumps(report))
+    assert external_figures(tmp_path / "external.json") == {}
+
+
+# --- the leaderboard --------------------------------------------------------------------------------------------------
 
 
 def test_the_leaderboard_shows_the_external_figure_beside_the_in_source_ones_and_a_dash_where_not_run(tmp_path):
@@ -169,7 +183,7 @@ def test_the_leaderboard_shows_the_external_figure_beside_the_in_source_ones_and
     assert "External macro recall" in md.split("\n\n", 1)[0]
 
 
-# --- the stage ---------------------------------------------------------------------------------------------------------
+# --- the stage --------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.slow

@@ -191,6 +191,9 @@ def plot_external(report: dict, path: str | os.PathLike) -> Path:
     ax.set_xlabel("held-out source")
     ax.set_ylabel("macro recall")
     ax.set_title("leave-one-source-out: trained without the source, tested on all of it")
-    ax.legend(fontsize=8, loc="lower right")
+    if sources and models:
+        ax.legend(fontsize=8, loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no source held out (see external.md)", ha="center", va="center", transform=ax.transAxes)
     ax.grid(axis="y", alpha=0.3)
     return save_png(fig, path, dpi=120, bbox_inches="tight")
