@@ -1,7 +1,7 @@
 """DVC stage `compare`: one leaderboard of every trained architecture (Markdown, JSON, PNG), in the selection order."""
 
 from lungxray import schema
-from lungxray.compare import leaderboard, leaderboard_rows, plot_leaderboard, shortcut_block
+from lungxray.compare import external_figures, leaderboard, leaderboard_rows, plot_leaderboard, shortcut_block
 from lungxray.config import load_sections
 from lungxray.io import atomic_path, read_json, write_json
 from lungxray.promote import PromotionParams
@@ -11,7 +11,7 @@ from lungxray.train_settings import TrainParams
 
 def main() -> None:
     params = load_sections({"train": TrainParams, "promote": PromotionParams})
-    rows = leaderboard_rows(params.train.models, schema.METRICS)
+    rows = leaderboard_rows(params.train.models, schema.METRICS, external_figures(schema.EXTERNAL_JSON))
     df, md = leaderboard(rows, params.promote)
     md = shortcut_block(read_json(schema.SHORTCUT_JSON) if schema.SHORTCUT_JSON.exists() else None) + md
     plot_leaderboard(df, schema.LEADERBOARD_PNG, promotion=params.promote)

@@ -17,7 +17,9 @@ from .plots import pyplot as _pyplot, save_png
 from .promote import PromotionParams, rank
 
 
-def leaderboard_rows(models: list[str], metrics_root: Path) -> list[dict]:
+def leaderboard_rows(models: list[str], metrics_root: Path, external: dict[str, float] | None = None) -> list[dict]:
+    """One row per model from its train.json and eval.json; ``external`` (:func:`external_figures`) adds each one's
+    ``external_macro_recall`` (None: not run)."""
     rows = []
     for name in models:
         d = Path(metrics_root) / name
@@ -33,15 +35,26 @@ def leaderboard_rows(models: list[str], metrics_root: Path) -> list[dict]:
             "epochs_to_converge": t["epochs_to_converge"], "images_per_s": e["throughput"]["images_per_s"],
             "test_set": e["test_set"], "val_set": e.get("val_set"), "mlflow_run_id": t.get("mlflow_run_id"),
             "mlflow_model_uri": t.get("mlflow_model_uri"),
+            "external_macro_recall": (external or {}).get(name),
         })
     return rows
+
+
+def external_figures(path: Path) -> dict[str, float]:
+    """The external stage's figure per architecture (``reports/external.json``): its mean macro recall over the
+    sources held out of its training (leave-one-source-out); {} when the stage has not run."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    summary = json.loads(path.read_text()).get("summary") or {}
+    return {m: s["mean_macro_recall"] for m, s in summary.items() if s.get("mean_macro_recall") is not None}
 
 
 LEADERBOARD_COLUMNS = [
     "rank", "model", "val_macro_recall", "val_macro_recall_ci_low", "val_macro_recall_ci_high", "test_macro_recall",
     "test_macro_recall_ci_low", "test_macro_recall_ci_high", "test_accuracy", "test_accuracy_ci_low",
     "test_accuracy_ci_high", "test_macro_auc", "test_macro_auc_ci_low", "test_macro_auc_ci_high",
-    "trainable_parameters", "seconds_per_epoch", "epochs_to_converge", "images_per_s",
+    "external_macro_recall", "trainable_parameters", "seconds_per_epoch", "epochs_to_converge", "images_per_s",
 ]
 REPORTED_TEST = ("test_macro_recall", "test_accuracy", "test_macro_auc")
 
@@ -80,7 +93,9 @@ def leaderboard_note(promotion: PromotionParams) -> str:
     p = promotion
     note = (f"Ranked by `{p.metric}` ({'higher' if p.higher_is_better else 'lower'} is better); values within "
             f"{p.tie_tolerance:g} tie and ties go to fewer `{p.tie_breaker}`, then the name. Row 1 is the model the "
-            f"register stage considers for champion.")
+            f"register stage considers for champion. External macro recall: the architecture trained without a "
+            f"source and tested on all of it, averaged over the held-out sources (`reports/external.md`; `-`: not "
+            f"run).")
     if p.metric.startswith("test_"):
         return note + (" Selection uses a **test** metric: the test figures below are then optimistic (the best of "
                        "several noisy scores on the data that reports them).\n")
@@ -112,7 +127,7 @@ def _label(metric: str) -> str:
 def _markdown(df: pd.DataFrame, metric: str) -> str:
     scored = [metric] + [m for m in REPORTED_TEST if m != metric]
     head = (["#", "model"] + [f"{_label(m)} [95% CI]" + (" (selection)" if m == metric else "") for m in scored]
-            + ["trainable params", "s / epoch", "epochs", "images / s"])
+            + ["external macro recall", "trainable params", "s / epoch", "epochs", "images / s"])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---:", ":---"] + ["---:"] * (len(head) - 2)) + "|"]
 
     def g(r, k):
@@ -122,6 +137,7 @@ def _markdown(df: pd.DataFrame, metric: str) -> str:
     for r in df.to_dict("records"):
         cells = ([str(r["rank"]), str(r["model"])]
                  + [_fmt_ci(g(r, m), g(r, f"{m}_ci_low"), g(r, f"{m}_ci_high")) for m in scored]
+                 + [_fmt_ci(g(r, "external_macro_recall"), None, None)]
                  + [_fmt_num(g(r, "trainable_parameters"), 0), _fmt_num(g(r, "seconds_per_epoch"), 1),
                     _fmt_num(g(r, "epochs_to_converge"), 0), _fmt_num(g(r, "images_per_s"), 1)])
         lines.append("| " + " | ".join(cells) + " |")

@@ -15,6 +15,7 @@ from pydantic import Field
 from .config import DEFAULT_PARAMS, FetchParams, Strict, read_params_file, validate_model
 from .dedupe import DedupeParams
 from .errors import ConfigError
+from .external import ExternalParams
 from .metrics import EvaluateParams
 from .gate import GateParams
 from .preprocess import PreprocessParams
@@ -34,6 +35,7 @@ class Params(Strict):
     shortcut: ShortcutParams = Field(default_factory=ShortcutParams)
     train: TrainParams = Field(default_factory=TrainParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    external: ExternalParams = Field(default_factory=ExternalParams)
     promote: PromotionParams = Field(default_factory=PromotionParams)
     gate: GateParams = Field(default_factory=GateParams)
 

@@ -161,6 +161,10 @@ def model_reports_dir(name: str) -> Path:
 LEADERBOARD_MD = REPORTS / "leaderboard.md"
 LEADERBOARD_PNG = REPORTS / "leaderboard.png"
 LEADERBOARD_JSON = REPORTS / "leaderboard.json"
+EXTERNAL_DIR = MODELS / "external"  # external (leave-one-source-out): <source>/data (the fold), <source>/<model>
+EXTERNAL_MD = REPORTS / "external.md"
+EXTERNAL_PNG = REPORTS / "external.png"
+EXTERNAL_JSON = REPORTS / "external.json"  # written last: the leaderboard's external column reads it
 PROMOTION = REPORTS / "promotion.json"
 SHORTCUT_JSON = REPORTS / "shortcut.json"  # shortcut -> compare: the source probe, the label mix, the warning
 SHORTCUT_MD = REPORTS / "shortcut.md"

@@ -220,3 +220,21 @@ def log_shortcut_check(report: dict, files: list[Path], mlflow_params: MlflowPar
         for f in files:
             mlflow.log_artifact(str(f), artifact_path="shortcut")
     return run.info.run_id
+
+
+def log_external_fold(run_id: str, model: str, held_out: str, result: dict, artifacts: list[Path],
+                      mlflow_params: MlflowParams) -> None:
+    """A leave-one-source-out fold model's training run becomes its fold's run: tagged ``stage: external`` and
+    ``held_out_source``, named ``external/<source>/<model>``, with its figures on the held-out source
+    (``external/*``) and ``artifacts`` (its predictions, the fold's index) under ``external/``."""
+    mlflow = mlflow_setup(mlflow_params)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.set_tags({"stage": "external", "held_out_source": held_out, "model": model,
+                         "mlflow.runName": f"external/{held_out}/{model}"})
+        flat = {f"external/{k}": float(v) for k, v in result.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None}
+        flat.update({f"external/{c}/{k}": float(v) for c, d in result.get("per_class", {}).items()
+                     for k, v in d.items() if isinstance(v, (int, float)) and v is not None})
+        mlflow.log_metrics(flat)
+        for path in artifacts:
+            mlflow.log_artifact(str(path), artifact_path="external")

@@ -1,0 +1,32 @@
+"""DVC stage `external`: leave-one-source-out; each chosen architecture trained without one source, tested on it."""
+
+from lungxray import schema
+from lungxray.config import load_sections
+from lungxray.external import ExternalParams, run_external
+from lungxray.external_report import external_markdown, plot_external
+from lungxray.io import atomic_path, write_json
+from lungxray.metrics import EvaluateParams
+from lungxray.preprocess import PreprocessParams
+from lungxray.promote import PromotionParams
+from lungxray.split import SplitParams
+from lungxray.stage import run_stage
+from lungxray.train_settings import TrainParams
+
+
+def main() -> None:
+    schema.EXTERNAL_JSON.unlink(missing_ok=True)  # never read an earlier run's figures as this one's
+    p = load_sections({"external": ExternalParams, "train": TrainParams, "evaluate": EvaluateParams,
+                       "promote": PromotionParams, "preprocess": PreprocessParams, "split": SplitParams})
+    report = run_external(p.external, p.train, p.evaluate, p.promote, schema.PROCESSED, schema.METRICS,
+                          schema.EXTERNAL_DIR, extra_params={"preprocess": p.preprocess.model_dump(mode="json"),
+                                                             "split": p.split.model_dump(mode="json")})
+    md = external_markdown(report)
+    plot_external(report, schema.EXTERNAL_PNG)
+    with atomic_path(schema.EXTERNAL_MD) as tmp:
+        tmp.write_text(md)
+    write_json(schema.EXTERNAL_JSON, report)  # last: its presence means the stage finished
+    print(md)
+
+
+if __name__ == "__main__":
+    run_stage("external", main)
