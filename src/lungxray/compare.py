@@ -33,6 +33,7 @@ def leaderboard_rows(models: list[str], metrics_root: Path) -> list[dict]:
             "epochs_to_converge": t["epochs_to_converge"], "images_per_s": e["throughput"]["images_per_s"],
             "test_set": e["test_set"], "val_set": e.get("val_set"), "mlflow_run_id": t.get("mlflow_run_id"),
             "mlflow_model_uri": t.get("mlflow_model_uri"),
+            "ensemble_of": ", ".join(e["members"]) if e.get("members") else None,  # lungxray.ensemble
         })
     return rows
 
@@ -120,7 +121,8 @@ def _markdown(df: pd.DataFrame, metric: str) -> str:
         return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
     for r in df.to_dict("records"):
-        cells = ([str(r["rank"]), str(r["model"])]
+        model = str(r["model"]) + (f" (ensemble: mean of {r['ensemble_of']})" if g(r, "ensemble_of") else "")
+        cells = ([str(r["rank"]), model]
                  + [_fmt_ci(g(r, m), g(r, f"{m}_ci_low"), g(r, f"{m}_ci_high")) for m in scored]
                  + [_fmt_num(g(r, "trainable_parameters"), 0), _fmt_num(g(r, "seconds_per_epoch"), 1),
                     _fmt_num(g(r, "epochs_to_converge"), 0), _fmt_num(g(r, "images_per_s"), 1)])
