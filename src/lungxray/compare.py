@@ -121,7 +121,7 @@ def _markdown(df: pd.DataFrame, metric: str) -> str:
         return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
     for r in df.to_dict("records"):
-        model = str(r["model"]) + (f" (ensemble: mean of {r['ensemble_of']})" if g(r, "ensemble_of") else "")
+        model = str(r["model"]) + (f" (mean of {r['ensemble_of']})" if g(r, "ensemble_of") else "")
         cells = ([str(r["rank"]), model]
                  + [_fmt_ci(g(r, m), g(r, f"{m}_ci_low"), g(r, f"{m}_ci_high")) for m in scored]
                  + [_fmt_num(g(r, "trainable_parameters"), 0), _fmt_num(g(r, "seconds_per_epoch"), 1),

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics, schema
+from .metrics.tables import PROB_PREFIX
 from .checkpoint import data_version, fingerprint
 from .ensemble_members import ENSEMBLE, MEMBER_RECORDS, EnsembleParams, check_member, resolve_members
 from .errors import LungxrayError
@@ -48,7 +49,7 @@ def mean_predictions(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     the first member's order. Raises :class:`LungxrayError` naming the member whose table covers other images,
     labels or classes than the first's."""
     (first, base), *others = tables.items()
-    cols = [c for c in base.columns if c.startswith(metrics.PROB_PREFIX)]
+    cols = [c for c in base.columns if c.startswith(PROB_PREFIX)]
     total = base[cols].to_numpy(np.float64)
     for name, table in others:
         try:
@@ -134,7 +135,7 @@ def evaluate_ensemble(params: EnsembleParams, models: list[str], processed: Path
             raise LungxrayError(f"the members' {split} predictions are empty: nothing to evaluate")
         part = _split_part(table, processed, split)
         y = table.label.map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
-        probs = table[[f"{metrics.PROB_PREFIX}{c}" for c in classes]].to_numpy(np.float64)
+        probs = table[[f"{PROB_PREFIX}{c}" for c in classes]].to_numpy(np.float64)
         m, out[split] = score_split(y, probs, part, classes, eval_params)
         results[split] = (y, probs, m)
     if any(schema.OFFICIAL_TEST_SPLIT in e for e in evals.values()):
