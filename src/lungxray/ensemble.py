@@ -13,7 +13,7 @@ any one of them.
   parameters (the tie breaker: an ensemble loses a tie to a single model) and seconds per epoch, its MLflow run and
   model. Its speed is that of its members run one after the other (latencies add up).
 * **DVC** cannot template a list of files into a stage's deps, so ``ensemble_member@<model>`` records, after each
-  model's evaluation, the SHA-256 of what the ensemble reads (:func:`member_record`,
+  model's evaluation, the SHA-256 of what the ensemble reads (:func:`lungxray.ensemble_members.member_record`,
   ``metrics/ensemble_members/<model>.json``); the ``ensemble`` stage depends on those records and checks the files
   against them before it reads them.
 
@@ -23,21 +23,18 @@ image its own way (size, aspect, normalisation) and the probabilities are averag
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import metrics, schema
-from .metrics.tables import PROB_PREFIX
 from .checkpoint import data_version, fingerprint
 from .ensemble_members import ENSEMBLE, MEMBER_RECORDS, EnsembleParams, check_member, resolve_members
 from .errors import LungxrayError
 from .evaluate import _split_index, _write_plots, fingerprint_images, fingerprint_split, score_split
 from .io import read_json, sha256_file, write_csv, write_json
-
-log = logging.getLogger(__name__)
+from .metrics.tables import PROB_PREFIX
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -162,6 +159,7 @@ def write_disabled(metrics_dir: Path, reports_dir: Path) -> dict:
     metrics_dir, skipped = Path(metrics_dir), {"model": ENSEMBLE, "enabled": False,
                                                "skipped": "ensemble.enabled is false"}
     Path(reports_dir).mkdir(parents=True, exist_ok=True)
+    (Path(reports_dir) / "skipped.txt").write_text("ensemble.enabled is false\n")  # git keeps no empty folder
     for split in schema.EVAL_SPLITS:
         write_csv(metrics_dir / f"predictions_{split}.csv", pd.DataFrame(columns=["id", "unit", "label"]))
         write_json(schema.headline_file(metrics_dir, split), {})
