@@ -3,6 +3,7 @@
 from lungxray import schema
 from lungxray.compare import external_figures, leaderboard, leaderboard_rows, plot_leaderboard, shortcut_block
 from lungxray.config import load_sections
+from lungxray.ensemble_members import EnsembleParams, evaluated_models
 from lungxray.io import atomic_path, read_json, write_json
 from lungxray.promote import PromotionParams
 from lungxray.stage import run_stage
@@ -10,8 +11,9 @@ from lungxray.train_settings import TrainParams
 
 
 def main() -> None:
-    params = load_sections({"train": TrainParams, "promote": PromotionParams})
-    rows = leaderboard_rows(params.train.models, schema.METRICS, external_figures(schema.EXTERNAL_JSON))
+    params = load_sections({"train": TrainParams, "promote": PromotionParams, "ensemble": EnsembleParams})
+    rows = leaderboard_rows(evaluated_models(params.ensemble, params.train.models), schema.METRICS,
+                            external_figures(schema.EXTERNAL_JSON))
     df, md = leaderboard(rows, params.promote)
     md = shortcut_block(read_json(schema.SHORTCUT_JSON) if schema.SHORTCUT_JSON.exists() else None) + md
     plot_leaderboard(df, schema.LEADERBOARD_PNG, promotion=params.promote)

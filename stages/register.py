@@ -3,6 +3,7 @@
 from lungxray import schema
 from lungxray.compare import leaderboard_rows
 from lungxray.config import load_sections
+from lungxray.ensemble_members import EnsembleParams, evaluated_models
 from lungxray.io import write_json
 from lungxray.promote import PromotionParams, selection_split
 from lungxray.register import load_predictions, register_and_promote
@@ -11,9 +12,10 @@ from lungxray.train_settings import TrainParams
 
 
 def main() -> None:
-    params = load_sections({"train": TrainParams, "promote": PromotionParams})
-    rows = leaderboard_rows(params.train.models, schema.METRICS)
-    predictions = load_predictions(params.train.models, schema.METRICS, selection_split(params.promote))
+    params = load_sections({"train": TrainParams, "promote": PromotionParams, "ensemble": EnsembleParams})
+    models = evaluated_models(params.ensemble, params.train.models)
+    rows = leaderboard_rows(models, schema.METRICS)
+    predictions = load_predictions(models, schema.METRICS, selection_split(params.promote))
     decision = register_and_promote(rows, params.promote, params.train.mlflow, predictions)
     write_json(schema.PROMOTION, decision)
     versions = ", ".join(f"{v['model']} v{v['version']}" for v in decision["registered_versions"])

@@ -86,7 +86,8 @@ def test_the_dvc_metrics_are_the_per_model_headline_files_only():
     """`dvc metrics show` prints one table whose columns are the union of every metrics file's keys: only the compact
     headline files are metrics; the full evaluation and the stage summaries are plain outputs."""
     declared = {next(iter(m)) if isinstance(m, dict) else m for s in stages().values() for m in s.get("metrics", [])}
-    assert declared == {"metrics/${item}/headline_val.json", "metrics/${item}/headline_test.json"}
+    assert declared == {"metrics/${item}/headline_val.json", "metrics/${item}/headline_test.json",
+                        "metrics/ensemble/headline_val.json", "metrics/ensemble/headline_test.json"}
     outs = {next(iter(o)) if isinstance(o, dict) else o for s in stages().values() for o in s.get("outs", [])}
     assert {"metrics/${item}/eval.json", "metrics/${item}/train.json", "reports/leaderboard.json"} <= outs
 

@@ -41,6 +41,7 @@ def small_profile(repo: Path) -> None:
     params["validate"].update(min_per_class=3, required_classes=["normal", "pneumonia"])
     params["preprocess"]["image_size"] = 32
     params["train"].update(models=["cnn5"], epochs=1, batch_size=8, model_options={})
+    params["ensemble"].update(enabled=False)  # one model (the stage still writes its outputs, saying so)
     params["evaluate"]["bootstrap"] = 20
     params["promote"]["bootstrap"] = 20
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

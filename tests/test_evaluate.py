@@ -259,6 +259,7 @@ def workdir(root: Path, tmp_path: Path, models: bool = True) -> Path:
         shutil.copytree(root / "processed", work / "data" / "processed")
     params = yaml.safe_load((REPO / "configs" / "shared-data.yaml").read_text())
     params["train"]["models"] = ["cnn5", "cnn8"]
+    params["ensemble"] = {"enabled": False}  # the pair alone (tests/test_ensemble.py adds the ensemble)
     params["gate"]["baseline"] = "baseline.json"
     params["evaluate"] = EVAL.model_dump()
     (work / "params.yaml").write_text(yaml.safe_dump(params))

@@ -86,12 +86,13 @@ def current_evaluations(params) -> tuple[dict[str, float], dict[str, str]]:
     """Every model's eval.json, flattened to 'model.split.metric' keys, and its evaluation-set fingerprints
     ('model.test_set', 'model.val_set')."""
     from . import schema
+    from .ensemble_members import evaluated_models
     from .errors import LungxrayError
     from .gate import SET_KEYS, collect_metrics
     from .io import read_json
 
     files, sets = {}, {}
-    for name in params.train.models:
+    for name in evaluated_models(params.ensemble, params.train.models):
         f = schema.model_metrics_dir(name) / "eval.json"
         if not f.exists():
             raise LungxrayError(f"{f} is missing: run the pipeline first (dvc repro)")
@@ -104,9 +105,12 @@ def current_evaluations(params) -> tuple[dict[str, float], dict[str, str]]:
 def _refuse_stale(params) -> int | None:
     """Print why and return the refusal status when some eval.json is older than its inputs."""
     from . import schema
+    from .ensemble import stale_ensemble
     from .evaluate import stale_evaluations
 
     stale = stale_evaluations(params.train.models, schema.METRICS, schema.PROCESSED, schema.MODELS, params.evaluate)
+    stale.update(stale_ensemble(params.ensemble, params.train.models, schema.METRICS, schema.PROCESSED, schema.MODELS,
+                                params.evaluate))
     if not stale:
         return None
     print("metrics check REFUSED: these metrics are older than their inputs, so they describe other data or another "

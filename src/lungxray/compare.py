@@ -36,6 +36,7 @@ def leaderboard_rows(models: list[str], metrics_root: Path, external: dict[str, 
             "test_set": e["test_set"], "val_set": e.get("val_set"), "mlflow_run_id": t.get("mlflow_run_id"),
             "mlflow_model_uri": t.get("mlflow_model_uri"),
             "external_macro_recall": (external or {}).get(name),
+            "ensemble_of": ", ".join(e["members"]) if e.get("members") else None,  # lungxray.ensemble
         })
     return rows
 
@@ -135,7 +136,8 @@ def _markdown(df: pd.DataFrame, metric: str) -> str:
         return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
     for r in df.to_dict("records"):
-        cells = ([str(r["rank"]), str(r["model"])]
+        model = str(r["model"]) + (f" (mean of {r['ensemble_of']})" if g(r, "ensemble_of") else "")
+        cells = ([str(r["rank"]), model]
                  + [_fmt_ci(g(r, m), g(r, f"{m}_ci_low"), g(r, f"{m}_ci_high")) for m in scored]
                  + [_fmt_ci(g(r, "external_macro_recall"), None, None)]
                  + [_fmt_num(g(r, "trainable_parameters"), 0), _fmt_num(g(r, "seconds_per_epoch"), 1),

@@ -81,6 +81,16 @@ def _split_index(processed: Path, split: str) -> pd.DataFrame:
     return index[index.split == split].sort_values("row").reset_index(drop=True)
 
 
+def score_split(y: np.ndarray, probs: np.ndarray, part: pd.DataFrame, classes: list[str],
+                params: EvaluateParams) -> tuple[dict, dict]:
+    """The full metrics of one split and their summary with the per-source breakdown (``part``: its index rows,
+    with ``unit`` and ``source``, in the order of ``y``); a single model and the ensemble are scored alike."""
+    m = metrics.compute_metrics(y, probs, classes, params, units=part.unit.tolist())
+    by_source = metrics.metrics_by_source(y, probs, part.source.astype(str).tolist(), classes, params,
+                                          units=part.unit.tolist())
+    return m, {**metrics.summary(m), "by_source": {s: _short(v) for s, v in by_source.items()}}
+
+
 def evaluate_model(name: str, processed: Path, model_path: Path, metrics_dir: Path, reports_dir: Path,
                    params: EvaluateParams, train_metrics: dict | None = None,
                    mlflow_params: MlflowParams | None = None) -> dict:
@@ -113,11 +123,7 @@ def evaluate_model(name: str, processed: Path, model_path: Path, metrics_dir: Pa
             warnings.append(f"{split}: no image of class(es) {absent}: their sensitivity and AUC are undefined "
                             f"(reported as null); macro averages use the classes present")
         probs = predict_proba(model, x, ck["mean"], ck["std"], batch_size=params.batch_size, device=device)
-        m = metrics.compute_metrics(y, probs, classes, params, units=part.unit.tolist())
-        by_source = metrics.metrics_by_source(y, probs, part.source.astype(str).tolist(), classes, params,
-                                         units=part.unit.tolist())
-        out[split] = metrics.summary(m)
-        out[split]["by_source"] = {s: _short(v) for s, v in by_source.items()}
+        m, out[split] = score_split(y, probs, part, classes, params)
         write_csv(metrics_dir / f"predictions_{split}.csv",
                   metrics.predictions_table(part.id.tolist(), part.unit.tolist(), y, probs, classes))
         results[split] = (y, probs, m)

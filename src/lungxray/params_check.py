@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .config import DEFAULT_PARAMS, FetchParams, Strict, read_params_file, validate_model
 from .dedupe import DedupeParams
-from .errors import ConfigError
+from .ensemble_members import EnsembleParams, resolve_members
+from .errors import ConfigError, LungxrayError
 from .external import ExternalParams
 from .metrics import EvaluateParams
 from .gate import GateParams
@@ -38,6 +39,16 @@ class Params(Strict):
     external: ExternalParams = Field(default_factory=ExternalParams)
     promote: PromotionParams = Field(default_factory=PromotionParams)
     gate: GateParams = Field(default_factory=GateParams)
+    ensemble: EnsembleParams = Field(default_factory=EnsembleParams)
+
+    @model_validator(mode="after")
+    def _ensemble_members_are_trained(self) -> "Params":
+        if self.ensemble.enabled:
+            try:
+                resolve_members(self.ensemble, self.train.models)
+            except LungxrayError as e:
+                raise ValueError(str(e)) from None
+        return self
 
     @property
     def validate_params(self) -> ValidateParams:

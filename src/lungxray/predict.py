@@ -90,11 +90,16 @@ def _predictor_from_mlflow(uri: str, device: str) -> Predictor:
             raise LungxrayError(f"cannot load {uri} ({' '.join(str(e).split())[:200]}): check the name and alias, "
                                 f"and MLFLOW_TRACKING_URI") from None
         model_pt = local / "artifacts" / MODEL_ARTIFACT
-        if not model_pt.is_file():
+        if (local / "artifacts" / "ensemble.json").is_file():  # a registered ensemble (lungxray.ensemble_model)
+            from .ensemble_model import ensemble_predictor_from_manifest
+
+            p = ensemble_predictor_from_manifest(local / "artifacts" / "ensemble.json", device)
+        elif not model_pt.is_file():
             raise LungxrayError(f"{uri} is not a lungxray image model (no artifacts/{MODEL_ARTIFACT}): it was "
                                 f"registered by an older version that logged a bare torch model; retrain and "
                                 f"register it (dvc repro)")
-        p = predictor_from_file(model_pt, device)
+        else:
+            p = predictor_from_file(model_pt, device)
     p.source = uri
     return p
 

@@ -141,7 +141,10 @@ def _squares(predictor: Predictor, sources: Sequence) -> tuple[list[np.ndarray |
 
 def classify(predictor: Predictor, sources: Sequence, names: Sequence[str] | None = None,
              on_batch: Callable[[PredictedBatch], None] | None = None) -> list[dict]:
-    """One output row per source (path, bytes or uint8 array), in order: decoded, squared, classified together."""
+    """One output row per source (path, bytes or uint8 array), in order: decoded, squared, classified together. A
+    predictor that is not a :class:`Predictor` (an ensemble: :mod:`lungxray.ensemble_model`) classifies itself."""
+    if not isinstance(predictor, Predictor):
+        return predictor.classify(sources, names, on_batch)
     images, errors = _squares(predictor, sources)
     ok = [i for i, im in enumerate(images) if im is not None]
     rows = [failed_row(predictor.classes, e) for e in errors]

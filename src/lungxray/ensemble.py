@@ -1,0 +1,190 @@
+"""The ensemble model: the mean class probability of several trained models, evaluated, ranked and registered like
+any one of them.
+
+* **Members** are models of ``train.models`` (several architectures, or several seeds of one model where the train
+  section names them), fixed by the ``ensemble`` section of params: ``members: []`` takes every trained model. They
+  are never chosen by looking at test figures.
+* **Its probabilities** are, image by image, the mean of its members' probabilities as the evaluate stage wrote them
+  (``metrics/<member>/predictions_<split>.csv``). The tables must cover the same images with the same labels and
+  classes (:func:`lungxray.metrics.align_predictions`); otherwise the stage stops and says which member differs.
+* **Its figures** come from the evaluate stage's own functions (:func:`lungxray.evaluate.score_split`, the same plots),
+  into ``metrics/ensemble/`` and ``reports/ensemble/``, so compare ranks it, register can make it the champion and
+  ``lungxray metrics check`` gates it. Its ``train.json`` is its build record: the sum of its members' trainable
+  parameters (the tie breaker: an ensemble loses a tie to a single model) and seconds per epoch, its MLflow run and
+  model. Its speed is that of its members run one after the other (latencies add up).
+* **DVC** cannot template a list of files into a stage's deps, so ``ensemble_member@<model>`` records, after each
+  model's evaluation, the SHA-256 of what the ensemble reads (:func:`lungxray.ensemble_members.member_record`,
+  ``metrics/ensemble_members/<model>.json``); the ``ensemble`` stage depends on those records and checks the files
+  against them before it reads them.
+
+The registered model (:mod:`lungxray.ensemble_model`) carries every member's ``model.pt``; each member prepares an
+image its own way (size, aspect, normalisation) and the probabilities are averaged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import metrics, schema
+from .checkpoint import data_version, fingerprint
+from .ensemble_members import ENSEMBLE, MEMBER_RECORDS, EnsembleParams, check_member, resolve_members
+from .errors import LungxrayError
+from .evaluate import _split_index, _write_plots, fingerprint_images, fingerprint_split, score_split
+from .io import read_json, sha256_file, write_csv, write_json
+from .metrics.tables import PROB_PREFIX
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the mean probability
+
+
+def mean_predictions(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One :func:`~lungxray.metrics.predictions_table` whose probabilities are the members' mean, image by image, in
+    the first member's order. Raises :class:`LungxrayError` naming the member whose table covers other images,
+    labels or classes than the first's."""
+    (first, base), *others = tables.items()
+    cols = [c for c in base.columns if c.startswith(PROB_PREFIX)]
+    total = base[cols].to_numpy(np.float64)
+    for name, table in others:
+        try:
+            _, _, probs, _ = metrics.align_predictions(base, table)
+        except (ValueError, KeyError) as e:
+            raise LungxrayError(f"the predictions of {name} and {first} do not pair ({e}): every member must be "
+                                f"evaluated on the same images; run `dvc repro`") from None
+        total += probs
+    out = base[["id", "unit", "label"]].copy()
+    out[cols] = total / len(tables)
+    return out
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, keep_default_na=False, dtype={"id": str, "unit": str, "label": str})
+
+
+def _split_part(table: pd.DataFrame, processed: Path, split: str) -> pd.DataFrame:
+    """The table's images with their source (from the processed index), after checking they are that split's."""
+    if fingerprint_images(table.id, table.label) != fingerprint_split(processed, split):
+        raise LungxrayError(f"the members' {split} predictions are not of the current {split} split of {processed} "
+                            f"(stale): run `dvc repro` so that their evaluations run again")
+    sources = _split_index(processed, split).set_index("id").source
+    return table.assign(source=table.id.map(sources).astype(str))
+
+
+def _throughput(evals: dict[str, dict]) -> dict:
+    """The members run one after the other: latencies add up, so do the seconds per image."""
+    t = [e["throughput"] for e in evals.values()]
+    return {"images_per_s": 1.0 / sum(1.0 / x["images_per_s"] for x in t),
+            "latency_ms_median": sum(x["latency_ms_median"] for x in t),
+            "method": "the members' measured throughput, run one after the other"}
+
+
+def build_record(members: list[str], trains: dict[str, dict]) -> dict:
+    """The ensemble's ``train.json``: its members' total trainable parameters and seconds per epoch."""
+    return {"model": ENSEMBLE, "kind": "ensemble", "members": members,
+            "trainable_parameters": sum(trains[m]["trainable_parameters"] for m in members),
+            "seconds_per_epoch": sum(trains[m]["seconds_per_epoch"] for m in members), "epochs_to_converge": None,
+            "member_runs": {m: trains[m].get("mlflow_run_id") for m in members}}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the ensemble stage
+
+
+def _same_classes(evals: dict[str, dict]) -> list[str]:
+    classes = {m: e["classes"] for m, e in evals.items()}
+    (first, cls), *_ = classes.items()
+    other = {m: c for m, c in classes.items() if c != cls}
+    if other:
+        raise LungxrayError(f"the members predict different classes ({first}: {cls}; {other}): an ensemble averages "
+                            f"models of one taxonomy")
+    return list(cls)
+
+
+def evaluate_ensemble(params: EnsembleParams, models: list[str], processed: Path, metrics_root: Path,
+                      models_root: Path, reports_dir: Path, eval_params, mlflow_params=None) -> dict:
+    """Average the members' evaluated probabilities, score them as the evaluate stage scores a model, write
+    ``metrics/ensemble/`` (predictions, plots data, headlines, train.json, eval.json last) and ``reports_dir``;
+    with ``mlflow_params``, log an MLflow run with the registrable ensemble model (:mod:`lungxray.ensemble_model`)."""
+    members = resolve_members(params, models)
+    processed, metrics_root, models_root = Path(processed), Path(metrics_root), Path(models_root)
+    out_dir = metrics_root / ENSEMBLE
+    records = {m: check_member(m, metrics_root, models_root, metrics_root / MEMBER_RECORDS) for m in members}
+    evals = {m: read_json(metrics_root / m / "eval.json") for m in members}
+    classes = _same_classes(evals)
+    out: dict = {"model": ENSEMBLE, "kind": "ensemble", "members": members, "classes": classes,
+                 "combine": "mean of the members' class probabilities, image by image",
+                 "test_set": fingerprint_split(processed, "test"), "val_set": fingerprint_split(processed, "val"),
+                 "inputs": {"data_version": data_version(processed),
+                            "evaluate_params": fingerprint(eval_params.model_dump()),
+                            "members": {m: r["sha256"]["model.pt"] for m, r in records.items()}}}
+    warnings, results = [], {}
+    for split in schema.EVAL_SPLITS:
+        table = mean_predictions({m: _read_table(metrics_root / m / f"predictions_{split}.csv") for m in members})
+        write_csv(out_dir / f"predictions_{split}.csv", table)
+        if table.empty and split == "test" and eval_params.allow_empty_test:
+            out["test"] = None
+            warnings.append("the test split is empty (held back): only validation metrics are reported")
+            continue
+        if table.empty:
+            raise LungxrayError(f"the members' {split} predictions are empty: nothing to evaluate")
+        part = _split_part(table, processed, split)
+        y = table.label.map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+        probs = table[[f"{PROB_PREFIX}{c}" for c in classes]].to_numpy(np.float64)
+        m, out[split] = score_split(y, probs, part, classes, eval_params)
+        results[split] = (y, probs, m)
+    if any(schema.OFFICIAL_TEST_SPLIT in e for e in evals.values()):
+        warnings.append(f"the {schema.OFFICIAL_TEST_SPLIT} figures are not reported for the ensemble: evaluate keeps "
+                        f"no per-image predictions of that set")
+    _write_plots(ENSEMBLE, results, classes, out_dir, Path(reports_dir), out)
+    out["warnings"] = warnings
+    out["throughput"] = _throughput(evals)
+    for split in schema.EVAL_SPLITS:
+        write_json(schema.headline_file(out_dir, split), metrics.headline(out[split]))
+    record = build_record(members, {m: read_json(metrics_root / m / "train.json") for m in members})
+    if mlflow_params is not None:
+        from .ensemble_model import log_ensemble_run
+
+        record.update(log_ensemble_run(members, [models_root / m / "model.pt" for m in members], out, results,
+                                       out_dir, Path(reports_dir), mlflow_params))
+    write_json(out_dir / "train.json", record)
+    write_json(out_dir / "eval.json", out)  # last: its presence means the evaluation finished
+    return out
+
+
+def write_disabled(metrics_dir: Path, reports_dir: Path) -> dict:
+    """``ensemble.enabled: false``: the stage's outputs say so (DVC expects them); nothing reads them."""
+    metrics_dir, skipped = Path(metrics_dir), {"model": ENSEMBLE, "enabled": False,
+                                               "skipped": "ensemble.enabled is false"}
+    Path(reports_dir).mkdir(parents=True, exist_ok=True)
+    (Path(reports_dir) / "skipped.txt").write_text("ensemble.enabled is false\n")  # git keeps no empty folder
+    for split in schema.EVAL_SPLITS:
+        write_csv(metrics_dir / f"predictions_{split}.csv", pd.DataFrame(columns=["id", "unit", "label"]))
+        write_json(schema.headline_file(metrics_dir, split), {})
+    write_csv(metrics_dir / "roc.csv", pd.DataFrame(columns=["class", "fpr", "tpr", "threshold"]))
+    write_csv(metrics_dir / "confusion.csv", pd.DataFrame(columns=["actual", "predicted"]))
+    write_json(metrics_dir / "train.json", skipped)
+    write_json(metrics_dir / "eval.json", skipped)
+    return skipped
+
+
+def stale_ensemble(params: EnsembleParams, models: list[str], metrics_root: Path, processed: Path,
+                   models_root: Path, eval_params) -> dict[str, str]:
+    """``{ensemble: what changed}`` when its eval.json was computed from other data, settings or members' models
+    than the current ones (as :func:`lungxray.evaluate.stale_evaluations` for single models); ``{}`` otherwise."""
+    if not params.enabled:
+        return {}
+    f = Path(metrics_root) / ENSEMBLE / "eval.json"
+    recorded = read_json(f).get("inputs") if f.exists() else None
+    if not isinstance(recorded, dict) or not (Path(processed) / "index.csv").exists():
+        return {ENSEMBLE: "its eval.json or the processed data is missing"}
+    members = resolve_members(params, models)
+    model_files = {m: Path(models_root) / m / "model.pt" for m in members}
+    now = {"data_version": data_version(Path(processed)), "evaluate_params": fingerprint(eval_params.model_dump()),
+           "members": {m: sha256_file(p) if p.exists() else None for m, p in model_files.items()}}
+    what = {"data_version": f"{processed} changed", "evaluate_params": "the evaluate settings changed",
+            "members": "its members or their model.pt changed"}
+    changed = [what[k] for k in what if recorded.get(k) != now[k]]
+    return {ENSEMBLE: ", ".join(changed) + " since it was evaluated"} if changed else {}

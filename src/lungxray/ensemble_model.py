@@ -1,0 +1,144 @@
+"""The registered ensemble: several trained models in one MLflow model, images in, their mean probabilities out.
+
+The MLflow model carries every member's ``model.pt`` (as ``<member>.pt``) and a manifest, ``ensemble.json`` (the
+members in order and their files). Each member is a :class:`lungxray.predictor.Predictor`: it decodes and squares an
+image with its own preprocessing and normalises it with its own mean/std, so members of different image sizes or
+normalisations mix. :class:`EnsemblePredictor` classifies with every member and averages the probabilities; an input
+that any member cannot use gets that member's reason in ``error``. Input and output are those of the single-model
+:mod:`lungxray.image_model` (same signature), so ``mlflow.pyfunc.load_model``, ``mlflow models serve``, the
+register/promote rule and ``lungxray predict --model models:/<name>@champion`` take an ensemble like any model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import LungxrayError
+from .image_model import ImageClassifier
+
+MANIFEST = "ensemble.json"  # the artifact (and file name) listing the members and their model files
+
+
+@dataclass
+class EnsemblePredictor:
+    """Several :class:`~lungxray.predictor.Predictor` of one taxonomy; :func:`lungxray.predictor.classify` hands it
+    the inputs (see the module docstring)."""
+
+    members: list  # Predictor, in the manifest's order
+    names: list[str]
+    source: str = ""
+    batch_size: int = 32
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.members[0].classes)
+
+    @property
+    def arch(self) -> str:
+        return f"ensemble of {', '.join(self.names)}"
+
+    @property
+    def image_size(self) -> str:
+        return "/".join(str(m.image_size) for m in self.members)
+
+    @property
+    def device(self):
+        return self.members[0].device
+
+    def contract(self) -> dict:
+        """What the ensemble expects and returns (the MLflow model's metadata), with each member's own contract."""
+        return {"classes": self.classes, "architecture": "ensemble", "members": list(self.names),
+                "combine": "mean of the members' class probabilities; each member prepares the image its own way",
+                "member_contracts": {n: m.contract() for n, m in zip(self.names, self.members)},
+                "inputs": self.members[0].contract()["inputs"], "outputs": self.members[0].contract()["outputs"]}
+
+    def classify(self, sources: Sequence, names: Sequence[str] | None = None,
+                 on_batch: Callable | None = None) -> list[dict]:
+        """One output row per source: the members' mean probabilities, or the first member's reason it failed."""
+        from .predictor import ERROR, classify, failed_row, prob_column, result_rows
+
+        if on_batch is not None:
+            raise LungxrayError("per-image extras such as Grad-CAM need one model: the ensemble has several; pass "
+                                "--model models/<member> for one member's heat maps")
+        per_member = [classify(m, sources) for m in self.members]
+        rows = []
+        for i in range(len(sources)):
+            error = next((r[i][ERROR] for r in per_member if r[i][ERROR]), "")
+            if error:
+                rows.append(failed_row(self.classes, error))
+                continue
+            probs = np.mean([[r[i][prob_column(c)] for c in self.classes] for r in per_member], axis=0)
+            rows.append(result_rows(probs[None], self.classes)[0])
+        return rows
+
+
+def ensemble_predictor_from_manifest(path: str | Path, device: str = "auto") -> EnsemblePredictor:
+    """An :class:`EnsemblePredictor` from an ``ensemble.json`` and the member files beside it."""
+    from .predictor import predictor_from_file
+
+    path = Path(path)
+    manifest = json.loads(path.read_text())
+    members = [predictor_from_file(path.parent / manifest["files"][n], device) for n in manifest["members"]]
+    differ = [n for n, m in zip(manifest["members"], members) if m.classes != members[0].classes]
+    if differ:
+        raise LungxrayError(f"{path}: members {differ} predict other classes than {manifest['members'][0]}")
+    return EnsemblePredictor(members=members, names=list(manifest["members"]), source=str(path))
+
+
+class EnsembleClassifier(ImageClassifier):
+    """The registered ensemble (see the module docstring): :class:`ImageClassifier` over an
+    :class:`EnsemblePredictor`."""
+
+    def load_context(self, context) -> None:
+        self.predictor = ensemble_predictor_from_manifest(context.artifacts[MANIFEST], device="auto")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the ensemble's MLflow run
+
+
+def log_ensemble_model(mlflow, names: list[str], model_files: list[Path]):
+    """Log the ensemble as a pyfunc model: the members' model.pt files, the manifest, the ``lungxray`` package as its
+    code, the single model's signature and, as metadata, its contract."""
+    import shutil
+    import tempfile
+
+    from .image_model import signature
+    from .tracking import model_requirements
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {n: f"{n}.pt" for n in names}
+        for n, src in zip(names, model_files):
+            shutil.copyfile(src, Path(tmp) / files[n])
+        manifest = Path(tmp) / MANIFEST
+        manifest.write_text(json.dumps({"members": names, "files": files, "combine": "mean"}, indent=2))
+        code = Path(tmp) / "code" / "lungxray"
+        shutil.copytree(Path(__file__).resolve().parent, code, ignore=shutil.ignore_patterns("__pycache__"))
+        predictor = ensemble_predictor_from_manifest(manifest, device="cpu")
+        artifacts = {MANIFEST: str(manifest), **{f"member_{n}": str(Path(tmp) / f) for n, f in files.items()}}
+        return mlflow.pyfunc.log_model(name="model", python_model=EnsembleClassifier(), artifacts=artifacts,
+                                       code_paths=[str(code)], signature=signature(predictor.classes),
+                                       pip_requirements=model_requirements(),
+                                       metadata={**predictor.contract(), "manifest": f"artifacts/{MANIFEST}"})
+
+
+def log_ensemble_run(names: list[str], model_files: list[Path], out: dict, results: dict, metrics_dir: Path,
+                     reports_dir: Path, mlflow_params) -> dict:
+    """One MLflow run for the ensemble (tags ``model=ensemble``, ``kind=ensemble``, ``members``; its members and
+    their runs as params), its registrable model, then its evaluation as a single model's
+    (:func:`lungxray.tracking.log_evaluation`). Returns ``mlflow_run_id`` and ``mlflow_model_uri``."""
+    from .ensemble_members import ENSEMBLE
+    from .tracking import log_evaluation, mlflow_setup
+
+    mlflow = mlflow_setup(mlflow_params)
+    with mlflow.start_run(run_name=ENSEMBLE) as run:
+        mlflow.set_tags({"model": ENSEMBLE, "kind": "ensemble", "members": ",".join(names)})
+        mlflow.log_params({"ensemble.members": ",".join(names), "ensemble.combine": "mean probability"})
+        uri = log_ensemble_model(mlflow, names, model_files).model_uri if mlflow_params.log_model else None
+    log_evaluation(run.info.run_id, out, results, metrics_dir, reports_dir, mlflow_params)
+    return {"mlflow_run_id": run.info.run_id, "mlflow_model_uri": uri}

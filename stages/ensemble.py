@@ -1,0 +1,31 @@
+"""DVC stage `ensemble`: the mean probability of the chosen trained models, evaluated and tracked as one model."""
+
+from lungxray import schema
+from lungxray.config import load_sections
+from lungxray.ensemble import evaluate_ensemble, write_disabled
+from lungxray.ensemble_members import ENSEMBLE, EnsembleParams
+from lungxray.evaluate import EvaluateParams
+from lungxray.stage import run_stage
+from lungxray.train_settings import TrainParams
+
+
+def main() -> None:
+    params = load_sections({"ensemble": EnsembleParams, "train": TrainParams, "evaluate": EvaluateParams})
+    metrics_dir, reports_dir = schema.model_metrics_dir(ENSEMBLE), schema.model_reports_dir(ENSEMBLE)
+    if not params.ensemble.enabled:
+        write_disabled(metrics_dir, reports_dir)
+        print("ensemble: disabled (ensemble.enabled: false)")
+        return
+    out = evaluate_ensemble(params.ensemble, params.train.models, schema.PROCESSED, schema.METRICS, schema.MODELS,
+                            reports_dir, params.evaluate, params.train.mlflow)
+    split = "test" if out["test"] is not None else "val"
+    t = out[split]
+    print(f"ensemble of {', '.join(out['members'])} on {t['n_samples']} {split} images: accuracy {t['accuracy']:.3f}, "
+          f"macro recall {t['macro_recall']:.3f}, macro AUC {t['macro_auc'] or float('nan'):.3f}; val macro recall "
+          f"{out['val']['macro_recall']:.3f}")
+    for w in out["warnings"]:
+        print(f"  warning: {w}")
+
+
+if __name__ == "__main__":
+    run_stage("ensemble", main)

@@ -1,0 +1,22 @@
+"""DVC stage `ensemble_member@<model>`: after evaluate@<model>, the SHA-256 of what the ensemble reads of it."""
+
+import sys
+
+from lungxray import schema
+from lungxray.ensemble_members import MEMBER_RECORDS, member_record
+from lungxray.errors import LungxrayError
+from lungxray.io import write_json
+from lungxray.stage import run_stage
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        raise LungxrayError("usage: python stages/ensemble_member.py MODEL")
+    name = sys.argv[1]
+    record = member_record(name, schema.model_metrics_dir(name), schema.model_dir(name) / "model.pt")
+    write_json(schema.METRICS / MEMBER_RECORDS / f"{name}.json", record)
+    print(f"ensemble_member {name}: recorded its predictions, evaluation and model.pt")
+
+
+if __name__ == "__main__":
+    run_stage("ensemble_member", main)

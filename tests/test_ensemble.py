@@ -1,0 +1,241 @@
+"""The ensemble model: the mean of its members' probabilities, scored, ranked, gated and registered like a model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from lungxray.ensemble import evaluate_ensemble, mean_predictions
+from lungxray.ensemble_members import EnsembleParams, member_record, resolve_members
+from lungxray.errors import LungxrayError
+from lungxray.evaluate import EvaluateParams, evaluate_model
+from lungxray.io import write_json
+from lungxray.metrics import predictions_table
+from lungxray.tracking import MlflowParams
+from lungxray.train import train_model
+
+from conftest import REPO
+from helpers.processed import CLASSES, make_processed, train_params
+
+EVAL = EvaluateParams(bootstrap=100, latency_batches=2, batch_size=16)
+MEMBERS = ("cnn5", "cnn8")
+
+
+def table(ids, labels, probs) -> pd.DataFrame:
+    return predictions_table(ids, ids, np.array([CLASSES.index(l) for l in labels]), np.asarray(probs, float),
+                             CLASSES)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the mean, and what it refuses
+
+
+def test_the_mean_is_taken_image_by_image_whatever_order_the_members_wrote_their_rows_in():
+    a = table(["x", "y"], ["normal", "covid19"], [[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+    b = table(["y", "x"], ["covid19", "normal"], [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    mean = mean_predictions({"a": a, "b": b})
+    assert mean.id.tolist() == ["x", "y"] and mean.label.tolist() == ["normal", "covid19"]
+    assert np.allclose(mean[["prob_normal", "prob_pneumonia", "prob_covid19"]], [[0.8, 0.15, 0.05], [0.1, 0.1, 0.8]])
+
+
+@pytest.mark.parametrize("other, why", [
+    (table(["x", "z"], ["normal", "covid19"], [[1, 0, 0], [0, 0, 1]]), "different images"),
+    (table(["x"], ["normal"], [[1, 0, 0]]), "different images"),
+    (table(["x", "y"], ["normal", "pneumonia"], [[1, 0, 0], [0, 1, 0]]), "different labels"),
+    (table(["x", "y"], ["normal", "covid19"], [[1, 0, 0], [0, 0, 1]]).drop(columns="prob_covid19"), "classes"),
+])
+def test_member_predictions_over_other_images_labels_or_classes_are_refused_naming_the_member(other, why):
+    a = table(["x", "y"], ["normal", "covid19"], [[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+    with pytest.raises(LungxrayError, match=f"predictions of late and first do not pair.*{why}"):
+        mean_predictions({"first": a, "late": other})
+
+
+def test_members_must_be_trained_models_at_least_two_and_the_default_is_every_trained_model():
+    assert resolve_members(EnsembleParams(enabled=True), ["cnn5", "cnn8", "resnet18"]) == ["cnn5", "cnn8", "resnet18"]
+    assert resolve_members(EnsembleParams(members=["resnet18", "cnn5"]), ["cnn5", "resnet18"]) == ["resnet18", "cnn5"]
+    with pytest.raises(LungxrayError, match=r"\['vgg16'\] are not in train.models"):
+        resolve_members(EnsembleParams(members=["cnn5", "vgg16"]), ["cnn5", "cnn8"])
+    with pytest.raises(LungxrayError, match="at least two members"):
+        resolve_members(EnsembleParams(), ["cnn5"])
+
+
+def test_check_params_refuses_an_enabled_ensemble_of_untrained_members():
+    from lungxray.errors import ConfigError
+    from lungxray.params_check import parse_params
+
+    data = yaml.safe_load((REPO / "configs" / "shared-data.yaml").read_text())
+    assert parse_params(data).ensemble.enabled
+    data["ensemble"]["members"] = ["cnn5", "vgg16"]
+    with pytest.raises(ConfigError, match="vgg16"):
+        parse_params(data)
+    data["ensemble"]["enabled"] = False
+    parse_params(data)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the stage, the leaderboard, the gate and the registry on two tiny trained models
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """cnn5 and cnn8 trained one epoch and evaluated, laid out as the pipeline does, in a scratch repository whose
+    params (the CI profile) enable the ensemble of both."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    root = tmp_path_factory.mktemp("ensemble")
+    processed = make_processed(root / "data", n_train=48, n_val=24, size=32)
+    index = pd.read_csv(processed / "index.csv")
+    index["unit"] = index.split + "/u" + (index.row // 2).astype(str)
+    index.to_csv(processed / "index.csv", index=False)
+    ml = MlflowParams(tracking_uri=f"sqlite:///{root}/mlruns/mlflow.db", artifact_dir=str(root / "mlruns/art"))
+    for name in MEMBERS:
+        t = train_model(name, train_params(root, models=list(MEMBERS), epochs=1, mlflow=ml), processed,
+                        root / "models" / name, root / "metrics" / name, progress=False)
+        evaluate_model(name, processed, root / "models" / name / "model.pt", root / "metrics" / name,
+                       root / "reports" / name, EVAL, t, ml)
+    params = yaml.safe_load((REPO / "configs" / "shared-data.yaml").read_text())
+    params["train"].update(models=list(MEMBERS), mlflow={"tracking_uri": ml.tracking_uri,
+                                                         "artifact_dir": ml.artifact_dir})
+    params["ensemble"] = {"enabled": True, "members": []}
+    params["evaluate"] = EVAL.model_dump()
+    params["promote"].update(registered_model="ensemble-cxr", bootstrap=100)
+    params["gate"]["baseline"] = "baseline.json"
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    stage(root, "ensemble_member.py", MEMBERS[0])  # the stage for one, the same library call for the other
+    write_json(root / "metrics/ensemble_members/cnn8.json",
+               member_record("cnn8", root / "metrics/cnn8", root / "models/cnn8/model.pt"))
+    stage(root, "ensemble.py")
+    return root
+
+
+def stage(work: Path, script: str, *args: str) -> str:
+    r = subprocess.run([sys.executable, str(REPO / "stages" / script), *args], cwd=work, capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+@pytest.mark.slow
+def test_the_stage_writes_the_mean_of_its_members_predictions_scored_like_a_model(repo):
+    for split in ("val", "test"):
+        members = [pd.read_csv(repo / f"metrics/{m}/predictions_{split}.csv") for m in MEMBERS]
+        ens = pd.read_csv(repo / f"metrics/ensemble/predictions_{split}.csv")
+        cols = [f"prob_{c}" for c in CLASSES]
+        assert ens.id.tolist() == members[0].id.tolist()
+        assert np.allclose(ens[cols], (members[0][cols] + members[1][cols]) / 2, atol=1e-12)
+        headline = json.loads((repo / f"metrics/ensemble/headline_{split}.json").read_text())
+        assert 0 <= headline["macro_recall"] <= 1 and "macro_recall_ci_low" in headline
+    e = json.loads((repo / "metrics/ensemble/eval.json").read_text())
+    single = json.loads((repo / "metrics/cnn5/eval.json").read_text())
+    assert e["members"] == list(MEMBERS) and e["kind"] == "ensemble"
+    assert e["val_set"] == single["val_set"] and e["test_set"] == single["test_set"]
+    assert set(e["val"]) == set(single["val"])  # the same figures as a single model's evaluation
+    assert (repo / "reports/ensemble/confusion_matrix.png").exists() and (repo / "reports/ensemble/roc.png").exists()
+    t = json.loads((repo / "metrics/ensemble/train.json").read_text())
+    trains = [json.loads((repo / f"metrics/{m}/train.json").read_text()) for m in MEMBERS]
+    assert t["trainable_parameters"] == sum(x["trainable_parameters"] for x in trains)
+    assert t["mlflow_run_id"] and t["mlflow_model_uri"]
+
+
+@pytest.mark.slow
+def test_the_ensemble_run_records_its_members_in_mlflow(repo):
+    import mlflow
+
+    t = json.loads((repo / "metrics/ensemble/train.json").read_text())
+    mlflow.set_tracking_uri(yaml.safe_load((repo / "params.yaml").read_text())["train"]["mlflow"]["tracking_uri"])
+    run = mlflow.get_run(t["mlflow_run_id"])
+    assert run.data.tags["kind"] == "ensemble" and run.data.tags["members"] == "cnn5,cnn8"
+    assert run.data.params["ensemble.members"] == "cnn5,cnn8" and "val/macro_recall" in run.data.metrics
+
+
+@pytest.mark.slow
+def test_the_leaderboard_ranks_the_ensemble_and_says_what_it_averages(repo):
+    out = stage(repo, "compare.py")
+    board = json.loads((repo / "reports/leaderboard.json").read_text())
+    assert set(board) == {"cnn5", "cnn8", "ensemble"} and board["ensemble"]["ensemble_of"] == "cnn5, cnn8"
+    assert pd.isna(board["cnn5"]["ensemble_of"])  # a single model
+    assert "| ensemble (mean of cnn5, cnn8) |" in out
+
+
+@pytest.mark.slow
+def test_a_member_changed_after_its_record_stops_the_stage(repo, tmp_path):
+    work = tmp_path / "repo"
+    shutil.copytree(repo, work, ignore=shutil.ignore_patterns("mlruns"))
+    with open(work / "metrics/cnn8/predictions_val.csv", "a") as f:
+        f.write("val/extra,val/u99,normal,1,0,0\n")
+    with pytest.raises(LungxrayError, match="cnn8's predictions_val.csv changed since ensemble_member@cnn8"):
+        evaluate_ensemble(EnsembleParams(enabled=True), list(MEMBERS), work / "data/processed", work / "metrics",
+                          work / "models", work / "reports/ensemble", EVAL)
+
+
+@pytest.mark.slow
+def test_the_ci_gate_checks_the_ensemble_and_refuses_it_when_a_member_model_changed(repo, tmp_path, monkeypatch,
+                                                                                   capsys):
+    from lungxray.cli import main as cli
+
+    work = tmp_path / "repo"
+    shutil.copytree(repo, work, ignore=shutil.ignore_patterns("mlruns"))
+    monkeypatch.chdir(work)
+    assert cli(["metrics", "baseline"]) == 0
+    baseline = json.loads((work / "baseline.json").read_text())
+    assert "ensemble.test.accuracy" in baseline and "ensemble.val_set" in baseline
+    assert cli(["metrics", "check"]) == 0
+    e = json.loads((work / "metrics/ensemble/eval.json").read_text())
+    e["test"]["accuracy"] -= 0.5
+    (work / "metrics/ensemble/eval.json").write_text(json.dumps(e))
+    capsys.readouterr()
+    assert cli(["metrics", "check"]) == 1
+    assert "ensemble.test.accuracy" in capsys.readouterr().out
+    with open(work / "models/cnn8/model.pt", "ab") as f:
+        f.write(b"\0")
+    assert cli(["metrics", "check"]) == 4
+    assert "ensemble: its members or their model.pt changed" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_registered_ensemble_predicts_its_members_mean_through_mlflow_pyfunc_and_lungxray_predict(repo,
+                                                                                                      monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from lungxray.inference import predict_images
+    from lungxray.predict import load_predictor
+
+    stage(repo, "register.py")
+    decision = json.loads((repo / "reports/promotion.json").read_text())
+    version = next(v["version"] for v in decision["registered_versions"] if v["model"] == "ensemble")
+    uri = f"models:/ensemble-cxr/{version}"
+    mlflow.set_tracking_uri(yaml.safe_load((repo / "params.yaml").read_text())["train"]["mlflow"]["tracking_uri"])
+    tags = MlflowClient().get_model_version("ensemble-cxr", version).tags
+    assert tags["model"] == "ensemble" and tags["ensemble_of"] == "cnn5, cnn8"
+    x = np.load(repo / "data/processed/test.npy")
+    probs = predict_images(uri, x)
+    written = pd.read_csv(repo / "metrics/ensemble/predictions_test.csv")[[f"prob_{c}" for c in CLASSES]]
+    assert np.allclose(probs, written.to_numpy(), atol=1e-5)
+    monkeypatch.chdir(repo)
+    predictor = load_predictor(uri, device="cpu")
+    assert predictor.names == list(MEMBERS) and predictor.classes == CLASSES
+
+
+@pytest.mark.slow
+def test_each_member_prepares_the_image_its_own_way_and_the_ensemble_averages_them(repo):
+    from lungxray.ensemble_model import EnsemblePredictor
+    from lungxray.predictor import classify, predictor_from_file
+
+    a = predictor_from_file(repo / "models/cnn5/model.pt", device="cpu")
+    b = predictor_from_file(repo / "models/cnn8/model.pt", device="cpu")
+    b.image_size, b.mean = 48, [0.5, 0.5, 0.5]  # another input size and normalisation
+    images = [np.full((40, 56), 90, np.uint8), np.tile(np.arange(60, dtype=np.uint8), (60, 1)), np.zeros(3)]
+    rows = classify(EnsemblePredictor(members=[a, b], names=["a", "b"]), images)
+    cols = [f"prob_{c}" for c in CLASSES]
+    alone = [pd.DataFrame(classify(p, images[:2]))[cols].to_numpy() for p in (a, b)]
+    assert np.allclose(pd.DataFrame(rows[:2])[cols].to_numpy(), (alone[0] + alone[1]) / 2)
+    assert rows[2]["predicted"] == "" and "uint8" in rows[2]["error"]
