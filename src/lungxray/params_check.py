@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import Field
 
+from .calibration import CalibrationParams
 from .config import DEFAULT_PARAMS, FetchParams, Strict, read_params_file, validate_model
 from .dedupe import DedupeParams
 from .errors import ConfigError
@@ -31,6 +32,7 @@ class Params(Strict):
     split: SplitParams = Field(default_factory=SplitParams)
     preprocess: PreprocessParams = Field(default_factory=PreprocessParams)
     train: TrainParams = Field(default_factory=TrainParams)
+    calibration: CalibrationParams = Field(default_factory=CalibrationParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     promote: PromotionParams = Field(default_factory=PromotionParams)
     gate: GateParams = Field(default_factory=GateParams)
