@@ -66,17 +66,17 @@ def test_the_sensitivity_threshold_is_the_highest_that_reaches_the_target_on_val
     scores = np.r_[np.arange(1, 101) / 100, np.full(50, 0.03)]  # 100 positives 0.01..1.00, 50 negatives
     pos = np.r_[np.ones(100, bool), np.zeros(50, bool)]
     t = sensitivity_threshold(scores, pos, 0.95)
-    assert t == pytest.approx(0.06)  # 0.06..1.00: 95 of 100 positives
+    assert t == pytest.approx(0.055)  # 0.06..1.00 are 95 of 100 positives; midway to the next lower score, 0.05
     assert (scores[pos] >= t).mean() >= 0.95 and (scores[pos] >= 0.07).mean() < 0.95
     op = choose_operating_points(pos.astype(int) ^ 1, np.c_[scores, 1 - scores], ["p", "n"], 0.95)["p@sens95"]
-    assert op["threshold"] == pytest.approx(0.06) and op["val_sensitivity"] == pytest.approx(0.95)
+    assert op["threshold"] == pytest.approx(0.055) and op["val_sensitivity"] == pytest.approx(0.95)
     assert op["val_specificity"] == 1.0
 
 
 def test_the_youden_threshold_maximises_sensitivity_plus_specificity_on_val():
     scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.45, 0.6, 0.7, 0.8])
     pos = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1], bool)
-    assert youden_threshold(scores, pos) == pytest.approx(0.45)  # sens 1, spec 4/5
+    assert youden_threshold(scores, pos) == pytest.approx(0.425)  # at 0.45: sens 1, spec 4/5; midway to 0.4
     rng = np.random.default_rng(3)
     s, p = rng.random(300), rng.random(300) < 0.4
     s[p] += 0.3

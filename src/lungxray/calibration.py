@@ -11,7 +11,9 @@ with the model (``model.pt``, the MLflow model's metadata, the served model).
   val sensitivity reaches ``target_sensitivity``: the most specific rule that still finds that share of the class)
   and ``<class>@youden`` (the threshold maximising Youden's J = sensitivity + specificity - 1 on val; ties: the highest
   threshold). A threshold rule flags an image as the class when ``prob_<class> >= threshold`` (one class against the
-  rest), whatever the arg-max says. A class without both positive and negative val images gets no threshold.
+  rest), whatever the arg-max says. A threshold sits midway between the val score it keeps and the next lower val
+  score (0 below the lowest), so that the last bits of another device's arithmetic do not move a val image across
+  it. A class without both positive and negative val images gets no threshold.
 * Nothing here reads the test split: :func:`fit_on_val` is given the val split only.
 """
 
@@ -91,11 +93,18 @@ def _rates(scores: np.ndarray, pos: np.ndarray, t: float) -> tuple[float, float]
     return float(flag[pos].mean()), float((~flag[~pos]).mean())
 
 
+def _margin(scores: np.ndarray, t: float) -> float:
+    """Midway between the score ``t`` and the next lower score (0 when none is lower): the same flags, with room."""
+    lower = scores[scores < t]
+    return float((t + lower.max()) / 2) if lower.size else 0.0
+
+
 def sensitivity_threshold(scores: np.ndarray, pos: np.ndarray, target: float) -> float:
-    """The highest threshold ``t`` with ``mean(scores[pos] >= t) >= target``."""
-    s = np.sort(np.asarray(scores, dtype=np.float64)[pos])[::-1]
+    """The most specific threshold ``t`` with ``mean(scores[pos] >= t) >= target``."""
+    scores = np.asarray(scores, dtype=np.float64)
+    s = np.sort(scores[pos])[::-1]
     need = max(1, math.ceil(target * s.size - 1e-9))
-    return float(s[need - 1])
+    return _margin(scores, float(s[need - 1]))
 
 
 def youden_threshold(scores: np.ndarray, pos: np.ndarray) -> float:
@@ -106,7 +115,7 @@ def youden_threshold(scores: np.ndarray, pos: np.ndarray) -> float:
     order = np.searchsorted(np.sort(s[pos]), cand, side="left")  # positives below each candidate
     neg_below = np.searchsorted(np.sort(s[~pos]), cand, side="left")
     j = (n_pos - order) / n_pos + neg_below / n_neg - 1.0
-    return float(cand[int(np.argmax(j))])
+    return _margin(s, float(cand[int(np.argmax(j))]))
 
 
 def choose_operating_points(y: np.ndarray, probs: np.ndarray, classes: Sequence[str],
