@@ -160,18 +160,15 @@ def operating_point(ops: dict[str, dict], name: str) -> dict:
 
 def fit_on_val(logits: np.ndarray, y: np.ndarray, classes: Sequence[str], params: CalibrationParams) -> dict:
     """What is stored with the model, from the val split's logits and labels only: ``temperature``, ``calibration``
-    (method, T, val NLL and ECE before and after) and ``operating_points``."""
-    from .metrics import expected_calibration_error
-
+    (method, T, val NLL before and after; the ECE is the evaluate stage's) and ``operating_points``. (No import of
+    :mod:`lungxray.metrics` here: the train stage and its checkpoints would then depend on the evaluation code.)"""
     t = fit_temperature(logits, y) if params.method == "temperature" else 1.0
-    raw, cal = softmax_t(logits, 1.0), softmax_t(logits, t)
     record = {"method": params.method, "temperature": t, "fitted_on": "val", "val_images": int(len(y)),
-              "val_nll_before": nll(logits, y), "val_nll_after": nll(logits, y, t),
-              "val_ece_before": expected_calibration_error(y, raw), "val_ece_after": expected_calibration_error(y, cal)}
+              "val_nll_before": nll(logits, y), "val_nll_after": nll(logits, y, t)}
     log.info("temperature %.3f fitted on %d val images: NLL %.4f -> %.4f", t, len(y), record["val_nll_before"],
              record["val_nll_after"])
     return {"temperature": t, "calibration": record,
-            "operating_points": choose_operating_points(y, cal, classes, params.target_sensitivity)}
+            "operating_points": choose_operating_points(y, softmax_t(logits, t), classes, params.target_sensitivity)}
 
 
 def calibrate_model(model, x_val: np.ndarray, y_val: np.ndarray, mean, std, classes: Sequence[str],
