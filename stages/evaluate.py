@@ -23,7 +23,7 @@ def main() -> None:
                          schema.model_reports_dir(name), params.evaluate, json.loads(train_json.read_text()),
                          params.train.mlflow)
     split = "test" if out["test"] is not None else "val"
-    t = out[split]
+    t, cal = out[split], out["calibration"]
 
     def ci(k):
         lo, hi = t.get(f"{k}_ci_low"), t.get(f"{k}_ci_high")
@@ -31,8 +31,8 @@ def main() -> None:
         return "n/a" if v is None else f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
 
     print(f"evaluate {name} on {t['n_samples']} {split} images: accuracy {ci('accuracy')}, macro recall "
-          f"{ci('macro_recall')}, macro AUC {ci('macro_auc')}, ECE {t['ece']:.3f}; "
-          f"{out['throughput']['images_per_s']:.0f} images/s")
+          f"{ci('macro_recall')}, macro AUC {ci('macro_auc')}, ECE {t['ece']:.3f} (T {cal['temperature']:.2f}; "
+          f"{cal[split]['ece_before']:.3f} uncalibrated); {out['throughput']['images_per_s']:.0f} images/s")
     for w in out["warnings"]:
         print(f"  warning: {w}")
 

@@ -3,6 +3,7 @@
 import sys
 
 from lungxray import schema
+from lungxray.calibration import CalibrationParams
 from lungxray.config import load_sections
 from lungxray.errors import LungxrayError
 from lungxray.preprocess import PreprocessParams
@@ -16,12 +17,13 @@ def main() -> None:
     if len(sys.argv) != 2:
         raise LungxrayError("usage: python stages/train.py MODEL (one of train.models in params.yaml)")
     name = sys.argv[1]
-    params = load_sections({"train": TrainParams, "preprocess": PreprocessParams, "split": SplitParams})
+    params = load_sections({"train": TrainParams, "preprocess": PreprocessParams, "split": SplitParams,
+                            "calibration": CalibrationParams})
     if name not in params.train.models:
         raise LungxrayError(f"'{name}' is not in train.models {params.train.models}")
     m = train_model(name, params.train, schema.PROCESSED, schema.model_dir(name), schema.model_metrics_dir(name),
                     extra_params={"preprocess": params.preprocess.model_dump(mode="json"),
-                                  "split": params.split.model_dump(mode="json")})
+                                  "split": params.split.model_dump(mode="json")}, calibration=params.calibration)
     print(f"train {name}: best val loss {m['best_val_loss']:.4f}, accuracy {m['best_val_accuracy']:.3f} at epoch "
           f"{m['best_epoch']}; {m['seconds_per_epoch']:.1f} s/epoch; {m['trainable_parameters']:,} trainable "
           f"parameters; MLflow run {m['mlflow_run_id']}")

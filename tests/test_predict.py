@@ -64,12 +64,13 @@ def real_xray(shared_data, tmp_path) -> np.ndarray:
 
 
 def reference_proba(models: Path, path) -> np.ndarray:
-    """The evaluate stage's computation for one image: the preprocessed square, then inference.predict_proba."""
+    """The evaluate stage's computation for one image: the preprocessed square, then inference.predict_proba with
+    the temperature stored with the model (the served probabilities are calibrated)."""
     from lungxray.inference import load_trained
 
     model, ck = load_trained(models / "model.pt")
     square = load_square(str(path), 32, "stretch", "bilinear")
-    return predict_proba(model, square[None], ck["mean"], ck["std"])[0]
+    return predict_proba(model, square[None], ck["mean"], ck["std"], temperature=ck["temperature"])[0]
 
 
 def probs(table: pd.DataFrame) -> np.ndarray:

@@ -45,7 +45,8 @@ def _cmd_dedupe(args: argparse.Namespace) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import ERROR, FILE, PREDICTED, cam_writer, find_files, load_predictor, predict_files
+    from .predict import (ERROR, FILE, PREDICTED, apply_operating_point, cam_writer, find_files,
+                          find_operating_point, load_predictor, predict_files)
 
     files = find_files(args.paths)
     if not files:
@@ -53,11 +54,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         return 1
     predictor = load_predictor(args.model, device=args.device)
     predictor.batch_size = args.batch_size
+    find_operating_point(predictor, args.operating_point)  # an unknown name stops before any work
     print(f"predict: {len(files)} file(s) with {predictor.source} ({predictor.arch}, {predictor.image_size} px, "
           f"{predictor.device})", file=sys.stderr)
     on_batch = cam_writer(args.cam, predictor, files) if args.cam else None
     table = predict_files(files, predictor, progress=not args.quiet and len(files) > predictor.batch_size,
                           on_batch=on_batch)
+    table = apply_operating_point(table, predictor, args.operating_point)
     failed = table[table[ERROR] != ""]
     if args.out:
         from .io import write_csv
@@ -232,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cam", metavar="DIR", help="also write one Grad-CAM overlay PNG per classified image into DIR "
                                                 "(the X-ray, the heat map of the predicted class, class and "
                                                 "probability)")
+    p.add_argument("--operating-point", default="argmax", metavar="NAME",
+                   help="argmax (default), or one chosen on val and stored with the model, e.g. pneumonia@sens95 or "
+                        "pneumonia@youden: adds a column NAME, true when prob_<class> >= its threshold")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: the GPU when present")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -25,7 +25,9 @@ from . import schema
 from .checkpoint import data_version, fingerprint
 from .errors import LungxrayError
 from .gradcam import gradcam_grid
-from .inference import architecture, load_trained, measure_throughput, predict_proba
+from .calibration import softmax_t
+from .evaluate_extras import evaluation_markdown, extras
+from .inference import architecture, load_trained, measure_throughput, predict_logits, predict_proba
 from .io import read_json, sha256_file, write_csv, write_json
 from .metrics import EvaluateParams, ovr_auc, roc_points
 from .metrics.primitives import _check_inputs
@@ -95,7 +97,11 @@ def evaluate_model(name: str, processed: Path, model_path: Path, metrics_dir: Pa
                    params: EvaluateParams, train_metrics: dict | None = None,
                    mlflow_params: MlflowParams | None = None) -> dict:
     """Evaluate one trained model on the test and val splits; write metrics, per-image predictions, plots and plot
-    data (``predictions_<split>.csv``: id, unit, label, one probability per class)."""
+    data (``predictions_<split>.csv``: id, unit, label, one probability per class).
+
+    The probabilities are the model's as stored and served: ``softmax(logits / T)`` with the temperature fitted on val
+    at the end of training (``T = 1`` for an uncalibrated model); eval.json adds the ECE before and after, the
+    test-time augmentation figures and the operating points (:mod:`lungxray.evaluate_extras`)."""
     processed, metrics_dir, reports_dir = Path(processed), Path(metrics_dir), Path(reports_dir)
     model, ck = load_trained(model_path)
     stats = _check_model(name, processed, model_path, ck)
@@ -106,6 +112,7 @@ def evaluate_model(name: str, processed: Path, model_path: Path, metrics_dir: Pa
                  "inputs": evaluation_inputs(processed, model_path, params)}
     warnings: list[str] = []
     results: dict[str, tuple] = {}
+    evaluated: dict[str, tuple] = {}  # split -> (labels, logits, units): calibration, TTA, operating points
     for split in schema.EVAL_SPLITS:
         x, y = load_split(processed, split)
         part = _split_index(processed, split)
@@ -122,15 +129,19 @@ def evaluate_model(name: str, processed: Path, model_path: Path, metrics_dir: Pa
         if absent:
             warnings.append(f"{split}: no image of class(es) {absent}: their sensitivity and AUC are undefined "
                             f"(reported as null); macro averages use the classes present")
-        probs = predict_proba(model, x, ck["mean"], ck["std"], batch_size=params.batch_size, device=device)
+        logits = predict_logits(model, x, ck["mean"], ck["std"], batch_size=params.batch_size, device=device)
+        probs = softmax_t(logits, ck.get("temperature", 1.0))
+        evaluated[split] = (y, logits, part.unit.tolist())
         m, out[split] = score_split(y, probs, part, classes, params)
         write_csv(metrics_dir / f"predictions_{split}.csv",
                   metrics.predictions_table(part.id.tolist(), part.unit.tolist(), y, probs, classes))
         results[split] = (y, probs, m)
+    out.update(extras(model, ck, processed, dict(reversed(evaluated.items())), out, params, device))
     official = _official_test(model, ck, processed, params, device)
     if official is not None:
         out[schema.OFFICIAL_TEST_SPLIT] = official
     _write_plots(name, results, classes, metrics_dir, reports_dir, out)
+    (reports_dir / "evaluation.md").write_text(evaluation_markdown(name, out))
     _write_gradcam(name, model, ck, processed, out["plots_split"], results[out["plots_split"]], reports_dir, device)
     out["warnings"] = warnings
     out["throughput"] = measure_throughput(model, stats["image_size"], batch_size=params.batch_size,
@@ -152,7 +163,8 @@ def _official_test(model, ck: dict, processed: Path, params: EvaluateParams, dev
     if part.empty:
         return None
     x, y = load_split(processed, schema.OFFICIAL_TEST_SPLIT)
-    probs = predict_proba(model, x, ck["mean"], ck["std"], batch_size=params.batch_size, device=device)
+    probs = predict_proba(model, x, ck["mean"], ck["std"], batch_size=params.batch_size, device=device,
+                          temperature=ck.get("temperature", 1.0))
     return metrics.summary(metrics.compute_metrics(y, probs, ck["classes"], params, units=part.unit.tolist()))
 
 

@@ -13,7 +13,10 @@ works too). A path is opened only in Python: over HTTP every cell is decoded as 
 server read its files.
 
 Output: one row per input, in order: ``predicted`` (class name), one ``prob_<class>`` per class (summing to 1) and
-``error``. An input that cannot be used does not fail the request: its row has an empty ``predicted``, NaN
+``error``. The probabilities are calibrated: ``softmax(logits / T)`` with the temperature ``T`` fitted on the val
+split at the end of training (:mod:`lungxray.calibration`); the model's metadata records ``T`` and the operating
+points chosen on val (``argmax``, ``<class>@sens95``, ``<class>@youden``: flag the class when ``prob_<class> >=
+threshold``). An input that cannot be used does not fail the request: its row has an empty ``predicted``, NaN
 probabilities and the reason in ``error`` (empty for the others).
 """
 

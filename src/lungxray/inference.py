@@ -73,14 +73,14 @@ def _device(device) -> "torch.device":  # noqa: F821
     return device if isinstance(device, torch.device) else torch.device(device)
 
 
-def predict_proba(model, images: np.ndarray, mean: float | Sequence[float], std: float | Sequence[float],
-                  batch_size: int = 64, device="cpu", in_chans: int = 3) -> np.ndarray:
-    """Class probabilities (N, C) float64 for uint8 greyscale images (N, S, S), normalised as in training.
+def predict_logits(model, images: np.ndarray, mean: float | Sequence[float], std: float | Sequence[float],
+                   batch_size: int = 64, device="cpu", in_chans: int = 3, view=None) -> np.ndarray:
+    """Logits (N, C) float64 for uint8 greyscale images (N, S, S), normalised as in training.
 
     x/255, then (x - mean[c]) / std[c] per channel with the model's own statistics (model.pt's ``mean``/``std``: its
     pretrained weights' or the train split's; one value applies to every channel); the grey channel is replicated to
     ``in_chans`` (3 for ImageNet-shaped stems) per batch, so only one batch is ever in float. Works on memory-mapped
-    arrays.
+    arrays. ``view`` (optional) transforms each float batch (B, 1, S, S) in [0, 1] first (test-time augmentation).
     """
     import torch
 
@@ -95,14 +95,26 @@ def predict_proba(model, images: np.ndarray, mean: float | Sequence[float], std:
     with torch.inference_mode():
         for i in range(0, imgs.shape[0], batch_size):
             x = torch.from_numpy(np.array(imgs[i:i + batch_size], dtype=np.uint8, copy=True)).to(dev)
-            x = ((x.float().div_(255.0).unsqueeze(1) - m) / s).expand(-1, in_chans, -1, -1).contiguous()
-            out.append(torch.softmax(model(x).float(), dim=1).double().cpu().numpy())
+            x = x.float().div_(255.0).unsqueeze(1)
+            x = view(x) if view is not None else x
+            x = ((x - m) / s).expand(-1, in_chans, -1, -1).contiguous()
+            out.append(model(x).float().double().cpu().numpy())
     if not out:
         with torch.inference_mode():
             s = imgs.shape[1] if imgs.ndim == 3 else 1
             c = model(torch.zeros(1, in_chans, s, s, device=dev)).shape[1]
         return np.zeros((0, c))
     return np.concatenate(out)
+
+
+def predict_proba(model, images: np.ndarray, mean: float | Sequence[float], std: float | Sequence[float],
+                  batch_size: int = 64, device="cpu", in_chans: int = 3, temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities (N, C) float64: ``softmax(logits / temperature)`` of :func:`predict_logits` (model.pt's
+    ``temperature``, fitted on val, gives the calibrated probabilities: :mod:`lungxray.calibration`)."""
+    from .calibration import softmax_t
+
+    logits = predict_logits(model, images, mean, std, batch_size, device, in_chans)
+    return softmax_t(logits, temperature) if len(logits) else logits
 
 
 def measure_throughput(model, image_size: int, batch_size: int = 64, device="cpu", n_batches: int = 20,

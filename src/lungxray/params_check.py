@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
+from .calibration import CalibrationParams
 from .config import DEFAULT_PARAMS, FetchParams, Strict, read_params_file, validate_model
 from .dedupe import DedupeParams
 from .ensemble_members import EnsembleParams, resolve_members
@@ -35,6 +36,7 @@ class Params(Strict):
     preprocess: PreprocessParams = Field(default_factory=PreprocessParams)
     shortcut: ShortcutParams = Field(default_factory=ShortcutParams)
     train: TrainParams = Field(default_factory=TrainParams)
+    calibration: CalibrationParams = Field(default_factory=CalibrationParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     external: ExternalParams = Field(default_factory=ExternalParams)
     promote: PromotionParams = Field(default_factory=PromotionParams)

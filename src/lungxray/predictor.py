@@ -2,7 +2,9 @@
 
 A :class:`Predictor` is a trained model with what its ``model.pt`` records about its inputs: the classes, the
 preprocessing its training images went through (``image_size``, ``aspect``, ``resample``: the preprocess stage's
-settings) and the normalisation (``mean``/``std``). A new image goes through exactly that: decoded by
+settings), the normalisation (``mean``/``std``), and what was fitted on the val split at the end of training: the
+``temperature`` of its calibrated probabilities (``softmax(logits / T)``) and its ``operating_points``
+(:mod:`lungxray.calibration`). A new image goes through exactly that: decoded by
 :func:`lungxray.imaging.open_grey` (PNG 8/16-bit, JPEG, DICOM, ...), made square by
 :func:`lungxray.preprocess.load_square`, normalised and classified by :func:`lungxray.inference.predict_proba`.
 :func:`classify` turns a batch of inputs into output rows: ``predicted``, one ``prob_<class>`` per class and ``error``
@@ -12,7 +14,7 @@ settings) and the normalisation (``mean``/``std``). A new image goes through exa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -48,6 +50,8 @@ class Predictor:
     source: str  # where it was loaded from
     batch_size: int = 32
     max_pixels: int = DEFAULT_MAX_PIXELS
+    temperature: float = 1.0  # probabilities = softmax(logits / temperature), fitted on val
+    operating_points: dict = field(default_factory=dict)  # lungxray.calibration.choose_operating_points
 
     def contract(self) -> dict:
         """What the model expects and returns, as recorded in the MLflow model's metadata."""
@@ -57,7 +61,14 @@ class Predictor:
                 "inputs": "column `image`: file paths, encoded image bytes (PNG, JPEG, DICOM, ...; base64 in JSON) "
                           "or uint8 greyscale arrays (H, W)",
                 "outputs": f"`{PREDICTED}` (class name), one `prob_<class>` per class, `{ERROR}` (why an input "
-                           f"could not be used; empty otherwise)"}
+                           f"could not be used; empty otherwise)",
+                "probabilities": f"calibrated on the val split: softmax(logits / T), temperature T = "
+                                 f"{self.temperature:.4f} (temperature scaling; T = 1: uncalibrated)",
+                "temperature": float(self.temperature),
+                "operating_points": {k: {"class": v["class"], "threshold": v["threshold"], "rule": v["rule"]}
+                                     for k, v in self.operating_points.items()},
+                "operating_point_rule": "argmax: the predicted class; <class>@...: flag the class when "
+                                        "prob_<class> >= threshold (chosen on val)"}
 
     def square(self, source) -> np.ndarray:
         """One image (a path, its bytes, or a uint8 greyscale array) as the model's (S, S) uint8 input; a file that
@@ -78,7 +89,7 @@ class Predictor:
         from .inference import predict_proba
 
         return predict_proba(self.model, images, self.mean, self.std, batch_size=self.batch_size,
-                             device=self.device)
+                             device=self.device, temperature=self.temperature)
 
 
 def predictor_from_file(path: str | Path, device: str = "auto") -> Predictor:
@@ -93,7 +104,8 @@ def predictor_from_file(path: str | Path, device: str = "auto") -> Predictor:
     return Predictor(model=model.to(dev).eval(), arch=architecture(ck), classes=list(ck["classes"]),
                      image_size=int(pre["image_size"]), aspect=pre["aspect"], resample=pre["resample"],
                      mean=[float(v) for v in ck["mean"]], std=[float(v) for v in ck["std"]], device=dev,
-                     source=str(path))
+                     source=str(path), temperature=float(ck.get("temperature", 1.0)),
+                     operating_points=dict(ck.get("operating_points") or {}))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -134,7 +134,8 @@ def log_evaluation(run_id: str, out: dict, results: dict, metrics_dir: Path, rep
         flat["inference/images_per_s"] = out["throughput"]["images_per_s"]
         flat["inference/latency_ms_median"] = out["throughput"]["latency_ms_median"]
         mlflow.log_metrics({k.replace("/n_samples", "/images"): float(v) for k, v in flat.items()})
-        for f in ("confusion_matrix.png", "roc.png", "reliability.png", "gradcam.png", "classification_report.txt"):
+        for f in ("confusion_matrix.png", "roc.png", "reliability.png", "gradcam.png", "classification_report.txt",
+                  "evaluation.md"):
             if (reports_dir / f).exists():
                 mlflow.log_artifact(str(reports_dir / f), artifact_path="evaluation")
         for split in schema.EVAL_SPLITS:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from . import checkpoint
+from .calibration import CalibrationParams, calibrate_model
 from .checkpoint import data_version, fingerprint, git_commit
 from .errors import LungxrayError
 from .io import atomic_path, write_csv, write_json
@@ -106,9 +107,11 @@ class _Run:
 
 
 def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, metrics_dir: Path,
-                progress: bool = True, extra_params: dict | None = None) -> dict:
+                progress: bool = True, extra_params: dict | None = None,
+                calibration: CalibrationParams | None = None) -> dict:
     """Train ``name``: build, resume (only an unfinished checkpoint of the same settings, data, code and libraries),
-    fit, finalise. Returns the final metrics."""
+    fit, finalise (with the temperature and operating points fitted on val: ``calibration``). Returns the final
+    metrics."""
     from .models import count_parameters
 
     processed = Path(processed)
@@ -156,7 +159,7 @@ def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, 
             mlflow.log_metrics({"params/trainable": trainable, "params/total": total})
             log_datasets(mlflow, processed, resolved["data"]["version"])
         stopped_early = _fit(setup, run, data, mlflow)
-        metrics = _finalise(setup, run, stopped_early, trainable, total, mlflow)
+        metrics = _finalise(setup, run, stopped_early, trainable, total, mlflow, data["val"], calibration)
         mlflow.end_run()
     except BaseException:
         mlflow.end_run(status="KILLED")
@@ -273,9 +276,11 @@ def _save_checkpoint(setup: _Setup, run: _Run, epoch: int) -> None:
                     "std": setup.norm["std"], "normalisation": setup.norm["source"]}, tmp)
 
 
-def _finalise(setup: _Setup, run: _Run, stopped_early: bool, trainable: int, total: int, mlflow) -> dict:
-    """The best epoch's weights as model.pt (with everything needed to use them), the history, the curve, train.json,
-    the MLflow model; then the checkpoint is marked complete. Returns the final metrics."""
+def _finalise(setup: _Setup, run: _Run, stopped_early: bool, trainable: int, total: int, mlflow, val: tuple,
+              calibration: CalibrationParams | None) -> dict:
+    """The best epoch's weights as model.pt (with everything needed to use them, and the temperature and operating
+    points fitted on ``val``), the history, the curve, train.json, the MLflow model; then the checkpoint is marked
+    complete. Returns the final metrics."""
     name, best, classes, model = setup.name, run.best, setup.resolved["data"]["classes"], run.model
     if not (setup.out_dir / "best.pt").exists():
         raise LungxrayError(f"{name}: no epoch reached a finite validation loss, so there is no model to keep; lower "
@@ -288,6 +293,8 @@ def _finalise(setup: _Setup, run: _Run, stopped_early: bool, trainable: int, tot
              "mean": setup.norm["mean"], "std": setup.norm["std"], "normalisation": setup.norm["source"],
              "preprocess": setup.resolved["preprocess"], "fingerprints": setup.fingerprints,
              "best_epoch": best["epoch"]}
+    final.update(calibrate_model(model, *val, setup.norm["mean"], setup.norm["std"], classes, calibration,
+                                 setup.device, setup.settings.batch_size))
     hist_df = pd.DataFrame(run.history)
     secs = float(hist_df.epoch_seconds.mean())
     metrics = {"model": name, "best_val_loss": best["val_loss"], "best_val_accuracy": best["val_accuracy"],
@@ -296,7 +303,7 @@ def _finalise(setup: _Setup, run: _Run, stopped_early: bool, trainable: int, tot
                "seconds_per_epoch": secs, "train_images_per_s": float(hist_df.train_images_per_s.mean()),
                "trainable_parameters": trainable, "total_parameters": total, "device": setup.device.type,
                "precision": str(setup.amp or torch.float32).removeprefix("torch."),
-               "mlflow_run_id": run.run_id}
+               "mlflow_run_id": run.run_id, "temperature": final["temperature"]}
     setup.metrics_dir.mkdir(parents=True, exist_ok=True)
     write_csv(setup.metrics_dir / "history.csv", hist_df)
     curve = setup.metrics_dir / "training_curve.png"

@@ -14,17 +14,21 @@ mean:
 * :mod:`.calibration`: the reliability diagram and the expected calibration error (``ece_bins`` equal-width bins).
 * :mod:`.classification`: :func:`compute_metrics` (per class, macro and micro averages, with the intervals and the
   calibration), its summary and headline, and the per-source breakdown; :class:`EvaluateParams` are its settings.
+* :mod:`.operating`: sensitivity / specificity of stored operating points with intervals, and their PPV / NPV at
+  other prevalences.
 * :mod:`.tables`: the per-image predictions (what a paired comparison of two models needs) and the DVC plot data.
 """
 
 from .bootstrap import BOOTSTRAP_STATISTICS, bootstrap_ci, paired_difference
 from .calibration import expected_calibration_error, reliability_data
 from .classification import HEADLINE_KEYS, EvaluateParams, compute_metrics, headline, metrics_by_source, summary
+from .operating import operating_point_metrics, prevalence_table
 from .primitives import ovr_auc
 from .tables import align_predictions, confusion_pairs, predictions_table, roc_points
 
 __all__ = [
     "EvaluateParams", "compute_metrics", "summary", "metrics_by_source", "reliability_data", "expected_calibration_error",
     "bootstrap_ci", "paired_difference", "BOOTSTRAP_STATISTICS", "predictions_table", "align_predictions",
-    "ovr_auc", "roc_points", "confusion_pairs", "headline", "HEADLINE_KEYS",
+    "ovr_auc", "roc_points", "confusion_pairs", "headline", "HEADLINE_KEYS", "operating_point_metrics",
+    "prevalence_table",
 ]

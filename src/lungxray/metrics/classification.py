@@ -20,10 +20,10 @@ Conventions (they decide what the numbers mean, so they are spelled out):
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..config import Strict
 from .bootstrap import BOOTSTRAP_STATISTICS, _unit_codes, bootstrap_ci
@@ -42,6 +42,18 @@ class EvaluateParams(Strict):
     source_bootstrap: int = Field(0, ge=0, description="bootstrap resamples for the per-source metrics")
     allow_empty_test: bool = Field(False, description="report an empty test split as absent instead of failing "
                                                       "(a benchmark whose official test split is held back)")
+    tta: Literal["none", "shifts", "flips_shifts"] = Field(
+        "none", description="test-time augmentation reported beside the plain figures: small shifts/scales "
+                            "(+ horizontal flip), mean probability; never vertical flips (lungxray.tta)")
+    prevalences: list[float] = Field(default_factory=lambda: [0.05, 0.25, 0.5, 0.75], description=(
+        "set prevalences of the operating points' prevalence table (PPV/NPV from val sensitivity/specificity)"))
+
+    @field_validator("prevalences")
+    @classmethod
+    def _proportions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < x < 1 for x in v):
+            raise ValueError(f"prevalences must lie strictly between 0 and 1, got {v}")
+        return v
 
 
 # ---------------------------------------------------------------------------------------------------------------------
