@@ -240,6 +240,7 @@ def test_unreachable_mlflow_store(trained, monkeypatch):
     root, *_ = trained
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the environment's store would win over params
     rows = leaderboard_rows(["cnn5", "cnn8"], root / "metrics")
     dead = MlflowParams(tracking_uri=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(LungxrayError, match="MLflow"):
