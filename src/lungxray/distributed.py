@@ -38,6 +38,11 @@ def under_torchrun() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
+def main_process() -> bool:
+    """Whether this is the process that prints and writes: rank 0, or the only one."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _env_int(name: str) -> int | None:
     value = os.environ.get(name, "").strip()
     if not value:
