@@ -170,3 +170,31 @@ def halves_reference(work: Path, epochs: int) -> dict:
             opt.step()
         sched.step()
     return {"start": start, "end": model.state_dict()}
+
+
+@pytest.mark.slow
+def test_kill_9_under_two_processes_then_rerun_resumes_from_rank_0s_checkpoint(tmp_path):
+    work, env = stage_workdir(tmp_path, 2, n_train=900, n_val=60, size=48, epochs=4)
+    proc = subprocess.Popen([sys.executable, str(REPO / "stages/train.py"), "cnn5"], cwd=work, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    ckpt = work / "models/cnn5/checkpoint.pt"
+    deadline = time.monotonic() + 600  # a bound on waiting, not a speed assertion
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ckpt.exists(), proc.stdout.read().decode() if proc.poll() is not None else "no checkpoint appeared"
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher, torchrun's agent and both processes
+    proc.wait()
+    ck = torch.load(ckpt, weights_only=True)
+    done, run_id = ck["epoch"], ck["mlflow_run_id"]
+    assert done < 4, "the run finished before it could be interrupted; make it longer"
+    steps = {int(s["step"]) for s in ck["optimizer"]["state"].values()}
+    assert steps == {done * -(-900 // 16)}  # optimiser steps: those of the global batch of 16, not of 8 per process
+    assert not (work / "models/cnn5/model.pt").exists() and not (work / "metrics/cnn5/train.json").exists()
+
+    r = train_stage(work, env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count(f"resuming after epoch {done}") == 1
+    assert pd.read_csv(work / "metrics/cnn5/history.csv").epoch.tolist() == [1, 2, 3, 4]
+    assert json.loads((work / "metrics/cnn5/train.json").read_text())["mlflow_run_id"] == run_id  # continued
+    history = mlflow_client(work).get_metric_history(run_id, "train/loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]

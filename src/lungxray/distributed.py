@@ -74,9 +74,23 @@ def launch_command(script: str, args: list[str], nproc_per_node: int) -> list[st
     return cmd + [script, *args]
 
 
+def die_with_parent(sig: int) -> None:
+    """Have the kernel send ``sig`` to this process when its parent dies (Linux; elsewhere nothing). torchrun starts
+    its processes in sessions of their own, so a ``kill -9`` of the stage (or of DVC) would leave them training."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, sig, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before the call
+            os.kill(os.getpid(), sig)
+
+
 def launch(cmd: list[str]) -> None:
-    """Run the torchrun command; a failed worker becomes one error (its own message is printed above by torchrun)."""
-    code = subprocess.run(cmd).returncode
+    """Run the torchrun command (stopped when this process dies: it then stops its processes); a failed worker becomes
+    one error (its own message is printed above by torchrun)."""
+    import signal
+
+    code = subprocess.run(cmd, preexec_fn=lambda: die_with_parent(signal.SIGTERM)).returncode
     if code != 0:
         raise LungxrayError(f"a training process failed (torchrun exit status {code}; its message is above). Fix it "
                             f"and rerun: the run resumes from its last checkpoint")
@@ -134,6 +148,9 @@ def init_world(device: torch.device) -> World:
     """Join the process group when started by torchrun (NCCL on CUDA, gloo on the CPU); else a world of one."""
     if not under_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
         return World(device=device)
+    import signal
+
+    die_with_parent(signal.SIGKILL)  # torchrun's agent killed: nothing may go on writing checkpoints
     if device.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if local >= torch.cuda.device_count():
