@@ -5,6 +5,7 @@ import sys
 from lungxray import schema
 from lungxray.calibration import CalibrationParams
 from lungxray.config import load_sections
+from lungxray.distributed import launch, launch_command, main_process
 from lungxray.errors import LungxrayError
 from lungxray.preprocess import PreprocessParams
 from lungxray.split import SplitParams
@@ -21,9 +22,13 @@ def main() -> None:
                             "calibration": CalibrationParams})
     if name not in params.train.models:
         raise LungxrayError(f"'{name}' is not in train.models {params.train.models}")
+    if cmd := launch_command(__file__, [name], params.train.nproc_per_node):  # several processes: under torchrun
+        return launch(cmd)
     m = train_model(name, params.train, schema.PROCESSED, schema.model_dir(name), schema.model_metrics_dir(name),
                     extra_params={"preprocess": params.preprocess.model_dump(mode="json"),
                                   "split": params.split.model_dump(mode="json")}, calibration=params.calibration)
+    if not main_process():
+        return
     print(f"train {name}: best val loss {m['best_val_loss']:.4f}, accuracy {m['best_val_accuracy']:.3f} at epoch "
           f"{m['best_epoch']}; {m['seconds_per_epoch']:.1f} s/epoch; {m['trainable_parameters']:,} trainable "
           f"parameters; MLflow run {m['mlflow_run_id']}")

@@ -29,21 +29,30 @@ def augment_batch(x: torch.Tensor, aug: AugmentParams, generator: torch.Generato
     b = x.shape[0]
 
     def u(lo: float, hi: float) -> torch.Tensor:
-        return (torch.rand(b, generator=generator) * (hi - lo) + lo).to(x.device)
+        return torch.rand(b, generator=generator) * (hi - lo) + lo
 
-    angle = u(-aug.degrees, aug.degrees) * (math.pi / 180)
-    scale = u(*aug.scale)
-    tx, ty = u(-aug.translate, aug.translate) * 2, u(-aug.translate, aug.translate) * 2  # grid units span 2
-    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device) if aug.hflip else torch.zeros(b, dtype=torch.bool,
-                                                                                                 device=x.device)
+    draws = {"angle": u(-aug.degrees, aug.degrees) * (math.pi / 180), "scale": u(*aug.scale),
+             "tx": u(-aug.translate, aug.translate) * 2, "ty": u(-aug.translate, aug.translate) * 2}  # grid units span 2
+    if aug.hflip:
+        draws["flip"] = (torch.rand(b, generator=generator) < 0.5).float()
+    if aug.brightness:
+        draws["brightness"] = u(1 - aug.brightness, 1 + aug.brightness)
+    if aug.contrast:
+        draws["contrast"] = u(1 - aug.contrast, 1 + aug.contrast)
+    stacked = torch.stack(list(draws.values()))  # drawn on the CPU, sent in one copy that does not wait for the GPU
+    if x.device.type == "cuda":
+        stacked = stacked.pin_memory().to(x.device, non_blocking=True)
+    d = dict(zip(draws, stacked.to(x.device).unbind(0)))
+    angle, scale, tx, ty = d["angle"], d["scale"], d["tx"], d["ty"]
+    flip = d["flip"] > 0.5 if aug.hflip else torch.zeros(b, dtype=torch.bool, device=x.device)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     sx = torch.where(flip, -1.0, 1.0).to(x.dtype)
     theta = torch.stack([torch.stack([cos * sx, -sin, tx], 1), torch.stack([sin * sx, cos, ty], 1)], 1).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if aug.brightness:
-        x = x * u(1 - aug.brightness, 1 + aug.brightness).view(b, 1, 1, 1).to(x.dtype)
+        x = x * d["brightness"].view(b, 1, 1, 1).to(x.dtype)
     if aug.contrast:
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * u(1 - aug.contrast, 1 + aug.contrast).view(b, 1, 1, 1).to(x.dtype) + mean
+        x = (x - mean) * d["contrast"].view(b, 1, 1, 1).to(x.dtype) + mean
     return x.clamp_(0.0, 1.0)

@@ -6,6 +6,13 @@ parts of the loop (batches, device, precision, optimiser, one epoch) in :mod:`lu
 * Data comes from the preprocess stage's uint8 arrays (memory-mapped): no image is decoded during training. Light
   augmentation suited to X-rays (small affine, brightness/contrast; never vertical flips) runs on the tensors.
 * CUDA with mixed precision and channels_last when a GPU is present, the CPU otherwise: the same command.
+* Several processes (``train.nproc_per_node``, torchrun: :mod:`lungxray.distributed`): DistributedDataParallel, each
+  process trains on its share of every global batch of ``batch_size`` and evaluates its share of the val split; the
+  sums are added up, so every process takes the same decisions (best epoch, early stopping). Rank 0 alone prints,
+  writes the checkpoint, ``best.pt``, ``model.pt`` and the metrics and logs to MLflow; the others wait for it at the
+  end. On resume rank 0 reads the checkpoint and sends it to the others (no shared disk needed). Augmentation draws
+  from a generator of its own per process; BatchNorm statistics are those of each process's share, rank 0's
+  running statistics are kept (DistributedDataParallel's usual behaviour).
 * A checkpoint is written atomically after every epoch (``models/<model>/checkpoint.pt``); rerunning an interrupted
   run (even after ``kill -9``) resumes from it when the model's settings, the data, the code and the library versions
   are unchanged, and continues the same MLflow run. A finished run marks its checkpoint complete: it is never
@@ -33,6 +40,7 @@ from torch import nn
 from . import checkpoint
 from .calibration import CalibrationParams, calibrate_model
 from .checkpoint import data_version, fingerprint, git_commit
+from .distributed import World, close_world, init_world, wrap
 from .errors import LungxrayError
 from .io import atomic_path, write_csv, write_json
 from .plots import curve_png
@@ -85,6 +93,7 @@ class _Setup:
     amp: torch.dtype | None
     out_dir: Path
     metrics_dir: Path
+    world: World = field(default_factory=World)
 
     @property
     def ckpt_path(self) -> Path:
@@ -111,10 +120,17 @@ def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, 
                 calibration: CalibrationParams | None = None) -> dict:
     """Train ``name``: build, resume (only an unfinished checkpoint of the same settings, data, code and libraries),
     fit, finalise (with the temperature and operating points fitted on val: ``calibration``). Returns the final
-    metrics."""
-    from .models import count_parameters
+    metrics (on every process when several train it)."""
+    world = init_world(resolve_device(params.device))
+    try:
+        return _train(_make_setup(name, params, Path(processed), out_dir, metrics_dir, extra_params, world),
+                      Path(processed), calibration)
+    finally:
+        close_world(world)
 
-    processed = Path(processed)
+
+def _make_setup(name: str, params: TrainParams, processed: Path, out_dir: Path, metrics_dir: Path,
+                extra_params: dict | None, world: World) -> _Setup:
     stats = json.loads((processed / "stats.json").read_text())
     settings = model_settings(params, name)
     resolved = {"settings": settings.model_dump(mode="json"), "train": params.model_dump(mode="json"), "data": {
@@ -123,24 +139,51 @@ def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, 
         **({"extra": extra_params} if extra_params else {})}
     fingerprints = {"settings": fingerprint(resolved_settings(params, name)), "data": fingerprint(resolved["data"]),
                     "code": checkpoint.code_fingerprint(), "libraries": fingerprint(checkpoint.library_versions())}
-    device = resolve_device(params.device)
-    setup = _Setup(name, params, settings, resolved, fingerprints, input_normalisation(settings.model,  # architecture
-                   settings.pretrained, stats), device, resolve_precision(params.precision, device), Path(out_dir),
-                   Path(metrics_dir))
+    return _Setup(name, params, settings, resolved, fingerprints,
+                  input_normalisation(settings.model, settings.pretrained, stats), world.device, resolve_precision(params.precision, world.device), Path(out_dir), Path(metrics_dir),
+                  world)
+
+
+def _train(setup: _Setup, processed: Path, calibration: CalibrationParams | None) -> dict:
+    from .models import count_parameters
+
+    params, world = setup.params, setup.world
     if params.torch_threads:
         torch.set_num_threads(params.torch_threads)
+    if setup.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one input size: pick the fastest convolution algorithms once
+    world.local_batch(setup.settings.batch_size)  # the global batch must split evenly over the processes
     data = {split: load_split(processed, split) for split in ("train", "val")}
     if len(data["val"][1]) == 0:
         raise LungxrayError("the val split is empty: early stopping and model selection need one (split.ratios)")
 
-    setup.out_dir.mkdir(parents=True, exist_ok=True)
+    if world.main:
+        setup.out_dir.mkdir(parents=True, exist_ok=True)
     run = _resume(setup)
-    if run.start_epoch == 1:  # a new run: nothing an earlier run left may be taken for its result
+    if run.start_epoch == 1 and world.main:  # a new run: nothing an earlier run left may be taken for its result
         for old in (setup.out_dir / "model.pt", setup.out_dir / "best.pt", setup.metrics_dir / "train.json"):
             old.unlink(missing_ok=True)
     trainable, total = count_parameters(run.model)
+    mlflow = _start_tracking(setup, run, processed, trainable, total) if world.main else None
+    try:
+        stopped_early = _fit(setup, run, data, mlflow)
+        metrics = (_finalise(setup, run, stopped_early, trainable, total, mlflow, data["val"], calibration)
+                   if world.main else None)
+        world.barrier()  # the other processes wait while rank 0 writes model.pt, the metrics and the MLflow model
+        metrics = world.broadcast(metrics)
+        if mlflow is not None:
+            mlflow.end_run()
+    except BaseException:
+        if mlflow is not None:
+            mlflow.end_run(status="KILLED")
+        raise
+    return metrics
 
-    # ---- mlflow run (continued on resume)
+
+def _start_tracking(setup: _Setup, run: _Run, processed: Path, trainable: int, total: int):
+    """The MLflow run (rank 0 only): the checkpoint's run continued on resume, else a new one with the params, tags
+    and dataset inputs."""
+    name, params, resolved = setup.name, setup.params, setup.resolved
     mlflow = mlflow_setup(params.mlflow)
     if run.run_id is not None:
         try:
@@ -150,21 +193,21 @@ def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, 
     run.run_id = mlflow.start_run(run_id=run.run_id, run_name=None if run.run_id else name).info.run_id
     try:
         if run.start_epoch == 1:
-            mlflow.log_params(flatten({**settings.model_dump(mode="json"), "model": name, "architecture": settings.model,
-                                       "train": params.model_dump(mode="json"),
-                                       "data": resolved["data"], **({"extra": extra_params} if extra_params else {})}))
+            extra = resolved.get("extra")
+            mlflow.log_params(flatten({**setup.settings.model_dump(mode="json"), "model": name,
+                                       "architecture": setup.settings.model,
+                                       "train": params.model_dump(mode="json"), "data": resolved["data"],
+                                       **({"extra": extra} if extra else {})}))
             mlflow.set_tags({"model": name, "git_commit": git_commit(), "data_version": resolved["data"]["version"],
-                             "device": device.type, "precision": str(setup.amp or torch.float32).removeprefix("torch."),
+                             "device": setup.device.type, "processes": str(setup.world.size),
+                             "precision": str(setup.amp or torch.float32).removeprefix("torch."),
                              "channels_last": str(params.channels_last), "stage": "train"})
             mlflow.log_metrics({"params/trainable": trainable, "params/total": total})
             log_datasets(mlflow, processed, resolved["data"]["version"])
-        stopped_early = _fit(setup, run, data, mlflow)
-        metrics = _finalise(setup, run, stopped_early, trainable, total, mlflow, data["val"], calibration)
-        mlflow.end_run()
     except BaseException:
         mlflow.end_run(status="KILLED")
         raise
-    return metrics
+    return mlflow
 
 
 def _build(setup: _Setup) -> _Run:
@@ -185,11 +228,13 @@ def _build(setup: _Setup) -> _Run:
 
 
 def _resume(setup: _Setup) -> _Run:
-    """The run to continue from the checkpoint when :func:`checkpoint.read_checkpoint` allows it, else a fresh one."""
-    run = _build(setup)
-    ck, message = checkpoint.read_checkpoint(setup.ckpt_path, setup.fingerprints)
+    """The run to continue from the checkpoint when :func:`checkpoint.read_checkpoint` allows it, else a fresh one.
+    Rank 0 reads the checkpoint (and sets an unusable one aside) and sends it to the other processes."""
+    run, world = _build(setup), setup.world
+    ck, message = checkpoint.read_checkpoint(setup.ckpt_path, setup.fingerprints) if world.main else (None, None)
     if message:
         print(f"[{setup.name}] {message}", flush=True)
+    ck = world.broadcast(ck)
     if ck is None:
         return run
     try:
@@ -203,10 +248,12 @@ def _resume(setup: _Setup) -> _Run:
         run.bad_epochs, run.run_id = ck["bad_epochs"], ck.get("mlflow_run_id")
     except Exception as e:  # noqa: BLE001 - an unusable checkpoint is set aside, never a traceback
         reason = " ".join(str(e).split())[:200]
-        print(f"[{setup.name}] " + checkpoint.set_aside(setup.ckpt_path, f"its weights do not fit the model: {reason}"),
-              flush=True)
+        if world.main:
+            print(f"[{setup.name}] " + checkpoint.set_aside(setup.ckpt_path,
+                                                            f"its weights do not fit the model: {reason}"), flush=True)
         return _build(setup)  # the failed load may have changed part of the weights
-    print(f"[{setup.name}] resuming after epoch {ck['epoch']} from {setup.ckpt_path}", flush=True)
+    if world.main:
+        print(f"[{setup.name}] resuming after epoch {ck['epoch']} from {setup.ckpt_path}", flush=True)
     return run
 
 
@@ -216,6 +263,8 @@ def _fit(setup: _Setup, run: _Run, data: dict, mlflow) -> bool:
     from .models import apply_freeze  # frozen BatchNorm layers keep their ImageNet statistics in train mode
 
     params, device, amp, channels_last = setup.params, setup.device, setup.amp, setup.params.channels_last
+    world, net = setup.world, wrap(run.model, setup.world)  # net: the model that trains (DDP over several processes)
+    shard = {"rank": world.rank, "world": world.size, "pin_memory": device.type == "cuda"}
     (x_train, y_train), (x_val, y_val) = data["train"], data["val"]
     weights = class_weights(y_train, len(setup.resolved["data"]["classes"]))
     loss_fn = nn.CrossEntropyLoss(weight=weights.to(device) if params.imbalance == "weighted_loss" else None)
@@ -226,19 +275,23 @@ def _fit(setup: _Setup, run: _Run, data: dict, mlflow) -> bool:
         if run.bad_epochs >= params.early_stopping_patience:
             return True
         seed_everything(params.seed + epoch)  # same batches whether or not the run was resumed
-        g = torch.Generator().manual_seed(params.seed + epoch)
+        g = torch.Generator().manual_seed(params.seed + epoch)  # the same order in every process
         if params.imbalance == "weighted_sampler":
-            train_batches = ArrayBatches(x_train, y_train, bs, "weighted", g, weights[torch.from_numpy(y_train)])
+            train_batches = ArrayBatches(x_train, y_train, bs, "weighted", g, weights[torch.from_numpy(y_train)],
+                                         **shard)
         else:
-            train_batches = ArrayBatches(x_train, y_train, bs, "shuffle", g)
+            train_batches = ArrayBatches(x_train, y_train, bs, "shuffle", g, **shard)
+        if world.size > 1:  # each process its own augmentation draws
+            g = torch.Generator().manual_seed((params.seed + epoch) * 65537 + world.rank)
         t0 = time.perf_counter()
-        tr_loss, tr_acc, n_tr = run_epoch(run.model, train_batches, device, loss_fn, run.opt, amp, channels_last, mean,
-                                          std, run.scaler, apply_freeze, params.augment, g)
+        tr_loss, tr_acc, n_tr = run_epoch(net, train_batches, device, loss_fn, run.opt, amp, channels_last, mean,
+                                          std, run.scaler, apply_freeze, params.augment, g, world=world)
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_s = time.perf_counter() - t0
-        va_loss, va_acc, _ = run_epoch(run.model, ArrayBatches(x_val, y_val, bs), device, eval_loss, None, amp,
-                                       channels_last, mean, std)
+        world.sync_buffers(run.model)  # rank 0's BatchNorm statistics everywhere: the model it saves is evaluated
+        va_loss, va_acc, _ = run_epoch(run.model, ArrayBatches(x_val, y_val, bs, **shard), device, eval_loss, None,
+                                       amp, channels_last, mean, std, world=world)
         epoch_s = time.perf_counter() - t0
         lr = run.opt.param_groups[0]["lr"]
         if isinstance(run.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -249,13 +302,16 @@ def _fit(setup: _Setup, run: _Run, data: dict, mlflow) -> bool:
                "val_accuracy": va_acc, "lr": lr, "epoch_seconds": epoch_s,
                "train_images_per_s": n_tr / max(train_s, 1e-9)}
         run.history.append(row)
-        improved = va_loss < run.best["val_loss"]
+        improved = va_loss < run.best["val_loss"]  # the same in every process: the losses are summed over all
         if improved:
             run.best, run.bad_epochs = {"val_loss": va_loss, "val_accuracy": va_acc, "epoch": epoch}, 0
-            with atomic_path(setup.out_dir / "best.pt") as tmp:
-                torch.save({"model": run.model.state_dict(), "epoch": epoch}, tmp)
+            if world.main:
+                with atomic_path(setup.out_dir / "best.pt") as tmp:
+                    torch.save({"model": run.model.state_dict(), "epoch": epoch}, tmp)
         else:
             run.bad_epochs += 1
+        if not world.main:
+            continue
         mlflow.log_metrics({"train/loss": tr_loss, "train/accuracy": tr_acc, "val/loss": va_loss,
                             "val/accuracy": va_acc, "lr": lr, "epoch_seconds": epoch_s,
                             "train/images_per_s": row["train_images_per_s"]}, step=epoch)
@@ -280,7 +336,7 @@ def _finalise(setup: _Setup, run: _Run, stopped_early: bool, trainable: int, tot
               calibration: CalibrationParams | None) -> dict:
     """The best epoch's weights as model.pt (with everything needed to use them, and the temperature and operating
     points fitted on ``val``), the history, the curve, train.json, the MLflow model; then the checkpoint is marked
-    complete. Returns the final metrics."""
+    complete. Returns the final metrics (rank 0 alone)."""
     name, best, classes, model = setup.name, run.best, setup.resolved["data"]["classes"], run.model
     if not (setup.out_dir / "best.pt").exists():
         raise LungxrayError(f"{name}: no epoch reached a finite validation loss, so there is no model to keep; lower "

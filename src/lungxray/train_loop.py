@@ -4,13 +4,23 @@ precision, optimiser, learning-rate schedule and one epoch (:func:`run_epoch`).
 * Batches are read straight from the preprocess stage's uint8 arrays (:class:`ArrayBatches`); an epoch's order is
   drawn from a generator seeded with ``seed + epoch``, so a resumed run sees the same batches.
 * Class weights are inverse class frequencies, scaled to mean 1 over the classes present; an absent class gets 0.
+* Several processes (:mod:`lungxray.distributed`): every process draws the same order and takes its share of each
+  global batch (``rank`` of ``world``): the drawn index is padded (repeating its start) to a multiple of the process
+  count, so every process gets the same number of batches and there are as many steps as one process would take;
+  a sequential pass (validation) is split exactly instead, nothing repeated, and the sums are added up at the end.
+* The input path never makes the host wait for the GPU: batches are read in a background thread
+  (:class:`Prefetched`) into pinned memory on CUDA and copied with ``non_blocking``; loss and accuracy are summed on
+  the device and read once per pass; Adam/AdamW/SGD use their fused CUDA kernels (which also let the fp16 loss
+  scaler skip its per-step check on the host). None of this changes a number on the CPU.
 * Device: ``auto`` = CUDA when a GPU is visible, else the CPU. Precision: ``auto`` = fp16 autocast (with loss scaling)
   on CUDA, bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32.
 """
 
 from __future__ import annotations
 
+import queue
 import random
+import threading
 
 import numpy as np
 import torch
@@ -30,12 +40,15 @@ class ArrayBatches:
 
     Yields ``(x, y)``: ``x`` uint8 ``(B, 1, S, S)``, ``y`` int64 ``(B,)``. ``order`` is "sequential", "shuffle" or
     "weighted" (sampling with replacement by ``weights``), drawn from ``generator`` so that an epoch's batches are the
-    same whether or not the run was resumed.
+    same whether or not the run was resumed. ``batch_size`` is the global batch; process ``rank`` of ``world`` gets
+    its share of each (see the module's docstring). ``pin_memory``: batches in page-locked memory (for CUDA).
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, order: str = "sequential",
-                 generator: torch.Generator | None = None, weights: torch.Tensor | None = None):
+                 generator: torch.Generator | None = None, weights: torch.Tensor | None = None, rank: int = 0,
+                 world: int = 1, pin_memory: bool = False):
         self.images, self.labels, self.batch_size = images, np.asarray(labels, dtype=np.int64), batch_size
+        self.pin_memory = pin_memory
         n = len(self.labels)
         if order == "shuffle":
             self.index = torch.randperm(n, generator=generator).numpy()
@@ -43,17 +56,86 @@ class ArrayBatches:
             self.index = torch.multinomial(weights.double(), n, replacement=True, generator=generator).numpy()
         else:
             self.index = np.arange(n)
+        self.batches = shard_batches(self.index, batch_size, rank, world, even=order != "sequential")
 
     def __len__(self) -> int:
-        return (len(self.index) + self.batch_size - 1) // self.batch_size
+        return len(self.batches)
 
     def __iter__(self):
-        for start in range(0, len(self.index), self.batch_size):
-            idx = self.index[start: start + self.batch_size]
+        for idx in self.batches:
             order = np.argsort(idx, kind="stable")  # read the memmap in file order, restore the drawn order after
-            rows = np.empty((len(idx),) + self.images.shape[1:], dtype=np.uint8)
-            rows[order] = self.images[idx[order]]
-            yield torch.from_numpy(rows).unsqueeze(1), torch.from_numpy(self.labels[idx])
+            rows = torch.empty((len(idx), 1) + self.images.shape[1:], dtype=torch.uint8, pin_memory=self.pin_memory)
+            rows.numpy()[order, 0] = self.images[idx[order]]
+            yield rows, torch.from_numpy(self.labels[idx])
+
+
+def shard_batches(index: np.ndarray, batch_size: int, rank: int = 0, world: int = 1,
+                  even: bool = True) -> list[np.ndarray]:
+    """Process ``rank``'s batches of ``index`` cut into global batches of ``batch_size``: its contiguous share of
+    each. ``even``: the index is first padded (cyclically) to a multiple of ``world``, so that every process has the
+    same number of batches (a training epoch: each step is a collective); else the index is split exactly (an
+    evaluation pass)."""
+    if batch_size % world:
+        raise ValueError(f"batch size {batch_size} is not a multiple of the {world} processes")
+    if world == 1:
+        return [index[s: s + batch_size] for s in range(0, len(index), batch_size)]
+    local = batch_size // world
+    if not even:
+        part = np.array_split(index, world)[rank]
+        return [part[s: s + local] for s in range(0, len(part), local)]
+    padded = np.resize(index, -(-len(index) // world) * world) if len(index) else index
+    out = []
+    for s in range(0, len(padded), batch_size):
+        g = padded[s: s + batch_size]
+        k = len(g) // world
+        out.append(g[rank * k: (rank + 1) * k])
+    return out
+
+
+class Prefetched:
+    """Iterate ``batches`` in a background thread, ``depth`` batches ahead (the memmap reads and the copies into
+    pinned memory overlap the training step). An error in the thread is raised in the caller."""
+
+    _END = object()
+
+    def __init__(self, batches, depth: int = 2):
+        self.batches, self.depth = batches, depth
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        q: queue.Queue = queue.Queue(maxsize=self.depth)
+        stop = threading.Event()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def work() -> None:
+            try:
+                for item in self.batches:
+                    if not put(item):
+                        return
+                put(self._END)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                put(e)
+
+        thread = threading.Thread(target=work, name="lungxray-prefetch", daemon=True)
+        thread.start()
+        try:
+            while (item := q.get()) is not self._END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            thread.join()
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -106,10 +188,11 @@ def build_optimizer(params: TrainParams, model: nn.Module, lr: float) -> torch.o
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise LungxrayError("the model has no trainable parameter (check model_options.freeze)")
+    fused = {"fused": True} if trainable[0].is_cuda else {}  # one kernel; no host sync in the fp16 scaler's step
     if params.optimizer == "sgd":
-        return torch.optim.SGD(trainable, lr=lr, momentum=params.momentum, weight_decay=params.weight_decay)
+        return torch.optim.SGD(trainable, lr=lr, momentum=params.momentum, weight_decay=params.weight_decay, **fused)
     cls = torch.optim.AdamW if params.optimizer == "adamw" else torch.optim.Adam
-    return cls(trainable, lr=lr, weight_decay=params.weight_decay)
+    return cls(trainable, lr=lr, weight_decay=params.weight_decay, **fused)
 
 
 def build_scheduler(params: TrainParams, opt: torch.optim.Optimizer, epochs: int):
@@ -125,16 +208,20 @@ def build_scheduler(params: TrainParams, opt: torch.optim.Optimizer, epochs: int
 def run_epoch(model: nn.Module, batches: ArrayBatches, device: torch.device, loss_fn: nn.Module,
               opt: torch.optim.Optimizer | None, amp: torch.dtype | None, channels_last: bool, mean: float, std: float,
               scaler=None, on_train_mode=None, augment: AugmentParams | None = None,
-              generator: torch.Generator | None = None) -> tuple[float, float, int]:
-    """One pass; trains when ``opt`` is given. Returns (mean loss, accuracy, images)."""
+              generator: torch.Generator | None = None, world=None) -> tuple[float, float, int]:
+    """One pass; trains when ``opt`` is given. Returns (mean loss, accuracy, images), over every process of ``world``
+    (a :class:`lungxray.distributed.World`) when given. The sums stay on the device until the end of the pass."""
     training = opt is not None
     model.train(training)
     if training and on_train_mode is not None:
         on_train_mode(model)
-    total_loss, correct, n = 0.0, 0, 0
+    mean, std = (torch.as_tensor(v, dtype=torch.float32).to(device) for v in (mean, std))  # once, not every step
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    n = 0
     ctx = torch.enable_grad() if training else torch.inference_mode()
     with ctx:
-        for x, y in batches:
+        for x, y in Prefetched(batches):
             x = to_model_input(x, device, mean, std, channels_last, augment if training else None, generator)
             y = y.to(device, non_blocking=True)
             with torch.autocast(device_type=device.type, dtype=amp or torch.float32, enabled=amp is not None):
@@ -149,7 +236,10 @@ def run_epoch(model: nn.Module, batches: ArrayBatches, device: torch.device, los
                 else:
                     loss.backward()
                     opt.step()
-            total_loss += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            total_loss += loss.detach().double() * len(y)
+            correct += (logits.argmax(1) == y).sum()
             n += len(y)
-    return total_loss / max(n, 1), correct / max(n, 1), n
+    sums = torch.stack([total_loss, correct.double(), torch.tensor(float(n), dtype=torch.float64, device=device)])
+    sums = world.sum(sums) if world is not None else sums
+    total, right, count = sums.tolist()  # the one read of the pass
+    return total / max(count, 1), right / max(count, 1), int(count)

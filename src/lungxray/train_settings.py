@@ -81,6 +81,10 @@ class TrainParams(Strict):
     channels_last: bool = Field(True, description="channels_last memory format (faster convolutions on GPU and "
                                                   "oneDNN CPUs)")
     torch_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default")
+    nproc_per_node: int = Field(1, ge=1, description="training processes on this machine (one per GPU): > 1 runs "
+                                                     "the train stage under torchrun with DistributedDataParallel; "
+                                                     "batch_size stays the global batch. $LUNGXRAY_NPROC_PER_NODE "
+                                                     "wins (lungxray.distributed)")
     mlflow: MlflowParams = MlflowParams()
 
     @model_validator(mode="after")
@@ -141,7 +145,8 @@ def model_settings(params: TrainParams, name: str) -> ModelSettings:
                          epochs=o.epochs or params.epochs)
 
 
-RUN_KEYS = {"models", "model_options", "variants", "mlflow"}  # train keys that say which models run and where they are tracked
+RUN_KEYS = {"models", "model_options", "variants", "mlflow", "nproc_per_node"}  # which models run, where they are
+# tracked and on how many processes (the global batch is the same: a run may resume on another number of GPUs)
 
 
 def resolved_settings(params: TrainParams, name: str) -> dict:
