@@ -17,12 +17,21 @@ from lungxray.train import train_model
 from lungxray.train_loop import ArrayBatches, run_epoch
 
 from helpers.interrupt import interrupt_after_epochs
-from helpers.processed import make_processed, train_params as params
+from helpers.processed import make_processed, train_params
 
 
 @pytest.fixture
 def mlflow_env(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def params(tmp, **kw):
+    """The shared small settings, without logging an MLflow model (not what these tests look at)."""
+    from lungxray.tracking import MlflowParams
+
+    return train_params(tmp, mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp}/mlruns/mlflow.db",
+                                                 artifact_dir=str(tmp / "mlruns" / "artifacts"), log_model=False),
+                        **kw)
 
 
 def tiny_model() -> nn.Module:
