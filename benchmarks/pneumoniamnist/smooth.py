@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -123,7 +124,7 @@ class Diagnose:
 def jumps(v: np.ndarray) -> dict:
     d = np.abs(np.diff(v))
     h = np.abs(np.diff(v[len(v) // 2:]))
-    return {"jump_max": float(d.max()), "jump_sd": float(np.diff(v).std()), "jump_max_2nd_half": float(h.max()),
+    return {"rise_max": float(np.diff(v).max()), "jump_max": float(d.max()), "jump_sd": float(np.diff(v).std()), "jump_max_2nd_half": float(h.max()),
             "jump_sd_2nd_half": float(np.diff(v[len(v) // 2:]).std())}
 
 
@@ -170,14 +171,40 @@ def run(name: str, seed: int, threads: int) -> dict:
 def table() -> str:
     df = pd.DataFrame([json.loads(line) for line in open(ROOT / "smooth.jsonl")])
     df = df.drop_duplicates(["config", "seed"], keep="last")
-    cols = [c for c in ["raw_val_auc", "raw_val_acc", "raw_best_epoch", "val_auc", "val_acc", "best_epoch", "jump_max", "jump_sd", "jump_max_2nd_half",
-                        "pbn_jump_max", "avg_jump_max", "avg_jump_max_2nd_half"] if c in df]
+    cols = [c for c in ["raw_val_auc", "raw_val_acc", "raw_best_epoch", "val_auc", "val_acc", "best_epoch", "rise_max", "jump_max", "jump_sd", "jump_max_2nd_half",
+                        "avg_rise_max", "avg_jump_max", "avg_jump_max_2nd_half"] if c in df]
     lines = ["| recipe | seeds | kept | " + " | ".join(cols) + " |", "|---|---|---|" + "---:|" * len(cols)]
     for name, g in df.groupby("config", sort=False):
         cells = [f"{g[c].mean():.4f} ± {g[c].std(ddof=1):.4f}" if len(g) > 1 else f"{g[c].mean():.4f}"
                  for c in cols]
         kept = ",".join(g.kept.astype(str))
         lines.append(f"| {name} | {','.join(map(str, g.seed))} | {kept} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def histories(name: str) -> list[tuple[str, pd.DataFrame]]:
+    """(seed, per-epoch history) of each run of ``name``: the finished run's diagnosed history, else the epochs an
+    unfinished run's checkpoint holds so far."""
+    out = []
+    for d in sorted((ROOT / "smooth").glob(f"{name}_s*")):
+        seed = d.name.rsplit("_s", 1)[1]
+        if (d / "history_diag.csv").exists():
+            out.append((seed, pd.read_csv(d / "history_diag.csv")))
+        elif (d / "model" / "checkpoint.pt").exists():
+            ck = torch.load(d / "model" / "checkpoint.pt", map_location="cpu", weights_only=True)
+            out.append((seed, pd.DataFrame(ck["history"])))
+    return out
+
+
+def curve_table(name: str) -> str:
+    """Per seed: epochs so far, and the epoch-to-epoch jumps of the raw and the averaged val loss."""
+    lines = ["| run | epochs | raw: max rise | raw: max jump | raw: sd of changes | averaged: max rise | "
+             "averaged: max jump | averaged: sd of changes |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for seed, h in histories(name):
+        r = jumps(h.val_loss.to_numpy())
+        a = jumps(h.val_loss_avg.to_numpy()) if "val_loss_avg" in h else dict.fromkeys(r, math.nan)
+        lines.append(f"| {name} seed {seed} | {len(h)} | {r['rise_max']:.3f} | {r['jump_max']:.3f} | "
+                     f"{r['jump_sd']:.3f} | {a['rise_max']:.3f} | {a['jump_max']:.3f} | {a['jump_sd']:.3f} |")
     return "\n".join(lines)
 
 
@@ -189,8 +216,7 @@ def plot(names: list[str], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), sharey=True, squeeze=False)
     for ax, name in zip(axes[0], names):
-        for f in sorted((ROOT / "smooth").glob(f"{name}_s*/history_diag.csv")):
-            h, seed = pd.read_csv(f), f.parent.name.rsplit("_s", 1)[1]
+        for seed, h in histories(name):
             line, = ax.plot(h.epoch, h.val_loss, marker=".", label=f"val loss, seed {seed}")
             if "val_loss_avg" in h:
                 ax.plot(h.epoch, h.val_loss_avg, ls="--", color=line.get_color(), label=f"averaged, seed {seed}")
@@ -210,6 +236,8 @@ if __name__ == "__main__":
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--table", action="store_true")
     ap.add_argument("--plot", nargs="*", default=[])
+    ap.add_argument("--curves", nargs="*", default=[], help="jump table from the histories so far (runs unfinished "
+                                                            "included)")
     a = ap.parse_args()
     ROOT.mkdir(parents=True, exist_ok=True)
     explore.ROOT = ROOT
@@ -218,5 +246,7 @@ if __name__ == "__main__":
             run(n, sd, a.threads)
     if a.table:
         print(table())
+    for n in a.curves:
+        print(curve_table(n))
     if a.plot:
         plot(a.plot, HERE / "val_loss_curves.png")
