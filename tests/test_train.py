@@ -112,7 +112,8 @@ sys.path.insert(0, {tests!r})
 from helpers.processed import train_params as params
 from lungxray.train import train_model
 tmp = Path({tmp!r})
-train_model("cnn5", params(tmp, epochs=int(sys.argv[1])), tmp / "processed", tmp / "models/cnn5", tmp / "metrics/cnn5")
+train_model("cnn5", params(tmp, epochs=int(sys.argv[1]), weight_averaging="ema"), tmp / "processed", tmp / "models/cnn5",
+            tmp / "metrics/cnn5")
 """
 
 
@@ -134,6 +135,8 @@ def test_kill_9_then_rerun_resumes_from_the_checkpoint(tmp_path, mlflow_env):
     proc.wait()
     done = torch.load(ckpt, weights_only=True)["epoch"]
     assert done < 4, "the run finished before it could be interrupted; make it longer"
+    averaged = torch.load(ckpt, weights_only=True)["averaged"]  # the weight average is checkpointed with the weights
+    assert int(averaged["n_averaged"]) == done * 57  # one EMA update per step: 900 images / 16
     assert not (tmp_path / "models/cnn5/model.pt").exists()  # no final model from a partial run
     assert not (tmp_path / "metrics/cnn5/train.json").exists()
     run_id = torch.load(ckpt, weights_only=True)["mlflow_run_id"]
@@ -142,7 +145,7 @@ def test_kill_9_then_rerun_resumes_from_the_checkpoint(tmp_path, mlflow_env):
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"resuming after epoch {done}" in out.stdout
     hist = pd.read_csv(tmp_path / "metrics/cnn5/history.csv")
-    assert hist.epoch.tolist() == [1, 2, 3, 4]
+    assert hist.epoch.tolist() == [1, 2, 3, 4] and hist.val_loss_avg.notna().all()
     metrics = json.loads((tmp_path / "metrics/cnn5/train.json").read_text())
     assert metrics["mlflow_run_id"] == run_id  # the same MLflow run continued
     import mlflow

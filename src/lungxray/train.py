@@ -39,6 +39,7 @@ from torch import nn
 
 from . import checkpoint
 from .calibration import CalibrationParams, calibrate_model
+from .averaging import build_average, choose, plain_batches, score_average, weights_to_keep
 from .checkpoint import data_version, fingerprint, git_commit
 from .distributed import World, close_world, init_world, wrap
 from .errors import LungxrayError
@@ -49,6 +50,7 @@ from .tracking import log_datasets, log_image_model, mlflow_setup
 from .train_loop import (ArrayBatches, build_optimizer, build_scheduler, class_weights, resolve_device,
                          resolve_precision, run_epoch, seed_everything)
 from .train_settings import ModelSettings, TrainParams, model_settings, resolved_settings
+from .warmup import build_warmup_scheduler
 
 
 def input_normalisation(name: str, pretrained: bool, stats: dict) -> dict:
@@ -113,6 +115,7 @@ class _Run:
     best: dict = field(default_factory=lambda: {"val_loss": math.inf, "epoch": 0})
     bad_epochs: int = 0
     run_id: str | None = None
+    averaged: object = None  # lungxray.averaging.WeightAverage when train.weight_averaging is set
 
 
 def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, metrics_dir: Path,
@@ -223,8 +226,9 @@ def _build(setup: _Setup) -> _Run:
     if params.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(params, model, s.lr)
-    return _Run(model, opt, build_scheduler(params, opt, s.epochs),
-                torch.amp.GradScaler("cuda") if setup.amp == torch.float16 else None)
+    sched = (build_warmup_scheduler if params.warmup_epochs else build_scheduler)(params, opt, s.epochs)
+    return _Run(model, opt, sched, torch.amp.GradScaler("cuda") if setup.amp == torch.float16 else None,
+                averaged=build_average(params, model))
 
 
 def _resume(setup: _Setup) -> _Run:
@@ -246,6 +250,8 @@ def _resume(setup: _Setup) -> _Run:
             run.scaler.load_state_dict(ck["scaler"])
         run.start_epoch, run.history, run.best = ck["epoch"] + 1, ck["history"], ck["best"]
         run.bad_epochs, run.run_id = ck["bad_epochs"], ck.get("mlflow_run_id")
+        if run.averaged is not None:
+            run.averaged.load_state_dict(ck["averaged"])
     except Exception as e:  # noqa: BLE001 - an unusable checkpoint is set aside, never a traceback
         reason = " ".join(str(e).split())[:200]
         if world.main:
@@ -284,14 +290,22 @@ def _fit(setup: _Setup, run: _Run, data: dict, mlflow) -> bool:
         if world.size > 1:  # each process its own augmentation draws
             g = torch.Generator().manual_seed((params.seed + epoch) * 65537 + world.rank)
         t0 = time.perf_counter()
+        on_step = (lambda _net: run.averaged.after_step(run.model)) if run.averaged else None
         tr_loss, tr_acc, n_tr = run_epoch(net, train_batches, device, loss_fn, run.opt, amp, channels_last, mean,
-                                          std, run.scaler, apply_freeze, params.augment, g, world=world)
+                                          std, run.scaler, apply_freeze, params.augment, g, world=world,
+                                          on_step=on_step)
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_s = time.perf_counter() - t0
         world.sync_buffers(run.model)  # rank 0's BatchNorm statistics everywhere: the model it saves is evaluated
         va_loss, va_acc, _ = run_epoch(run.model, ArrayBatches(x_val, y_val, bs, **shard), device, eval_loss, None,
                                        amp, channels_last, mean, std, world=world)
+        avg = score_average(run.averaged, run.model, epoch, lambda: plain_batches(
+            ArrayBatches(x_train, y_train, bs, **shard), device, mean, std, channels_last), lambda m: run_epoch(
+            m, ArrayBatches(x_val, y_val, bs, **shard), device, eval_loss, None, amp, channels_last, mean, std,
+            world=world))
+        cand = choose((va_loss, va_acc), (avg["val_loss_avg"], avg["val_accuracy_avg"]) if avg else None,
+                      params.weight_averaging)
         epoch_s = time.perf_counter() - t0
         lr = run.opt.param_groups[0]["lr"]
         if isinstance(run.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -300,25 +314,29 @@ def _fit(setup: _Setup, run: _Run, data: dict, mlflow) -> bool:
             run.sched.step()
         row = {"epoch": epoch, "train_loss": tr_loss, "train_accuracy": tr_acc, "val_loss": va_loss,
                "val_accuracy": va_acc, "lr": lr, "epoch_seconds": epoch_s,
-               "train_images_per_s": n_tr / max(train_s, 1e-9)}
+               "train_images_per_s": n_tr / max(train_s, 1e-9), **avg}
         run.history.append(row)
-        improved = va_loss < run.best["val_loss"]  # the same in every process: the losses are summed over all
+        improved = cand["val_loss"] < run.best["val_loss"]  # the same in every process: losses summed over all
         if improved:
-            run.best, run.bad_epochs = {"val_loss": va_loss, "val_accuracy": va_acc, "epoch": epoch}, 0
+            run.best, run.bad_epochs = {**cand, "epoch": epoch}, 0
             if world.main:
                 with atomic_path(setup.out_dir / "best.pt") as tmp:
-                    torch.save({"model": run.model.state_dict(), "epoch": epoch}, tmp)
+                    torch.save({"model": weights_to_keep(cand, run.model, run.averaged).state_dict(), "epoch": epoch,
+                                "weights": cand["weights"]}, tmp)
         else:
             run.bad_epochs += 1
         if not world.main:
             continue
         mlflow.log_metrics({"train/loss": tr_loss, "train/accuracy": tr_acc, "val/loss": va_loss,
                             "val/accuracy": va_acc, "lr": lr, "epoch_seconds": epoch_s,
-                            "train/images_per_s": row["train_images_per_s"]}, step=epoch)
+                            "train/images_per_s": row["train_images_per_s"],
+                            **{f"val_avg/{k.split('_')[1]}": v for k, v in avg.items() if v == v}}, step=epoch)
         _save_checkpoint(setup, run, epoch)
         print(f"[{setup.name}] epoch {epoch}/{epochs}: train loss {tr_loss:.4f} acc {tr_acc:.3f} | val loss "
               f"{va_loss:.4f} acc {va_acc:.3f} | {epoch_s:.1f}s ({row['train_images_per_s']:.0f} img/s)"
-              + (" *" if improved else ""), flush=True)
+              + (f" | averaged val loss {avg['val_loss_avg']:.4f}" if avg else "")
+              + (" *" if improved else "") + (" (averaged)" if improved and cand["weights"] != "raw" else ""),
+              flush=True)
     return run.bad_epochs >= params.early_stopping_patience
 
 
@@ -328,6 +346,7 @@ def _save_checkpoint(setup: _Setup, run: _Run, epoch: int) -> None:
                     "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict() if run.sched else None,
                     "scaler": run.scaler.state_dict() if run.scaler else None, "history": run.history,
                     "best": run.best, "bad_epochs": run.bad_epochs, "mlflow_run_id": run.run_id,
+                    "averaged": run.averaged.state_dict() if run.averaged else None,
                     "classes": setup.resolved["data"]["classes"], "config": setup.resolved, "mean": setup.norm["mean"],
                     "std": setup.norm["std"], "normalisation": setup.norm["source"]}, tmp)
 
@@ -348,7 +367,7 @@ def _finalise(setup: _Setup, run: _Run, stopped_early: bool, trainable: int, tot
              "name": name, "classes": classes, "config": setup.resolved, "image_size": image_size,
              "mean": setup.norm["mean"], "std": setup.norm["std"], "normalisation": setup.norm["source"],
              "preprocess": setup.resolved["preprocess"], "fingerprints": setup.fingerprints,
-             "best_epoch": best["epoch"]}
+             "best_epoch": best["epoch"], "weights": best.get("weights", "raw")}
     final.update(calibrate_model(model, *val, setup.norm["mean"], setup.norm["std"], classes, calibration,
                                  setup.device, setup.settings.batch_size))
     hist_df = pd.DataFrame(run.history)
@@ -359,7 +378,8 @@ def _finalise(setup: _Setup, run: _Run, stopped_early: bool, trainable: int, tot
                "seconds_per_epoch": secs, "train_images_per_s": float(hist_df.train_images_per_s.mean()),
                "trainable_parameters": trainable, "total_parameters": total, "device": setup.device.type,
                "precision": str(setup.amp or torch.float32).removeprefix("torch."),
-               "mlflow_run_id": run.run_id, "temperature": final["temperature"]}
+               "mlflow_run_id": run.run_id, "temperature": final["temperature"],
+               "kept_weights": best.get("weights", "raw")}
     setup.metrics_dir.mkdir(parents=True, exist_ok=True)
     write_csv(setup.metrics_dir / "history.csv", hist_df)
     curve = setup.metrics_dir / "training_curve.png"

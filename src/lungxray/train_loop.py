@@ -208,9 +208,10 @@ def build_scheduler(params: TrainParams, opt: torch.optim.Optimizer, epochs: int
 def run_epoch(model: nn.Module, batches: ArrayBatches, device: torch.device, loss_fn: nn.Module,
               opt: torch.optim.Optimizer | None, amp: torch.dtype | None, channels_last: bool, mean: float, std: float,
               scaler=None, on_train_mode=None, augment: AugmentParams | None = None,
-              generator: torch.Generator | None = None, world=None) -> tuple[float, float, int]:
-    """One pass; trains when ``opt`` is given. Returns (mean loss, accuracy, images), over every process of ``world``
-    (a :class:`lungxray.distributed.World`) when given. The sums stay on the device until the end of the pass."""
+              generator: torch.Generator | None = None, world=None, on_step=None) -> tuple[float, float, int]:
+    """One pass; trains when ``opt`` is given (``on_step(model)`` after each optimiser step: weight averaging).
+    Returns (mean loss, accuracy, images), over every process of ``world`` (a :class:`lungxray.distributed.World`)
+    when given. The sums stay on the device until the end of the pass."""
     training = opt is not None
     model.train(training)
     if training and on_train_mode is not None:
@@ -236,6 +237,8 @@ def run_epoch(model: nn.Module, batches: ArrayBatches, device: torch.device, los
                 else:
                     loss.backward()
                     opt.step()
+                if on_step is not None:
+                    on_step(model)
             total_loss += loss.detach().double() * len(y)
             correct += (logits.argmax(1) == y).sum()
             n += len(y)

@@ -67,6 +67,14 @@ class TrainParams(Strict):
     step_size: int = Field(5, ge=1)
     gamma: float = Field(0.1, gt=0, le=1)
     early_stopping_patience: int = Field(5, ge=1, description="epochs without a better val loss before stopping")
+    warmup_epochs: int = Field(0, ge=0, description="epochs of linear learning-rate warm-up (per epoch, from "
+                               "lr/(warmup_epochs+1) up to lr) before the schedule, which then runs over the "
+                               "remaining epochs; 0 = none")
+    weight_averaging: Literal["none", "ema", "swa"] = Field(
+        "none", description="an averaged copy of the weights, scored on val beside the raw ones; the better is kept "
+                            "(lungxray.averaging): ema (every step), swa (every epoch from swa_start), none")
+    ema_decay: float = Field(0.999, gt=0, lt=1, description="ema: weight of the running average at each step")
+    swa_start: int = Field(1, ge=1, description="swa: the first epoch whose end-of-epoch weights are averaged")
     imbalance: Literal["weighted_loss", "weighted_sampler", "none"] = "weighted_loss"
     augment: AugmentParams = AugmentParams()
     pretrained: bool = True
