@@ -20,6 +20,8 @@ def main() -> None:
     report = run_external(p.external, p.train, p.evaluate, p.promote, schema.PROCESSED, schema.METRICS,
                           schema.EXTERNAL_DIR, extra_params={"preprocess": p.preprocess.model_dump(mode="json"),
                                                              "split": p.split.model_dump(mode="json")})
+    # the folds' work folder is the stage's output even when no source is held out (one source, too few images)
+    write_json(schema.EXTERNAL_DIR / "folds.json", {"folds": sorted(report["folds"]), "skipped": report["skipped"]})
     md = external_markdown(report)
     plot_external(report, schema.EXTERNAL_PNG)
     with atomic_path(schema.EXTERNAL_MD) as tmp:

@@ -37,6 +37,19 @@ def test_the_tracking_uri_from_the_environment_wins_over_params(tmp_path, monkey
     assert (tmp_path / "team.db").exists() and not (tmp_path / "params.db").exists()
 
 
+def test_one_stores_uri_does_not_leak_into_the_environment_and_win_over_the_next_params(tmp_path, monkeypatch):
+    import os
+
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in ("first", "second"):
+        mlflow_setup(MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/{name}.db", artifact_dir=str(tmp_path / name)))
+        assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path}/{name}.db"
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+
+
 def test_a_missing_postgresql_is_a_clear_error_that_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(server.shutil, "which", lambda name: None)
     monkeypatch.setattr(server, "DEBIAN_PG_BIN", tmp_path)

@@ -85,7 +85,9 @@ def _predictor_from_mlflow(uri: str, device: str) -> Predictor:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(configured_registry()[0])
+    from .tracking import set_tracking_uri
+
+    set_tracking_uri(mlflow, configured_registry()[0])
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))

@@ -43,6 +43,18 @@ def tracking_uri(mp: MlflowParams) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or mp.tracking_uri or DEFAULT_TRACKING_URI
 
 
+def set_tracking_uri(mlflow, uri: str) -> None:
+    """``mlflow.set_tracking_uri`` without its side effect on ``$MLFLOW_TRACKING_URI`` (it exports the URI for
+    subprocesses): left there, the URI of one call would win over the params of every later call in this process,
+    since the environment is the user's way to name a team server (:func:`tracking_uri`)."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def mlflow_setup(mp: MlflowParams):
     """Point mlflow at the tracking store and the experiment, creating it when new: in a local store its artifacts
     go to ``artifact_dir``; a tracking server (http/https) chooses where they go (served artifacts: uploaded
@@ -52,7 +64,7 @@ def mlflow_setup(mp: MlflowParams):
     uri = tracking_uri(mp)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
+    set_tracking_uri(mlflow, uri)
     try:
         exp = mlflow.get_experiment_by_name(mp.experiment)
         if exp is None and uri.startswith(("http://", "https://")):
