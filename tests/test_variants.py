@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from lungxray.compare import leaderboard, leaderboard_rows
 from lungxray.evaluate import EvaluateParams, evaluate_model
 from lungxray.inference import architecture, load_trained
+from lungxray.tracking import MlflowParams
 from lungxray.train import train_model
 from lungxray.train_settings import TrainParams, model_settings, resolved_settings
 
@@ -37,6 +38,38 @@ def test_changing_another_variant_does_not_change_a_models_resolved_settings():
                                                                                                "freeze": 3}})
     assert resolved_settings(a, "resnet18_f1") == resolved_settings(b, "resnet18_f1")
     assert resolved_settings(a, "resnet18_f4") != resolved_settings(b, "resnet18_f4")
+
+
+def test_a_models_own_seed_resolves_into_its_settings_and_defaults_to_train_seed():
+    p = TrainParams(models=["cnn5_s1", "cnn5"], seed=7, variants={"cnn5_s1": {"model": "cnn5", "seed": 1}})
+    assert (model_settings(p, "cnn5_s1").seed, model_settings(p, "cnn5").seed) == (1, 7)
+    assert resolved_settings(p, "cnn5_s1")["seed"] == 1 and resolved_settings(p, "cnn5")["seed"] == 7
+    q = TrainParams(models=["cnn5"], seed=7, model_options={"cnn5": {"seed": 3}})
+    assert model_settings(q, "cnn5").seed == 3 and resolved_settings(q, "cnn5") != resolved_settings(p, "cnn5")
+    assert model_settings(TrainParams(models=["cnn5"], seed=7, model_options={"cnn5": {"seed": 0}}), "cnn5").seed == 0
+
+
+def _one_epoch_weights(tmp_path, name: str, **kw) -> dict:
+    """model.pt's weights after one epoch of ``name`` on the tiny synthetic set (``kw``: train settings)."""
+    processed = tmp_path / "processed"
+    if not processed.exists():
+        make_processed(tmp_path, n_train=12, n_val=6, size=32)
+    p = train_params(tmp_path, models=[name], epochs=1, batch_size=6, device="cpu", precision="fp32",
+                     mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+                                         artifact_dir=str(tmp_path / "a"), log_model=False), **kw)
+    train_model(name, p, processed, tmp_path / "models" / name, tmp_path / "metrics" / name, progress=False)
+    return torch.load(tmp_path / "models" / name / "model.pt", weights_only=True)["model"]
+
+
+@pytest.mark.slow
+def test_two_seed_variants_of_one_model_train_from_different_weights_and_train_seed_is_the_default(tmp_path):
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    seeds = {"cnn5_s0": {"model": "cnn5", "seed": 0}, "cnn5_s1": {"model": "cnn5", "seed": 1}}
+    s0 = _one_epoch_weights(tmp_path, "cnn5_s0", variants=seeds, seed=0)
+    s1 = _one_epoch_weights(tmp_path, "cnn5_s1", variants=seeds, seed=0)
+    plain = _one_epoch_weights(tmp_path, "cnn5", seed=0)
+    assert not torch.equal(s0["features.0.weight"], s1["features.0.weight"])
+    assert s0.keys() == plain.keys() and all(torch.equal(s0[k], plain[k]) for k in s0)  # seed 0 = train.seed 0
 
 
 def test_a_variant_of_an_unknown_architecture_is_an_error_listing_the_valid_ones():

@@ -2,7 +2,8 @@
 
     python benchmarks/pneumoniamnist/report.py [--params configs/pneumoniamnist.yaml] [--update-readme]
 
-Reads metrics/<model>/eval.json, train.json and history.csv of every model in the profile's train.models (run
+Reads metrics/<model>/eval.json, train.json and history.csv of every model in the profile's train.models, then the
+ensemble's (metrics/ensemble/, when the profile enables it: the mean probability of its members; run
 `make benchmark-pneumoniamnist` first) and prints a Markdown table; --update-readme writes it into README.md between
 the pneumoniamnist-results markers. Nothing in the table is typed by hand.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lungxray.ensemble_members import ENSEMBLE, evaluated_models
 from lungxray.params_check import load_params
 
 # MedMNIST v2 (Yang et al. 2023), PneumoniaMNIST, official test split: (AUC, ACC)
@@ -43,13 +45,12 @@ def table(params_path: str, metrics_root: Path) -> str:
     for name, auc, acc in PUBLISHED:
         lines.append(f"| {name} | test (624) | {auc:.3f} | {acc:.3f} | MedMNIST v2, published |")
     notes = []
-    for model in params.train.models:
+    for model in evaluated_models(params.ensemble, params.train.models):
         d = metrics_root / model
         if not (d / "eval.json").exists():
             raise SystemExit(f"{d / 'eval.json'} is missing: run `make benchmark-pneumoniamnist` first")
         ev = json.loads((d / "eval.json").read_text())
         tr = json.loads((d / "train.json").read_text())
-        hist = pd.read_csv(d / "history.csv")
         for split, shown in SPLIT_ROWS:
             m = ev.get(split)
             if m is None:
@@ -59,6 +60,11 @@ def table(params_path: str, metrics_root: Path) -> str:
                 continue
             lines.append(f"| lungxray {model} ({params.preprocess.image_size}) | {shown} ({m['n_samples']}) | "
                          f"{fmt(m, 'macro_auc')} | {fmt(m, 'accuracy')} | this repository, metrics/{model}/eval.json |")
+        if model == ENSEMBLE:
+            notes.append(f"{model}: the mean probability of {', '.join(tr['members'])}, "
+                         f"{tr['trainable_parameters']:,} parameters in all")
+            continue
+        hist = pd.read_csv(d / "history.csv")
         notes.append(f"{model}: {tr['epochs_run']} epochs, best epoch {tr['best_epoch']}, "
                      f"{hist.epoch_seconds.sum() / 60:.1f} min of training on {tr['device']} "
                      f"({tr.get('precision', 'float32')}), {tr['trainable_parameters']:,} parameters")

@@ -218,7 +218,7 @@ def _build(setup: _Setup) -> _Run:
     from . import models
 
     s, params = setup.settings, setup.params
-    seed_everything(params.seed)
+    seed_everything(s.seed)
     model = models.create_model(s.model, num_classes=len(setup.resolved["data"]["classes"]),
                                 pretrained=s.pretrained, freeze=s.freeze, head=s.head,
                                 weights_file=s.weights_file, weights_sha256=s.weights_sha256)
@@ -276,19 +276,19 @@ def _fit(setup: _Setup, run: _Run, data: dict, mlflow) -> bool:
     loss_fn = nn.CrossEntropyLoss(weight=weights.to(device) if params.imbalance == "weighted_loss" else None)
     eval_loss = nn.CrossEntropyLoss()
     mean, std = setup.norm["mean"], setup.norm["std"]
-    bs, epochs = setup.settings.batch_size, setup.settings.epochs
+    bs, epochs, seed = setup.settings.batch_size, setup.settings.epochs, setup.settings.seed
     for epoch in range(run.start_epoch, epochs + 1):
         if run.bad_epochs >= params.early_stopping_patience:
             return True
-        seed_everything(params.seed + epoch)  # same batches whether or not the run was resumed
-        g = torch.Generator().manual_seed(params.seed + epoch)  # the same order in every process
+        seed_everything(seed + epoch)  # same batches whether or not the run was resumed
+        g = torch.Generator().manual_seed(seed + epoch)  # the same order in every process
         if params.imbalance == "weighted_sampler":
             train_batches = ArrayBatches(x_train, y_train, bs, "weighted", g, weights[torch.from_numpy(y_train)],
                                          **shard)
         else:
             train_batches = ArrayBatches(x_train, y_train, bs, "shuffle", g, **shard)
         if world.size > 1:  # each process its own augmentation draws
-            g = torch.Generator().manual_seed((params.seed + epoch) * 65537 + world.rank)
+            g = torch.Generator().manual_seed((seed + epoch) * 65537 + world.rank)
         t0 = time.perf_counter()
         on_step = (lambda _net: run.averaged.after_step(run.model)) if run.averaged else None
         tr_loss, tr_acc, n_tr = run_epoch(net, train_batches, device, loss_fn, run.opt, amp, channels_last, mean,

@@ -43,6 +43,8 @@ class ModelOptions(Strict):
     lr: float | None = Field(None, gt=0)
     batch_size: int | None = Field(None, ge=1)
     epochs: int | None = Field(None, ge=1)
+    seed: int | None = Field(None, description="seed of this model's initial weights and batch order; default "
+                                               "train.seed (several seeds of one model: an ensemble's members)")
 
 
 class Variant(ModelOptions):
@@ -129,6 +131,7 @@ class ModelSettings(Strict):
     lr: float = Field(description="learning rate")
     batch_size: int = Field(description="images per step")
     epochs: int = Field(description="maximum epochs (early stopping may end sooner)")
+    seed: int = Field(description="seed of its initial weights and batch order")
 
 
 def architecture(params: TrainParams, name: str) -> str:
@@ -150,7 +153,7 @@ def model_settings(params: TrainParams, name: str) -> ModelSettings:
                          pretrained=params.pretrained if o.pretrained is None else o.pretrained,
                          weights_file=o.weights_file, weights_sha256=o.weights_sha256, freeze=o.freeze, head=o.head,
                          lr=o.lr or params.lr, batch_size=o.batch_size or params.batch_size,
-                         epochs=o.epochs or params.epochs)
+                         epochs=o.epochs or params.epochs, seed=params.seed if o.seed is None else o.seed)
 
 
 RUN_KEYS = {"models", "model_options", "variants", "mlflow", "nproc_per_node"}  # which models run, where they are
