@@ -4,7 +4,6 @@ import hashlib
 import io
 import json
 import tarfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from lungxray.fetch import run_fetch
 
 from helpers.httpserver import FileServer, free_port
 from helpers.images import save, xray
+from helpers.kaggle import zip_bytes
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -39,14 +39,6 @@ def rejected() -> pd.DataFrame:
 
 def sha(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
-
-
-def zip_bytes(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 def png_bytes(seed: int) -> bytes:

@@ -21,6 +21,7 @@ from lungxray.train import train_model
 from lungxray.train_loop import class_weights
 from lungxray.train_settings import TrainParams, model_settings
 
+from helpers.interrupt import interrupt_after_epochs
 from helpers.processed import CLASSES, make_processed, train_params as params
 
 
@@ -202,22 +203,6 @@ def test_augmentation_is_small_and_never_flips_vertically():
 
 
 # -------------------------------------------------------------------------------------------------- never a stale model
-
-
-def interrupt_after_epochs(monkeypatch, done: int) -> None:
-    """Make the next training run stop (as on Ctrl-C) when epoch ``done + 1`` starts training."""
-    import lungxray.train as train
-
-    real, calls = train.run_epoch, {"train": 0}
-
-    def run_epoch(model, batches, device, loss_fn, opt, *args, **kwargs):
-        if opt is not None:
-            calls["train"] += 1
-            if calls["train"] > done:
-                raise KeyboardInterrupt
-        return real(model, batches, device, loss_fn, opt, *args, **kwargs)
-
-    monkeypatch.setattr(train, "run_epoch", run_epoch)
 
 
 def test_a_finished_run_is_never_resumed_a_rerun_trains_from_scratch(tmp_path, mlflow_env, capsys):
