@@ -239,3 +239,13 @@ def test_each_member_prepares_the_image_its_own_way_and_the_ensemble_averages_th
     alone = [pd.DataFrame(classify(p, images[:2]))[cols].to_numpy() for p in (a, b)]
     assert np.allclose(pd.DataFrame(rows[:2])[cols].to_numpy(), (alone[0] + alone[1]) / 2)
     assert rows[2]["predicted"] == "" and "uint8" in rows[2]["error"]
+
+
+def test_predict_with_an_ensemble_applies_argmax_and_refuses_other_operating_points_with_a_clear_error():
+    from lungxray.ensemble_model import EnsemblePredictor
+    from lungxray.predict import find_operating_point
+
+    ensemble = EnsemblePredictor(members=[], names=["cnn5", "resnet18"])
+    assert find_operating_point(ensemble, "argmax")["rule"] == "argmax"  # the default of lungxray predict
+    with pytest.raises(LungxrayError, match="argmax"):
+        find_operating_point(ensemble, "pneumonia@sens95")

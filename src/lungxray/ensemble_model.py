@@ -12,7 +12,7 @@ register/promote rule and ``lungxray predict --model models:/<name>@champion`` t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -33,6 +33,7 @@ class EnsemblePredictor:
     names: list[str]
     source: str = ""
     batch_size: int = 32
+    operating_points: dict = field(default_factory=dict)  # none fitted for the mean: argmax only (lungxray predict)
 
     @property
     def classes(self) -> list[str]:

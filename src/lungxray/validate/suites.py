@@ -76,22 +76,10 @@ def _manifest_suite(gx, m: pd.DataFrame, classes: list[str], p: ValidateParams) 
     )
     s.add("ExpectColumnValuesToBeUnique", "'id' is unique (one row per image)", column="id")
     s.add("ExpectColumnValuesToBeUnique", "'path' is unique (no file listed twice)", column="path")
-    if pd.api.types.is_numeric_dtype(m.get("width", pd.Series(dtype="int64"))):
-        s.add(
-            "ExpectColumnValuesToBeBetween",
-            f"width is between {p.min_width} and {p.max_width} pixels",
-            column="width",
-            min_value=p.min_width,
-            max_value=p.max_width,
-        )
-    if pd.api.types.is_numeric_dtype(m.get("height", pd.Series(dtype="int64"))):
-        s.add(
-            "ExpectColumnValuesToBeBetween",
-            f"height is between {p.min_height} and {p.max_height} pixels",
-            column="height",
-            min_value=p.min_height,
-            max_value=p.max_height,
-        )
+    for side, lo, hi in (("width", p.min_width, p.max_width), ("height", p.min_height, p.max_height)):
+        if pd.api.types.is_numeric_dtype(m.get(side, pd.Series(dtype="int64"))):
+            s.add("ExpectColumnValuesToBeBetween", f"{side} is between {lo} and {hi} pixels", column=side,
+                  min_value=lo, max_value=hi)
     if pd.api.types.is_numeric_dtype(m.get("bytes", pd.Series(dtype="int64"))):
         s.add("ExpectColumnValuesToBeBetween", "'bytes' is positive", column="bytes", min_value=1)
     if p.check_sha256_format:
