@@ -86,6 +86,28 @@ def test_the_mlflow_model_gives_softmax_of_the_logits_over_the_stored_temperatur
 
 
 @pytest.mark.slow
+def test_the_mlflow_model_applies_an_operating_point_passed_as_a_parameter(trained):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(trained["mlflow"].tracking_uri)
+    model = mlflow.pyfunc.load_model(trained["train"]["mlflow_model_uri"])
+    x, _ = load_split(trained["processed"], "val")
+    images = list(np.array(x[:10])) + [b"not an image"]
+    name = "pneumonia@youden"
+    threshold = trained["ck"]["operating_points"][name]["threshold"]
+    out = model.predict({"image": images}, params={"operating_point": name})
+    assert list(out.columns) == ["predicted", *[f"prob_{c}" for c in CLASSES], name, "error"]
+    ok = out.error == ""
+    assert list(out.loc[ok, name]) == list(out.loc[ok, "prob_pneumonia"] >= threshold)
+    assert out.loc[~ok, name].tolist() == [""]
+    plain = model.predict({"image": images})  # default: argmax, the columns of the signature
+    assert list(plain.columns) == ["predicted", *[f"prob_{c}" for c in CLASSES], "error"]
+    with pytest.raises(MlflowException, match="pneumonia@sens95"):  # the error lists the model's operating points
+        model.predict({"image": images[:1]}, params={"operating_point": "pneumonia@sens50"})
+
+
+@pytest.mark.slow
 def test_predict_operating_point_adds_the_flag_of_its_stored_threshold(trained, tmp_path, capsys):
     x, _ = load_split(trained["processed"], "val")
     for i in range(6):

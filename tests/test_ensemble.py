@@ -243,7 +243,7 @@ def test_each_member_prepares_the_image_its_own_way_and_the_ensemble_averages_th
 
 def test_predict_with_an_ensemble_applies_argmax_and_refuses_other_operating_points_with_a_clear_error():
     from lungxray.ensemble_model import EnsemblePredictor
-    from lungxray.predict import find_operating_point
+    from lungxray.predictor import find_operating_point
 
     ensemble = EnsemblePredictor(members=[], names=["cnn5", "resnet18"])
     assert find_operating_point(ensemble, "argmax")["rule"] == "argmax"  # the default of lungxray predict

@@ -270,11 +270,27 @@ def wait_for_ping(proc: subprocess.Popen, port: int) -> None:
     pytest.fail(f"mlflow models serve exited ({proc.returncode}): {proc.stdout.read()[-3000:]}")
 
 
+def post(port: int, body: dict) -> dict:
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        return json.loads(r.read())
+
+
+def local_op_threshold(champion, name: str) -> float:
+    import torch
+
+    ck = torch.load(champion["models"] / "model.pt", map_location="cpu", weights_only=True)
+    return ck["operating_points"][name]["threshold"]
+
+
 @pytest.mark.shared
 @pytest.mark.slow
-def test_the_served_champion_answers_a_real_xray_posted_to_invocations(champion, shared_data, tmp_path):
+def test_the_served_champion_answers_a_real_xray_and_applies_an_operating_point_parameter(champion, shared_data, tmp_path):
     import signal
-    import urllib.request
+    import urllib.error
 
     import mlflow
 
@@ -289,10 +305,11 @@ def test_the_served_champion_answers_a_real_xray_posted_to_invocations(champion,
                                          [base64.b64encode(b"junk").decode()]]}}
     try:
         wait_for_ping(proc, port)
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req) as r:
-            answer = json.loads(r.read())["predictions"]
+        answer = post(port, body)["predictions"]
+        flagged = post(port, {**body, "params": {"operating_point": "pneumonia@youden"}})["predictions"]
+        with pytest.raises(urllib.error.HTTPError) as unknown:
+            post(port, {**body, "params": {"operating_point": "pneumonia@sens50"}})
+        assert unknown.value.code == 400 and "pneumonia@sens95" in unknown.value.read().decode()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait()
@@ -303,3 +320,5 @@ def test_the_served_champion_answers_a_real_xray_posted_to_invocations(champion,
     local = mlflow.pyfunc.load_model(f"models:/{NAME}@champion").predict({"image": [str(xray_file)]})
     np.testing.assert_allclose(served, probs(local)[0], atol=1e-6)
     assert answer[1]["predicted"] == "" and answer[1]["error"].startswith("not an image")
+    threshold = local_op_threshold(champion, "pneumonia@youden")
+    assert flagged[0]["pneumonia@youden"] == (flagged[0]["prob_pneumonia"] >= threshold)

@@ -45,8 +45,8 @@ def _cmd_dedupe(args: argparse.Namespace) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import (ERROR, FILE, PREDICTED, apply_operating_point, cam_writer, find_files,
-                          find_operating_point, load_predictor, predict_files)
+    from .predict import ERROR, FILE, PREDICTED, cam_writer, find_files, load_predictor, predict_files
+    from .predictor import apply_operating_point, find_operating_point
 
     files = find_files(args.paths)
     if not files:

@@ -18,6 +18,12 @@ split at the end of training (:mod:`lungxray.calibration`); the model's metadata
 points chosen on val (``argmax``, ``<class>@sens95``, ``<class>@youden``: flag the class when ``prob_<class> >=
 threshold``). An input that cannot be used does not fail the request: its row has an empty ``predicted``, NaN
 probabilities and the reason in ``error`` (empty for the others).
+
+Parameter ``operating_point`` (default ``argmax``; ``params={"operating_point": "pneumonia@sens95"}`` in Python,
+``"params": {...}`` beside ``dataframe_split`` over HTTP): one of the stored operating points. Other than ``argmax``
+it adds a column of that name before ``error``: true when ``prob_<class> >= threshold``, empty for an unusable
+input (the same rule as ``lungxray predict --operating-point``). An unknown name fails the request with the list of
+the model's operating points.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 IMAGE_COLUMN = "image"
+OPERATING_POINT = "operating_point"  # the predict parameter (see the module docstring)
 
 
 def decode_cell(cell):
@@ -95,7 +102,24 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         rows = [failed_row(self.predictor.classes, e) for e in errors]
         for i, row in zip(good, classify(self.predictor, [sources[i] for i in good])):
             rows[i] = row
-        return pd.DataFrame(rows, columns=output_columns(self.predictor.classes))
+        table = pd.DataFrame(rows, columns=output_columns(self.predictor.classes))
+        return with_operating_point(table, self.predictor, (params or {}).get(OPERATING_POINT) or "argmax")
+
+
+def with_operating_point(table: pd.DataFrame, predictor, name: str) -> pd.DataFrame:
+    """``table`` with the flag column of the operating point ``name``
+    (:func:`lungxray.predictor.apply_operating_point`); an unknown name is the caller's error (HTTP 400 when
+    served), naming the model's operating points."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    from .errors import LungxrayError
+    from .predictor import apply_operating_point
+
+    try:
+        return apply_operating_point(table, predictor, name)
+    except LungxrayError as e:
+        raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
 
 
 def output_columns(classes) -> list[str]:
@@ -105,13 +129,15 @@ def output_columns(classes) -> list[str]:
 
 
 def signature(classes):
-    """Input: one ``binary`` column ``image``; output: ``predicted``, ``prob_<class>``..., ``error``."""
+    """Input: one ``binary`` column ``image``; output: ``predicted``, ``prob_<class>``..., ``error``; parameter
+    ``operating_point`` (default ``argmax``)."""
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     from .predictor import ERROR, PREDICTED, prob_column
 
     return ModelSignature(inputs=Schema([ColSpec("binary", IMAGE_COLUMN)]),
                           outputs=Schema([ColSpec("string", PREDICTED), *[ColSpec("double", prob_column(c))
                                                                           for c in classes],
-                                          ColSpec("string", ERROR)]))
+                                          ColSpec("string", ERROR)]),
+                          params=ParamSchema([ParamSpec(OPERATING_POINT, "string", "argmax")]))

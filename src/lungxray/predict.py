@@ -8,8 +8,8 @@
   (:class:`~lungxray.predictor.PredictedBatch`: the torch model, its architecture, the square uint8 images, the
   predicted indices, the probabilities and the files), which is where per-image extras such as Grad-CAM overlays
   hook in.
-* :func:`apply_operating_point` adds the decision of one of the model's operating points (chosen on val:
-  :mod:`lungxray.calibration`): ``argmax`` (the default) is the ``predicted`` column itself; ``<class>@sens95`` or
+* :func:`~lungxray.predictor.apply_operating_point` adds the decision of one of the model's operating points
+  (chosen on val: :mod:`lungxray.calibration`): ``argmax`` (the default) is the ``predicted`` column itself; ``<class>@sens95`` or
   ``<class>@youden`` adds a column of that name, true when ``prob_<class> >= threshold`` (empty for unusable files).
 """
 
@@ -141,27 +141,6 @@ def predict_files(files: Sequence[str | Path], predictor: Predictor, progress: b
             bar.update(len(chunk))
     columns = [FILE, PREDICTED, *map(prob_column, predictor.classes), ERROR]
     return pd.DataFrame([{FILE: f, **r} for f, r in zip(files, rows)], columns=columns)
-
-
-def find_operating_point(predictor: Predictor, name: str) -> dict:
-    """The model's operating point ``name``; an unknown name raises an error listing the model's ones."""
-    from .calibration import ARGMAX, operating_point
-
-    return operating_point(predictor.operating_points or {ARGMAX: {"rule": "argmax", "class": None}}, name)
-
-
-def apply_operating_point(table: pd.DataFrame, predictor: Predictor, name: str) -> pd.DataFrame:
-    """``table`` with the flag column of the operating point ``name`` (none for ``argmax``; see the module
-    docstring)."""
-    op = find_operating_point(predictor, name)
-    if op["class"] is None:
-        return table
-    probs = table[prob_column(op["class"])]
-    flag = (probs >= op["threshold"]).astype(object)
-    flag[table[ERROR] != ""] = ""
-    out = table.copy()
-    out.insert(out.columns.get_loc(ERROR), name, flag)
-    return out
 
 
 def cam_writer(out_dir: str | Path, predictor: Predictor, files: Sequence[str | Path]

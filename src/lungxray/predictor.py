@@ -16,11 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from .imaging import DEFAULT_MAX_PIXELS, ImageRejected
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MODEL_ARTIFACT = "model.pt"  # the key (and file name) of model.pt among the MLflow model's artifacts
 PREDICTED, ERROR = "predicted", "error"
@@ -170,3 +173,29 @@ def classify(predictor: Predictor, sources: Sequence, names: Sequence[str] | Non
             on_batch(PredictedBatch(predictor.model, predictor.arch, batch, probs.argmax(1), probs,
                                     [names[i] for i in ok], list(predictor.classes)))
     return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# operating points (lungxray predict --operating-point, the registered model's operating_point parameter)
+
+
+def find_operating_point(predictor: Predictor, name: str) -> dict:
+    """The model's operating point ``name``; an unknown name raises an error listing the model's ones."""
+    from .calibration import ARGMAX, operating_point
+
+    return operating_point(predictor.operating_points or {ARGMAX: {"rule": "argmax", "class": None}}, name)
+
+
+def apply_operating_point(table: pd.DataFrame, predictor: Predictor, name: str) -> pd.DataFrame:
+    """``table`` (output rows) with the flag column of the operating point ``name``: none for ``argmax`` (the
+    ``predicted`` column is its decision); for ``<class>@...`` a column of that name before ``error``, true when
+    ``prob_<class> >= threshold``, empty for an unusable input."""
+    op = find_operating_point(predictor, name)
+    if op["class"] is None:
+        return table
+    probs = table[prob_column(op["class"])]
+    flag = (probs >= op["threshold"]).astype(object)
+    flag[table[ERROR] != ""] = ""
+    out = table.copy()
+    out.insert(out.columns.get_loc(ERROR), name, flag)
+    return out
