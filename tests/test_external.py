@@ -99,6 +99,15 @@ def test_the_epochs_override_applies_to_every_fold_model_and_no_fold_model_is_lo
     assert not fold.mlflow.log_model and model_settings(fold_train_params(train, None), "cnn5").epochs == 12
 
 
+def test_the_epochs_override_applies_to_a_variant_that_sets_its_own_epochs():
+    from lungxray.train_settings import model_settings
+
+    train = TrainParams(models=["cnn8_s1"], epochs=30, variants={"cnn8_s1": {"model": "cnn8", "seed": 1, "epochs": 20}})
+    fold = fold_train_params(train, 2)
+    assert model_settings(fold, "cnn8_s1").epochs == 2 and model_settings(fold, "cnn8_s1").seed == 1
+    assert model_settings(fold_train_params(train, None), "cnn8_s1").epochs == 20
+
+
 def test_check_params_knows_the_external_section():
     data = yaml.safe_load((REPO / "params.yaml").read_text())
     assert parse_params(data).external == ExternalParams(**data["external"])

@@ -107,12 +107,13 @@ def choose_models(params: ExternalParams, train: TrainParams, metrics_root: Path
 
 
 def fold_train_params(train: TrainParams, epochs: int | None) -> TrainParams:
-    """The train settings of a fold model: the train section's, with ``epochs`` (when set) for every model, and no
-    MLflow model logged (fold models are never registered)."""
+    """The train settings of a fold model: the train section's, with ``epochs`` (when set) for every model (variants
+    and model_options included), and no MLflow model logged (fold models are never registered)."""
     update: dict = {"mlflow": train.mlflow.model_copy(update={"log_model": False})}
     if epochs is not None:
         update["epochs"] = epochs
         update["model_options"] = {m: o.model_copy(update={"epochs": None}) for m, o in train.model_options.items()}
+        update["variants"] = {m: v.model_copy(update={"epochs": None}) for m, v in train.variants.items()}
     return train.model_copy(update=update)
 
 
