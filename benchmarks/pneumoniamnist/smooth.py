@@ -15,7 +15,7 @@ Per run: the max and the std of the epoch-to-epoch change of the val loss (``jum
 2..N and over the second half (where the kept epoch lies), and val AUC/ACC of the saved ``model.pt``.
 
     python benchmarks/pneumoniamnist/smooth.py --configs base lr1e-3 --seeds 0 1 2 [--threads 1]
-    python benchmarks/pneumoniamnist/smooth.py --table [--plot base ema]   # mean ± sd; PNG of the val-loss curves
+    python benchmarks/pneumoniamnist/smooth.py --table [--plot base ema [--plot-file F.png]]   # mean ± sd; curves PNG
 """
 
 from __future__ import annotations
@@ -236,6 +236,7 @@ if __name__ == "__main__":
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--table", action="store_true")
     ap.add_argument("--plot", nargs="*", default=[])
+    ap.add_argument("--plot-file", default="val_loss_curves.png", help="PNG written beside this script")
     ap.add_argument("--curves", nargs="*", default=[], help="jump table from the histories so far (runs unfinished "
                                                             "included)")
     a = ap.parse_args()
@@ -249,4 +250,4 @@ if __name__ == "__main__":
     for n in a.curves:
         print(curve_table(n))
     if a.plot:
-        plot(a.plot, HERE / "val_loss_curves.png")
+        plot(a.plot, HERE / a.plot_file)

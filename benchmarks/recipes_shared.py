@@ -1,0 +1,167 @@
+"""The issue-14 recipes on the shared-data profile, in-source and leave-one-source-out, 3 seeds each.
+
+Data: the processed folder the pipeline builds from ../shared/data with ``configs/shared-data.yaml`` (after
+``make run CONFIG=configs/shared-data.yaml``, or ``dvc repro preprocess`` with that profile as params.yaml): the
+deduplicated, leakage-free split at 64 px. Every model is the profile's train section (Adam, lr 1e-3, cosine, weighted
+loss, batch 64) for cnn5, run longer than CI's 2 epochs (``--epochs``, default 8), with the project's own
+``train_model``; the selection rule is the project's (best val loss; with ``ema`` the better on val of raw and
+averaged weights).
+
+Training recipes: ``plain`` and ``ema`` (``train.weight_averaging: ema``, decay 0.99: the profile's 79 steps an
+epoch are fewer than PneumoniaMNIST's). Scoring recipes, from the same models: ``plain`` (softmax), ``temperature``
+(T fitted on the val split the model was selected on, applied to the scored split), ``tta`` (``flips_shifts``),
+``ensemble`` (the mean probability of the 3 seeds).
+
+* **in-source**: trained on the profile's train split; scored on val (what would choose) and on test (reported only).
+* **leave-one-source-out**: the external stage's folds (:func:`lungxray.external_folds.make_fold`: every source with
+  300+ kept images held out in turn, no image sharing a split unit with it trained on); scored on the held-out
+  source.
+
+Figures: accuracy, macro recall (the profile's promotion metric), macro AUC over the classes present, ECE and NLL
+(:func:`lungxray.metrics.compute_metrics`). Mean ± sd over seeds; the ensemble is one row.
+
+    python benchmarks/recipes_shared.py --processed data/processed --work /tmp/recipes_shared [--epochs 8]
+        [--only in-source|loso] [--table]   # <work>/<setting>/<recipe>_s<seed>/result.json; prints the table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lungxray.calibration import fit_temperature, softmax_t
+from lungxray.config import read_params_file, parse_sections
+from lungxray.external_folds import kept_index, make_fold, source_counts, write_fold
+from lungxray.inference import load_trained, predict_logits
+from lungxray.metrics import EvaluateParams, compute_metrics
+from lungxray.preprocess import load_split
+from lungxray.train import train_model
+from lungxray.train_settings import TrainParams
+from lungxray.tta import tta_proba
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = REPO / "configs" / "shared-data.yaml"
+RECIPES = {"plain": {}, "ema": {"weight_averaging": "ema", "ema_decay": 0.99}}
+SEEDS = (0, 1, 2)
+KEYS = ("accuracy", "macro_recall", "macro_auc", "ece", "log_loss")
+EVAL = EvaluateParams(bootstrap=0)
+
+
+def train_params(work: Path, recipe: str, seed: int, epochs: int) -> TrainParams:
+    """The profile's train section for cnn5, ``epochs`` long, the recipe's options, an MLflow store under ``work``."""
+    raw = read_params_file(PROFILE)["train"]
+    tp = parse_sections({"train": raw}, {"train": TrainParams}, str(PROFILE)).train
+    mlflow = tp.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{work}/mlflow.db", "log_model": False,
+                                          "artifact_dir": str(work / "artifacts"), "experiment": "recipes_shared"})
+    return tp.model_copy(update={"models": ["cnn5"], "epochs": epochs, "early_stopping_patience": epochs,
+                                 "seed": seed, "device": "cpu", "torch_threads": 1, "mlflow": mlflow,
+                                 **RECIPES[recipe]})
+
+
+def scored(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
+    m = compute_metrics(y, probs, classes, EVAL)
+    return {k: m.get(k) for k in KEYS}
+
+
+def score_model(model_dir: Path, data: Path, splits: list[str], classes: list[str]) -> dict:
+    """{split: {scoring recipe: figures}} and the probabilities kept for the seed ensemble."""
+    model, ck = load_trained(model_dir / "model.pt")
+    xv, yv = load_split(data, "val")
+    t = fit_temperature(predict_logits(model, xv, ck["mean"], ck["std"], batch_size=256), yv)
+    out, probs = {}, {}
+    for split in splits:
+        x, y = load_split(data, split)
+        logits = predict_logits(model, x, ck["mean"], ck["std"], batch_size=256)
+        p = {"plain": softmax_t(logits), "temperature": softmax_t(logits, t),
+             "tta": tta_proba(model, x, ck["mean"], ck["std"], "flips_shifts", batch_size=256)}
+        out[split] = {k: scored(y, v, classes) for k, v in p.items()}
+        probs[split] = {k: v.tolist() for k, v in p.items()}
+    return {"scores": out, "temperature": t, "probs": probs, "labels": {s: load_split(data, s)[1].tolist()
+                                                                         for s in splits}}
+
+
+def run_one(setting: str, data: Path, splits: list[str], recipe: str, seed: int, work: Path, epochs: int,
+            classes: list[str]) -> dict:
+    out = work / setting / f"{recipe}_s{seed}"
+    done = out / "result.json"
+    if done.exists():  # a rerun resumes: finished models are not trained again
+        return json.loads(done.read_text())
+    tp = train_params(work, recipe, seed, epochs)
+    t = train_model("cnn5", tp, data, out / "model", out / "metrics", progress=False)
+    res = {"setting": setting, "recipe": recipe, "seed": seed, "best_epoch": t["best_epoch"],
+           "seconds_per_epoch": t["seconds_per_epoch"], **score_model(out / "model", data, splits, classes)}
+    done.write_text(json.dumps(res))
+    print("RESULT", setting, recipe, seed, json.dumps(res["scores"])[:300], flush=True)
+    return res
+
+
+def settings(processed: Path, work: Path, only: str | None) -> list[tuple[str, Path, list[str]]]:
+    """(name, data folder, scored splits): in-source, then one fold per source with 300+ kept images."""
+    out = [] if only == "loso" else [("in-source", processed, ["val", "test"])]
+    if only == "in-source":
+        return out
+    index = kept_index(processed)
+    for source, n in source_counts(index).items():
+        if n >= 300:
+            data = work / f"loso-{source}" / "data"
+            if not (data / "stats.json").exists():
+                write_fold(make_fold(index, source), processed, data)
+            out.append((f"loso-{source}", data, ["test"]))
+    return out
+
+
+def run_all(processed: Path, work: Path, epochs: int, only: str | None) -> None:
+    classes = json.loads((processed / "stats.json").read_text())["classes"]
+    for setting, data, splits in settings(processed, work, only):
+        for recipe in RECIPES:
+            for seed in SEEDS:
+                run_one(setting, data, splits, recipe, seed, work, epochs, classes)
+
+
+def cell(v: list) -> str:
+    v = [x for x in v if x is not None]
+    return "" if not v else (f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}" if len(v) > 1 else f"{v[0]:.3f}")
+
+
+def table(work: Path, classes: list[str]) -> str:
+    lines = ["| setting | scored on | training | scoring | seeds | accuracy | macro recall | macro AUC | ECE | NLL |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for setting_dir in sorted(work.glob("*/"), key=lambda d: (d.name != "in-source", d.name)):
+        for recipe in RECIPES:
+            runs = [json.loads(p.read_text()) for p in sorted(setting_dir.glob(f"{recipe}_s*/result.json"))]
+            if not runs:
+                continue
+            for split in runs[0]["scores"]:
+                for scoring in runs[0]["scores"][split]:
+                    cells = [cell([r["scores"][split][scoring][k] for r in runs]) for k in KEYS]
+                    lines.append(f"| {setting_dir.name} | {split} | {recipe} | {scoring} | {len(runs)} | "
+                                 + " | ".join(cells) + " |")
+                y = np.asarray(runs[0]["labels"][split])
+                for scoring in ("plain", "tta"):
+                    ens = scored(y, np.mean([np.asarray(r["probs"][split][scoring]) for r in runs], 0), classes)
+                    lines.append(f"| {setting_dir.name} | {split} | {recipe} | **ensemble of the seeds** "
+                                 f"({scoring}) | {len(runs)} | " + " | ".join(
+                                     "" if ens[k] is None else f"{ens[k]:.3f}" for k in KEYS) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--processed", type=Path, default=REPO / "data" / "processed")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/recipes_shared"))
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--only", choices=["in-source", "loso"])
+    ap.add_argument("--table", action="store_true", help="only print the table of what has run")
+    a = ap.parse_args()
+    if not (a.processed / "stats.json").exists():
+        raise SystemExit(f"no processed data at {a.processed}: run `make run CONFIG=configs/shared-data.yaml` "
+                         f"(or `dvc repro preprocess` with that profile) first")
+    a.work.mkdir(parents=True, exist_ok=True)
+    cls = json.loads((a.processed / "stats.json").read_text())["classes"]
+    if not a.table:
+        run_all(a.processed, a.work, a.epochs, a.only)
+    print(table(a.work, cls))
