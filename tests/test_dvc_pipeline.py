@@ -92,6 +92,20 @@ def test_the_dvc_metrics_are_the_per_model_headline_files_only():
     assert {"metrics/${item}/eval.json", "metrics/${item}/train.json", "reports/leaderboard.json"} <= outs
 
 
+def test_the_files_the_ensemble_reads_of_a_member_are_evaluate_outputs_and_deps_of_its_record():
+    from lungxray.ensemble_members import MEMBER_FILES
+
+    def outs(stage: dict) -> set[str]:
+        return {next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", [])}
+
+    s = stages()
+    predictions = [f"predictions_{split}.csv" for split in ("val", "test", "test_official")]
+    assert set(predictions) <= set(MEMBER_FILES)
+    assert {f"metrics/${{item}}/{f}" for f in predictions} <= outs(s["evaluate"])
+    assert {f"metrics/${{item}}/{f}" for f in MEMBER_FILES} <= set(s["ensemble_member"]["deps"])
+    assert {f"metrics/ensemble/{f}" for f in predictions} <= outs(s["ensemble"])
+
+
 def dvc(cwd: Path, *args: str) -> str:
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(cwd / "src"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # the copy's code runs

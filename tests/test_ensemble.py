@@ -146,6 +146,66 @@ def test_the_stage_writes_the_mean_of_its_members_predictions_scored_like_a_mode
 
 
 @pytest.mark.slow
+def test_without_an_official_test_set_the_ensemble_writes_an_empty_table_and_no_official_figures(repo):
+    official = pd.read_csv(repo / "metrics/ensemble/predictions_test_official.csv")
+    assert official.empty and list(official.columns) == ["id", "unit", "label", *(f"prob_{c}" for c in CLASSES)]
+    assert "test_official" not in json.loads((repo / "metrics/ensemble/eval.json").read_text())
+
+
+def with_official_test(processed: Path) -> Path:
+    """Benchmark mode: the official test set is the test split plus two copies of its images under their own ids."""
+    index = pd.read_csv(processed / "index.csv")
+    test = index[index.split == "test"]
+    copies = pd.concat([test, test.iloc[:2].assign(id=test.id.iloc[:2] + "-copy")], ignore_index=True)
+    copies = copies.assign(split="test_official", row=range(len(copies)))
+    pd.concat([index, copies], ignore_index=True).to_csv(processed / "index.csv", index=False)
+    x = np.load(processed / "test.npy")
+    np.save(processed / "test_official.npy", np.concatenate([x, x[:2]]))
+    return processed
+
+
+@pytest.mark.slow
+def test_in_benchmark_mode_the_ensemble_reports_the_official_test_figures_of_its_members_mean(tmp_path):
+    from lungxray.metrics import compute_metrics, summary
+
+    processed = make_processed(tmp_path / "data", n_train=24, n_val=12, size=32)
+    index = pd.read_csv(processed / "index.csv")
+    index.assign(unit=index.split + "/u" + (index.row // 2).astype(str)).to_csv(processed / "index.csv", index=False)
+    with_official_test(processed)
+    ml = MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db", artifact_dir=str(tmp_path / "art"))
+    for name in MEMBERS:
+        t = train_model(name, train_params(tmp_path, models=list(MEMBERS), epochs=1, mlflow=ml), processed,
+                        tmp_path / "models" / name, tmp_path / "metrics" / name, progress=False)
+        evaluate_model(name, processed, tmp_path / "models" / name / "model.pt", tmp_path / "metrics" / name,
+                       tmp_path / "reports" / name, EVAL, t, ml)
+        write_json(tmp_path / f"metrics/ensemble_members/{name}.json",
+                   member_record(name, tmp_path / "metrics" / name, tmp_path / "models" / name / "model.pt"))
+    out = evaluate_ensemble(EnsembleParams(enabled=True), list(MEMBERS), processed, tmp_path / "metrics",
+                            tmp_path / "models", tmp_path / "reports/ensemble", EVAL)
+    cols = [f"prob_{c}" for c in CLASSES]
+    members = [pd.read_csv(tmp_path / f"metrics/{m}/predictions_test_official.csv") for m in MEMBERS]
+    ens = pd.read_csv(tmp_path / "metrics/ensemble/predictions_test_official.csv")
+    assert len(ens) == 8 and ens.id.tolist() == members[0].id.tolist()
+    mean = (members[0][cols] + members[1][cols]).to_numpy() / 2
+    assert np.allclose(ens[cols], mean, atol=1e-12)
+    y = members[0].label.map(CLASSES.index).to_numpy()
+    expected = summary(compute_metrics(y, mean, CLASSES, EVAL, units=members[0].unit.astype(str).tolist()))
+    written = json.loads((tmp_path / "metrics/ensemble/eval.json").read_text())
+    assert written["test_official"] == json.loads(json.dumps(expected)) and out["test_official"]["n_samples"] == 8
+    assert not any("test_official" in w for w in written["warnings"])
+
+
+@pytest.mark.slow
+def test_a_member_evaluated_before_the_official_predictions_existed_asks_for_dvc_repro(repo, tmp_path):
+    work = tmp_path / "repo"
+    shutil.copytree(repo, work, ignore=shutil.ignore_patterns("mlruns"))
+    (work / "metrics/cnn8/predictions_test_official.csv").unlink()
+    with pytest.raises(LungxrayError, match=r"predictions_test_official.csv missing: evaluate cnn8 first \(dvc repro"):
+        evaluate_ensemble(EnsembleParams(enabled=True), list(MEMBERS), work / "data/processed", work / "metrics",
+                          work / "models", work / "reports/ensemble", EVAL)
+
+
+@pytest.mark.slow
 def test_the_ensemble_run_records_its_members_in_mlflow(repo):
     import mlflow
 

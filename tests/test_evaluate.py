@@ -385,3 +385,7 @@ def test_benchmark_mode_reports_the_official_test_set_beside_the_deduplicated_te
     out = evaluate_model("cnn5", bench, tmp_path / "m/model.pt", tmp_path / "x", tmp_path / "r", EVAL, t, ml)
     assert out["test_official"]["n_samples"] == len(x) + 2 and out["test"]["n_samples"] == len(x)
     assert "test_official" not in trained[3]["cnn5"]  # absent outside benchmark mode
+    # its per-image predictions (the ensemble averages them); outside benchmark mode, a table without rows
+    assert len(pd.read_csv(tmp_path / "x/predictions_test_official.csv")) == len(x) + 2
+    none = pd.read_csv(root / "metrics/cnn5/predictions_test_official.csv")
+    assert none.empty and list(none.columns) == list(pd.read_csv(root / "metrics/cnn5/predictions_test.csv").columns)

@@ -18,7 +18,8 @@ from .io import read_json, sha256_file
 
 MEMBER_RECORDS = "ensemble_members"  # metrics/ensemble_members/<model>.json (stage ensemble_member@<model>)
 ENSEMBLE = "ensemble"  # its name in metrics/, reports/, the leaderboard and the registry's tags
-MEMBER_FILES = ("predictions_val.csv", "predictions_test.csv", "eval.json", "train.json")
+MEMBER_FILES = ("predictions_val.csv", "predictions_test.csv", "predictions_test_official.csv", "eval.json",
+                "train.json")  # predictions_test_official.csv: an empty table outside benchmark mode
 
 
 class EnsembleParams(Strict):

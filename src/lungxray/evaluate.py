@@ -137,7 +137,7 @@ def evaluate_model(name: str, processed: Path, model_path: Path, metrics_dir: Pa
                   metrics.predictions_table(part.id.tolist(), part.unit.tolist(), y, probs, classes))
         results[split] = (y, probs, m)
     out.update(extras(model, ck, processed, dict(reversed(evaluated.items())), out, params, device))
-    official = _official_test(model, ck, processed, params, device)
+    official = _official_test(model, ck, processed, params, device, metrics_dir)
     if official is not None:
         out[schema.OFFICIAL_TEST_SPLIT] = official
     _write_plots(name, results, classes, metrics_dir, reports_dir, out)
@@ -156,16 +156,22 @@ def evaluate_model(name: str, processed: Path, model_path: Path, metrics_dir: Pa
     return out
 
 
-def _official_test(model, ck: dict, processed: Path, params: EvaluateParams, device: str) -> dict | None:
+def _official_test(model, ck: dict, processed: Path, params: EvaluateParams, device: str,
+                   metrics_dir: Path) -> dict | None:
     """Benchmark mode: the figures on the sources' whole official test set (copies within it included), the row
-    comparable with published tables; reported beside the deduplicated test split, never used for selection."""
-    part = _split_index(processed, schema.OFFICIAL_TEST_SPLIT)
+    comparable with published tables; reported beside the deduplicated test split, never used for selection. Its
+    per-image probabilities go to ``predictions_test_official.csv`` (the ensemble averages them), an empty table
+    outside benchmark mode so that the DVC output always exists."""
+    part, classes = _split_index(processed, schema.OFFICIAL_TEST_SPLIT), ck["classes"]
+    f = metrics_dir / f"predictions_{schema.OFFICIAL_TEST_SPLIT}.csv"
     if part.empty:
+        write_csv(f, metrics.predictions_table([], [], np.zeros(0, np.int64), np.zeros((0, len(classes))), classes))
         return None
     x, y = load_split(processed, schema.OFFICIAL_TEST_SPLIT)
     probs = predict_proba(model, x, ck["mean"], ck["std"], batch_size=params.batch_size, device=device,
                           temperature=ck.get("temperature", 1.0))
-    return metrics.summary(metrics.compute_metrics(y, probs, ck["classes"], params, units=part.unit.tolist()))
+    write_csv(f, metrics.predictions_table(part.id.tolist(), part.unit.tolist(), y, probs, classes))
+    return metrics.summary(metrics.compute_metrics(y, probs, classes, params, units=part.unit.tolist()))
 
 
 def _write_plots(name: str, results: dict, classes: list[str], metrics_dir: Path, reports_dir: Path,
