@@ -21,13 +21,14 @@ Figures: accuracy, macro recall (the profile's promotion metric), macro AUC over
 (:func:`lungxray.metrics.compute_metrics`). Mean ± sd over seeds; the ensemble is one row.
 
     python benchmarks/recipes_shared.py --processed data/processed --work /tmp/recipes_shared [--epochs 8]
-        [--only in-source|loso] [--table]   # <work>/<setting>/<recipe>_s<seed>/result.json; prints the table
+        [--only in-source|loso] [--reverse] [--table]   # <work>/<setting>/<recipe>_s<seed>/result.json; the table
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -84,12 +85,33 @@ def score_model(model_dir: Path, data: Path, splits: list[str], classes: list[st
                                                                          for s in splits}}
 
 
+def claim(out: Path) -> bool:
+    """Whether this process may train ``out``: no other live process of this script has claimed it (two processes,
+    one with ``--reverse``, share the work; a dead claimer's run is taken over and resumes from its checkpoint)."""
+    out.mkdir(parents=True, exist_ok=True)
+    f = out / "claim.pid"
+    try:
+        fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(f.read_text() or 0), 0)
+            return False
+        except (ProcessLookupError, ValueError):
+            f.write_text(str(os.getpid()))
+            return True
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
+
+
 def run_one(setting: str, data: Path, splits: list[str], recipe: str, seed: int, work: Path, epochs: int,
-            classes: list[str]) -> dict:
+            classes: list[str]) -> dict | None:
     out = work / setting / f"{recipe}_s{seed}"
     done = out / "result.json"
     if done.exists():  # a rerun resumes: finished models are not trained again
         return json.loads(done.read_text())
+    if not claim(out):
+        return None
     tp = train_params(work, recipe, seed, epochs)
     t = train_model("cnn5", tp, data, out / "model", out / "metrics", progress=False)
     res = {"setting": setting, "recipe": recipe, "seed": seed, "best_epoch": t["best_epoch"],
@@ -114,12 +136,11 @@ def settings(processed: Path, work: Path, only: str | None) -> list[tuple[str, P
     return out
 
 
-def run_all(processed: Path, work: Path, epochs: int, only: str | None) -> None:
+def run_all(processed: Path, work: Path, epochs: int, only: str | None, reverse: bool = False) -> None:
     classes = json.loads((processed / "stats.json").read_text())["classes"]
-    for setting, data, splits in settings(processed, work, only):
-        for recipe in RECIPES:
-            for seed in SEEDS:
-                run_one(setting, data, splits, recipe, seed, work, epochs, classes)
+    runs = [(st, recipe, seed) for st in settings(processed, work, only) for recipe in RECIPES for seed in SEEDS]
+    for (setting, data, splits), recipe, seed in (runs[::-1] if reverse else runs):
+        run_one(setting, data, splits, recipe, seed, work, epochs, classes)
 
 
 def cell(v: list) -> str:
@@ -155,6 +176,7 @@ if __name__ == "__main__":
     ap.add_argument("--work", type=Path, default=Path("/tmp/recipes_shared"))
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--only", choices=["in-source", "loso"])
+    ap.add_argument("--reverse", action="store_true", help="take the runs in reverse order (a second process)")
     ap.add_argument("--table", action="store_true", help="only print the table of what has run")
     a = ap.parse_args()
     if not (a.processed / "stats.json").exists():
@@ -163,5 +185,5 @@ if __name__ == "__main__":
     a.work.mkdir(parents=True, exist_ok=True)
     cls = json.loads((a.processed / "stats.json").read_text())["classes"]
     if not a.table:
-        run_all(a.processed, a.work, a.epochs, a.only)
+        run_all(a.processed, a.work, a.epochs, a.only, a.reverse)
     print(table(a.work, cls))

@@ -56,7 +56,12 @@ CONFIGS = {
     "warmup2": dict(warmup_epochs=2),
     "ema": dict(weight_averaging="ema", ema_decay=0.995),
     "swa": dict(weight_averaging="swa", swa_start=11),
+    "lr1e-3_ema": dict(lr=1e-3, weight_averaging="ema", ema_decay=0.995),
 }
+TITLES = {"base": "base: lr 3e-3, batch 64, weighted loss", "ema": "base (solid) and its EMA, decay 0.995 (dashed)",
+          "lr1e-3": "lr 1e-3", "bs256": "batch 256", "noweight": "imbalance: none (no class weights)",
+          "warmup2": "2 warm-up epochs", "swa": "SWA from epoch 11",
+          "lr1e-3_ema": "lr 1e-3 (solid) and its EMA, decay 0.995 (dashed)"}
 
 
 # --- per-epoch diagnostics --------------------------------------------------------------------------------------------
@@ -214,17 +219,22 @@ def plot(names: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), sharey=True, squeeze=False)
-    for ax, name in zip(axes[0], names):
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
         for seed, h in histories(name):
             line, = ax.plot(h.epoch, h.val_loss, marker=".", label=f"val loss, seed {seed}")
             if "val_loss_avg" in h:
                 ax.plot(h.epoch, h.val_loss_avg, ls="--", color=line.get_color(), label=f"averaged, seed {seed}")
-        ax.set_title(name)
+        ax.set_title(TITLES.get(name, name), fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("val cross-entropy")
+    for row in axes:
+        row[0].set_ylabel("val cross-entropy")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
