@@ -148,21 +148,31 @@ def cell(v: list) -> str:
     return "" if not v else (f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}" if len(v) > 1 else f"{v[0]:.3f}")
 
 
+def kept_weights(result: Path) -> str:
+    """Which weights the train stage kept in model.pt: raw or the averaged (EMA) ones."""
+    import torch
+
+    ck = torch.load(result.parent / "model" / "model.pt", map_location="cpu", weights_only=True)
+    return str(ck.get("weights", "raw"))
+
+
 def table(work: Path, classes: list[str]) -> str:
     lines = ["| setting | scored on | training | scoring | seeds | accuracy | macro recall | macro AUC | ECE | NLL |",
              "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
     for setting_dir in sorted(work.glob("*/"), key=lambda d: (d.name != "in-source", d.name)):
         for recipe in RECIPES:
-            runs = [json.loads(p.read_text()) for p in sorted(setting_dir.glob(f"{recipe}_s*/result.json"))]
+            done = sorted(setting_dir.glob(f"{recipe}_s*/result.json"))
+            runs = [json.loads(p.read_text()) for p in done]
             if not runs:
                 continue
+            training = recipe if recipe == "plain" else f"{recipe} (kept: {', '.join(map(kept_weights, done))})"
             for split in runs[0]["scores"]:
                 for scoring in runs[0]["scores"][split]:
                     cells = [cell([r["scores"][split][scoring][k] for r in runs]) for k in KEYS]
-                    lines.append(f"| {setting_dir.name} | {split} | {recipe} | {scoring} | {len(runs)} | "
+                    lines.append(f"| {setting_dir.name} | {split} | {training} | {scoring} | {len(runs)} | "
                                  + " | ".join(cells) + " |")
                 y = np.asarray(runs[0]["labels"][split])
-                for scoring in ("plain", "tta"):
+                for scoring in ("plain", "tta") if len(runs) > 1 else ():
                     ens = scored(y, np.mean([np.asarray(r["probs"][split][scoring]) for r in runs], 0), classes)
                     lines.append(f"| {setting_dir.name} | {split} | {recipe} | **ensemble of the seeds** "
                                  f"({scoring}) | {len(runs)} | " + " | ".join(
