@@ -4,7 +4,8 @@
 
 Reads metrics/<model>/eval.json, train.json and history.csv of every model in the profile's train.models, then the
 ensemble's (metrics/ensemble/, when the profile enables it: the mean probability of its members; run
-`make benchmark-pneumoniamnist` first) and prints a Markdown table; --update-readme writes it into README.md between
+`make benchmark-pneumoniamnist` first) and prints a Markdown table, with each model's test-time augmentation rows
+when the profile sets `evaluate.tta`; --update-readme writes it into README.md between
 the pneumoniamnist-results markers. Nothing in the table is typed by hand.
 """
 
@@ -39,6 +40,16 @@ def fmt(m: dict | None, key: str) -> str:
     return f"{m[key]:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "")
 
 
+def tta_rows(model: str, ev: dict, split: str, shown: str, size: int) -> list[str]:
+    """The row of the same split with test-time augmentation (``evaluate.tta``), when the evaluation has one."""
+    t = (ev.get("tta") or {}).get(split)
+    if not t:
+        return []
+    return [f"| lungxray {model} ({size}) + TTA ({ev['tta']['mode']}) | {shown} ({ev[split]['n_samples']}) | "
+            f"{fmt(t['tta'], 'macro_auc')} | {fmt(t['tta'], 'accuracy')} | this repository, metrics/{model}/eval.json "
+            f"(tta) |"]
+
+
 def table(params_path: str, metrics_root: Path) -> str:
     params = load_params(params_path)
     lines = ["| method | split | AUC | ACC | source |", "|---|---|---:|---:|---|"]
@@ -60,6 +71,7 @@ def table(params_path: str, metrics_root: Path) -> str:
                 continue
             lines.append(f"| lungxray {model} ({params.preprocess.image_size}) | {shown} ({m['n_samples']}) | "
                          f"{fmt(m, 'macro_auc')} | {fmt(m, 'accuracy')} | this repository, metrics/{model}/eval.json |")
+            lines += tta_rows(model, ev, split, shown, params.preprocess.image_size)
         if model == ENSEMBLE:
             notes.append(f"{model}: the mean probability of {', '.join(tr['members'])}, "
                          f"{tr['trainable_parameters']:,} parameters in all")
