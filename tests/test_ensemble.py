@@ -85,6 +85,15 @@ def test_check_params_refuses_an_enabled_ensemble_of_untrained_members():
 # the stage, the leaderboard, the gate and the registry on two tiny trained models
 
 
+def train_and_evaluate_members(root: Path, processed: Path, ml: MlflowParams) -> None:
+    """Each of MEMBERS trained one epoch and evaluated, under root/models, root/metrics and root/reports."""
+    for name in MEMBERS:
+        t = train_model(name, train_params(root, models=list(MEMBERS), epochs=1, mlflow=ml), processed,
+                        root / "models" / name, root / "metrics" / name, progress=False)
+        evaluate_model(name, processed, root / "models" / name / "model.pt", root / "metrics" / name,
+                       root / "reports" / name, EVAL, t, ml)
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """cnn5 and cnn8 trained one epoch and evaluated, laid out as the pipeline does, in a scratch repository whose
@@ -96,11 +105,7 @@ def repo(tmp_path_factory):
     index["unit"] = index.split + "/u" + (index.row // 2).astype(str)
     index.to_csv(processed / "index.csv", index=False)
     ml = MlflowParams(tracking_uri=f"sqlite:///{root}/mlruns/mlflow.db", artifact_dir=str(root / "mlruns/art"))
-    for name in MEMBERS:
-        t = train_model(name, train_params(root, models=list(MEMBERS), epochs=1, mlflow=ml), processed,
-                        root / "models" / name, root / "metrics" / name, progress=False)
-        evaluate_model(name, processed, root / "models" / name / "model.pt", root / "metrics" / name,
-                       root / "reports" / name, EVAL, t, ml)
+    train_and_evaluate_members(root, processed, ml)
     params = yaml.safe_load((REPO / "configs" / "shared-data.yaml").read_text())
     params["train"].update(models=list(MEMBERS), mlflow={"tracking_uri": ml.tracking_uri,
                                                          "artifact_dir": ml.artifact_dir})
@@ -173,11 +178,8 @@ def test_in_benchmark_mode_the_ensemble_reports_the_official_test_figures_of_its
     index.assign(unit=index.split + "/u" + (index.row // 2).astype(str)).to_csv(processed / "index.csv", index=False)
     with_official_test(processed)
     ml = MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db", artifact_dir=str(tmp_path / "art"))
+    train_and_evaluate_members(tmp_path, processed, ml)
     for name in MEMBERS:
-        t = train_model(name, train_params(tmp_path, models=list(MEMBERS), epochs=1, mlflow=ml), processed,
-                        tmp_path / "models" / name, tmp_path / "metrics" / name, progress=False)
-        evaluate_model(name, processed, tmp_path / "models" / name / "model.pt", tmp_path / "metrics" / name,
-                       tmp_path / "reports" / name, EVAL, t, ml)
         write_json(tmp_path / f"metrics/ensemble_members/{name}.json",
                    member_record(name, tmp_path / "metrics" / name, tmp_path / "models" / name / "model.pt"))
     out = evaluate_ensemble(EnsembleParams(enabled=True), list(MEMBERS), processed, tmp_path / "metrics",
