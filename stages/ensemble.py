@@ -5,6 +5,7 @@ from lungxray.config import load_sections
 from lungxray.ensemble import evaluate_ensemble, write_disabled
 from lungxray.ensemble_members import ENSEMBLE, EnsembleParams
 from lungxray.evaluate import EvaluateParams
+from lungxray.evaluate_extras import summary_line
 from lungxray.stage import run_stage
 from lungxray.train_settings import TrainParams
 
@@ -18,11 +19,7 @@ def main() -> None:
         return
     out = evaluate_ensemble(params.ensemble, params.train.models, schema.PROCESSED, schema.METRICS, schema.MODELS,
                             reports_dir, params.evaluate, params.train.mlflow)
-    split = "test" if out["test"] is not None else "val"
-    t = out[split]
-    print(f"ensemble of {', '.join(out['members'])} on {t['n_samples']} {split} images: accuracy {t['accuracy']:.3f}, "
-          f"macro recall {t['macro_recall']:.3f}, macro AUC {t['macro_auc'] or float('nan'):.3f}; val macro recall "
-          f"{out['val']['macro_recall']:.3f}")
+    print(summary_line(f"ensemble of {', '.join(out['members'])}", out))
     for w in out["warnings"]:
         print(f"  warning: {w}")
 

@@ -127,6 +127,19 @@ def _ops_md(o: dict, splits: list[str]) -> list[str]:
     return lines + [""]
 
 
+def summary_line(label: str, out: dict) -> str:
+    """One line for a stage's log: the headline figures of the test split (of val when the test split is held back)
+    with their intervals, the ECE (and, for a calibrated model, its temperature and the ECE before it), the speed."""
+    split = "test" if out.get("test") is not None else "val"
+    t, cal = out[split], out.get("calibration")
+    ece = f"ECE {_n(t.get('ece'))}"
+    if cal:
+        ece += f" (T {cal['temperature']:.2f}; {_n(cal[split]['ece_before'])} uncalibrated)"
+    return (f"{label} on {t['n_samples']} {split} images: accuracy {_ci(t, 'accuracy')}, macro recall "
+            f"{_ci(t, 'macro_recall')}, macro AUC {_ci(t, 'macro_auc')}, {ece}; "
+            f"{out['throughput']['images_per_s']:.0f} images/s")
+
+
 def evaluation_markdown(name: str, out: dict) -> str:
     """The evaluation report of one model: calibration, test-time augmentation, operating points, prevalence."""
     splits = [s for s in ("val", "test") if s in out["calibration"]]
