@@ -69,20 +69,20 @@ def scored(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
 
 
 def score_model(model_dir: Path, data: Path, splits: list[str], classes: list[str]) -> dict:
-    """{split: {scoring recipe: figures}} and the probabilities kept for the seed ensemble."""
+    """{split: {scoring recipe: figures}}, T, and the labels and probabilities kept for the seed ensemble."""
     model, ck = load_trained(model_dir / "model.pt")
-    xv, yv = load_split(data, "val")
-    t = fit_temperature(predict_logits(model, xv, ck["mean"], ck["std"], batch_size=256), yv)
+    data_of = {s: load_split(data, s) for s in dict.fromkeys(["val", *splits])}  # (images, labels), read once
+    logits = {s: predict_logits(model, x, ck["mean"], ck["std"], batch_size=256) for s, (x, _) in data_of.items()}
+    t = fit_temperature(logits["val"], data_of["val"][1])
     out, probs = {}, {}
     for split in splits:
-        x, y = load_split(data, split)
-        logits = predict_logits(model, x, ck["mean"], ck["std"], batch_size=256)
-        p = {"plain": softmax_t(logits), "temperature": softmax_t(logits, t),
+        x, y = data_of[split]
+        p = {"plain": softmax_t(logits[split]), "temperature": softmax_t(logits[split], t),
              "tta": tta_proba(model, x, ck["mean"], ck["std"], "flips_shifts", batch_size=256)}
         out[split] = {k: scored(y, v, classes) for k, v in p.items()}
         probs[split] = {k: v.tolist() for k, v in p.items()}
-    return {"scores": out, "temperature": t, "probs": probs, "labels": {s: load_split(data, s)[1].tolist()
-                                                                         for s in splits}}
+    return {"scores": out, "temperature": t, "probs": probs,
+            "labels": {s: data_of[s][1].tolist() for s in splits}}
 
 
 def claim(out: Path) -> bool:

@@ -212,21 +212,32 @@ def table() -> None:
     print(g.round(4).to_markdown())
 
 
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
+def run_arguments(description: str) -> argparse.ArgumentParser:
+    """The command line this folder's training scripts share: which configurations, seeds, threads; --table."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", nargs="*", default=[])
     ap.add_argument("--seeds", nargs="*", type=int, default=[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--table", action="store_true")
+    return ap
+
+
+def run_grid(configs: list[str], seeds: list[int], threads: int, known, train) -> None:
+    """``train(config, seed, threads)`` for every configuration and seed, after checking every name is ``known``."""
+    unknown = [n for n in configs if n not in known]
+    if unknown:
+        sys.exit(f"unknown config(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    ROOT.mkdir(parents=True, exist_ok=True)
+    for n in configs:
+        for sd in seeds:
+            train(n, sd, threads)
+
+
+if __name__ == "__main__":
+    ap = run_arguments(__doc__)
     ap.add_argument("--ensemble", nargs="*", default=[])
     a = ap.parse_args()
-    ROOT.mkdir(parents=True, exist_ok=True)
-    for n in a.configs:
-        if n not in CONFIGS:
-            sys.exit(f"unknown config {n}; known: {', '.join(CONFIGS)}")
-    for n in a.configs:
-        for sd in a.seeds:
-            run(n, sd, a.threads)
+    run_grid(a.configs, a.seeds, a.threads, CONFIGS, run)
     for n in a.ensemble:
         ensemble(n)
     if a.table:

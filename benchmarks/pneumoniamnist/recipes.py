@@ -27,7 +27,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).parent))
 import explore  # noqa: E402  (the processed folder and the val labels)
@@ -38,7 +37,6 @@ from lungxray.metrics.calibration import expected_calibration_error  # noqa: E40
 from lungxray.tta import tta_proba  # noqa: E402
 
 ROOT = Path(os.environ.get("PM_ROOT", "/tmp/pm"))
-PI_TEST = 1 - explore.TEST_NORMAL_SHARE  # P(pneumonia) in the official test split (390 / 624)
 
 
 def halves(y: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -52,12 +50,9 @@ def halves(y: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def scores(y: np.ndarray, probs: np.ndarray) -> dict:
-    """AUC / ACC / specificity / sensitivity / acc at the test balance / NLL / ECE of (N, 2) probabilities."""
-    pred = probs.argmax(1)
-    spec, sens = float((pred[y == 0] == 0).mean()), float((pred[y == 1] == 1).mean())
+    """:func:`explore.scores` (AUC, ACC, specificity, sensitivity, acc_t) of (N, 2) probabilities, with NLL and ECE."""
     p = np.clip(probs[np.arange(len(y)), y], 1e-12, 1)
-    return {"auc": float(roc_auc_score(y, probs[:, 1])), "acc": float((pred == y).mean()), "spec": spec,
-            "sens": sens, "acc_t": (1 - PI_TEST) * spec + PI_TEST * sens, "nll": float(-np.log(p).mean()),
+    return {**explore.scores(probs[:, 1], y), "nll": float(-np.log(p).mean()),
             "ece": expected_calibration_error(y, probs)}
 
 
@@ -85,7 +80,7 @@ def cross_fitted_rules(y: np.ndarray, probs: np.ndarray) -> dict[str, dict]:
     for name, flag in flags.items():
         sens, spec = float(flag[y == 1].mean()), float((~flag[y == 0]).mean())
         out[name] = {"sens": sens, "spec": spec, "acc": float((flag == (y == 1)).mean()),
-                     "acc_t": (1 - PI_TEST) * spec + PI_TEST * sens}
+                     "acc_t": explore.TEST_NORMAL_SHARE * spec + (1 - explore.TEST_NORMAL_SHARE) * sens}
     return out
 
 

@@ -20,7 +20,6 @@ Per run: the max and the std of the epoch-to-epoch change of the val loss (``jum
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -240,21 +239,14 @@ def plot(names: list[str], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--configs", nargs="*", default=[])
-    ap.add_argument("--seeds", nargs="*", type=int, default=[0])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--table", action="store_true")
+    ap = explore.run_arguments(__doc__)
     ap.add_argument("--plot", nargs="*", default=[])
     ap.add_argument("--plot-file", default="val_loss_curves.png", help="PNG written beside this script")
     ap.add_argument("--curves", nargs="*", default=[], help="jump table from the histories so far (runs unfinished "
                                                             "included)")
     a = ap.parse_args()
-    ROOT.mkdir(parents=True, exist_ok=True)
     explore.ROOT = ROOT
-    for n in a.configs:
-        for sd in a.seeds:
-            run(n, sd, a.threads)
+    explore.run_grid(a.configs, a.seeds, a.threads, CONFIGS, run)
     if a.table:
         print(table())
     for n in a.curves:
