@@ -309,5 +309,5 @@ def test_predict_with_an_ensemble_applies_argmax_and_refuses_other_operating_poi
 
     ensemble = EnsemblePredictor(members=[], names=["cnn5", "resnet18"])
     assert find_operating_point(ensemble, "argmax")["rule"] == "argmax"  # the default of lungxray predict
-    with pytest.raises(LungxrayError, match="argmax"):
+    with pytest.raises(LungxrayError, match="only argmax.*--model models/<model>"):
         find_operating_point(ensemble, "pneumonia@sens95")

@@ -180,10 +180,17 @@ def classify(predictor: Predictor, sources: Sequence, names: Sequence[str] | Non
 
 
 def find_operating_point(predictor: Predictor, name: str) -> dict:
-    """The model's operating point ``name``; an unknown name raises an error listing the model's ones."""
+    """The model's operating point ``name``; an unknown name raises an error listing the model's ones (and, for a
+    model that stores no threshold at all, such as an ensemble, saying where thresholds are found)."""
     from .calibration import ARGMAX, operating_point
+    from .errors import LungxrayError
 
-    return operating_point(predictor.operating_points or {ARGMAX: {"rule": "argmax", "class": None}}, name)
+    ops = predictor.operating_points or {ARGMAX: {"rule": "argmax", "class": None}}
+    if name not in ops and set(ops) == {ARGMAX}:
+        raise LungxrayError(f"the model has no operating point {name!r}; it has only argmax: it stores no threshold "
+                            f"(an ensemble's mean probability has none; each trained model gets its own at the end "
+                            f"of training): use one trained model, e.g. `lungxray predict --model models/<model>`")
+    return operating_point(ops, name)
 
 
 def apply_operating_point(table: pd.DataFrame, predictor: Predictor, name: str) -> pd.DataFrame:
