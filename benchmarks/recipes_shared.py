@@ -43,6 +43,7 @@ from lungxray.preprocess import load_split
 from lungxray.train import train_model
 from lungxray.train_settings import TrainParams
 from lungxray.tta import tta_proba
+from seed_stats import mean_sd
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "configs" / "shared-data.yaml"
@@ -143,11 +144,6 @@ def run_all(processed: Path, work: Path, epochs: int, only: str | None, reverse:
         run_one(setting, data, splits, recipe, seed, work, epochs, classes)
 
 
-def cell(v: list) -> str:
-    v = [x for x in v if x is not None]
-    return "" if not v else (f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}" if len(v) > 1 else f"{v[0]:.3f}")
-
-
 def kept_weights(result: Path) -> str:
     """Which weights the train stage kept in model.pt: raw or the averaged (EMA) ones."""
     import torch
@@ -168,7 +164,7 @@ def table(work: Path, classes: list[str]) -> str:
             training = recipe if recipe == "plain" else f"{recipe} (kept: {', '.join(map(kept_weights, done))})"
             for split in runs[0]["scores"]:
                 for scoring in runs[0]["scores"][split]:
-                    cells = [cell([r["scores"][split][scoring][k] for r in runs]) for k in KEYS]
+                    cells = [mean_sd([r["scores"][split][scoring][k] for r in runs], 3) for k in KEYS]
                     lines.append(f"| {setting_dir.name} | {split} | {training} | {scoring} | {len(runs)} | "
                                  + " | ".join(cells) + " |")
                 y = np.asarray(runs[0]["labels"][split])

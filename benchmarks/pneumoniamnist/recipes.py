@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]
 import explore  # noqa: E402  (the processed folder and the val labels)
+from seed_stats import mean_sd  # noqa: E402
 
 from lungxray.calibration import choose_operating_points, fit_temperature, nll, softmax_t  # noqa: E402
 from lungxray.inference import load_trained, predict_logits  # noqa: E402
@@ -105,13 +106,6 @@ def score_run(model_pt: Path, processed: Path, y: np.ndarray) -> tuple[dict[str,
 COLS = ["auc", "acc", "spec", "sens", "acc_t", "nll", "ece"]
 
 
-def cell(vals: list[float | None]) -> str:
-    v = [x for x in vals if x is not None]
-    if not v:
-        return ""
-    return f"{np.mean(v):.4f} ± {np.std(v, ddof=1):.4f}" if len(v) > 1 else f"{v[0]:.4f}"
-
-
 def config_table(name: str, y: np.ndarray, processed: Path) -> list[str]:
     runs = sorted((ROOT / "smooth").glob(f"{name}_s[0-9]*/model/model.pt"))
     if not runs:
@@ -124,7 +118,7 @@ def config_table(name: str, y: np.ndarray, processed: Path) -> list[str]:
     seeds = ",".join(p.parents[1].name.rsplit("_s", 1)[1] for p in runs)
     lines = []
     for recipe in per_seed[0]:
-        cells = [cell([r[recipe].get(c) for r in per_seed]) for c in COLS]
+        cells = [mean_sd([r[recipe].get(c) for r in per_seed]) for c in COLS]
         lines.append(f"| {name} | {seeds} | {recipe} | " + " | ".join(cells) + " |")
     for kind, label in (("plain", ""), ("flips_shifts", " + tta flips_shifts")):
         ens = scores(y, np.mean([p[kind] for p in probs], axis=0))

@@ -33,8 +33,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]
 import explore  # noqa: E402  (the processed folder, val probabilities and scores of the earlier recipe search)
+from seed_stats import mean_sd  # noqa: E402
 
 import lungxray.train as train_mod  # noqa: E402
 from lungxray.augment import AugmentParams  # noqa: E402
@@ -179,8 +180,7 @@ def table() -> str:
                         "avg_rise_max", "avg_jump_max", "avg_jump_max_2nd_half"] if c in df]
     lines = ["| recipe | seeds | kept | " + " | ".join(cols) + " |", "|---|---|---|" + "---:|" * len(cols)]
     for name, g in df.groupby("config", sort=False):
-        cells = [f"{g[c].mean():.4f} ± {g[c].std(ddof=1):.4f}" if len(g) > 1 else f"{g[c].mean():.4f}"
-                 for c in cols]
+        cells = [mean_sd(g[c].tolist()) for c in cols]
         kept = ",".join(g.kept.astype(str))
         lines.append(f"| {name} | {','.join(map(str, g.seed))} | {kept} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -118,12 +118,18 @@ def youden_threshold(scores: np.ndarray, pos: np.ndarray) -> float:
     return _margin(s, float(cand[int(np.argmax(j))]))
 
 
+def argmax_only() -> dict[str, dict]:
+    """The operating points of a model that stores no threshold (an ensemble, a checkpoint older than thresholds):
+    the argmax alone; every model has it."""
+    return {ARGMAX: {"rule": "argmax", "class": None, "threshold": None}}
+
+
 def choose_operating_points(y: np.ndarray, probs: np.ndarray, classes: Sequence[str],
                             target_sensitivity: float) -> dict[str, dict]:
     """``{name: rule}`` chosen on ``(y, probs)`` (the val split): ``argmax``, and per class ``<class>@sens..`` and
     ``<class>@youden`` with their threshold and val sensitivity / specificity (see the module docstring)."""
     y, p = np.asarray(y, dtype=np.int64), np.asarray(probs, dtype=np.float64)
-    ops: dict[str, dict] = {ARGMAX: {"rule": "argmax", "class": None, "threshold": None}}
+    ops = argmax_only()
     for k, c in enumerate(classes):
         pos = y == k
         if not pos.any() or pos.all():

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics
-from .calibration import ARGMAX, nll, softmax_t
+from .calibration import argmax_only, nll, softmax_t
 from .metrics import EvaluateParams
 from .metrics.operating import operating_point_metrics, prevalence_table
 from .preprocess import load_split
@@ -59,7 +59,7 @@ def tta_block(model, ck: dict, processed: Path, evaluated: dict, plain: dict, pa
 def operating_points_block(ck: dict, evaluated: dict, params: EvaluateParams) -> dict:
     """The stored operating points, their figures on each evaluated split and the prevalence table."""
     classes, t = ck["classes"], float(ck.get("temperature", 1.0))
-    ops = ck.get("operating_points") or {ARGMAX: {"rule": "argmax", "class": None, "threshold": None}}
+    ops = ck.get("operating_points") or argmax_only()
     per_split = {split: operating_point_metrics(y, softmax_t(logits, t), classes, ops, params.bootstrap, params.ci,
                                                 params.seed, units)
                  for split, (y, logits, units) in evaluated.items()}

@@ -36,6 +36,8 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from .calibration import ARGMAX
+
 IMAGE_COLUMN = "image"
 OPERATING_POINT = "operating_point"  # the predict parameter (see the module docstring)
 
@@ -103,7 +105,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         for i, row in zip(good, classify(self.predictor, [sources[i] for i in good])):
             rows[i] = row
         table = pd.DataFrame(rows, columns=output_columns(self.predictor.classes))
-        return with_operating_point(table, self.predictor, (params or {}).get(OPERATING_POINT) or "argmax")
+        return with_operating_point(table, self.predictor, (params or {}).get(OPERATING_POINT) or ARGMAX)
 
 
 def with_operating_point(table: pd.DataFrame, predictor, name: str) -> pd.DataFrame:
@@ -140,4 +142,4 @@ def signature(classes):
                           outputs=Schema([ColSpec("string", PREDICTED), *[ColSpec("double", prob_column(c))
                                                                           for c in classes],
                                           ColSpec("string", ERROR)]),
-                          params=ParamSchema([ParamSpec(OPERATING_POINT, "string", "argmax")]))
+                          params=ParamSchema([ParamSpec(OPERATING_POINT, "string", ARGMAX)]))

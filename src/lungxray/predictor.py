@@ -182,10 +182,10 @@ def classify(predictor: Predictor, sources: Sequence, names: Sequence[str] | Non
 def find_operating_point(predictor: Predictor, name: str) -> dict:
     """The model's operating point ``name``; an unknown name raises an error listing the model's ones (and, for a
     model that stores no threshold at all, such as an ensemble, saying where thresholds are found)."""
-    from .calibration import ARGMAX, operating_point
+    from .calibration import ARGMAX, argmax_only, operating_point
     from .errors import LungxrayError
 
-    ops = predictor.operating_points or {ARGMAX: {"rule": "argmax", "class": None}}
+    ops = predictor.operating_points or argmax_only()
     if name not in ops and set(ops) == {ARGMAX}:
         raise LungxrayError(f"the model has no operating point {name!r}; it has only argmax: it stores no threshold "
                             f"(an ensemble's mean probability has none; each trained model gets its own at the end "
