@@ -2,12 +2,13 @@
 
 from lungxray import schema
 from lungxray.config import load_sections
-from lungxray.external import ExternalParams, run_external
+from lungxray.errors import LungxrayError
+from lungxray.external import run_external
+from lungxray.external_plan import ExternalParams
 from lungxray.external_report import external_markdown, plot_external
-from lungxray.io import atomic_path, write_json
+from lungxray.io import atomic_path, read_json, write_json
 from lungxray.metrics import EvaluateParams
 from lungxray.preprocess import PreprocessParams
-from lungxray.promote import PromotionParams
 from lungxray.split import SplitParams
 from lungxray.stage import run_stage
 from lungxray.train_settings import TrainParams
@@ -16,8 +17,11 @@ from lungxray.train_settings import TrainParams
 def main() -> None:
     schema.EXTERNAL_JSON.unlink(missing_ok=True)  # never read an earlier run's figures as this one's
     p = load_sections({"external": ExternalParams, "train": TrainParams, "evaluate": EvaluateParams,
-                       "promote": PromotionParams, "preprocess": PreprocessParams, "split": SplitParams})
-    report = run_external(p.external, p.train, p.evaluate, p.promote, schema.PROCESSED, schema.METRICS,
+                       "preprocess": PreprocessParams, "split": SplitParams})
+    if not schema.EXTERNAL_PLAN.exists():
+        raise LungxrayError(f"{schema.EXTERNAL_PLAN} is missing: run `dvc repro external` (it runs the external_plan "
+                            f"stage first), or `python stages/external_plan.py`")
+    report = run_external(p.external, p.train, p.evaluate, read_json(schema.EXTERNAL_PLAN), schema.PROCESSED,
                           schema.EXTERNAL_DIR, extra_params={"preprocess": p.preprocess.model_dump(mode="json"),
                                                              "split": p.split.model_dump(mode="json")})
     # the folds' work folder is the stage's output even when no source is held out (one source, too few images)

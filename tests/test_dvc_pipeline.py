@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -142,3 +143,43 @@ def test_changing_one_models_options_or_adding_a_model_leaves_the_other_models_t
     dvc(tmp_path, "repro", "--single-item", "train_settings")
     status = dvc(tmp_path, "status", "train@cnn5", "train@resnet18")
     assert "train@cnn5" in status and "train@resnet18" not in status
+
+
+@pytest.mark.slow
+def test_a_change_to_the_ensembles_outputs_leaves_the_external_fold_models_trained(tmp_path):
+    """A real `dvc status` in a scratch repository: external depends on the plan (its architectures and their
+    in-source figures), not on all of metrics/, so only a change that moves the plan makes it run again."""
+    from helpers.multisource import write_in_source_metrics
+
+    copy_repo_tree(tmp_path)
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    dvc(tmp_path, "init", "-q")
+    params_file = tmp_path / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["train"]["models"] = ["cnn5"]
+    params_file.write_text(yaml.safe_dump(params))
+    write_in_source_metrics(tmp_path / "metrics", "cnn5", 0.8, 100, by_source={"alpha": {"macro_recall": 0.7}})
+    dvc(tmp_path, "repro", "--single-item", "external_plan")
+    plan = (tmp_path / "reports/external_plan.json").read_text()
+    assert json.loads(plan)["models"] == ["cnn5"]
+    (tmp_path / "data/processed").mkdir(parents=True)
+    (tmp_path / "data/processed/stats.json").write_text("{}")
+    (tmp_path / "models/external").mkdir(parents=True)
+    for name in ("models/external/folds.json", "reports/external.md", "reports/external.png",
+                 "reports/external.json"):  # stand-ins for a finished external stage: recorded without training
+        (tmp_path / name).write_text(name)
+    dvc(tmp_path, "commit", "-f", "external")
+    assert "up to date" in dvc(tmp_path, "status", "external")
+
+    (tmp_path / "metrics/ensemble").mkdir()
+    (tmp_path / "metrics/ensemble/eval.json").write_text('{"val": {"macro_recall": 0.99}}')
+    (tmp_path / "metrics/cnn5/history.csv").write_text("epoch\n1\n")
+    assert "external_plan" in dvc(tmp_path, "status", "external_plan")
+    dvc(tmp_path, "repro", "--single-item", "external_plan")
+    assert (tmp_path / "reports/external_plan.json").read_text() == plan
+    assert "up to date" in dvc(tmp_path, "status", "external")
+
+    write_in_source_metrics(tmp_path / "metrics", "cnn5", 0.8, 100, by_source={"alpha": {"macro_recall": 0.6}})
+    dvc(tmp_path, "repro", "--single-item", "external_plan")
+    status = dvc(tmp_path, "status", "external")
+    assert "up to date" not in status and "reports/external_plan.json" in status

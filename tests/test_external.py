@@ -13,7 +13,8 @@ import yaml
 
 from lungxray.compare import external_figures, leaderboard, leaderboard_rows
 from lungxray.errors import ConfigError, LungxrayError
-from lungxray.external import ExternalParams, choose_models, choose_sources, fold_train_params
+from lungxray.external import choose_sources, fold_train_params
+from lungxray.external_plan import ExternalParams, choose_models, external_plan
 from lungxray.external_folds import fold_problem, kept_index, make_fold, source_counts, write_fold
 from lungxray.external_report import external_summary, fold_metrics
 from lungxray.metrics import EvaluateParams
@@ -88,6 +89,23 @@ def test_default_models_are_the_leaderboards_first_and_the_smallest(tmp_path):
     assert models == ["cnn8", "cnn5"]
     assert choose_models(ExternalParams(models=["cnn8"]), train, tmp_path, PromotionParams()) == (["cnn8"],
                                                                                                 "external.models")
+
+
+def test_the_plan_holds_the_chosen_models_and_their_in_source_figures_and_ignores_the_ensembles_outputs(tmp_path):
+    write_in_source_metrics(tmp_path, "cnn5", val_macro_recall=0.70, total_parameters=100,
+                            by_source={"alpha": {"macro_recall": 0.6, "accuracy": 0.7, "n_samples": 3, "auc": 0.8}})
+    write_in_source_metrics(tmp_path, "resnet18", val_macro_recall=0.90, total_parameters=10_000)
+    train = TrainParams(models=["cnn5", "resnet18"])
+    plan = external_plan(ExternalParams(), train, tmp_path, PromotionParams())
+    assert plan["models"] == ["resnet18", "cnn5"] and plan["models_rule"] == choose_models(
+        ExternalParams(), train, tmp_path, PromotionParams())[1]
+    assert plan["in_source"]["cnn5"] == {"macro_recall": 0.9, "macro_recall_ci_low": 0.8, "macro_recall_ci_high": 0.95,
+                                         "accuracy": 0.9,
+                                         "by_source": {"alpha": {"n_samples": 3, "macro_recall": 0.6, "accuracy": 0.7}}}
+    write_in_source_metrics(tmp_path, "ensemble", val_macro_recall=0.99, total_parameters=1)
+    assert external_plan(ExternalParams(), train, tmp_path, PromotionParams()) == plan
+    named = external_plan(ExternalParams(models=["cnn8"]), train, tmp_path, PromotionParams())
+    assert named == {"models": ["cnn8"], "models_rule": "external.models", "in_source": {"cnn8": None}}
 
 
 def test_the_epochs_override_applies_to_every_fold_model_and_no_fold_model_is_logged_for_registering():
@@ -165,8 +183,9 @@ def test_with_no_source_to_hold_out_the_report_says_so_and_the_leaderboard_shows
     from lungxray.external_report import external_markdown, plot_external
 
     processed = make_multisource_processed(tmp_path)
-    report = run_external(ExternalParams(min_images=1000), TrainParams(models=["cnn5"]), EvaluateParams(),
-                          PromotionParams(), processed, tmp_path / "metrics", tmp_path / "work")
+    plan = {"models": ["cnn5"], "models_rule": "external.models", "in_source": {"cnn5": None}}
+    report = run_external(ExternalParams(min_images=1000), TrainParams(models=["cnn5"]), EvaluateParams(), plan,
+                          processed, tmp_path / "work")
     assert report["folds"] == {} and report["summary"] == {} and report["models"] == []
     assert "at least 1000 kept images" in external_markdown(report)
     assert plot_external(report, tmp_path / "external.png").read_bytes()[:4] == b"\x89PNG"
@@ -209,6 +228,7 @@ def test_the_external_stage_holds_each_source_out_reports_it_and_tracks_one_run_
         "train": {"models": ["cnn5"], "batch_size": 16, "pretrained": False, "mlflow": {
             "tracking_uri": f"sqlite:///{project}/mlruns/mlflow.db", "artifact_dir": str(project / "mlruns/art")}},
         "evaluate": {"bootstrap": 50, "latency_batches": 1}}))
+    runpy.run_path(str(REPO / "stages" / "external_plan.py"), run_name="__main__")
     runpy.run_path(str(REPO / "stages" / "external.py"), run_name="__main__")
 
     report = json.loads((project / "reports/external.json").read_text())

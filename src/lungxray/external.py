@@ -1,7 +1,7 @@
 """The external stage: leave-one-source-out. How well does an architecture do on a source it never trained on?
 
 For each held-out source (``external.sources``; default: every source with at least ``external.min_images`` kept
-images) and each chosen architecture (``external.models``; default: see :func:`choose_models`), a model is trained
+images) and each chosen architecture (``external.models``; default: see :mod:`lungxray.external_plan`), a model is trained
 with :func:`lungxray.train.train_model` on the other sources (their train split; their val split for early stopping
 and the best epoch) and tested on every kept image of the held-out source; no image sharing a split unit (patient or
 X-ray) with the held-out source trains it. The fold rules: :mod:`lungxray.external_folds`; the figures and the
@@ -13,6 +13,9 @@ report: :mod:`lungxray.external_report`.
 * Fold work lives in ``models/external/<source>/`` (``data/``: the fold folder; ``<model>/``: the model, its
   training curve and its predictions on the held-out source). An interrupted run resumes the model it was training
   (train_model's checkpoints); a fold's arrays are removed once it is evaluated.
+* What it reads of the in-source models (the choice of architectures, their test figures) comes from the plan
+  (``reports/external_plan.json``, :mod:`lungxray.external_plan`), not from ``metrics/``: a change there that moves
+  neither (the ensemble's outputs) leaves the fold models trained.
 * Each fold model is one MLflow run in the pipeline's experiment (its training run, tagged ``stage: external`` and
   ``held_out_source``, with the external figures as ``external/*`` metrics); registering no model.
 """
@@ -24,50 +27,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
 
-from .config import Strict
 from .errors import LungxrayError
 from .external_folds import Fold, drop_arrays, fold_problem, kept_index, make_fold, source_counts, write_fold
+from .external_plan import ExternalParams
 from .external_report import external_summary, fold_metrics, gap, in_source_figures
 from .inference import load_trained, predict_proba
 from .io import read_json, write_csv
 from .metrics import EvaluateParams, predictions_table
-from .promote import PromotionParams
 from .tracking import log_external_fold
 from .train import train_model
 from .train_settings import TrainParams
 
 log = logging.getLogger(__name__)
 
-
-class ExternalParams(Strict):
-    """The ``external:`` section: which sources are held out, which architectures, how long they train."""
-
-    sources: list[str] | None = Field(None, description="sources to hold out, one fold each; null = every source "
-                                                        "with at least min_images kept images; [] = none")
-    min_images: int = Field(100, ge=1, description="kept images a source needs to be held out by default")
-    models: list[str] | None = Field(None, description="architectures trained in each fold; null = the first of "
-                                                       "train.models in the promotion rule's order (the leaderboard's "
-                                                       "row 1) and the one with the fewest parameters")
-    epochs: int | None = Field(None, ge=1, description="epochs per fold model instead of the train settings' (CI)")
-
-    @field_validator("models")
-    @classmethod
-    def _known_models(cls, v: list[str] | None) -> list[str] | None:
-        from .models import MODEL_NAMES
-
-        unknown = [m for m in v or [] if m not in MODEL_NAMES]
-        if unknown:
-            raise ValueError(f"unknown model(s) {unknown}; valid: {', '.join(MODEL_NAMES)}")
-        if v is not None and len(set(v)) != len(v):
-            raise ValueError("external.models lists a model twice")
-        return v
-
-
 SOURCES_RULE = "every source with at least {n} kept images"
-MODELS_RULE = ("default: row 1 of the leaderboard (the promotion rule on val among train.models) and the "
-               "architecture of train.models with the fewest parameters")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -86,26 +60,6 @@ def choose_sources(params: ExternalParams, counts: dict[str, int]) -> list[str]:
     return list(dict.fromkeys(params.sources))
 
 
-def choose_models(params: ExternalParams, train: TrainParams, metrics_root: Path,
-                  promotion: PromotionParams) -> tuple[list[str], str]:
-    """The architectures of each fold and the rule that chose them.
-
-    Default: the champion is only known after the register stage, which runs after compare, which shows the external
-    figures; so the default takes what the register stage will consider first: row 1 of the leaderboard (the
-    promotion rule applied to train.models' val figures, :func:`lungxray.promote.rank`), plus the architecture of
-    train.models with the fewest total parameters (``train.json``)."""
-    if params.models is not None:
-        return list(params.models), "external.models"
-    from .compare import leaderboard_rows
-    from .promote import rank
-
-    rows = leaderboard_rows(train.models, metrics_root)
-    first = rank(rows, promotion)[0]["model"]
-    sizes = {m: read_json(Path(metrics_root) / m / "train.json")["total_parameters"] for m in train.models}
-    smallest = min(train.models, key=lambda m: (sizes[m], m))
-    return list(dict.fromkeys([first, smallest])), MODELS_RULE
-
-
 def fold_train_params(train: TrainParams, epochs: int | None) -> TrainParams:
     """The train settings of a fold model: the train section's, with ``epochs`` (when set) for every model (variants
     and model_options included), and no MLflow model logged (fold models are never registered)."""
@@ -121,14 +75,15 @@ def fold_train_params(train: TrainParams, epochs: int | None) -> TrainParams:
 # the folds
 
 
-def run_external(params: ExternalParams, train: TrainParams, evaluate: EvaluateParams, promotion: PromotionParams,
-                 processed: Path, metrics_root: Path, work_dir: Path, extra_params: dict | None = None) -> dict:
-    """Train and test every fold; return the report (what ``reports/external.json`` holds)."""
+def run_external(params: ExternalParams, train: TrainParams, evaluate: EvaluateParams, plan: dict,
+                 processed: Path, work_dir: Path, extra_params: dict | None = None) -> dict:
+    """Train and test every fold with the plan's architectures (:func:`lungxray.external_plan.external_plan`);
+    return the report (what ``reports/external.json`` holds)."""
     processed, work_dir = Path(processed), Path(work_dir)
     index = kept_index(processed)
     counts = source_counts(index)
     sources = choose_sources(params, counts)
-    models, models_rule = choose_models(params, train, metrics_root, promotion) if sources else ([], "no fold")
+    models, models_rule = (plan["models"], plan["models_rule"]) if sources else ([], "no fold")
     classes = read_json(processed / "stats.json")["classes"]
     fold_params = fold_train_params(train, params.epochs)
     report: dict = {"models": models, "models_rule": models_rule, "epochs": params.epochs, "ci": evaluate.ci,
@@ -142,14 +97,14 @@ def run_external(params: ExternalParams, train: TrainParams, evaluate: EvaluateP
             log.warning("not holding out %s: %s", source, problem)
             report["skipped"][source] = problem
             continue
-        report["folds"][source] = _run_fold(fold, models, classes, fold_params, evaluate, processed, metrics_root,
-                                            work_dir / source, extra_params)
+        report["folds"][source] = _run_fold(fold, models, classes, fold_params, evaluate, processed,
+                                            plan["in_source"], work_dir / source, extra_params)
     report["summary"] = external_summary(report["folds"])
     return report
 
 
 def _run_fold(fold: Fold, models: list[str], classes: list[str], train: TrainParams, evaluate: EvaluateParams,
-              processed: Path, metrics_root: Path, fold_dir: Path, extra_params: dict | None) -> dict:
+              processed: Path, in_source: dict, fold_dir: Path, extra_params: dict | None) -> dict:
     """Write the fold folder, train and test each model, remove the arrays; return the fold's part of the report."""
     data_dir = fold_dir / "data"
     write_fold(fold, processed, data_dir)
@@ -166,7 +121,7 @@ def _run_fold(fold: Fold, models: list[str], classes: list[str], train: TrainPar
         extra = {**(extra_params or {}), "external": {"held_out_source": fold.held_out}}
         t = train_model(name, train, data_dir, fold_dir / name, fold_dir / name, extra_params=extra)
         result = _test_model(fold_dir / name, data_dir, classes, evaluate)
-        result["in_source"] = in_source_figures(Path(metrics_root) / name / "eval.json", fold.held_out)
+        result["in_source"] = in_source_figures(in_source.get(name), fold.held_out)
         result["gap"] = gap(result["macro_recall"], result["in_source"])
         result["mlflow_run_id"] = t.get("mlflow_run_id")
         result["epochs_run"] = t["epochs_run"]

@@ -25,7 +25,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import metrics
-from .io import read_json
 from .metrics import EvaluateParams
 from .plots import pyplot, save_png
 
@@ -76,13 +75,12 @@ def fold_metrics(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], param
             "confusion_matrix": m["confusion_matrix"]}
 
 
-def in_source_figures(eval_json: Path, source: str) -> dict[str, Any] | None:
-    """The evaluate stage's test figures of the same architecture: whole test split and ``source``'s test images;
-    None when that architecture was not evaluated in-source."""
-    eval_json = Path(eval_json)
-    if not eval_json.exists():
+def in_source_figures(test: dict[str, Any] | None, source: str) -> dict[str, Any] | None:
+    """The in-source figures beside a fold model's: the same architecture's test figures (the plan's
+    :func:`lungxray.external_plan.in_source_test`), whole test split and ``source``'s test images; None when that
+    architecture was not evaluated in-source."""
+    if test is None:
         return None
-    test = read_json(eval_json).get("test") or {}
     own = (test.get("by_source") or {}).get(source) or {}
     return {"test_macro_recall": test.get("macro_recall"), "test_macro_recall_ci_low": test.get("macro_recall_ci_low"),
             "test_macro_recall_ci_high": test.get("macro_recall_ci_high"), "test_accuracy": test.get("accuracy"),

@@ -17,7 +17,7 @@ from .config import DEFAULT_PARAMS, FetchParams, Strict, read_params_file, valid
 from .dedupe import DedupeParams
 from .ensemble_members import EnsembleParams, resolve_members
 from .errors import ConfigError, LungxrayError
-from .external import ExternalParams
+from .external_plan import ExternalParams
 from .metrics import EvaluateParams
 from .gate import GateParams
 from .preprocess import PreprocessParams

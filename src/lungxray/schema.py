@@ -165,6 +165,7 @@ EXTERNAL_DIR = MODELS / "external"  # external (leave-one-source-out): <source>/
 EXTERNAL_MD = REPORTS / "external.md"
 EXTERNAL_PNG = REPORTS / "external.png"
 EXTERNAL_JSON = REPORTS / "external.json"  # written last: the leaderboard's external column reads it
+EXTERNAL_PLAN = REPORTS / "external_plan.json"  # external_plan: the fold architectures and their in-source figures
 PROMOTION = REPORTS / "promotion.json"
 SHORTCUT_JSON = REPORTS / "shortcut.json"  # shortcut -> compare: the source probe, the label mix, the warning
 SHORTCUT_MD = REPORTS / "shortcut.md"

@@ -1,0 +1,21 @@
+"""DVC stage `external_plan`: the architectures the external stage trains in each fold and the in-source test figures
+its report shows beside theirs, read from metrics/ (the external stage depends on this file, not on metrics/)."""
+
+from lungxray import schema
+from lungxray.config import load_sections
+from lungxray.external_plan import ExternalParams, external_plan
+from lungxray.io import write_json
+from lungxray.promote import PromotionParams
+from lungxray.stage import run_stage
+from lungxray.train_settings import TrainParams
+
+
+def main() -> None:
+    p = load_sections({"external": ExternalParams, "train": TrainParams, "promote": PromotionParams})
+    plan = external_plan(p.external, p.train, schema.METRICS, p.promote)
+    write_json(schema.EXTERNAL_PLAN, plan)
+    print(f"external stage plan: {', '.join(plan['models'])} ({plan['models_rule']})")
+
+
+if __name__ == "__main__":
+    run_stage("external_plan", main)
