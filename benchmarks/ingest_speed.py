@@ -16,6 +16,7 @@ import sys
 import time
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Callable
 
 from lungxray.fetch.listing import list_files
 from lungxray.fetch.probing import probe_all
@@ -48,31 +49,57 @@ def ingest_rate(paths: list[str], workers: int) -> float:
     return len(paths) / (time.perf_counter() - t)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+# --- what this benchmark and preprocess_speed.py share: the files, the interleaved rounds, the table -------------------
+
+
+def arguments(doc: str, repeat: int) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
-    ap.add_argument("--repeat", type=int, default=3)
-    args = ap.parse_args()
-    root = Path(args.data)
+    ap.add_argument("--repeat", type=int, default=repeat)
+    return ap
+
+
+def image_files(data: str) -> list[str] | None:
+    """The PNG/JPEG files under ``data`` (relative names; the folders of corrupt files left out), or None with a
+    message when there is no such folder."""
+    root = Path(data)
     if not root.is_dir():
         print(f"no data folder at {root}: pass --data FOLDER with chest X-rays", file=sys.stderr)
+        return None
+    return list_files(root, [], ["*unreadable*"], EXTS)[0]
+
+
+def best_rates(paths: list[str], workers: int, repeat: int, stage_rate: Callable[[int], float]) -> tuple[float, float]:
+    """The best bare-decode rate and the best ``stage_rate(round)`` over ``repeat`` rounds, interleaved so that
+    drifting CPU speed hits both alike, after a warm-up of imports and the page cache."""
+    bare_rate(paths[:64], workers)
+    bare, stage = [], []
+    for i in range(repeat):
+        bare.append(bare_rate(paths, workers))
+        stage.append(stage_rate(i))
+    return max(bare), max(stage)
+
+
+def print_ratio(bare_label: str, bare: float, stage_label: str, stage: float, ratio: str) -> None:
+    width = max(len(bare_label), len(stage_label)) + 2
+    print(f"{'':{width}}{'images/s':>10}")
+    print(f"{bare_label:{width}}{bare:>10.1f}")
+    print(f"{stage_label:{width}}{stage:>10.1f}")
+    print(f"ratio {ratio}: {stage / bare:.2f}x")
+
+
+def main() -> int:
+    args = arguments(__doc__, repeat=3).parse_args()
+    rels = image_files(args.data)
+    if rels is None:
         return 2
-    rels, _ = list_files(root, [], ["*unreadable*"], EXTS)
-    paths = [str(root / r) for r in rels]
+    paths = [str(Path(args.data) / r) for r in rels]
     total_mb = sum(os.path.getsize(p) for p in paths) / 2**20
-    print(f"{len(paths)} image files ({total_mb:.0f} MiB) under {root}, {args.workers} worker(s), best of {args.repeat}")
-    bare_decode(paths[0]), ingest_rate(paths[:64], 1)  # warm imports and the page cache
-    bare_rate(paths, args.workers)
-    bare, ingest = [], []
-    for _ in range(args.repeat):  # interleaved, so drifting CPU speed hits both alike
-        bare.append(bare_rate(paths, args.workers))
-        ingest.append(ingest_rate(paths, args.workers))
-    b, i = max(bare), max(ingest)
-    print(f"{'':22}{'images/s':>10}")
-    print(f"{'bare decode (PIL load)':22}{b:>10.1f}")
-    print(f"{'fetch ingest (probe)':22}{i:>10.1f}")
-    print(f"ratio ingest / bare decode: {i / b:.2f}x")
+    print(f"{len(paths)} image files ({total_mb:.0f} MiB) under {args.data}, {args.workers} worker(s), "
+          f"best of {args.repeat}")
+    b, i = best_rates(paths, args.workers, args.repeat, lambda _: ingest_rate(paths, args.workers))
+    print_ratio("bare decode (PIL load)", b, "fetch ingest (probe)", i, "ingest / bare decode")
     return 0
 
 

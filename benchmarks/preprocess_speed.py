@@ -10,8 +10,6 @@ CPU speed here swings between runs: compare the ratio measured in one process, n
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import tempfile
 import time
@@ -19,42 +17,31 @@ from pathlib import Path
 
 import pandas as pd
 
-from lungxray.fetch.listing import list_files
 from lungxray.preprocess import PreprocessParams, run_preprocess
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ingest_speed import EXTS, bare_rate  # noqa: E402  (same bare-decode baseline as the fetch benchmark)
+from ingest_speed import arguments, best_rates, image_files, print_ratio  # noqa: E402  (same baseline as fetch)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="../shared/data")
+    ap = arguments(__doc__, repeat=2)
     ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--workers", type=int, default=os.cpu_count())
-    ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
-    root = Path(args.data)
-    if not root.is_dir():
-        print(f"no data folder at {root}: pass --data FOLDER with chest X-rays", file=sys.stderr)
+    rels = image_files(args.data)
+    if rels is None:
         return 2
-    rels, _ = list_files(root, [], ["*unreadable*"], EXTS)
-    paths = [str(root / r) for r in rels]
+    paths = [str(Path(args.data) / r) for r in rels]
     split = pd.DataFrame({"id": rels, "path": paths, "label": "normal", "split": "train", "source": "bench"})
     params = PreprocessParams(image_size=args.size, workers=args.workers)
-    print(f"{len(paths)} image files under {root}, {args.workers} worker(s), {args.size}px, best of {args.repeat}")
-    bare, prep = [], []
+    print(f"{len(paths)} image files under {args.data}, {args.workers} worker(s), {args.size}px, best of {args.repeat}")
     with tempfile.TemporaryDirectory() as tmp:
-        bare_rate(paths[:64], args.workers)  # warm imports and the page cache
-        for i in range(args.repeat):  # interleaved, so drifting CPU speed hits both alike
-            bare.append(bare_rate(paths, args.workers))
+        def preprocess_rate(i: int) -> float:
             t = time.perf_counter()
             run_preprocess(split, ["normal"], params, Path(tmp) / f"p{i}", progress=False)
-            prep.append(len(paths) / (time.perf_counter() - t))
-    b, p = max(bare), max(prep)
-    print(f"{'':34}{'images/s':>10}")
-    print(f"{'bare decode (PIL open + load)':34}{b:>10.1f}")
-    print(f"{'preprocess stage (decode+resize)':34}{p:>10.1f}")
-    print(f"ratio preprocess / bare decode: {p / b:.2f}x")
+            return len(paths) / (time.perf_counter() - t)
+
+        b, p = best_rates(paths, args.workers, args.repeat, preprocess_rate)
+    print_ratio("bare decode (PIL open + load)", b, "preprocess stage (decode+resize)", p, "preprocess / bare decode")
     return 0
 
 
