@@ -303,6 +303,43 @@ def test_each_member_prepares_the_image_its_own_way_and_the_ensemble_averages_th
     assert rows[2]["predicted"] == "" and "uint8" in rows[2]["error"]
 
 
+@pytest.mark.slow
+def test_the_ensembles_grad_cam_is_the_mean_of_its_members_maps_for_the_ensembles_class(repo, tmp_path):
+    from PIL import Image
+
+    from lungxray.ensemble_model import EnsemblePredictor
+    from lungxray.gradcam import resize_maps
+    from lungxray.predict import cam_writer, predict_files
+    from lungxray.predictor import classify, predictor_from_file
+
+    a = predictor_from_file(repo / "models/cnn5/model.pt", device="cpu")
+    b = predictor_from_file(repo / "models/cnn8/model.pt", device="cpu")
+    b.image_size = 48  # the members see the image at different sizes
+    ensemble = EnsemblePredictor(members=[a, b], names=["a", "b"])
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (40, 56), dtype=np.uint8), np.zeros(3), np.tile(np.arange(60, dtype=np.uint8),
+                                                                                   (60, 1))]
+    seen = []
+    rows = classify(ensemble, images, ["x", "bad", "y"], seen.append)
+    (batch,) = seen
+    assert batch.files == ["x", "y"] and batch.images.shape == (2, a.image_size, a.image_size)
+    assert [CLASSES[k] for k in batch.predicted] == [rows[0]["predicted"], rows[2]["predicted"]]
+
+    own = []
+    for member in (a, b):
+        classify(member, [images[0], images[2]], ["x", "y"], own.append)
+    expected = (own[0].heatmaps(batch.predicted) + resize_maps(own[1].heatmaps(batch.predicted), a.image_size)) / 2
+    assert own[1].images.shape[1] == 48 and np.allclose(batch.heatmaps(), expected, atol=1e-5)
+
+    files = []
+    for name, image in (("x.png", images[0]), ("y.png", images[2])):
+        Image.fromarray(image).save(tmp_path / name)
+        files.append(tmp_path / name)
+    table = predict_files(files, ensemble, on_batch=cam_writer(tmp_path / "cams", ensemble, files), progress=False)
+    assert (table.error == "").all()
+    assert sorted(p.name for p in (tmp_path / "cams").iterdir()) == ["x.png.png", "y.png.png"]
+
+
 def test_predict_with_an_ensemble_applies_argmax_and_refuses_other_operating_points_with_a_clear_error():
     from lungxray.ensemble_model import EnsemblePredictor
     from lungxray.predictor import find_operating_point

@@ -12,7 +12,7 @@ register/promote rule and ``lungxray predict --model models:/<name>@champion`` t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -60,13 +60,14 @@ class EnsemblePredictor:
 
     def classify(self, sources: Sequence, names: Sequence[str] | None = None,
                  on_batch: Callable | None = None) -> list[dict]:
-        """One output row per source: the members' mean probabilities, or the first member's reason it failed."""
+        """One output row per source: the members' mean probabilities, or the first member's reason it failed.
+        ``on_batch`` receives the classified images as one :class:`EnsembleBatch`."""
         from .predictor import ERROR, classify, failed_row, prob_column, result_rows
 
-        if on_batch is not None:
-            raise LungxrayError("per-image extras such as Grad-CAM need one model: the ensemble has several; pass "
-                                "--model models/<member> for one member's heat maps")
-        per_member = [classify(m, sources) for m in self.members]
+        positions = [str(i) for i in range(len(sources))]  # the members' batches name each image by its position
+        member_batches: list[list] = [[] for _ in self.members]
+        per_member = [classify(m, sources, positions, seen.append if on_batch else None)
+                      for m, seen in zip(self.members, member_batches)]
         rows = []
         for i in range(len(sources)):
             error = next((r[i][ERROR] for r in per_member if r[i][ERROR]), "")
@@ -75,7 +76,47 @@ class EnsemblePredictor:
                 continue
             probs = np.mean([[r[i][prob_column(c)] for c in self.classes] for r in per_member], axis=0)
             rows.append(result_rows(probs[None], self.classes)[0])
+        ok = [i for i, row in enumerate(rows) if not row[ERROR]]
+        if on_batch is not None and ok:
+            names = list(names) if names is not None else positions
+            on_batch(self._batch(ok, [seen[0] for seen in member_batches], rows, [names[i] for i in ok]))
         return rows
+
+    def _batch(self, ok: list[int], member_batches: list, rows: list[dict], files: list[str]) -> EnsembleBatch:
+        """The ensemble's batch of the images every member classified (``ok``): each member's batch cut to them."""
+        from .predictor import prob_column
+
+        members = []
+        for b in member_batches:
+            at = {int(f): p for p, f in enumerate(b.files)}
+            sel = [at[i] for i in ok]
+            members.append(replace(b, images=b.images[sel], predicted=b.predicted[sel], probs=b.probs[sel],
+                                   files=[b.files[p] for p in sel]))
+        probs = np.array([[rows[i][prob_column(c)] for c in self.classes] for i in ok])
+        return EnsembleBatch(members, members[0].images, probs.argmax(1), probs, files, self.classes)
+
+
+@dataclass
+class EnsembleBatch:
+    """One classified batch of the ensemble, as ``on_batch`` receives it (the fields of a
+    :class:`~lungxray.predictor.PredictedBatch`): the first member's square images (what an overlay is drawn on), the
+    ensemble's predicted classes and mean probabilities, and each member's batch of the same images."""
+
+    members: list  # PredictedBatch per member, row i of each is image i
+    images: np.ndarray  # (N, S, S) uint8, the first member's
+    predicted: np.ndarray  # (N,) the ensemble's classes
+    probs: np.ndarray  # (N, C) the mean probabilities
+    files: list[str]
+    classes: list[str]
+
+    def heatmaps(self, class_indices: Sequence[int] | None = None) -> np.ndarray:
+        """The mean of the members' Grad-CAM maps for ``class_indices`` (default: the ensemble's predicted classes),
+        each resized to the first member's image size: where the members agree the ensemble's class is shown."""
+        from .gradcam import resize_maps
+
+        k = self.predicted if class_indices is None else class_indices
+        size = self.images.shape[1]
+        return np.mean([resize_maps(m.heatmaps(k), size) for m in self.members], axis=0)
 
 
 def ensemble_predictor_from_manifest(path: str | Path, device: str = "auto") -> EnsemblePredictor:

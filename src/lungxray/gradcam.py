@@ -113,6 +113,17 @@ def heatmaps(model: nn.Module, arch: str, images: np.ndarray, mean: float | Sequ
     return out
 
 
+def resize_maps(heats: np.ndarray, size: int) -> np.ndarray:
+    """Heat maps (N, s, s) resized (bilinear) to (N, size, size), still in 0..1: an ensemble's members see the image
+    at their own sizes, its map is drawn on one."""
+    heats = np.asarray(heats, dtype=np.float32)
+    if heats.shape[1:] == (size, size):
+        return heats
+    t = torch.nn.functional.interpolate(torch.from_numpy(heats).unsqueeze(1), size=(size, size), mode="bilinear",
+                                        align_corners=False)
+    return t.squeeze(1).clamp(0, 1).numpy()
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # overlays
 

@@ -6,8 +6,8 @@
   predicted class and one ``prob_<class>`` column per class, or, for a file that cannot be used, the reason in
   ``error`` (the batch goes on). ``on_batch`` receives every classified batch
   (:class:`~lungxray.predictor.PredictedBatch`: the torch model, its architecture, the square uint8 images, the
-  predicted indices, the probabilities and the files), which is where per-image extras such as Grad-CAM overlays
-  hook in.
+  predicted indices, the probabilities and the files; an ensemble's :class:`~lungxray.ensemble_model.EnsembleBatch`),
+  which is where per-image extras such as Grad-CAM overlays hook in (``batch.heatmaps()``).
 * :func:`~lungxray.predictor.apply_operating_point` adds the decision of one of the model's operating points
   (chosen on val: :mod:`lungxray.calibration`): ``argmax`` (the default) is the ``predicted`` column itself; ``<class>@sens95`` or
   ``<class>@youden`` adds a column of that name, true when ``prob_<class> >= threshold`` (empty for unusable files).
@@ -150,14 +150,13 @@ def cam_writer(out_dir: str | Path, predictor: Predictor, files: Sequence[str | 
     ``a/b.dcm.png``), showing the X-ray, its heat map for the predicted class, that class and its probability."""
     import os
 
-    from .gradcam import heatmaps, write_overlays
+    from .gradcam import write_overlays
 
     paths = [Path(f).resolve() for f in files]
     root = Path(os.path.commonpath([p.parent for p in paths])) if paths else Path(".")
 
     def write(batch: PredictedBatch) -> None:
-        heats = heatmaps(batch.model, batch.arch, batch.images, predictor.mean, predictor.std, batch.predicted,
-                         predictor.device)
+        heats = batch.heatmaps()  # an ensemble's: the mean of its members' maps for its class
         names = [Path(f).resolve().relative_to(root).as_posix() for f in batch.files]  # write_overlays adds .png
         titles = [f"{batch.classes[k]} {p[k]:.2f}" for k, p in zip(batch.predicted, batch.probs)]
         write_overlays(out_dir, names, batch.images, heats, titles)

@@ -126,6 +126,17 @@ class PredictedBatch:
     probs: np.ndarray  # (N, C) probabilities
     files: list[str]
     classes: list[str]
+    mean: list[float]  # the model's normalisation (Predictor.mean / std)
+    std: list[float]
+    device: object  # torch.device
+
+    def heatmaps(self, class_indices: Sequence[int] | None = None) -> np.ndarray:
+        """Grad-CAM maps (N, S, S) in 0..1 of the batch's images for ``class_indices`` (default: the predicted
+        classes): :func:`lungxray.gradcam.heatmaps`."""
+        from .gradcam import heatmaps
+
+        k = self.predicted if class_indices is None else class_indices
+        return heatmaps(self.model, self.arch, self.images, self.mean, self.std, k, self.device)
 
 
 def result_rows(probs: np.ndarray, classes: Sequence[str]) -> list[dict]:
@@ -171,7 +182,8 @@ def classify(predictor: Predictor, sources: Sequence, names: Sequence[str] | Non
         if on_batch is not None:
             names = list(names) if names is not None else [str(i) for i in range(len(sources))]
             on_batch(PredictedBatch(predictor.model, predictor.arch, batch, probs.argmax(1), probs,
-                                    [names[i] for i in ok], list(predictor.classes)))
+                                    [names[i] for i in ok], list(predictor.classes), predictor.mean, predictor.std,
+                                    predictor.device))
     return rows
 
 
