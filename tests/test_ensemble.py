@@ -219,6 +219,50 @@ def test_the_ensemble_run_records_its_members_in_mlflow(repo):
 
 
 @pytest.mark.slow
+def test_the_ensemble_writes_a_grad_cam_grid_and_logs_it_with_its_run(repo):
+    import mlflow
+
+    png = repo / "reports/ensemble/gradcam.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    t = json.loads((repo / "metrics/ensemble/train.json").read_text())
+    mlflow.set_tracking_uri(yaml.safe_load((repo / "params.yaml").read_text())["train"]["mlflow"]["tracking_uri"])
+    logged = [f.path for f in mlflow.MlflowClient().list_artifacts(t["mlflow_run_id"], "evaluation")]
+    assert "evaluation/gradcam.png" in logged
+
+
+@pytest.mark.slow
+def test_the_ensembles_grid_shows_each_image_with_the_mean_of_its_members_maps(repo, monkeypatch):
+    """Whatever order the predictions are in, each picked image is the one of its id, and its map is the mean of the
+    members' maps for the ensemble's class."""
+    import lungxray.gradcam as gradcam
+    from lungxray.ensemble import _write_gradcam
+    from lungxray.inference import architecture, load_trained
+    from lungxray.preprocess import load_split
+
+    processed = repo / "data/processed"
+    table = pd.read_csv(repo / "metrics/ensemble/predictions_test.csv", dtype={"id": str}).sample(frac=1,
+                                                                                                  random_state=0)
+    probs = table[[f"prob_{c}" for c in CLASSES]].to_numpy()
+    y = table.label.map(CLASSES.index).to_numpy()
+    seen = {}
+
+    def grid(images, y_true, p, classes, explain, **kw):
+        seen["images"], seen["maps"] = images, explain(images[:3], list(p[:3].argmax(1)))
+        return gradcam.pyplot().figure()
+
+    monkeypatch.setattr(gradcam, "heatmap_grid", grid)
+    _write_gradcam(list(MEMBERS), repo / "models", processed, "test", (y, probs, None), table.id, CLASSES,
+                   repo / "reports/ensemble_check")
+    x, _ = load_split(processed, "test")
+    rows = pd.read_csv(processed / "index.csv", dtype={"id": str}).query("split == 'test'").set_index("id").row
+    assert np.array_equal(seen["images"], x[rows.loc[table.id].to_numpy()])
+    nets = [load_trained(repo / f"models/{m}/model.pt") for m in MEMBERS]
+    own = [gradcam.heatmaps(model, architecture(ck), seen["images"][:3], ck["mean"], ck["std"],
+                            list(probs[:3].argmax(1))) for model, ck in nets]
+    assert np.allclose(seen["maps"], np.mean(own, axis=0), atol=1e-5)
+
+
+@pytest.mark.slow
 def test_the_leaderboard_ranks_the_ensemble_and_says_what_it_averages(repo):
     out = stage(repo, "compare.py")
     board = json.loads((repo / "reports/leaderboard.json").read_text())

@@ -32,9 +32,10 @@ from . import metrics, schema
 from .checkpoint import data_version, fingerprint
 from .ensemble_members import ENSEMBLE, MEMBER_RECORDS, EnsembleParams, check_member, resolve_members
 from .errors import LungxrayError
-from .evaluate import _split_index, _write_plots, fingerprint_images, fingerprint_split, score_split
+from .evaluate import _save, _split_index, _write_plots, fingerprint_images, fingerprint_split, score_split
 from .io import read_json, sha256_file, write_csv, write_json
 from .metrics.tables import PROB_PREFIX
+from .preprocess import load_split
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -135,9 +136,10 @@ def evaluate_ensemble(params: EnsembleParams, models: list[str], processed: Path
                  "inputs": {"data_version": data_version(processed),
                             "evaluate_params": fingerprint(eval_params.model_dump()),
                             "members": {m: r["sha256"]["model.pt"] for m, r in records.items()}}}
-    warnings, results = [], {}
+    warnings, results, tables = [], {}, {}
     for split in schema.EVAL_SPLITS:
         table = mean_predictions({m: _read_table(metrics_root / m / f"predictions_{split}.csv") for m in members})
+        tables[split] = table
         write_csv(out_dir / f"predictions_{split}.csv", table)
         if table.empty and split == "test" and eval_params.allow_empty_test:
             out["test"] = None
@@ -154,6 +156,8 @@ def evaluate_ensemble(params: EnsembleParams, models: list[str], processed: Path
     if official is not None:
         out[schema.OFFICIAL_TEST_SPLIT] = official
     _write_plots(ENSEMBLE, results, classes, out_dir, Path(reports_dir), out)
+    _write_gradcam(members, models_root, processed, out["plots_split"], results[out["plots_split"]],
+                   tables[out["plots_split"]].id, classes, Path(reports_dir))
     out["warnings"] = warnings
     out["throughput"] = _throughput(evals)
     for split in schema.EVAL_SPLITS:
@@ -167,6 +171,29 @@ def evaluate_ensemble(params: EnsembleParams, models: list[str], processed: Path
     write_json(out_dir / "train.json", record)
     write_json(out_dir / "eval.json", out)  # last: its presence means the evaluation finished
     return out
+
+
+def _write_gradcam(members: list[str], models_root: Path, processed: Path, split: str, result: tuple, ids: pd.Series,
+                   classes: list[str], reports_dir: Path) -> None:
+    """``gradcam.png`` as the evaluate stage writes it for a model: per class, the most confident correct and wrong
+    images of the plotted split, each with the mean of the members' Grad-CAM maps for the ensemble's class."""
+    import torch
+
+    from .gradcam import heatmap_grid, mean_heatmaps
+    from .inference import architecture, load_trained
+
+    x, _ = load_split(processed, split)
+    position = pd.Series(np.arange(len(x)), index=_split_index(processed, split).id)
+    images = x[position.loc[ids].to_numpy()]  # in the predictions' order
+    nets = []
+    for m in members:
+        model, ck = load_trained(models_root / m / "model.pt")
+        nets.append((model.eval(), architecture(ck), ck["mean"], ck["std"]))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    y, probs, _ = result
+    fig = heatmap_grid(images, y, probs, classes, lambda im, k: mean_heatmaps(nets, im, k, device),
+                       title=f"ensemble of {', '.join(members)}: mean Grad-CAM of the predicted class ({split} split)")
+    _save(fig, reports_dir / "gradcam.png")
 
 
 def write_disabled(metrics_dir: Path, reports_dir: Path) -> dict:

@@ -16,7 +16,8 @@ The rules behind the maps:
   are restored. The model is moved to ``device`` (as ``predict_proba`` does).
 * **Evaluate grid.** :func:`gradcam_grid` shows, per true class, the ``per_class`` most confident correct and the
   ``per_class`` most confident wrong predictions (ties: the earlier image), each with its map; one batched
-  computation, so it stays cheap on a CPU.
+  computation, so it stays cheap on a CPU. The ensemble's grid (:func:`heatmap_grid` with :func:`mean_heatmaps`)
+  shows the mean of its members' maps for the ensemble's predicted class.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -203,11 +204,27 @@ def gradcam_grid(model: nn.Module, arch: str, images: np.ndarray, y_true: np.nda
                  device: str | torch.device = "cpu", per_class: int = GRID_PER_CLASS, title: str | None = None):
     """A figure: one row per true class, ``per_class`` correctly then ``per_class`` wrongly classified images
     (:func:`pick_examples`), each with the Grad-CAM map of its predicted class; an empty cell says "none"."""
+    return heatmap_grid(images, y_true, probs, classes,
+                        lambda im, k: heatmaps(model, arch, im, mean, std, k, device), per_class, title)
+
+
+def mean_heatmaps(nets: Sequence[tuple[nn.Module, str, Sequence[float], Sequence[float]]], images: np.ndarray,
+                  class_indices: Sequence[int], device: str | torch.device = "cpu") -> np.ndarray:
+    """The mean of several models' Grad-CAM maps of the same images (an ensemble's map): ``nets`` holds each model
+    with its architecture and normalisation ``(model, arch, mean, std)``."""
+    return np.mean([heatmaps(model, arch, images, mean, std, class_indices, device)
+                    for model, arch, mean, std in nets], axis=0)
+
+
+def heatmap_grid(images: np.ndarray, y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str],
+                 explain: Callable[[np.ndarray, list[int]], np.ndarray], per_class: int = GRID_PER_CLASS,
+                 title: str | None = None):
+    """:func:`gradcam_grid` with the maps from ``explain(images, class_indices)`` (one model's, or an ensemble's:
+    :func:`mean_heatmaps`)."""
     picks = pick_examples(y_true, probs, per_class)
     chosen = sorted({i for right, wrong in picks for i in right + wrong})
     pred = np.asarray(probs).argmax(1)
-    heats = heatmaps(model, arch, np.asarray(images[chosen]), mean, std, pred[chosen].tolist(),
-                     device) if chosen else []
+    heats = explain(np.asarray(images[chosen]), pred[chosen].tolist()) if chosen else []
     heat_of = dict(zip(chosen, heats))
     plt = pyplot()
     rows, cols = len(classes), 2 * per_class
@@ -234,4 +251,5 @@ def gradcam_grid(model: nn.Module, arch: str, images: np.ndarray, y_true: np.nda
     return fig
 
 
-__all__ = ["GRID_PER_CLASS", "blend", "gradcam_grid", "heatmaps", "overlay", "pick_examples", "write_overlays"]
+__all__ = ["GRID_PER_CLASS", "blend", "gradcam_grid", "heatmap_grid", "heatmaps", "mean_heatmaps", "overlay",
+           "pick_examples", "resize_maps", "write_overlays"]
