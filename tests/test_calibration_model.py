@@ -64,7 +64,7 @@ def test_model_pt_carries_the_temperature_and_the_operating_points_fitted_on_val
 
 
 @pytest.mark.slow
-def test_the_mlflow_model_gives_softmax_of_the_logits_over_the_stored_temperature(trained):
+def test_the_mlflow_model_gives_softmax_of_the_logits_over_the_stored_temperature(trained, tmp_path):
     import mlflow
 
     from lungxray.predictor import predictor_from_file
@@ -74,7 +74,7 @@ def test_the_mlflow_model_gives_softmax_of_the_logits_over_the_stored_temperatur
     mlflow.set_tracking_uri(trained["mlflow"].tracking_uri)
     x, _ = load_split(trained["processed"], "val")
     images = np.array(x[:8])
-    out = mlflow.pyfunc.load_model(uri).predict({"image": images})
+    out = mlflow.pyfunc.load_model(uri, dst_path=str(tmp_path)).predict({"image": images})
     p = predictor_from_file(trained["root"] / "models/cnn5/model.pt", device="cpu")
     squares = np.stack([p.square(im) for im in images])
     expected = softmax_t(predict_logits(p.model, squares, p.mean, p.std), ck["temperature"])
@@ -86,12 +86,12 @@ def test_the_mlflow_model_gives_softmax_of_the_logits_over_the_stored_temperatur
 
 
 @pytest.mark.slow
-def test_the_mlflow_model_applies_an_operating_point_passed_as_a_parameter(trained):
+def test_the_mlflow_model_applies_an_operating_point_passed_as_a_parameter(trained, tmp_path):
     import mlflow
     from mlflow.exceptions import MlflowException
 
     mlflow.set_tracking_uri(trained["mlflow"].tracking_uri)
-    model = mlflow.pyfunc.load_model(trained["train"]["mlflow_model_uri"])
+    model = mlflow.pyfunc.load_model(trained["train"]["mlflow_model_uri"], dst_path=str(tmp_path))
     x, _ = load_split(trained["processed"], "val")
     images = list(np.array(x[:10])) + [b"not an image"]
     name = "pneumonia@youden"

@@ -193,7 +193,7 @@ def test_the_registered_model_takes_paths_bytes_base64_and_arrays_and_answers_ba
     import mlflow
 
     mlflow.set_tracking_uri(champion["uri"])
-    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion", dst_path=str(tmp_path))
     img = xray(5)
     Image.fromarray(img).save(tmp_path / "x.png")
     data = (tmp_path / "x.png").read_bytes()
@@ -217,7 +217,7 @@ import json, sys
 from pathlib import Path
 sys.path[:] = [p for p in sys.path if not (Path(p or '.') / 'lungxray').is_dir()]  # no repository, no editable install
 import mlflow
-model = mlflow.pyfunc.load_model(sys.argv[1])
+model = mlflow.pyfunc.load_model(sys.argv[1], dst_path=sys.argv[3])
 import lungxray
 out = model.predict({'image': [sys.argv[2]]})
 print(json.dumps({'lungxray': lungxray.__file__, 'path': sys.path, 'out': out.to_dict(orient='records')}))
@@ -235,7 +235,9 @@ def test_the_registered_model_loads_and_predicts_outside_the_repository(champion
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     xray_file = sorted((shared_data / "jtiptj_test/PNEUMONIA").iterdir())[0]
-    res = subprocess.run([sys.executable, "-c", LOAD_ELSEWHERE, f"models:/{NAME}@champion", str(xray_file)],
+    (elsewhere / "download").mkdir()
+    res = subprocess.run([sys.executable, "-c", LOAD_ELSEWHERE, f"models:/{NAME}@champion", str(xray_file),
+                          str(elsewhere / "download")],
                          cwd=elsewhere, env=clean_env(champion["uri"]), capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     doc = json.loads(res.stdout.strip().splitlines()[-1])
@@ -317,7 +319,8 @@ def test_the_served_champion_answers_a_real_xray_and_applies_an_operating_point_
     served = [answer[0][f"prob_{c}"] for c in CLASSES]
     assert sum(served) == pytest.approx(1)
     mlflow.set_tracking_uri(champion["uri"])
-    local = mlflow.pyfunc.load_model(f"models:/{NAME}@champion").predict({"image": [str(xray_file)]})
+    local = mlflow.pyfunc.load_model(f"models:/{NAME}@champion", dst_path=str(tmp_path)).predict(
+        {"image": [str(xray_file)]})
     np.testing.assert_allclose(served, probs(local)[0], atol=1e-6)
     assert answer[1]["predicted"] == "" and answer[1]["error"].startswith("not an image")
     threshold = local_op_threshold(champion, "pneumonia@youden")

@@ -170,10 +170,13 @@ def measure_throughput(model, image_size: int, batch_size: int = 64, device="cpu
 def predict_images(model_uri: str, images: np.ndarray) -> np.ndarray:
     """Class probabilities (N, C) of uint8 greyscale images (N, H, W) by a logged or registered lungxray image model
     (:mod:`lungxray.image_model`: it applies its own preprocessing and normalisation)."""
+    import tempfile
+
     import mlflow
 
-    model = mlflow.pyfunc.load_model(model_uri)
-    out = model.predict({"image": np.asarray(images, dtype=np.uint8)})
+    with tempfile.TemporaryDirectory() as tmp:  # MLflow leaves its own download folder behind
+        model = mlflow.pyfunc.load_model(model_uri, dst_path=tmp)
+        out = model.predict({"image": np.asarray(images, dtype=np.uint8)})
     failed = out[out.error != ""]
     if len(failed):
         raise LungxrayError(f"{model_uri} could not use {len(failed)} image(s): {failed.error.iloc[0]}")
