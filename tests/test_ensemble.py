@@ -231,7 +231,7 @@ def test_the_ensemble_writes_a_grad_cam_grid_and_logs_it_with_its_run(repo):
 
 
 @pytest.mark.slow
-def test_the_ensembles_grid_shows_each_image_with_the_mean_of_its_members_maps(repo, monkeypatch):
+def test_the_ensembles_grid_shows_each_image_with_the_mean_of_its_members_maps(repo, monkeypatch, tmp_path):
     """Whatever order the predictions are in, each picked image is the one of its id, and its map is the mean of the
     members' maps for the ensemble's class."""
     import lungxray.gradcam as gradcam
@@ -252,7 +252,7 @@ def test_the_ensembles_grid_shows_each_image_with_the_mean_of_its_members_maps(r
 
     monkeypatch.setattr(gradcam, "heatmap_grid", grid)
     _write_gradcam(list(MEMBERS), repo / "models", processed, "test", (y, probs, None), table.id, CLASSES,
-                   repo / "reports/ensemble_check")
+                   tmp_path)
     x, _ = load_split(processed, "test")
     rows = pd.read_csv(processed / "index.csv", dtype={"id": str}).query("split == 'test'").set_index("id").row
     assert np.array_equal(seen["images"], x[rows.loc[table.id].to_numpy()])

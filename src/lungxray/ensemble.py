@@ -34,7 +34,7 @@ from .ensemble_members import ENSEMBLE, MEMBER_RECORDS, EnsembleParams, check_me
 from .errors import LungxrayError
 from .evaluate import _save, _split_index, _write_plots, fingerprint_images, fingerprint_split, score_split
 from .io import read_json, sha256_file, write_csv, write_json
-from .metrics.tables import PROB_PREFIX
+from .metrics.tables import PROB_PREFIX, predictions_arrays
 from .preprocess import load_split
 
 
@@ -84,8 +84,7 @@ def _official_test(members: list[str], metrics_root: Path, processed: Path, clas
     write_csv(out_dir / name, table)
     if _split_part(table, processed, schema.OFFICIAL_TEST_SPLIT).empty:  # refuses predictions of another set
         return None
-    y = table.label.map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
-    probs = table[[f"{PROB_PREFIX}{c}" for c in classes]].to_numpy(np.float64)
+    y, probs = predictions_arrays(table, classes)
     return metrics.summary(metrics.compute_metrics(y, probs, classes, eval_params, units=table.unit.tolist()))
 
 
@@ -148,8 +147,7 @@ def evaluate_ensemble(params: EnsembleParams, models: list[str], processed: Path
         if table.empty:
             raise LungxrayError(f"the members' {split} predictions are empty: nothing to evaluate")
         part = _split_part(table, processed, split)
-        y = table.label.map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
-        probs = table[[f"{PROB_PREFIX}{c}" for c in classes]].to_numpy(np.float64)
+        y, probs = predictions_arrays(table, classes)
         m, out[split] = score_split(y, probs, part, classes, eval_params)
         results[split] = (y, probs, m)
     official = _official_test(members, metrics_root, processed, classes, eval_params, out_dir)
@@ -177,10 +175,9 @@ def _write_gradcam(members: list[str], models_root: Path, processed: Path, split
                    classes: list[str], reports_dir: Path) -> None:
     """``gradcam.png`` as the evaluate stage writes it for a model: per class, the most confident correct and wrong
     images of the plotted split, each with the mean of the members' Grad-CAM maps for the ensemble's class."""
-    import torch
-
     from .gradcam import heatmap_grid, mean_heatmaps
     from .inference import architecture, load_trained
+    from .train_loop import resolve_device
 
     x, _ = load_split(processed, split)
     position = pd.Series(np.arange(len(x)), index=_split_index(processed, split).id)
@@ -189,7 +186,7 @@ def _write_gradcam(members: list[str], models_root: Path, processed: Path, split
     for m in members:
         model, ck = load_trained(models_root / m / "model.pt")
         nets.append((model.eval(), architecture(ck), ck["mean"], ck["std"]))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device("auto")
     y, probs, _ = result
     fig = heatmap_grid(images, y, probs, classes, lambda im, k: mean_heatmaps(nets, im, k, device),
                        title=f"ensemble of {', '.join(members)}: mean Grad-CAM of the predicted class ({split} split)")

@@ -14,11 +14,13 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 from . import metrics
 from . import schema
@@ -34,6 +36,7 @@ from .metrics.primitives import _check_inputs
 from .plots import pyplot as _pyplot, save_png
 from .preprocess import load_split
 from .tracking import MlflowParams, log_evaluation
+from .train_loop import resolve_device
 
 
 def fingerprint_images(ids, labels) -> str:
@@ -106,7 +109,7 @@ def evaluate_model(name: str, processed: Path, model_path: Path, metrics_dir: Pa
     model, ck = load_trained(model_path)
     stats = _check_model(name, processed, model_path, ck)
     classes = ck["classes"]
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # the same command on a GPU machine or a CPU
+    device = resolve_device("auto")  # the same command on a GPU machine or a CPU
     out: dict = {"model": name, "classes": classes, "test_set": fingerprint_split(processed, "test"),
                  "val_set": fingerprint_split(processed, "val"),
                  "inputs": evaluation_inputs(processed, model_path, params)}
@@ -156,7 +159,7 @@ def evaluate_model(name: str, processed: Path, model_path: Path, metrics_dir: Pa
     return out
 
 
-def _official_test(model, ck: dict, processed: Path, params: EvaluateParams, device: str,
+def _official_test(model, ck: dict, processed: Path, params: EvaluateParams, device: torch.device,
                    metrics_dir: Path) -> dict | None:
     """Benchmark mode: the figures on the sources' whole official test set (copies within it included), the row
     comparable with published tables; reported beside the deduplicated test split, never used for selection. Its
@@ -191,7 +194,7 @@ def _write_plots(name: str, results: dict, classes: list[str], metrics_dir: Path
 
 
 def _write_gradcam(name: str, model, ck: dict, processed: Path, split: str, result: tuple, reports_dir: Path,
-                   device: str) -> None:
+                   device: torch.device) -> None:
     """``gradcam.png``: correctly and wrongly classified images of the plotted split per class, with heat maps."""
     x, _ = load_split(processed, split)
     y, probs, _ = result

@@ -14,8 +14,12 @@ the model (fitted on val at the end of training: :mod:`lungxray.calibration`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 from . import metrics
 from .calibration import argmax_only, nll, softmax_t
@@ -40,7 +44,7 @@ def calibration_block(ck: dict, evaluated: dict, params: EvaluateParams) -> dict
 
 
 def tta_block(model, ck: dict, processed: Path, evaluated: dict, plain: dict, params: EvaluateParams,
-              device: str) -> dict | None:
+              device: torch.device) -> dict | None:
     """Plain and test-time-augmented figures of each evaluated split (None when ``evaluate.tta`` is none)."""
     from .tta import VIEWS, tta_proba
 
@@ -70,7 +74,7 @@ def operating_points_block(ck: dict, evaluated: dict, params: EvaluateParams) ->
 
 
 def extras(model, ck: dict, processed: Path, evaluated: dict, plain: dict, params: EvaluateParams,
-           device: str) -> dict:
+           device: torch.device) -> dict:
     """``calibration``, ``tta`` and ``operating_points`` of eval.json (see the module docstring)."""
     return {"calibration": calibration_block(ck, evaluated, params),
             "tta": tta_block(model, ck, processed, evaluated, plain, params, device),

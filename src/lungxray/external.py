@@ -26,7 +26,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .errors import LungxrayError
 from .external_folds import Fold, drop_arrays, fold_problem, kept_index, make_fold, source_counts, write_fold
@@ -37,6 +36,7 @@ from .io import read_json, write_csv
 from .metrics import EvaluateParams, predictions_table
 from .tracking import log_external_fold
 from .train import train_model
+from .train_loop import resolve_device
 from .train_settings import TrainParams
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def _test_model(model_dir: Path, data_dir: Path, classes: list[str], evaluate: E
     model, ck = load_trained(model_dir / "model.pt")
     x, y = load_split(data_dir, "test")
     index = _test_index(data_dir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device("auto")
     probs = predict_proba(model, x, ck["mean"], ck["std"], batch_size=evaluate.batch_size, device=device)
     units = index.unit.tolist()
     write_csv(model_dir / "predictions.csv", predictions_table(index.id.tolist(), units, y, probs, classes))

@@ -31,6 +31,13 @@ def predictions_table(ids: Sequence[str], units: Sequence[str], y_true: np.ndarr
     return df
 
 
+def predictions_arrays(df: pd.DataFrame, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(y, probs) of a :func:`predictions_table` frame: label indices in ``classes`` and the (N, C) probabilities in
+    that class order."""
+    y = df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64)
+    return y, df[[f"{PROB_PREFIX}{c}" for c in classes]].to_numpy(np.float64)
+
+
 def _classes_of(df: pd.DataFrame) -> list[str]:
     return [c[len(PROB_PREFIX):] for c in df.columns if c.startswith(PROB_PREFIX)]
 
@@ -51,9 +58,8 @@ def align_predictions(a: pd.DataFrame, b: pd.DataFrame) -> tuple[np.ndarray, np.
     bad = sorted(set(a["label"]) - set(ca))
     if bad:
         raise ValueError(f"labels {bad} have no probability column")
-    y = a["label"].map({c: i for i, c in enumerate(ca)}).to_numpy(dtype=np.int64)
-    cols = [f"{PROB_PREFIX}{c}" for c in ca]
-    return y, a[cols].to_numpy(np.float64), b[cols].to_numpy(np.float64), a["unit"].astype(str).to_numpy()
+    y, probs_a = predictions_arrays(a, ca)
+    return y, probs_a, predictions_arrays(b, ca)[1], a["unit"].astype(str).to_numpy()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
