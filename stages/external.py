@@ -15,12 +15,12 @@ from lungxray.train_settings import TrainParams
 
 
 def main() -> None:
-    schema.EXTERNAL_JSON.unlink(missing_ok=True)  # never read an earlier run's figures as this one's
-    p = load_sections({"external": ExternalParams, "train": TrainParams, "evaluate": EvaluateParams,
-                       "preprocess": PreprocessParams, "split": SplitParams})
     if not schema.EXTERNAL_PLAN.exists():
         raise LungxrayError(f"{schema.EXTERNAL_PLAN} is missing: run `dvc repro external` (it runs the external_plan "
                             f"stage first), or `python stages/external_plan.py`")
+    schema.EXTERNAL_JSON.unlink(missing_ok=True)  # never read an earlier run's figures as this one's
+    p = load_sections({"external": ExternalParams, "train": TrainParams, "evaluate": EvaluateParams,
+                       "preprocess": PreprocessParams, "split": SplitParams})
     report = run_external(p.external, p.train, p.evaluate, read_json(schema.EXTERNAL_PLAN), schema.PROCESSED,
                           schema.EXTERNAL_DIR, extra_params={"preprocess": p.preprocess.model_dump(mode="json"),
                                                              "split": p.split.model_dump(mode="json")})

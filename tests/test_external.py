@@ -193,6 +193,15 @@ def test_with_no_source_to_hold_out_the_report_says_so_and_the_leaderboard_shows
     assert external_figures(tmp_path / "external.json") == {}
 
 
+def test_without_its_plan_the_external_stage_stops_naming_it_and_keeps_the_last_report(project, capsys):
+    (project / "reports").mkdir(exist_ok=True)
+    (project / "reports/external.json").write_text('{"folds": {}}')
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_path(str(REPO / "stages" / "external.py"), run_name="__main__")
+    assert stopped.value.code == 2 and "external_plan.json is missing" in capsys.readouterr().err
+    assert (project / "reports/external.json").read_text() == '{"folds": {}}'
+
+
 # --- the leaderboard --------------------------------------------------------------------------------------------------
 
 
