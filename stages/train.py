@@ -31,7 +31,9 @@ def main() -> None:
         return
     print(f"train {name}: best val loss {m['best_val_loss']:.4f}, accuracy {m['best_val_accuracy']:.3f} at epoch "
           f"{m['best_epoch']}; {m['seconds_per_epoch']:.1f} s/epoch; {m['trainable_parameters']:,} trainable "
-          f"parameters; MLflow run {m['mlflow_run_id']}")
+          f"parameters; MLflow run {m['mlflow_run_id']}"
+          + (f"; {m['processes']} process(es), {m['distributed_backend']} backend" if m.get("distributed_backend")
+             else ""))
 
 
 if __name__ == "__main__":

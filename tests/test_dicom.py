@@ -7,7 +7,7 @@ import pytest
 
 from lungxray.imaging import ImageRejected, open_checked, open_grey
 
-from helpers.dicom import write_dicom
+from lungxray.dicom import write_dicom
 from helpers.images import xray
 
 

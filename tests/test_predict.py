@@ -24,7 +24,7 @@ from lungxray.predictor import PredictedBatch
 from lungxray.preprocess import load_square
 
 from conftest import REPO
-from helpers.dicom import write_dicom
+from lungxray.dicom import write_dicom
 from helpers.images import xray
 from helpers.processed import CLASSES, make_processed, train_params
 

@@ -9,7 +9,9 @@
   ``torchrun ... stages/train.py <model>`` by hand works too.
 * Inside a worker, :func:`init_world` joins the process group: NCCL on GPUs (each process on ``cuda:$LOCAL_RANK``),
   gloo on the CPU. :class:`World` is what the training loop needs of it: rank, size, a barrier, sums and a broadcast;
-  with one process every call is a no-op, so the single-process path stays what it was.
+  without torchrun every call is a no-op, so the single-process path stays what it was. Under torchrun the group is
+  joined whatever its size, so ``torchrun --nproc_per_node=1`` on one GPU runs the NCCL and DistributedDataParallel
+  path exactly as several GPUs would (``benchmarks/gpu_check.py`` proves it on one).
 * ``train.batch_size`` is the global batch: each of the ``size`` processes takes ``batch_size / size`` images of every
   step (it must divide evenly), so the number of optimiser steps per epoch, the learning rate and the results do not
   depend on how many processes share the work.
@@ -106,6 +108,12 @@ class World:
     rank: int = 0
     size: int = 1
     device: torch.device = torch.device("cpu")
+    group: bool = False  # a process group was joined (under torchrun): the collectives run, even for one process
+
+    @property
+    def backend(self) -> str | None:
+        """The process group's backend (nccl, gloo), or None without one."""
+        return torch.distributed.get_backend() if self.group else None
 
     @property
     def main(self) -> bool:
@@ -113,19 +121,19 @@ class World:
         return self.rank == 0
 
     def barrier(self) -> None:
-        if self.size > 1:
+        if self.group:
             torch.distributed.barrier()
 
     def sum(self, values: list[float] | torch.Tensor) -> torch.Tensor:
         """Element-wise sum over the processes (float64, on this process's device)."""
         t = torch.as_tensor(values, dtype=torch.float64, device=self.device)
-        if self.size > 1:
+        if self.group:
             torch.distributed.all_reduce(t)
         return t
 
     def broadcast(self, obj):
         """Rank 0's ``obj`` on every process (any picklable object)."""
-        if self.size == 1:
+        if not self.group:
             return obj
         box = [obj if self.main else None]
         torch.distributed.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
@@ -133,7 +141,7 @@ class World:
 
     def sync_buffers(self, model: torch.nn.Module) -> None:
         """Rank 0's buffers (BatchNorm running statistics) in every process."""
-        if self.size > 1:
+        if self.group:
             for b in model.buffers():
                 torch.distributed.broadcast(b, src=0)
 
@@ -145,8 +153,9 @@ class World:
 
 
 def init_world(device: torch.device) -> World:
-    """Join the process group when started by torchrun (NCCL on CUDA, gloo on the CPU); else a world of one."""
-    if not under_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+    """Join the process group when started by torchrun (NCCL on CUDA, gloo on the CPU), whatever its size; else a
+    world of one without a group."""
+    if not under_torchrun():
         return World(device=device)
     import signal
 
@@ -160,18 +169,18 @@ def init_world(device: torch.device) -> World:
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return World(torch.distributed.get_rank(), torch.distributed.get_world_size(), device)
+    return World(torch.distributed.get_rank(), torch.distributed.get_world_size(), device, group=True)
 
 
 def close_world(world: World) -> None:
-    if world.size > 1 and torch.distributed.is_initialized():
+    if world.group and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
 
 def wrap(model: torch.nn.Module, world: World) -> torch.nn.Module:
     """The model that trains: DistributedDataParallel (gradients averaged over the processes at each step; buffers
-    such as BatchNorm statistics broadcast from rank 0) when there are several, else the model itself."""
-    if world.size == 1:
+    such as BatchNorm statistics broadcast from rank 0) in a process group, else the model itself."""
+    if not world.group:
         return model
     from torch.nn.parallel import DistributedDataParallel
 

@@ -203,6 +203,7 @@ def _start_tracking(setup: _Setup, run: _Run, processed: Path, trainable: int, t
                                        **({"extra": extra} if extra else {})}))
             mlflow.set_tags({"model": name, "git_commit": git_commit(), "data_version": resolved["data"]["version"],
                              "device": setup.device.type, "processes": str(setup.world.size),
+                             "distributed_backend": setup.world.backend or "none",
                              "precision": str(setup.amp or torch.float32).removeprefix("torch."),
                              "channels_last": str(params.channels_last), "stage": "train"})
             mlflow.log_metrics({"params/trainable": trainable, "params/total": total})
@@ -378,6 +379,7 @@ def _finalise(setup: _Setup, run: _Run, stopped_early: bool, trainable: int, tot
                "seconds_per_epoch": secs, "train_images_per_s": float(hist_df.train_images_per_s.mean()),
                "trainable_parameters": trainable, "total_parameters": total, "device": setup.device.type,
                "precision": str(setup.amp or torch.float32).removeprefix("torch."),
+               "processes": setup.world.size, "distributed_backend": setup.world.backend,
                "mlflow_run_id": run.run_id, "temperature": final["temperature"],
                "kept_weights": best.get("weights", "raw")}
     setup.metrics_dir.mkdir(parents=True, exist_ok=True)
