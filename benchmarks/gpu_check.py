@@ -264,7 +264,7 @@ def speed_part(check: Check, args, work: Path, deadline: float) -> dict:
     argv = ["--device", args.device, "--processed", str(args.processed), "--models",
             "cnn5,resnet18" if args.quick else "all", "--images", "32" if args.quick else str(args.images),
             "--batch", "16" if args.quick else "64", "--repeat", "1" if args.quick else "2",
-            "--precisions", "fp32,fp16,bf16", "--channels-last", "on,off", "--folder-configs", "2",
+            "--precisions", args.precisions, "--channels-last", args.channels_last, "--folder-configs", "2",
             "--budget-s", str(budget), "--csv", str(check.out / "speed.csv")]
     if args.quick:
         subset_processed(args.processed, work / "speed-quick", 32, 64)
@@ -307,6 +307,8 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=384, help="images per timed epoch in the speed part")
     ap.add_argument("--budget-s", type=float, default=400, help="no speed configuration starts after this")
     ap.add_argument("--parts", default="env,pipeline,torchrun,speed")
+    ap.add_argument("--precisions", default="fp32,fp16,bf16", help="speed part: train_speed.py --precisions")
+    ap.add_argument("--channels-last", default="on,off", help="speed part: train_speed.py --channels-last")
     args = ap.parse_args(argv)
     start = time.monotonic()
     if args.device == "cuda" and not torch.cuda.is_available():
