@@ -72,8 +72,9 @@ def sample_files(dest: Path, data: Path) -> None:
     pngs = sorted((data / "jtiptj_test").rglob("*.png"))
     if not jpegs or not pngs:
         raise SystemExit(f"{data}/jtiptj_test holds no JPEG or PNG X-ray: pass --data ../shared/data")
-    shutil.copy(jpegs[0], dest / f"xray{jpegs[0].suffix}")
-    shutil.copy(pngs[0], dest / "xray.png")
+    for src, name in ((jpegs[0], f"xray{jpegs[0].suffix}"), (pngs[0], "xray.png")):
+        (dest / name).unlink(missing_ok=True)  # the copy keeps the source's read-only mode
+        shutil.copy(src, dest / name)
     grey = Image.open(jpegs[1]).convert("L")
     grey.thumbnail((512, 512))
     write_dicom(dest / "xray.dcm", np.asarray(grey))
