@@ -66,6 +66,33 @@ def test_one_process_is_not_relaunched_and_two_are_under_torchrun(monkeypatch):
     assert launch_command("stages/train.py", ["cnn5"], 2) is None
 
 
+def test_one_process_under_torchrun_joins_a_process_group_and_trains_through_ddp(tmp_path):
+    """Issue 19: on a machine with one GPU, ``torchrun --nproc_per_node=1`` must run the NCCL + DDP path the several-GPU
+    machine runs (it was a world of one with no group, so that path never ran on one GPU). Here with gloo."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = """
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from lungxray.distributed import close_world, init_world, wrap
+world = init_world(torch.device("cpu"))
+net = wrap(torch.nn.Linear(2, 2), world)
+print(world.group, world.size, world.backend, isinstance(net, DistributedDataParallel), world.sum([1.0, 2.0]).tolist())
+close_world(world)
+"""
+    env = {**os.environ, "WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port)}
+    p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split("\n")[0] == "True 1 gloo True [1.0, 2.0]"
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                       env={k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")})
+    assert p.returncode == 0 and p.stdout.split("\n")[0] == "False 1 None False [1.0, 2.0]", p.stderr
+
+
 def test_a_global_batch_that_does_not_split_over_the_processes_is_a_clear_error():
     from lungxray.distributed import World
 
