@@ -148,7 +148,8 @@ def evaluate_model(name: str, processed: Path, model_path: Path, metrics_dir: Pa
     _write_gradcam(name, model, ck, processed, out["plots_split"], results[out["plots_split"]], reports_dir, device)
     out["warnings"] = warnings
     out["throughput"] = measure_throughput(model, stats["image_size"], batch_size=params.batch_size,
-                                              device=device, n_batches=params.latency_batches)
+                                              device=device, n_batches=params.latency_batches,
+                                           max_seconds=params.latency_seconds)
     model.cpu()
     for split in schema.EVAL_SPLITS:
         write_json(schema.headline_file(metrics_dir, split), metrics.headline(out[split]))

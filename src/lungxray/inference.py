@@ -5,6 +5,7 @@ for a logged or registered MLflow model, which takes images: :mod:`lungxray.imag
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
@@ -118,11 +119,15 @@ def predict_proba(model, images: np.ndarray, mean: float | Sequence[float], std:
 
 
 def measure_throughput(model, image_size: int, batch_size: int = 64, device="cpu", n_batches: int = 20,
-                       warmup: int = 3, single_runs: int | None = None, in_chans: int = 3) -> dict[str, Any]:
+                       warmup: int = 3, single_runs: int | None = None, in_chans: int = 3,
+                       max_seconds: float | None = None) -> dict[str, Any]:
     """Batched throughput (images/s) and median single-image latency (ms) of ``model`` on random inputs.
 
-    ``warmup`` untimed batches (and single images) first; CUDA is synchronised around every timed call. The result
-    says what was measured: device, batch size, torch threads, batches and single runs timed.
+    ``warmup`` untimed batches (and single images) first; CUDA is synchronised around every timed call. At most
+    ``n_batches`` batches and ``single_runs`` single images are timed; with ``max_seconds``, each of the two timings
+    also stops once it has taken that long (at least one call each): at 224 px on a CPU, 20 batches of 64 took longer
+    than the rest of the evaluation (about 100 s for cnn5, minutes for efficientnetv2_s). The result says what was
+    measured: device, batch size, torch threads, batches and single runs actually timed.
     """
     import torch
 
@@ -133,18 +138,22 @@ def measure_throughput(model, image_size: int, batch_size: int = 64, device="cpu
     gen = torch.Generator().manual_seed(0)
     xb = torch.randn(batch_size, in_chans, image_size, image_size, generator=gen).to(dev)
     x1 = xb[:1].contiguous()
+    budget = math.inf if max_seconds is None else max_seconds
     with torch.inference_mode():
         for _ in range(warmup):
             model(xb)
             model(x1)
         sync()
         t0 = time.perf_counter()
-        for _ in range(n_batches):
+        timed = 0
+        while timed < n_batches and (timed == 0 or time.perf_counter() - t0 < budget):
             model(xb)
-        sync()
+            timed += 1
+            sync()
         batched_s = time.perf_counter() - t0
-        lat = []
-        for _ in range(single_runs):
+        lat: list[float] = []
+        t1 = time.perf_counter()
+        while len(lat) < single_runs and (not lat or time.perf_counter() - t1 < budget):
             sync()
             t = time.perf_counter()
             model(x1)
@@ -153,7 +162,7 @@ def measure_throughput(model, image_size: int, batch_size: int = 64, device="cpu
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (os.uname().machine if hasattr(os, "uname")
                                                                        else "cpu")
     return {
-        "images_per_s": float(batch_size * n_batches / batched_s) if batched_s > 0 else None,
+        "images_per_s": float(batch_size * timed / batched_s) if batched_s > 0 else None,
         "latency_ms_median": float(statistics.median(lat) * 1000.0),
         "latency_ms_p90": float(np.quantile(lat, 0.9) * 1000.0),
         "device": str(dev),
@@ -161,8 +170,8 @@ def measure_throughput(model, image_size: int, batch_size: int = 64, device="cpu
         "batch_size": int(batch_size),
         "image_size": int(image_size),
         "torch_threads": int(torch.get_num_threads()),
-        "n_batches": int(n_batches),
-        "single_runs": int(single_runs),
+        "n_batches": int(timed),
+        "single_runs": len(lat),
         "warmup": int(warmup),
     }
 

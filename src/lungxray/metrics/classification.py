@@ -39,6 +39,8 @@ class EvaluateParams(Strict):
     ece_bins: int = Field(15, ge=1)
     batch_size: int = Field(64, ge=1, description="inference batch size")
     latency_batches: int = Field(20, ge=1, description="timed batches for the throughput / latency measurement")
+    latency_seconds: float = Field(10.0, gt=0, description="each of the two timings (batches, single images) stops "
+                                                           "after this long, having timed at least one call")
     source_bootstrap: int = Field(0, ge=0, description="bootstrap resamples for the per-source metrics")
     allow_empty_test: bool = Field(False, description="report an empty test split as absent instead of failing "
                                                       "(a benchmark whose official test split is held back)")
