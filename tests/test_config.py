@@ -141,3 +141,31 @@ def test_the_config_and_the_fetch_stage_do_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_duplicate_key_is_refused_with_the_line_numbers_of_both(tmp_path, capsys):
+    """YAML keeps the last of two equal keys without a word: `epochs: 2` then `epochs: 50` would train 50 epochs."""
+    from lungxray.cli import main
+
+    text = (REPO / "params.yaml").read_text()
+    assert "\ntrain:\n" in text
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace("\ntrain:\n", "\ntrain:\n  epochs: 2\n  epochs: 50\n", 1))
+    first = path.read_text().splitlines().index("  epochs: 2") + 1
+    with pytest.raises(ConfigError) as e:
+        load_params(path)
+    msg = str(e.value)
+    assert "'epochs'" in msg and f"line {first}" in msg and f"line {first + 1}" in msg and str(path) in msg
+    assert main(["check-params", "--params", str(path)]) == 2
+    assert f"line {first + 1}" in capsys.readouterr().err
+
+
+def test_a_duplicate_section_is_refused_and_a_merge_key_override_is_not_a_duplicate(tmp_path):
+    from lungxray.config import read_params_file
+
+    path = tmp_path / "params.yaml"
+    path.write_text("dedupe:\n  workers: 1\nsplit: {}\ndedupe:\n  workers: 2\n")
+    with pytest.raises(ConfigError, match=r"'dedupe'.*line 1.*line 4"):
+        read_params_file(path)
+    path.write_text("base: &b\n  workers: 1\n  conflict_policy: drop\ndedupe:\n  <<: *b\n  workers: 2\n")
+    assert read_params_file(path)["dedupe"] == {"workers": 2, "conflict_policy": "drop"}

@@ -184,3 +184,55 @@ def test_stats_record_every_setting_a_new_image_must_be_preprocessed_with(tmp_pa
     params = PreprocessParams(image_size=24, aspect="stretch", resample="bilinear", workers=1)
     stats = run_preprocess(pd.DataFrame(rows), ["normal"], params, tmp_path / "p", progress=False)
     assert preprocess_record(stats) == {"image_size": 24, "aspect": "stretch", "resample": "bilinear"}
+
+
+# ------------------------------------------------------------------------------------------------------ a full disk
+
+
+def split_of(tmp_path, n: int) -> pd.DataFrame:
+    return pd.DataFrame([{"id": f"s/{i}", "path": str(save(tmp_path / "img" / f"{i}.png",
+                                                           Image.fromarray(xray(i, (60, 40))))),
+                          "label": "normal", "split": ["train", "val", "test"][i % 3], "source": "s"}
+                         for i in range(n)])
+
+
+def test_a_full_disk_while_writing_the_tables_is_a_clear_error_and_keeps_the_previous_output(tmp_path,
+                                                                                              monkeypatch):
+    import errno
+
+    import lungxray.io
+    from lungxray.errors import DiskFullError
+
+    df, out = split_of(tmp_path, 6), tmp_path / "processed"
+    run_preprocess(df, ["normal"], PreprocessParams(image_size=16, workers=1), out, progress=False)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+
+    def full(self, path, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    monkeypatch.setattr(lungxray.io, "free_bytes", lambda folder: 3_000)
+    with pytest.raises(DiskFullError) as e:
+        run_preprocess(df, ["normal"], PreprocessParams(image_size=16, workers=1), out, progress=False)
+    msg = str(e.value)
+    assert f"no space left on the device to write {out}: " in msg and "\n" not in msg
+    assert f"kB free in {out} once the partial output is removed" in msg
+    assert not (tmp_path / "processed.partial").exists()
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+
+
+def test_arrays_larger_than_the_free_space_stop_before_any_image_is_decoded(tmp_path):
+    """The workers write the arrays through memory maps: on a full disk a write into a map kills the worker (SIGBUS)
+    and the stage would wait for it forever. The space of every array is reserved when the file is made."""
+    from helpers.fullfs import small_tmpfs
+
+    from lungxray.errors import DiskFullError
+
+    df = split_of(tmp_path, 30)  # 30 x 224 x 224 bytes = 1.5 MB
+    with small_tmpfs(tmp_path / "full", "1m") as full:
+        with pytest.raises(DiskFullError) as e:
+            run_preprocess(df, ["normal"], PreprocessParams(image_size=224, workers=1), full / "processed",
+                           progress=False)
+        assert f"no space left on the device to write {full / 'processed'}: " in str(e.value)
+        assert f"free in {full / 'processed'}" in str(e.value) and "free space" in str(e.value)
+        assert list(full.iterdir()) == []

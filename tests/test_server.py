@@ -90,10 +90,97 @@ def test_a_bare_postgresql_uri_is_given_to_mlflow_with_the_installed_driver():
 
 
 def test_the_server_binds_to_loopback_serves_artifacts_and_uses_basic_auth_when_asked():
-    cmd = server.server_command(ServerSettings(auth=True), "postgresql+psycopg2://x")
+    cmd = server.server_command(ServerSettings(auth=True))
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and "--serve-artifacts" in cmd
     assert cmd[cmd.index("--app-name") + 1] == "basic-auth"
-    assert "--app-name" not in server.server_command(ServerSettings(), "postgresql+psycopg2://x")
+    assert "--app-name" not in server.server_command(ServerSettings())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the database password stays out of `ps`
+
+SECRET_URI = "postgresql://team:S3CRET-pw@db.example.org:5432/mlflow"
+
+
+def test_the_database_password_reaches_the_mlflow_server_in_its_environment_never_its_command_line(tmp_path,
+                                                                                                    monkeypatch):
+    started = []
+
+    class Child:
+        def __init__(self, cmd, env=None, **_):
+            started.append((cmd, env))
+
+    monkeypatch.setattr(server.subprocess, "Popen", Child)
+    for name in ("ensure_port_free", "check_database", "wait_until_serving", "stop"):
+        monkeypatch.setattr(server, name, lambda *a, **k: None)
+    with team_server(ServerSettings(backend_store_uri=SECRET_URI, artifacts_destination=str(tmp_path / "a"))):
+        pass
+    [(cmd, env)] = started
+    assert not any("S3CRET" in arg for arg in cmd), cmd  # `ps` shows every argument to every local user
+    assert "--backend-store-uri" not in cmd
+    assert env["MLFLOW_BACKEND_STORE_URI"] == "postgresql+psycopg2://team:S3CRET-pw@db.example.org:5432/mlflow"
+
+
+@pytest.fixture
+def fake_team_server(monkeypatch):
+    """`lungxray mlflow-server` without a server: the settings it would start one with."""
+    from contextlib import contextmanager
+
+    seen = []
+
+    class Running:
+        def wait(self) -> int:
+            return 0
+
+    @contextmanager
+    def fake(settings):
+        seen.append(settings)
+        yield "http://127.0.0.1:5000", Running()
+
+    monkeypatch.setattr(server, "team_server", fake)
+    monkeypatch.delenv("MLFLOW_BACKEND_STORE_URI", raising=False)
+    on_sigterm = signal.getsignal(signal.SIGTERM)  # the command sets its own
+    yield seen
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def test_the_backend_store_uri_is_taken_from_the_environment_without_a_warning(fake_team_server, monkeypatch,
+                                                                                capsys):
+    from lungxray.cli import main
+
+    monkeypatch.setenv("MLFLOW_BACKEND_STORE_URI", SECRET_URI)
+    assert main(["mlflow-server"]) == 0
+    assert fake_team_server[-1].backend_store_uri == SECRET_URI
+    out, err = capsys.readouterr()
+    assert "warning" not in err and "S3CRET" not in out + err
+
+
+def test_the_backend_store_uri_is_read_from_a_file(fake_team_server, tmp_path, capsys):
+    from lungxray.cli import main
+
+    secret = tmp_path / "store-uri"
+    secret.write_text(SECRET_URI + "\n")
+    secret.chmod(0o600)
+    assert main(["mlflow-server", "--backend-store-uri-file", str(secret)]) == 0
+    assert fake_team_server[-1].backend_store_uri == SECRET_URI
+    out, err = capsys.readouterr()
+    assert "warning" not in err and "S3CRET" not in out + err
+    assert main(["mlflow-server", "--backend-store-uri-file", str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert main(["mlflow-server", "--backend-store-uri-file", str(secret), "--backend-store-uri", SECRET_URI]) == 2
+    assert "only one" in capsys.readouterr().err
+
+
+def test_a_password_on_the_command_line_draws_a_warning_that_names_the_safe_ways(fake_team_server, capsys):
+    from lungxray.cli import main
+
+    assert main(["mlflow-server", "--backend-store-uri", SECRET_URI]) == 0
+    assert fake_team_server[-1].backend_store_uri == SECRET_URI  # still works
+    out, err = capsys.readouterr()
+    assert "warning" in err and "ps" in err and "MLFLOW_BACKEND_STORE_URI" in err and "--backend-store-uri-file" in err
+    assert "S3CRET" not in out + err
+    assert main(["mlflow-server", "--backend-store-uri", "postgresql://team@db.example.org/mlflow"]) == 0
+    assert "warning" not in capsys.readouterr().err  # no password (~/.pgpass or PGPASSFILE holds it): nothing to hide
 
 
 # ---------------------------------------------------------------------------------------------------------------------

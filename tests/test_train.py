@@ -435,3 +435,50 @@ def test_model_input_is_normalised_per_channel():
         assert torch.allclose(out[:, c], torch.tensor((1 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]))
     grey = to_model_input(x, torch.device("cpu"), [0.4] * 3, [0.2] * 3, channels_last=True)
     assert torch.allclose(grey, torch.tensor(3.0)) and grey.shape == (2, 3, 4, 4)
+
+
+# ------------------------------------------------------------------------------------------------------ a full disk
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_clear_error_and_the_mlflow_run_is_marked_failed(tmp_path, mlflow_env,
+                                                                                             monkeypatch):
+    """What `dvc repro train@cnn5` met with models/cnn5 on a full tmpfs: torch's `unexpected pos` at the second
+    checkpoint. The error names the folder and its free space, no partial file stays, the first epoch's checkpoint
+    does (a rerun resumes from it), and the MLflow run is FAILED, not left RUNNING or taken for an interruption."""
+    import mlflow
+
+    import lungxray.io
+    from lungxray.errors import DiskFullError
+
+    processed = make_processed(tmp_path)
+    real_save, checkpoints = torch.save, []
+
+    def save(obj, f, *a, **k):
+        if Path(f).name.startswith(".checkpoint.pt."):
+            checkpoints.append(f)
+            if len(checkpoints) == 2:
+                Path(f).write_bytes(b"PK" * 1000)  # the part written before the disk filled
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1703936 vs 1703832")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(lungxray.io, "free_bytes", lambda folder: 4_000)
+    with pytest.raises(DiskFullError) as e:
+        train_model("cnn5", params(tmp_path, epochs=3), processed, tmp_path / "models/cnn5", tmp_path / "metrics/cnn5",
+                    progress=False)
+    msg = str(e.value)
+    assert f"no space left on the device to write {tmp_path / 'models/cnn5/checkpoint.pt'}" in msg
+    assert f"kB free in {tmp_path / 'models/cnn5'} once the partial file is removed" in msg
+    assert "\n" not in msg and "free space" in msg
+    assert sorted(p.name for p in (tmp_path / "models/cnn5").iterdir()) == ["best.pt", "checkpoint.pt"]
+    ck = torch.load(tmp_path / "models/cnn5/checkpoint.pt", weights_only=True)
+    assert ck["epoch"] == 1
+    assert mlflow.get_run(ck["mlflow_run_id"]).info.status == "FAILED"
+
+
+def test_an_interrupted_run_is_killed_any_other_end_failed():
+    from lungxray.errors import DiskFullError
+    from lungxray.train import run_status
+
+    assert run_status(KeyboardInterrupt()) == run_status(SystemExit(143)) == "KILLED"
+    assert run_status(DiskFullError("no space left")) == run_status(RuntimeError("bug")) == "FAILED"

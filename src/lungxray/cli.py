@@ -175,20 +175,24 @@ def _cmd_mlflow_server(args: argparse.Namespace) -> int:
     import signal
     from pathlib import Path
 
-    from .server import ServerSettings, team_server
+    from . import server
 
-    fields = ("host", "port", "workers", "backend_store_uri", "pg_data", "pg_port", "artifacts_destination", "auth")
-    settings = ServerSettings(**{k: getattr(args, k) for k in fields if getattr(args, k) is not None})
+    uri, warning = server.backend_store_uri(args.backend_store_uri, args.backend_store_uri_file)
+    if warning:
+        print(f"lungxray mlflow-server: warning: {warning}", file=sys.stderr, flush=True)
+    fields = ("host", "port", "workers", "pg_data", "pg_port", "artifacts_destination", "auth")
+    settings = server.ServerSettings(**{k: getattr(args, k) for k in fields if getattr(args, k) is not None},
+                                     backend_store_uri=uri)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop: the server, then PostgreSQL
-    with team_server(settings) as (url, server):
-        store = "PostgreSQL " + ("at --backend-store-uri" if settings.backend_store_uri
+    with server.team_server(settings) as (url, proc):
+        store = "PostgreSQL " + (f"at {server.redact(settings.backend_store_uri)}" if settings.backend_store_uri
                                  else f"in {Path(settings.pg_data)} (127.0.0.1:{settings.pg_port})")
         print(f"MLflow server at {url}: store {store}, artifacts {settings.artifacts_destination}"
               + (", basic auth" if settings.auth else ""), flush=True)
         print(f"  the pipeline logs there with:  export MLFLOW_TRACKING_URI={url}"
               + ("  MLFLOW_TRACKING_USERNAME=...  MLFLOW_TRACKING_PASSWORD=..." if settings.auth else ""), flush=True)
         try:
-            return server.wait()
+            return proc.wait()
         except KeyboardInterrupt:
             return 130
 
@@ -267,7 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="server port (default 5000)")
     p.add_argument("--workers", type=int, help="server worker processes (default 2)")
     p.add_argument("--backend-store-uri", help="an existing PostgreSQL: postgresql://user:password@host:5432/db "
-                                               "(default: a local PostgreSQL in --pg-data)")
+                                               "(default: $MLFLOW_BACKEND_STORE_URI, else a local PostgreSQL in "
+                                               "--pg-data). A password given here is visible in `ps`: prefer "
+                                               "$MLFLOW_BACKEND_STORE_URI, --backend-store-uri-file or ~/.pgpass")
+    p.add_argument("--backend-store-uri-file", metavar="FILE",
+                   help="read the existing PostgreSQL's URI from the first line of FILE (keep it chmod 600)")
     p.add_argument("--pg-data", help="data directory of the local PostgreSQL (default mlflow-server/postgres)")
     p.add_argument("--pg-port", type=int, help="port of the local PostgreSQL on 127.0.0.1 (default 5433)")
     p.add_argument("--artifacts-destination", help="where the server stores artifacts: a folder or s3://bucket/path "

@@ -195,13 +195,50 @@ def _format_validation_error(err: ValidationError, origin: str) -> str:
     return "\n".join(lines)
 
 
+class DuplicateKey(yaml.constructor.ConstructorError):
+    """One mapping of a YAML file holds the same key twice."""
+
+    def __init__(self, key: Any, first: yaml.Node, second: yaml.Node):
+        super().__init__(problem=f"duplicate key {key!r}", problem_mark=second.start_mark)
+        self.key, self.lines = key, (first.start_mark.line + 1, second.start_mark.line + 1)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps the last one silently).
+    Keys brought in by a merge key (``<<: *anchor``) may be overridden: that is what merging is for."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: SafeLoader's own error says so
+                    continue
+                if first is not key_node:
+                    raise DuplicateKey(key, first, key_node)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that raises :class:`DuplicateKey` when a mapping holds the same key twice."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+
+
 def read_params_file(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
-    """The params file as a mapping of sections (not validated yet)."""
+    """The params file as a mapping of sections (not validated yet). A key given twice in one section (or a section
+    given twice) is an error that names both lines: YAML would keep the last value without a word."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path} not found: run from the repository root, or pass the params file explicitly")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
+    except DuplicateKey as e:
+        raise ConfigError(f"{path}: the key {e.key!r} is given twice at the same level, at line {e.lines[0]} and "
+                          f"line {e.lines[1]}; YAML would keep only the last value: delete one of them") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):

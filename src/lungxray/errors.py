@@ -18,3 +18,11 @@ class ConfigError(LungxrayError):
 
 class SourceError(LungxrayError):
     """A data source cannot be read, reached or mapped."""
+
+
+class WriteError(LungxrayError):
+    """A file could not be written (a read-only or failing file system, no permission, ...)."""
+
+
+class DiskFullError(WriteError):
+    """No space left on the file system a file is written to."""

@@ -27,7 +27,7 @@ from . import schema
 from .config import Strict
 from .errors import LungxrayError
 from .imaging import DEFAULT_MAX_PIXELS, ImageRejected, open_grey
-from .io import progress_bar
+from .io import allocate_npy, progress_bar, writing
 from .parallel import process_pool, resolve_workers
 
 # written beside them: the official test set whole (benchmark mode, see split.official_test_set; empty otherwise)
@@ -125,29 +125,30 @@ def _job(args: tuple[str, int, str, str, int, str, int]) -> tuple[int, int] | st
 def run_preprocess(split_df: pd.DataFrame, classes: list[str], params: PreprocessParams, out_dir: Path,
                    progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     """Write ``out_dir/{train,val,test}.npy``, ``index.csv`` and ``stats.json``; return the stats. Images over
-    ``max_pixels`` (``fetch.max_pixels``) are not decoded: they stop the stage like any file that changed since fetch."""
+    ``max_pixels`` (``fetch.max_pixels``) are not decoded: they stop the stage like any file that changed since fetch.
+    The arrays' disk space is taken before any image is decoded; a disk too small (or one that fills while the tables
+    are written) stops the stage with one :class:`~lungxray.errors.DiskFullError` line, the previous ``out_dir``
+    intact and nothing partial left."""
     missing = sorted(set(split_df.label) - set(classes))
     if missing:
         raise LungxrayError(f"labels {missing} in the split are not in fetch.classes {classes}")
     df = split_df.sort_values(["split", "id"], kind="stable").reset_index(drop=True)
+    parts = {split: df[df.split == split].reset_index(drop=True) for split in PROCESSED_SPLITS}
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    workers = resolve_workers(params.workers)
     size = params.image_size
+    _allocate_arrays(tmp, out_dir, {split: (len(part), size, size) for split, part in parts.items()})
+    workers = resolve_workers(params.workers)
     index_rows = []
     stats: dict = {"classes": list(classes), "image_size": size, "aspect": params.aspect,
                    "resample": params.resample, "splits": {}}
     total, total_sq = 0, 0
     try:
         with process_pool(workers) as pool:
-            for split in PROCESSED_SPLITS:
-                part = df[df.split == split].reset_index(drop=True)
-                array_file = str(tmp / f"{split}.npy")
-                arr = np.lib.format.open_memmap(array_file, mode="w+", dtype=np.uint8, shape=(len(part), size, size))
-                del arr  # the workers write the rows
+            for split, part in parts.items():
+                array_file = str(tmp / f"{split}.npy")  # the workers write its rows
                 jobs = [(p, size, params.aspect, params.resample, max_pixels, array_file, i)
                         for i, p in enumerate(part.path)]
                 it = pool.imap(_job, jobs, chunksize=16)
@@ -176,8 +177,9 @@ def run_preprocess(split_df: pd.DataFrame, classes: list[str], params: Preproces
         var = total_sq / n / 255.0**2 - mean * mean
         stats["mean"] = round(mean, 6)
         stats["std"] = round(float(np.sqrt(max(var, 1e-12))), 6)
-        pd.concat(index_rows, ignore_index=True).to_csv(tmp / "index.csv", index=False, lineterminator="\n")
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+        with writing(out_dir, folder=True, partial=tmp, cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True)):
+            pd.concat(index_rows, ignore_index=True).to_csv(tmp / "index.csv", index=False, lineterminator="\n")
+            (tmp / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -185,6 +187,16 @@ def run_preprocess(split_df: pd.DataFrame, classes: list[str], params: Preproces
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)  # the folder appears complete or not at all
     return stats
+
+
+def _allocate_arrays(tmp: Path, out_dir: Path, shapes: dict[str, tuple[int, int, int]]) -> None:
+    """Every split's array file in ``tmp``, its disk space taken before any image is decoded
+    (:func:`lungxray.io.allocate_npy`): a disk too small stops here with one clear error (a full disk under a memory
+    map would kill a worker, and the stage would wait for it forever), and nothing is left in ``tmp``."""
+    with writing(out_dir, folder=True, partial=tmp, cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True)):
+        tmp.mkdir(parents=True)
+        for split, shape in shapes.items():
+            allocate_npy(tmp / f"{split}.npy", shape, np.uint8)
 
 
 def load_split(processed: Path, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -7,6 +7,11 @@
 * Artifacts: uploaded to and downloaded from the MLflow server itself (``--serve-artifacts``), which stores them under
   ``artifacts_destination`` (a folder, or ``s3://bucket/path`` with the usual AWS variables): clients need no access
   to the storage, only to the server, and new experiments get ``mlflow-artifacts:/`` locations.
+* The store's password never appears on a command line (``ps`` shows every argument to every local user): the URI is
+  taken from ``$MLFLOW_BACKEND_STORE_URI`` or a file (:func:`backend_store_uri`), or libpq's ``~/.pgpass`` /
+  ``$PGPASSFILE`` holds the password, and the ``mlflow server`` child gets it in its environment
+  (:func:`server_environment`), never as an argument. A password given with ``--backend-store-uri`` still works, with
+  a warning. Messages and logs show the URI with ``***`` for the password (:func:`redact`).
 * Bound to ``127.0.0.1`` unless ``host`` says otherwise.
 * ``auth``: MLflow's basic-auth app (``--app-name basic-auth``). Its users live in the database ``<name>_auth`` of the
   local PostgreSQL (or ``auth_database_uri``). The first start creates the admin from ``MLFLOW_AUTH_ADMIN_USERNAME``
@@ -76,6 +81,43 @@ def ensure_port_free(host: str, port: int, what: str) -> None:
 def redact(uri: str) -> str:
     """The URI without its password."""
     return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", uri)
+
+
+BACKEND_STORE_ENV = "MLFLOW_BACKEND_STORE_URI"  # read by `mlflow server` itself, too
+
+
+def has_password(uri: str) -> bool:
+    return redact(uri) != uri
+
+
+def backend_store_uri(given: str | None, file: str | None,
+                      environ: dict | None = None) -> tuple[str | None, str | None]:
+    """The URI of an existing store and a warning (or ``None``): from ``--backend-store-uri`` (``given``), else from
+    ``--backend-store-uri-file`` (``file``: its first line), else ``$MLFLOW_BACKEND_STORE_URI``; ``None``: a local
+    PostgreSQL. A password in ``given`` is visible in ``ps`` while the command runs: it still works, with a warning
+    that names the safe ways. Both options at once, or a file that cannot be read or is empty, is an error."""
+    environ = os.environ if environ is None else environ
+    if given and file:
+        raise LungxrayError("give only one of --backend-store-uri and --backend-store-uri-file")
+    if file:
+        try:
+            lines = Path(file).read_text(encoding="utf-8").strip().splitlines()
+        except OSError as e:
+            raise LungxrayError(f"cannot read --backend-store-uri-file {file} ({e.strerror}): write the URI "
+                                f"(postgresql://user:password@host:5432/db) into it, readable by you alone "
+                                f"(chmod 600)") from None
+        if not lines or not lines[0].strip():
+            raise LungxrayError(f"--backend-store-uri-file {file} is empty: write the URI "
+                                f"(postgresql://user:password@host:5432/db) on its first line")
+        return lines[0].strip(), None
+    if given:
+        warning = None if not has_password(given) else (
+            f"the database password of --backend-store-uri {redact(given)} is visible to every local user (ps) "
+            f"while this command runs: pass the URI in the environment ({BACKEND_STORE_ENV}=...), in a file "
+            f"(--backend-store-uri-file FILE, chmod 600), or keep the password in ~/.pgpass (or $PGPASSFILE) and "
+            f"leave it out of the URI")
+        return given, warning
+    return environ.get(BACKEND_STORE_ENV) or None, None
 
 
 def sqlalchemy_uri(uri: str) -> str:
@@ -202,11 +244,18 @@ def stop(proc: subprocess.Popen | None, sig: int = signal.SIGTERM) -> None:
 # the MLflow server
 
 
-def server_command(s: ServerSettings, backend_uri: str) -> list[str]:
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri, "--serve-artifacts",
+def server_command(s: ServerSettings) -> list[str]:
+    """The ``mlflow server`` command line: no store URI on it (see :func:`server_environment`)."""
+    cmd = [sys.executable, "-m", "mlflow", "server", "--serve-artifacts",
            "--artifacts-destination", s.artifacts_destination, "--host", s.host, "--port", str(s.port),
            "--workers", str(s.workers)]
     return cmd + (["--app-name", "basic-auth"] if s.auth else [])
+
+
+def server_environment(backend_uri: str) -> dict[str, str]:
+    """The store URI for ``mlflow server``, which reads ``$MLFLOW_BACKEND_STORE_URI`` when ``--backend-store-uri`` is
+    not given: a child's environment is readable by its user and root only, its arguments by everyone (``ps``)."""
+    return {BACKEND_STORE_ENV: backend_uri}
 
 
 def auth_environment(s: ServerSettings, auth_uri: str, state: Path) -> dict[str, str]:
@@ -222,9 +271,11 @@ def auth_environment(s: ServerSettings, auth_uri: str, state: Path) -> dict[str,
                             "password; MLFLOW_AUTH_ADMIN_USERNAME, default admin): export them and start again")
     state.mkdir(parents=True, exist_ok=True)
     ini = state / "basic_auth.ini"
-    ini.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = {auth_uri}\nadmin_username = admin\n"
-                   f"authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    ini.chmod(0o600)
+    fd = os.open(ini, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold the store's password: never
+    os.fchmod(fd, 0o600)  # readable by others, not even between its creation and a chmod
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = {auth_uri}\nadmin_username = admin\n"
+                 f"authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
     return {"MLFLOW_AUTH_CONFIG_PATH": str(ini.resolve())}
 
 
@@ -263,10 +314,11 @@ def team_server(s: ServerSettings) -> Iterator[tuple[str, subprocess.Popen]]:
                 ensure_database(socket_uri(s.pg_data, s.pg_port, "postgres"), db)
             backend = sqlalchemy_uri(socket_uri(s.pg_data, s.pg_port, s.database))
             auth_uri = sqlalchemy_uri(s.auth_database_uri or socket_uri(s.pg_data, s.pg_port, f"{s.database}_auth"))
-        env = {**os.environ, **(auth_environment(s, auth_uri, Path(s.pg_data).parent) if s.auth else {})}
+        env = {**os.environ, **server_environment(backend),
+               **(auth_environment(s, auth_uri, Path(s.pg_data).parent) if s.auth else {})}
         if "://" not in s.artifacts_destination:
             Path(s.artifacts_destination).mkdir(parents=True, exist_ok=True)
-        server = subprocess.Popen(server_command(s, backend), env=env)
+        server = subprocess.Popen(server_command(s), env=env)
         try:
             url = f"http://{'127.0.0.1' if s.host in ('0.0.0.0', '::') else s.host}:{s.port}"
             wait_until_serving(server, url)

@@ -105,11 +105,13 @@ def log_image_model(mlflow, final: dict):
     import torch
 
     from .image_model import ImageClassifier, signature
+    from .io import atomic_path
     from .predictor import MODEL_ARTIFACT, predictor_from_file
 
     with tempfile.TemporaryDirectory() as tmp:
         model_pt = Path(tmp) / MODEL_ARTIFACT
-        torch.save(final, model_pt)
+        with atomic_path(model_pt) as part:  # a full temporary folder: one clear error
+            torch.save(final, part)
         code = Path(tmp) / "code" / "lungxray"
         shutil.copytree(Path(__file__).resolve().parent, code, ignore=shutil.ignore_patterns("__pycache__"))
         contract = predictor_from_file(model_pt, device="cpu").contract()

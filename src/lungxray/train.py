@@ -176,11 +176,17 @@ def _train(setup: _Setup, processed: Path, calibration: CalibrationParams | None
         metrics = world.broadcast(metrics)
         if mlflow is not None:
             mlflow.end_run()
-    except BaseException:
+    except BaseException as e:
         if mlflow is not None:
-            mlflow.end_run(status="KILLED")
+            mlflow.end_run(status=run_status(e))
         raise
     return metrics
+
+
+def run_status(err: BaseException) -> str:
+    """How an MLflow run that ``err`` ended is marked: ``KILLED`` when it was interrupted (Ctrl-C, SIGTERM), else
+    ``FAILED`` (a full disk, a bad setting, a bug): a rerun resumes it either way when its checkpoint allows."""
+    return "KILLED" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "FAILED"
 
 
 def _start_tracking(setup: _Setup, run: _Run, processed: Path, trainable: int, total: int):
@@ -208,8 +214,8 @@ def _start_tracking(setup: _Setup, run: _Run, processed: Path, trainable: int, t
                              "channels_last": str(params.channels_last), "stage": "train"})
             mlflow.log_metrics({"params/trainable": trainable, "params/total": total})
             log_datasets(mlflow, processed, resolved["data"]["version"])
-    except BaseException:
-        mlflow.end_run(status="KILLED")
+    except BaseException as e:
+        mlflow.end_run(status=run_status(e))
         raise
     return mlflow
 
