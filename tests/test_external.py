@@ -266,3 +266,67 @@ def test_the_external_stage_holds_each_source_out_reports_it_and_tracks_one_run_
     assert sorted(runs["tags.held_out_source"]) == ["alpha", "beta"]
     assert set(runs["tags.mlflow.runName"]) == {"external/alpha/cnn5", "external/beta/cnn5"}
     assert "metrics.external/macro_recall" in runs.columns
+
+
+@pytest.mark.slow
+def test_kill_9_during_the_external_stage_then_a_rerun_reuses_the_finished_fold_and_resumes_the_one_cut_short(
+        tmp_path, monkeypatch, capsys):
+    """The fold that finished keeps its model (its fingerprints still match: not retrained); only the fold model that
+    was training when the stage was killed resumes, from its last checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import lungxray.train as train_module
+    from helpers.processed import train_params
+    from lungxray.external import run_external
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    processed = make_multisource_processed(tmp_path)
+    work = tmp_path / "models/external"
+    train = train_params(tmp_path, epochs=2)
+    plan = {"models": ["cnn5"], "models_rule": "external.models", "in_source": {"cnn5": None}}
+    run = (f"run_external(ExternalParams(sources=['alpha', 'beta']), TrainParams.model_validate_json("
+           f"{train.model_dump_json()!r}), EvaluateParams(bootstrap=0), {plan!r}, Path({str(processed)!r}), "
+           f"Path({str(work)!r}))")
+    killer = f"""
+import os, signal
+from pathlib import Path
+import lungxray.train as T
+from lungxray.external import run_external
+from lungxray.external_plan import ExternalParams
+from lungxray.metrics import EvaluateParams
+from lungxray.train_settings import TrainParams
+real, calls = T.run_epoch, []
+def run_epoch(model, batches, device, loss_fn, opt, *args, **kwargs):
+    if opt is not None:
+        calls.append(1)
+        if len(calls) == 4:  # alpha's model trained its 2 epochs, beta's its first: killed in beta's second
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real(model, batches, device, loss_fn, opt, *args, **kwargs)
+T.run_epoch = run_epoch
+{run}
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    assert subprocess.run([sys.executable, "-c", killer], env=env).returncode == -signal.SIGKILL
+    finished = (work / "alpha/cnn5/model.pt").read_bytes()
+    assert not (work / "beta/cnn5/model.pt").exists()
+
+    real, trained = train_module.run_epoch, []
+
+    def run_epoch(model, batches, device, loss_fn, opt, *args, **kwargs):
+        if opt is not None:
+            trained.append(1)
+        return real(model, batches, device, loss_fn, opt, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "run_epoch", run_epoch)
+    capsys.readouterr()
+    report = run_external(ExternalParams(sources=["alpha", "beta"]), train, EvaluateParams(bootstrap=0), plan,
+                          processed, work)
+    out = capsys.readouterr().out
+    assert len(trained) == 1  # beta's second epoch: nothing else was trained again
+    assert "reusing the finished model" in out and "resuming after epoch 1" in out and "from scratch" not in out
+    assert (work / "alpha/cnn5/model.pt").read_bytes() == finished
+    assert {s: f["models"]["cnn5"]["epochs_run"] for s, f in report["folds"].items()} == {"alpha": 2, "beta": 2}
+    assert len(pd.read_csv(work / "alpha/cnn5/predictions.csv")) == 21

@@ -11,8 +11,11 @@ report: :mod:`lungxray.external_report`.
   (kept images per source, known after preprocess), while a ``foreach`` needs its list in params.yaml when dvc.yaml
   is parsed; and the leaderboard needs all folds in one file.
 * Fold work lives in ``models/external/<source>/`` (``data/``: the fold folder; ``<model>/``: the model, its
-  training curve and its predictions on the held-out source). An interrupted run resumes the model it was training
-  (train_model's checkpoints); a fold's arrays are removed once it is evaluated.
+  training curve and its predictions on the held-out source). A rerun (after an interruption, even ``kill -9``)
+  keeps every fold model whose finished run has the same fingerprints (its settings, the fold's data, the training
+  code and the library versions: :mod:`lungxray.checkpoint`) and resumes the one that was cut short from its
+  checkpoint: only a model whose fingerprints changed trains again (delete ``models/external/`` to retrain them all);
+  the figures on the held-out source are always recomputed. A fold's arrays are removed once it is evaluated.
 * What it reads of the in-source models (the choice of architectures, their test figures) comes from the plan
   (``reports/external_plan.json``, :mod:`lungxray.external_plan`), not from ``metrics/``: a change there that moves
   neither (the ensemble's outputs) leaves the fold models trained.
@@ -119,7 +122,8 @@ def _run_fold(fold: Fold, models: list[str], classes: list[str], train: TrainPar
              out["train_images"], sum(fold.excluded.values()))
     for name in models:
         extra = {**(extra_params or {}), "external": {"held_out_source": fold.held_out}}
-        t = train_model(name, train, data_dir, fold_dir / name, fold_dir / name, extra_params=extra)
+        t = train_model(name, train, data_dir, fold_dir / name, fold_dir / name, extra_params=extra,
+                        reuse_finished=True)
         result = _test_model(fold_dir / name, data_dir, classes, evaluate)
         result["in_source"] = in_source_figures(in_source.get(name), fold.held_out)
         result["gap"] = gap(result["macro_recall"], result["in_source"])
