@@ -132,7 +132,7 @@ def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, 
     world = init_world(resolve_device(params.device))
     try:
         setup = _make_setup(name, params, Path(processed), out_dir, metrics_dir, extra_params, world)
-        done = world.broadcast(_finished(setup) if reuse_finished and world.main else None)
+        done = world.broadcast(_finished(setup) if world.main else None) if reuse_finished else None
         if done is not None:
             if world.main:
                 print(f"[{name}] reusing the finished model in {setup.out_dir} (same settings, data, code and "
