@@ -1,5 +1,6 @@
-"""DVC stage `external_plan`: the architectures the external stage trains in each fold and the in-source test figures
-its report shows beside theirs, read from metrics/ (the external stage depends on this file, not on metrics/)."""
+"""DVC stage `external_plan`: the architectures the external stage trains in each fold, their settings files and the
+in-source test figures its report shows beside theirs, read from metrics/ and models/settings/ (the external stage
+depends on this file, not on metrics/ nor on the whole train section)."""
 
 from lungxray import schema
 from lungxray.config import load_sections
@@ -12,7 +13,7 @@ from lungxray.train_settings import TrainParams
 
 def main() -> None:
     p = load_sections({"external": ExternalParams, "train": TrainParams, "promote": PromotionParams})
-    plan = external_plan(p.external, p.train, schema.METRICS, p.promote)
+    plan = external_plan(p.external, p.train, schema.METRICS, p.promote, schema.TRAIN_SETTINGS)
     write_json(schema.EXTERNAL_PLAN, plan)
     print(f"external stage plan: {', '.join(plan['models'])} ({plan['models_rule']})")
 

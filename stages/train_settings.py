@@ -2,23 +2,27 @@
 
 Each train@<model> depends on models/settings/<model>.json instead of the whole `train` section, so changing one
 model's options, or adding a model, retrains only that model; the library versions in it retrain after an upgrade.
+The external folds' architectures (external.models, or chosen among train.models) depend on theirs the same way,
+through the plan (lungxray.external_plan).
 """
 
 from lungxray import schema
-from lungxray.config import load_section
+from lungxray.config import load_sections
+from lungxray.external_plan import ExternalParams, settings_models
 from lungxray.io import write_json
 from lungxray.stage import run_stage
 from lungxray.train_settings import TrainParams, settings_record
 
 
 def main() -> None:
-    train = load_section("train", TrainParams)
+    p = load_sections({"train": TrainParams, "external": ExternalParams})
+    models = settings_models(p.external, p.train)
     for old in schema.TRAIN_SETTINGS.glob("*.json"):
-        if old.stem not in train.models:
+        if old.stem not in models:
             old.unlink()
-    for name in train.models:
-        write_json(schema.train_settings_file(name), settings_record(train, name))
-    print(f"train_settings: {len(train.models)} models in {schema.TRAIN_SETTINGS}/")
+    for name in models:
+        write_json(schema.train_settings_file(name), settings_record(p.train, name))
+    print(f"train_settings: {len(models)} models in {schema.TRAIN_SETTINGS}/")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 
+import torch
+
 from conftest import REPO
 
 from lungxray.checkpoint import code_fingerprint, library_versions, module_closure
@@ -41,3 +43,19 @@ def test_the_code_fingerprint_changes_with_the_training_and_model_code_only(tmp_
 def test_library_versions_name_torch_timm_and_torchvision():
     versions = library_versions()
     assert set(versions) == {"torch", "timm", "torchvision"} and all(versions.values())
+
+
+def test_a_finished_run_is_reusable_only_with_the_same_four_fingerprints(tmp_path):
+    from lungxray.checkpoint import finished_run, mark_complete
+
+    fps = {"settings": "s", "data": "d", "code": "c", "libraries": "l"}
+    path = tmp_path / "checkpoint.pt"
+    assert finished_run(path, fps) is None  # no checkpoint
+    torch.save({"epoch": 1, "fingerprints": fps, "model": {}, "optimizer": {}, "history": [], "best": {}}, path)
+    assert finished_run(path, fps) is None  # an unfinished run is resumed, not reused
+    mark_complete(path, fps, {"epoch": 2, "mlflow_run_id": "r"})
+    assert finished_run(path, fps)["mlflow_run_id"] == "r"
+    for key in fps:
+        assert finished_run(path, {**fps, key: "other"}) is None, key
+    path.write_bytes(b"torn")
+    assert finished_run(path, fps) is None and path.exists()  # unreadable: not reused, and left for read_checkpoint

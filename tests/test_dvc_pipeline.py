@@ -159,6 +159,7 @@ def test_a_change_to_the_ensembles_outputs_leaves_the_external_fold_models_train
     params["train"]["models"] = ["cnn5"]
     params_file.write_text(yaml.safe_dump(params))
     write_in_source_metrics(tmp_path / "metrics", "cnn5", 0.8, 100, by_source={"alpha": {"macro_recall": 0.7}})
+    dvc(tmp_path, "repro", "--single-item", "train_settings")
     dvc(tmp_path, "repro", "--single-item", "external_plan")
     plan = (tmp_path / "reports/external_plan.json").read_text()
     assert json.loads(plan)["models"] == ["cnn5"]
@@ -180,6 +181,51 @@ def test_a_change_to_the_ensembles_outputs_leaves_the_external_fold_models_train
     assert "up to date" in dvc(tmp_path, "status", "external")
 
     write_in_source_metrics(tmp_path / "metrics", "cnn5", 0.8, 100, by_source={"alpha": {"macro_recall": 0.6}})
+    dvc(tmp_path, "repro", "--single-item", "external_plan")
+    status = dvc(tmp_path, "status", "external")
+    assert "up to date" not in status and "reports/external_plan.json" in status
+
+
+@pytest.mark.slow
+def test_changing_the_options_of_a_model_the_folds_do_not_train_leaves_the_external_fold_models_trained(tmp_path):
+    """A real `dvc status` in a scratch repository: the external stage depends on the settings of the architectures
+    its folds train (carried by its plan), not on the whole train section, so changing another model's options
+    retrains only that model; changing those of a fold architecture makes it run again."""
+    from helpers.multisource import write_in_source_metrics
+
+    copy_repo_tree(tmp_path)
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    dvc(tmp_path, "init", "-q")
+    params_file = tmp_path / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["train"]["models"] = ["cnn5", "resnet18"]
+    params_file.write_text(yaml.safe_dump(params))
+    write_in_source_metrics(tmp_path / "metrics", "cnn5", 0.9, 100)  # row 1 and the smallest: the folds train cnn5
+    write_in_source_metrics(tmp_path / "metrics", "resnet18", 0.7, 10_000)
+    dvc(tmp_path, "repro", "--single-item", "train_settings")
+    dvc(tmp_path, "repro", "--single-item", "external_plan")
+    plan = (tmp_path / "reports/external_plan.json").read_text()
+    assert json.loads(plan)["models"] == ["cnn5"]
+    (tmp_path / "data/processed").mkdir(parents=True)
+    (tmp_path / "data/processed/stats.json").write_text("{}")
+    (tmp_path / "models/external").mkdir(parents=True)
+    for name in ("models/external/folds.json", "reports/external.md", "reports/external.png",
+                 "reports/external.json"):  # stand-ins for a finished external stage: recorded without training
+        (tmp_path / name).write_text(name)
+    dvc(tmp_path, "commit", "-f", "external")
+    assert "up to date" in dvc(tmp_path, "status", "external_plan", "external")
+
+    params["train"]["model_options"]["resnet18"]["lr"] = 0.01
+    params_file.write_text(yaml.safe_dump(params))
+    assert "up to date" in dvc(tmp_path, "status", "external_plan", "external")
+    dvc(tmp_path, "repro", "--single-item", "train_settings")
+    dvc(tmp_path, "repro", "--single-item", "external_plan")
+    assert (tmp_path / "reports/external_plan.json").read_text() == plan
+    assert "up to date" in dvc(tmp_path, "status", "external")
+
+    params["train"]["model_options"]["cnn5"]["lr"] = 0.01
+    params_file.write_text(yaml.safe_dump(params))
+    dvc(tmp_path, "repro", "--single-item", "train_settings")
     dvc(tmp_path, "repro", "--single-item", "external_plan")
     status = dvc(tmp_path, "status", "external")
     assert "up to date" not in status and "reports/external_plan.json" in status

@@ -149,15 +149,13 @@ def test_register_promote_and_load_champion(trained):
     chal = client.get_model_version_by_alias("test-cxr", "challenger")
     assert chal.version != champ.version
 
-    # the same models again: new versions; the champion's val predictions come back from MLflow and pair with the
-    # best's, whose paired difference is 0 -> below the margin, champion stays
+    # the same models again: the same versions (one per run and model), the best is the champion already
     second = register_and_promote(rows, p, ml, preds)
-    c = second["compared"]
-    assert c["method"] == "paired_bootstrap" and c["units"] == 12 and c["images"] == 24
-    assert c["difference"] == 0 and c["difference_ci_low"] == 0 and c["difference_ci_high"] == 0
-    assert second["promote"] is False and "margin" in second["reason"]
+    assert second["registered_versions"] == first["registered_versions"]
+    assert second["compared"]["method"] == "already_champion" and second["promote"] is False
     assert client.get_model_version_by_alias("test-cxr", "champion").version == champ.version
-    assert len(second["registered_versions"]) == 2
+    assert client.get_model_version_by_alias("test-cxr", "challenger").version == chal.version
+    assert len(client.search_model_versions("name='test-cxr'")) == 2
     json.dumps(second, allow_nan=False)
 
     x = np.load(processed / "test.npy")
@@ -165,11 +163,79 @@ def test_register_promote_and_load_champion(trained):
     assert probs.shape == (len(x), 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 
+def registry_versions(name: str) -> list[tuple[str, str]]:
+    """(run id, model tag) of every version of the registered model ``name``."""
+    import mlflow
+
+    return sorted((v.run_id, v.tags.get("model")) for v in mlflow.MlflowClient().search_model_versions(
+        f"name='{name}'"))
+
+
+def test_kill_9_during_register_then_reruns_keep_one_version_per_run_and_model(trained):
+    """Registration is idempotent: a rerun finds the versions an earlier run registered (the killed one's included)
+    and reuses them, so the registry holds one version per (run, model) and no alias points at a copy of the
+    champion."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from lungxray.register import load_predictions
+
+    root, _, ml, _ = trained
+    name = "kill-cxr"
+    p = PromotionParams(registered_model=name, bootstrap=50)
+    call = (f"register_and_promote(leaderboard_rows(['cnn5', 'cnn8'], Path({str(root / 'metrics')!r})), "
+            f"PromotionParams.model_validate_json({p.model_dump_json()!r}), "
+            f"MlflowParams.model_validate_json({ml.model_dump_json()!r}), "
+            f"load_predictions(['cnn5', 'cnn8'], Path({str(root / 'metrics')!r}), 'val'))")
+    killer = f"""
+import os, signal
+from pathlib import Path
+import lungxray.register as R
+from lungxray.compare import leaderboard_rows
+from lungxray.promote import PromotionParams
+from lungxray.register import load_predictions, register_and_promote
+from lungxray.tracking import MlflowParams
+real = R.wait_ready
+def wait_ready(*args, **kwargs):
+    real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)  # killed once the first model's version is registered
+R.wait_ready = wait_ready
+{call}
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    assert subprocess.run([sys.executable, "-c", killer], env=env).returncode == -signal.SIGKILL
+    mlflow.set_tracking_uri(ml.tracking_uri)
+    client = mlflow.MlflowClient()
+    assert len(registry_versions(name)) == 1  # the killed run's leftover: cnn5's version, no alias
+
+    rows = leaderboard_rows(["cnn5", "cnn8"], root / "metrics")
+    runs = sorted((r["mlflow_run_id"], r["model"]) for r in rows)
+    preds = load_predictions(["cnn5", "cnn8"], root / "metrics", "val")
+    first = register_and_promote(rows, p, ml, preds)
+    assert registry_versions(name) == runs  # the leftover was reused, not registered again
+    champion = client.get_model_version_by_alias(name, "champion")
+    challenger = client.get_model_version_by_alias(name, "challenger")
+    assert champion.version == first["champion_after"]["version"] and champion.run_id != challenger.run_id
+
+    subprocess.run([sys.executable, "-c", killer], env=env)  # killed again, after a champion exists
+    again = register_and_promote(rows, p, ml, preds)
+    assert registry_versions(name) == runs
+    assert again["registered_versions"] == first["registered_versions"]
+    assert again["compared"]["method"] == "already_champion" and not again["promote"]
+    assert client.get_model_version_by_alias(name, "champion").version == champion.version
+    assert client.get_model_version_by_alias(name, "challenger").version == challenger.version
+
+
 def test_register_stage_pairs_the_challenger_with_the_champion_on_val(trained, tmp_path, monkeypatch):
     """The stage wiring: promotion.json records the paired difference and its interval (champion from MLflow)."""
     import subprocess
     import sys
 
+    from lungxray.promote import rank
     from lungxray.register import load_predictions
 
     root, _, ml, _ = trained
@@ -179,16 +245,21 @@ def test_register_stage_pairs_the_challenger_with_the_champion_on_val(trained, t
     params["promote"].update(registered_model="stage-cxr", bootstrap=100)
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     rows = leaderboard_rows(["cnn5", "cnn8"], root / "metrics")
-    first = register_and_promote(rows, PromotionParams(registered_model="stage-cxr"), ml,
-                                 load_predictions(["cnn5", "cnn8"], root / "metrics", "val"))
-    assert first["promote"]
+    best, second = rank(rows, PromotionParams())
+    first = register_and_promote([second], PromotionParams(registered_model="stage-cxr"), ml,
+                                 load_predictions([second["model"]], root / "metrics", "val"))
+    assert first["promote"] and first["champion_after"]["model"] == second["model"]
     r = subprocess.run([sys.executable, str(REPO / "stages/register.py")], cwd=work, capture_output=True, text=True,
                        env={**__import__("os").environ, "PYTHONPATH": str(REPO / "src")})
     assert r.returncode == 0, r.stderr
     decision = json.loads((work / "reports/promotion.json").read_text())
-    assert decision["compared"]["method"] == "paired_bootstrap" and decision["compared"]["difference"] == 0
-    assert decision["compared"]["difference_ci_low"] == 0 and decision["params"]["metric"] == "val_macro_recall"
-    assert "paired difference 0 [0, 0]" in r.stdout
+    c = decision["compared"]  # the best against the champion, whose val predictions come back from MLflow
+    assert c["method"] == "paired_bootstrap" and c["units"] == 12 and c["images"] == 24
+    assert c["difference"] == pytest.approx(best["val_macro_recall"] - second["val_macro_recall"])
+    assert c["difference_ci_low"] <= c["difference"] <= c["difference_ci_high"]
+    assert decision["params"]["metric"] == "val_macro_recall" and "paired difference" in r.stdout
+    versions = {v["model"]: v["version"] for v in decision["registered_versions"]}
+    assert versions[second["model"]] == first["registered_versions"][0]["version"]  # the champion's own, reused
 
 
 def test_compare_orders_by_the_configured_tie_breaker(trained, tmp_path):

@@ -91,21 +91,56 @@ def test_default_models_are_the_leaderboards_first_and_the_smallest(tmp_path):
                                                                                                 "external.models")
 
 
+def write_settings(root: Path, train: TrainParams, external: ExternalParams | None = None) -> Path:
+    """What the train_settings stage writes (``models/settings/<model>.json``) under ``root``."""
+    from lungxray.external_plan import settings_models
+    from lungxray.train_settings import settings_record
+
+    for name in settings_models(external or ExternalParams(), train):
+        (root / f"{name}.json").parent.mkdir(parents=True, exist_ok=True)
+        (root / f"{name}.json").write_text(json.dumps(settings_record(train, name)))
+    return root
+
+
 def test_the_plan_holds_the_chosen_models_and_their_in_source_figures_and_ignores_the_ensembles_outputs(tmp_path):
     write_in_source_metrics(tmp_path, "cnn5", val_macro_recall=0.70, total_parameters=100,
                             by_source={"alpha": {"macro_recall": 0.6, "accuracy": 0.7, "n_samples": 3, "auc": 0.8}})
     write_in_source_metrics(tmp_path, "resnet18", val_macro_recall=0.90, total_parameters=10_000)
     train = TrainParams(models=["cnn5", "resnet18"])
-    plan = external_plan(ExternalParams(), train, tmp_path, PromotionParams())
+    settings = write_settings(tmp_path / "settings", train, ExternalParams(models=["cnn8"]))
+    plan = external_plan(ExternalParams(), train, tmp_path, PromotionParams(), settings)
     assert plan["models"] == ["resnet18", "cnn5"] and plan["models_rule"] == choose_models(
         ExternalParams(), train, tmp_path, PromotionParams())[1]
     assert plan["in_source"]["cnn5"] == {"macro_recall": 0.9, "macro_recall_ci_low": 0.8, "macro_recall_ci_high": 0.95,
                                          "accuracy": 0.9,
                                          "by_source": {"alpha": {"n_samples": 3, "macro_recall": 0.6, "accuracy": 0.7}}}
     write_in_source_metrics(tmp_path, "ensemble", val_macro_recall=0.99, total_parameters=1)
-    assert external_plan(ExternalParams(), train, tmp_path, PromotionParams()) == plan
-    named = external_plan(ExternalParams(models=["cnn8"]), train, tmp_path, PromotionParams())
-    assert named == {"models": ["cnn8"], "models_rule": "external.models", "in_source": {"cnn8": None}}
+    assert external_plan(ExternalParams(), train, tmp_path, PromotionParams(), settings) == plan
+    named = external_plan(ExternalParams(models=["cnn8"]), train, tmp_path, PromotionParams(), settings)
+    assert named == {"models": ["cnn8"], "models_rule": "external.models", "in_source": {"cnn8": None},
+                     "settings": {"cnn8": json.loads((settings / "cnn8.json").read_text())}}
+
+
+def test_the_plan_carries_the_settings_of_the_chosen_architectures_only_and_the_stage_trains_with_no_other():
+    """The external stage depends on the plan, not on the whole train section: the plan holds the chosen
+    architectures' settings files, and the stage refuses a train section that gives them other settings."""
+    from lungxray.external_plan import settings_problem
+    from lungxray.train_settings import settings_record
+
+    train = TrainParams(models=["cnn5", "resnet18"], model_options={"cnn5": {"lr": 0.01}})
+    plan = {"models": ["cnn5"], "settings": {"cnn5": json.loads(json.dumps(settings_record(train, "cnn5")))}}
+    assert settings_problem(plan, train) is None
+    other = TrainParams(models=["cnn5", "resnet18"], model_options={"cnn5": {"lr": 0.01}, "resnet18": {"lr": 0.5}})
+    assert settings_problem(plan, other) is None  # another model's options: nothing the folds train changed
+    changed = TrainParams(models=["cnn5", "resnet18"], model_options={"cnn5": {"lr": 0.02}})
+    assert "settings of cnn5" in settings_problem(plan, changed)
+    assert "older version" in settings_problem({"models": ["cnn5"]}, train)
+
+
+def test_the_plan_names_a_missing_settings_file_and_the_stage_that_writes_it(tmp_path):
+    with pytest.raises(LungxrayError, match=r"cnn8\.json is missing.*train_settings"):
+        external_plan(ExternalParams(models=["cnn8"]), TrainParams(models=["cnn5"]), tmp_path, PromotionParams(),
+                      tmp_path / "settings")
 
 
 def test_the_epochs_override_applies_to_every_fold_model_and_no_fold_model_is_logged_for_registering():
@@ -237,6 +272,7 @@ def test_the_external_stage_holds_each_source_out_reports_it_and_tracks_one_run_
         "train": {"models": ["cnn5"], "batch_size": 16, "pretrained": False, "mlflow": {
             "tracking_uri": f"sqlite:///{project}/mlruns/mlflow.db", "artifact_dir": str(project / "mlruns/art")}},
         "evaluate": {"bootstrap": 50, "latency_batches": 1}}))
+    runpy.run_path(str(REPO / "stages" / "train_settings.py"), run_name="__main__")
     runpy.run_path(str(REPO / "stages" / "external_plan.py"), run_name="__main__")
     runpy.run_path(str(REPO / "stages" / "external.py"), run_name="__main__")
 
@@ -266,3 +302,69 @@ def test_the_external_stage_holds_each_source_out_reports_it_and_tracks_one_run_
     assert sorted(runs["tags.held_out_source"]) == ["alpha", "beta"]
     assert set(runs["tags.mlflow.runName"]) == {"external/alpha/cnn5", "external/beta/cnn5"}
     assert "metrics.external/macro_recall" in runs.columns
+
+
+@pytest.mark.slow
+def test_kill_9_during_the_external_stage_then_a_rerun_reuses_the_finished_fold_and_resumes_the_one_cut_short(
+        tmp_path, monkeypatch, capsys):
+    """The fold that finished keeps its model (its fingerprints still match: not retrained); only the fold model that
+    was training when the stage was killed resumes, from its last checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import lungxray.train as train_module
+    from helpers.processed import train_params
+    from lungxray.external import run_external
+    from lungxray.train_settings import settings_record
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    processed = make_multisource_processed(tmp_path)
+    work = tmp_path / "models/external"
+    train = train_params(tmp_path, epochs=2)
+    plan = {"models": ["cnn5"], "models_rule": "external.models", "in_source": {"cnn5": None},
+            "settings": {"cnn5": json.loads(json.dumps(settings_record(train, "cnn5")))}}
+    run = (f"run_external(ExternalParams(sources=['alpha', 'beta']), TrainParams.model_validate_json("
+           f"{train.model_dump_json()!r}), EvaluateParams(bootstrap=0), {plan!r}, Path({str(processed)!r}), "
+           f"Path({str(work)!r}))")
+    killer = f"""
+import os, signal
+from pathlib import Path
+import lungxray.train as T
+from lungxray.external import run_external
+from lungxray.external_plan import ExternalParams
+from lungxray.metrics import EvaluateParams
+from lungxray.train_settings import TrainParams
+real, calls = T.run_epoch, []
+def run_epoch(model, batches, device, loss_fn, opt, *args, **kwargs):
+    if opt is not None:
+        calls.append(1)
+        if len(calls) == 4:  # alpha's model trained its 2 epochs, beta's its first: killed in beta's second
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real(model, batches, device, loss_fn, opt, *args, **kwargs)
+T.run_epoch = run_epoch
+{run}
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    assert subprocess.run([sys.executable, "-c", killer], env=env).returncode == -signal.SIGKILL
+    finished = (work / "alpha/cnn5/model.pt").read_bytes()
+    assert not (work / "beta/cnn5/model.pt").exists()
+
+    real, trained = train_module.run_epoch, []
+
+    def run_epoch(model, batches, device, loss_fn, opt, *args, **kwargs):
+        if opt is not None:
+            trained.append(1)
+        return real(model, batches, device, loss_fn, opt, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "run_epoch", run_epoch)
+    capsys.readouterr()
+    report = run_external(ExternalParams(sources=["alpha", "beta"]), train, EvaluateParams(bootstrap=0), plan,
+                          processed, work)
+    out = capsys.readouterr().out
+    assert len(trained) == 1  # beta's second epoch: nothing else was trained again
+    assert "reusing the finished model" in out and "resuming after epoch 1" in out and "from scratch" not in out
+    assert (work / "alpha/cnn5/model.pt").read_bytes() == finished
+    assert {s: f["models"]["cnn5"]["epochs_run"] for s, f in report["folds"].items()} == {"alpha": 2, "beta": 2}
+    assert len(pd.read_csv(work / "alpha/cnn5/predictions.csv")) == 21

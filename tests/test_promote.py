@@ -60,6 +60,19 @@ def test_best_is_already_champion():
     assert d["champion_after"]["version"] == 7 and d["challenger_after"]["model"] == "cnn5"
 
 
+def test_a_copy_of_the_champion_registered_from_its_run_is_the_champion_never_the_challenger():
+    # a registry filled by an older version: v9 is a second version of the champion's own run (same model)
+    champ = cand("resnet18", 0.91, version=7, mlflow_run_id="run-a")
+    d = decide([cand("resnet18", 0.91, version=9, mlflow_run_id="run-a"),
+                cand("cnn5", 0.88, version=8, mlflow_run_id="run-b")], champ, P)
+    assert not d["promote"] and "already the champion" in d["reason"]
+    assert d["champion_after"]["version"] == 7 and d["challenger_after"]["model"] == "cnn5"
+    promoted = decide([cand("cnn5", 0.95, version=8, mlflow_run_id="run-b"),
+                       cand("cnn5", 0.95, version=10, mlflow_run_id="run-b"),
+                       cand("cnn8", 0.90, version=11, mlflow_run_id="run-c")], None, P)
+    assert promoted["champion_after"]["model"] == "cnn5" and promoted["challenger_after"]["model"] == "cnn8"
+
+
 def test_champion_remeasured_among_candidates_is_used():
     # the champion's stored number is from old val images, but it was re-evaluated on the current ones
     champ = cand("cnn5", 0.99, version=3, val_set="old")

@@ -6,6 +6,8 @@
 * A run resumes a checkpoint only when all four are unchanged and the checkpoint is not marked complete. A finished run
   marks its checkpoint complete, so a later run (after any change DVC saw, or ``dvc repro -f``) trains from scratch
   instead of "retraining" in zero epochs and re-exporting the old weights.
+* A caller may instead reuse a finished run as it is (the external stage's fold models after an interruption,
+  :func:`finished_run`): only when its checkpoint is marked complete with the same four fingerprints.
 * A checkpoint that cannot be resumed (unreadable, of another configuration, or whose weights do not fit the model)
   is set aside as ``checkpoint.stale.pt`` (replacing an older one) with a one-line message naming what changed, and
   training starts from scratch: never a traceback.
@@ -171,6 +173,22 @@ def read_checkpoint(path: Path, fingerprints: dict[str, str]) -> tuple[dict | No
     if changed:
         return None, set_aside(path, f"trained with other {', '.join(changed)}")
     return ck, None
+
+
+def finished_run(path: Path, fingerprints: dict[str, str]) -> dict | None:
+    """The record of a finished run (what :func:`mark_complete` wrote) when its fingerprints are all equal to
+    ``fingerprints``, else None (no checkpoint, an unfinished or unreadable one, or one of another configuration).
+    Nothing is set aside: a run that is not reused reads the checkpoint with :func:`read_checkpoint`."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - unreadable: not reusable (read_checkpoint sets it aside)
+        return None
+    if not isinstance(ck, dict) or not ck.get("complete") or _changed(ck, fingerprints):
+        return None
+    return ck
 
 
 def mark_complete(path: Path, fingerprints: dict[str, str], summary: dict) -> None:

@@ -11,11 +11,16 @@ report: :mod:`lungxray.external_report`.
   (kept images per source, known after preprocess), while a ``foreach`` needs its list in params.yaml when dvc.yaml
   is parsed; and the leaderboard needs all folds in one file.
 * Fold work lives in ``models/external/<source>/`` (``data/``: the fold folder; ``<model>/``: the model, its
-  training curve and its predictions on the held-out source). An interrupted run resumes the model it was training
-  (train_model's checkpoints); a fold's arrays are removed once it is evaluated.
-* What it reads of the in-source models (the choice of architectures, their test figures) comes from the plan
-  (``reports/external_plan.json``, :mod:`lungxray.external_plan`), not from ``metrics/``: a change there that moves
-  neither (the ensemble's outputs) leaves the fold models trained.
+  training curve and its predictions on the held-out source). A rerun (after an interruption, even ``kill -9``)
+  keeps every fold model whose finished run has the same fingerprints (its settings, the fold's data, the training
+  code and the library versions: :mod:`lungxray.checkpoint`) and resumes the one that was cut short from its
+  checkpoint: only a model whose fingerprints changed trains again (delete ``models/external/`` to retrain them all);
+  the figures on the held-out source are always recomputed. A fold's arrays are removed once it is evaluated.
+* What it reads of the in-source models (the choice of architectures, their test figures) and of the train settings
+  (the chosen architectures' own) comes from the plan (``reports/external_plan.json``, :mod:`lungxray.external_plan`),
+  not from ``metrics/`` nor the whole ``train`` section: a change there that moves none of them (the ensemble's
+  outputs, another model's options) leaves the fold models trained. It trains with the ``train`` section only when
+  that section gives the chosen architectures the plan's settings.
 * Each fold model is one MLflow run in the pipeline's experiment (its training run, tagged ``stage: external`` and
   ``held_out_source``, with the external figures as ``external/*`` metrics); registering no model.
 """
@@ -29,7 +34,7 @@ import numpy as np
 
 from .errors import LungxrayError
 from .external_folds import Fold, drop_arrays, fold_problem, kept_index, make_fold, source_counts, write_fold
-from .external_plan import ExternalParams
+from .external_plan import ExternalParams, settings_problem
 from .external_report import external_summary, fold_metrics, gap, in_source_figures
 from .inference import load_trained, predict_proba
 from .io import read_json, write_csv
@@ -84,6 +89,10 @@ def run_external(params: ExternalParams, train: TrainParams, evaluate: EvaluateP
     counts = source_counts(index)
     sources = choose_sources(params, counts)
     models, models_rule = (plan["models"], plan["models_rule"]) if sources else ([], "no fold")
+    problem = settings_problem(plan, train) if models else None
+    if problem:
+        raise LungxrayError(f"{problem}: run `dvc repro external` (train_settings and external_plan run first), "
+                            f"or `python stages/train_settings.py` and `python stages/external_plan.py`")
     classes = read_json(processed / "stats.json")["classes"]
     fold_params = fold_train_params(train, params.epochs)
     report: dict = {"models": models, "models_rule": models_rule, "epochs": params.epochs, "ci": evaluate.ci,
@@ -119,7 +128,8 @@ def _run_fold(fold: Fold, models: list[str], classes: list[str], train: TrainPar
              out["train_images"], sum(fold.excluded.values()))
     for name in models:
         extra = {**(extra_params or {}), "external": {"held_out_source": fold.held_out}}
-        t = train_model(name, train, data_dir, fold_dir / name, fold_dir / name, extra_params=extra)
+        t = train_model(name, train, data_dir, fold_dir / name, fold_dir / name, extra_params=extra,
+                        reuse_finished=True)
         result = _test_model(fold_dir / name, data_dir, classes, evaluate)
         result["in_source"] = in_source_figures(in_source.get(name), fold.held_out)
         result["gap"] = gap(result["macro_recall"], result["in_source"])

@@ -1,10 +1,17 @@
-"""The external stage's settings and its plan: which architectures each fold trains, and the in-source figures its
-report shows beside theirs.
+"""The external stage's settings and its plan: which architectures each fold trains, how they train, and the
+in-source figures its report shows beside theirs.
 
-The plan is what the external stage reads of ``metrics/`` (the stage ``external_plan`` writes it to
-``reports/external_plan.json``). The external stage depends on that file rather than on the whole ``metrics/``
-folder, so a change there that moves neither the choice nor those figures (the ensemble's outputs, a model's
-training curve) does not retrain its fold models.
+The plan is what the external stage reads of ``metrics/`` and of the train settings (the stage ``external_plan``
+writes it to ``reports/external_plan.json``). The external stage depends on that file rather than on the whole
+``metrics/`` folder and the whole ``train`` section, so a change there that moves neither the choice, nor those
+figures, nor the chosen architectures' own settings (the ensemble's outputs, a model's training curve, another
+model's ``model_options``) does not retrain its fold models.
+
+* ``settings``: each chosen architecture's settings file (``models/settings/<model>.json``, written by the
+  ``train_settings`` stage for ``train.models`` and ``external.models``: its resolved settings, where it is tracked,
+  the library versions), as each ``train@<model>`` depends on its own. The external stage trains with the ``train``
+  section of params.yaml and refuses to run when a chosen architecture's settings differ from the plan's
+  (:func:`settings_problem`): its dependencies would not be what it trained with.
 
 Default choice (``external.models`` unset): the champion is only known after the register stage, which runs after
 compare, which shows the external figures; so the default takes what the register stage will consider first: row 1
@@ -20,9 +27,10 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from .config import Strict
+from .errors import LungxrayError
 from .io import read_json
 from .promote import PromotionParams
-from .train_settings import TrainParams
+from .train_settings import TrainParams, settings_record
 
 
 class ExternalParams(Strict):
@@ -55,13 +63,42 @@ IN_SOURCE_KEYS = ("macro_recall", "macro_recall_ci_low", "macro_recall_ci_high",
 PER_SOURCE_KEYS = ("n_samples", "macro_recall", "accuracy")
 
 
-def external_plan(params: ExternalParams, train: TrainParams, metrics_root: Path,
-                  promotion: PromotionParams) -> dict[str, Any]:
-    """``{"models", "models_rule", "in_source": {model: in-source test figures or None}}`` (see the module
-    docstring)."""
+def external_plan(params: ExternalParams, train: TrainParams, metrics_root: Path, promotion: PromotionParams,
+                  settings_root: Path) -> dict[str, Any]:
+    """``{"models", "models_rule", "in_source": {model: in-source test figures or None}, "settings": {model: its
+    settings file}}`` (see the module docstring); ``settings_root``: the train_settings stage's folder."""
     models, rule = choose_models(params, train, metrics_root, promotion)
     return {"models": models, "models_rule": rule,
-            "in_source": {m: in_source_test(Path(metrics_root) / m / "eval.json") for m in models}}
+            "in_source": {m: in_source_test(Path(metrics_root) / m / "eval.json") for m in models},
+            "settings": {m: _settings_file(Path(settings_root), m) for m in models}}
+
+
+def settings_models(params: ExternalParams, train: TrainParams) -> list[str]:
+    """The models the train_settings stage writes a settings file for: ``train.models``, then those of
+    ``external.models`` that train.models lacks (the plan's default choice is among train.models)."""
+    return list(dict.fromkeys([*train.models, *(params.models or [])]))
+
+
+def _settings_file(settings_root: Path, model: str) -> dict:
+    path = settings_root / f"{model}.json"
+    if not path.exists():
+        raise LungxrayError(f"{path} is missing: the external folds train {model} with the settings the "
+                            f"train_settings stage writes there; run `dvc repro external_plan` (it runs "
+                            f"train_settings first)")
+    return read_json(path)
+
+
+def settings_problem(plan: dict, train: TrainParams) -> str | None:
+    """Why the external stage may not train the plan's architectures with ``train`` (a chosen architecture whose
+    settings differ from those the plan was made with, or a plan without settings), or None."""
+    recorded = plan.get("settings")
+    if not isinstance(recorded, dict):
+        return "the plan carries no train settings (written by an older version)"
+    changed = [m for m in plan["models"] if recorded.get(m) != settings_record(train, m)]
+    if changed:
+        return (f"the train settings of {', '.join(changed)} (the train section of params.yaml, the library "
+                f"versions) differ from those the plan was made with")
+    return None
 
 
 def choose_models(params: ExternalParams, train: TrainParams, metrics_root: Path,

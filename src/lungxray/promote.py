@@ -19,7 +19,8 @@ recognised by their fingerprint (``val_set``: ids and labels). ``compared.method
 applied:
 
 * no champion: the best is promoted ("no current champion");
-* the best *is* the champion (same model and registry version): nothing to do;
+* the best *is* the champion (same model and registry version, or the same model registered again from the
+  champion's MLflow run: a copy): nothing to do;
 * ``paired_bootstrap`` (the normal case): the champion was measured on the same val images (equal fingerprints, or it
   was re-measured among the candidates) and both models' per-image predictions are at hand (``predictions``: the
   candidate's from its evaluation, the champion's logged with its registered version). The difference
@@ -39,8 +40,9 @@ applied:
   candidate, which *was* measured on them, and says so in the reason; ``"keep_champion"`` keeps the champion until
   someone re-evaluates it.
 
-The challenger after the decision is the best candidate that is not the champion after it: the runner-up when the
-best was promoted, otherwise the best candidate (or the runner-up when the best is the champion itself).
+The challenger after the decision is the best candidate that is not the champion after it (nor a copy of it): the
+runner-up when the best was promoted, otherwise the best candidate (or the runner-up when the best is the champion
+itself).
 """
 
 from __future__ import annotations
@@ -148,9 +150,17 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.4f}".rstrip("0").rstrip(".") if abs(v) < 1e6 else f"{v:g}"
 
 
+def _same_model(a: dict, b: dict) -> bool:
+    """The same registry entry (model and version), or a copy of it: the same model registered again from the same
+    MLflow run (``mlflow_run_id``), as an older version of the register stage did on every rerun."""
+    run = a.get("mlflow_run_id")
+    return _ident(a) == _ident(b) or (run is not None and run == b.get("mlflow_run_id")
+                                      and a.get("model") == b.get("model"))
+
+
 def _same_entry(a: dict | None, b: dict | None) -> bool:
     return (a is not None and b is not None and a.get("version") is not None and b.get("version") is not None
-            and _ident(a) == _ident(b))
+            and _same_model(a, b))
 
 
 def _paired(best: dict, ref: dict, p: PromotionParams) -> tuple[dict | None, str | None]:
@@ -219,8 +229,8 @@ def decide(candidates: list[dict[str, Any]], current_champion: dict[str, Any] | 
 
     def result(promote: bool, reason: str, **comp) -> dict:
         after = best if promote else champ
-        # the best candidate that is not the champion after the decision (same model and version = same entry)
-        challenger = next((c for c in valid if after is None or _ident(c) != _ident(after)), None)
+        # the best candidate that is not the champion after the decision, nor a copy of it (:func:`_same_model`)
+        challenger = next((c for c in valid if after is None or not _same_model(c, after)), None)
         return {**base, "promote": promote, "reason": reason, "champion_after": _brief(after, p),
                 "challenger_after": _brief(challenger, p), "compared": {**compared, **comp}}
 

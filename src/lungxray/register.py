@@ -1,6 +1,12 @@
-"""The register stage: every evaluated model becomes a new version in the MLflow model registry, then the aliases
+"""The register stage: every evaluated model becomes a version in the MLflow model registry, then the aliases
 ``champion`` and ``challenger`` move by the promotion rule (:func:`lungxray.promote.decide`; the registry look-ups are
-in :mod:`lungxray.tracking`)."""
+in :mod:`lungxray.tracking`).
+
+Registration is idempotent: the registry holds one version per (MLflow run, model). A model whose run already has a
+version (registered by an earlier run of the stage, one that was killed part-way included) gets that version back,
+its tags brought up to date, instead of a new one: the champion's own version when it is among them, else the oldest.
+So a rerun adds no copy, and no alias can point at a copy of the champion.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import pandas as pd
 
 from .errors import LungxrayError
 from .promote import PromotionParams, decide, selection_split
-from .tracking import MlflowParams, current_champion, mlflow_setup, prediction_tags, wait_ready
+from .tracking import MlflowParams, current_champion, mlflow_setup, prediction_tags, run_versions, wait_ready
 
 
 def load_predictions(models: list[str], metrics_root: Path, split: str) -> dict[str, pd.DataFrame]:
@@ -26,7 +32,8 @@ def load_predictions(models: list[str], metrics_root: Path, split: str) -> dict[
 
 def register_and_promote(rows: list[dict], params: PromotionParams, mlflow_params: MlflowParams | None = None,
                          predictions: dict[str, pd.DataFrame] | None = None) -> dict:
-    """Register every evaluated model as a new version, then move the aliases by :func:`promote.decide`.
+    """Register every evaluated model (a new version, or the one its run already has: :func:`model_version`), then
+    move the aliases by :func:`promote.decide`.
 
     ``predictions`` (model -> its :func:`load_predictions` table of the selection split) makes the paired comparison
     with the champion possible; the champion's own predictions are found through its version's
@@ -54,9 +61,7 @@ def register_and_promote(rows: list[dict], params: PromotionParams, mlflow_param
                 raise LungxrayError(f"{r['model']} has no MLflow run id in its train metrics: retrain it")
             tags = {k: str(v) for k, v in r.items() if v is not None and k not in ("mlflow_run_id", "mlflow_model_uri")}
             tags.update(prediction_tags(client, r["mlflow_run_id"]))
-            uri = r.get("mlflow_model_uri") or f"runs:/{r['mlflow_run_id']}/model"
-            mv = mlflow.register_model(uri, name, tags=tags)
-            mv = wait_ready(client, name, mv.version)
+            mv = model_version(client, mlflow, name, r, tags, champion)
             candidates.append({**r, "version": mv.version, "predictions": predictions.get(r["model"])})
         decision = decide(candidates, champion, params)
         # aliases last, after every version is READY
@@ -72,3 +77,17 @@ def register_and_promote(rows: list[dict], params: PromotionParams, mlflow_param
     decision["registered_versions"] = [{"model": c["model"], "version": c["version"]} for c in candidates]
     decision["load_with"] = f"mlflow.pyfunc.load_model('models:/{name}@champion')"
     return decision
+
+
+def model_version(client, mlflow, name: str, row: dict, tags: dict[str, str], champion: dict | None):
+    """The READY version of ``row``'s model in ``name``: the one its MLflow run already has (the champion's when it
+    is one of them, else the oldest), its tags set to ``tags``; else a new version registered with them."""
+    found = run_versions(client, name, row["mlflow_run_id"], row["model"])
+    if found:
+        mv = next((v for v in found if champion and str(v.version) == str(champion["version"])), found[0])
+        for key, value in tags.items():
+            if mv.tags.get(key) != value:
+                client.set_model_version_tag(name, mv.version, key, value)
+        return wait_ready(client, name, mv.version)
+    uri = row.get("mlflow_model_uri") or f"runs:/{row['mlflow_run_id']}/model"
+    return wait_ready(client, name, mlflow.register_model(uri, name, tags=tags).version)

@@ -168,11 +168,22 @@ def current_champion(client, registered_model: str, metric: str, split: str) -> 
         v = client.get_model_version_by_alias(registered_model, "champion")
     except MlflowException:
         return None
-    return {"model": v.tags.get("model"), "version": v.version,
+    return {"model": v.tags.get("model"), "version": v.version, "mlflow_run_id": v.run_id,
             metric: float(v.tags[metric]) if metric in v.tags else None,
             "trainable_parameters": float(v.tags.get("trainable_parameters", "nan")),
             "test_set": v.tags.get("test_set"), "val_set": v.tags.get("val_set"),
             "predictions": logged_predictions(v.tags.get(f"predictions_{split}"))}
+
+
+def run_versions(client, registered_model: str, run_id: str, model: str) -> list:
+    """The versions of ``registered_model`` registered from the MLflow run ``run_id`` for ``model`` (their ``model``
+    tag), oldest first; those whose registration failed left out."""
+    from mlflow.entities.model_registry.model_version_status import ModelVersionStatus
+
+    found = client.search_model_versions(f"run_id='{run_id}'")
+    failed = ModelVersionStatus.to_string(ModelVersionStatus.FAILED_REGISTRATION)
+    return sorted((v for v in found if v.name == registered_model and v.tags.get("model") == model
+                   and v.status != failed), key=lambda v: int(v.version))
 
 
 def prediction_tags(client, run_id: str) -> dict[str, str]:

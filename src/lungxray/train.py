@@ -16,7 +16,8 @@ parts of the loop (batches, device, precision, optimiser, one epoch) in :mod:`lu
 * A checkpoint is written atomically after every epoch (``models/<model>/checkpoint.pt``); rerunning an interrupted
   run (even after ``kill -9``) resumes from it when the model's settings, the data, the code and the library versions
   are unchanged, and continues the same MLflow run. A finished run marks its checkpoint complete: it is never
-  resumed, a rerun trains from scratch. Unusable checkpoints are set aside (rules in :mod:`lungxray.checkpoint`).
+  resumed, a rerun trains from scratch (or, with ``reuse_finished``, keeps it when its fingerprints still match).
+  Unusable checkpoints are set aside (rules in :mod:`lungxray.checkpoint`).
   The best weights are kept in ``best.pt``; ``model.pt`` and ``metrics/<model>/train.json`` are written only when
   training has finished, so a partial run is never taken for a complete one.
 * A model is fed per-channel ``mean``/``std``: its pretrained weights' normalisation, or the train split's statistics
@@ -120,16 +121,44 @@ class _Run:
 
 def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, metrics_dir: Path,
                 progress: bool = True, extra_params: dict | None = None,
-                calibration: CalibrationParams | None = None) -> dict:
+                calibration: CalibrationParams | None = None, reuse_finished: bool = False) -> dict:
     """Train ``name``: build, resume (only an unfinished checkpoint of the same settings, data, code and libraries),
     fit, finalise (with the temperature and operating points fitted on val: ``calibration``). Returns the final
-    metrics (on every process when several train it)."""
+    metrics (on every process when several train it).
+
+    ``reuse_finished``: a finished run of the same fingerprints is kept as it is, not trained again (its
+    ``train.json`` is returned; :func:`_finished` says when). The external stage's fold models use it, so that a
+    rerun after an interruption trains only what was not finished."""
     world = init_world(resolve_device(params.device))
     try:
-        return _train(_make_setup(name, params, Path(processed), out_dir, metrics_dir, extra_params, world),
-                      Path(processed), calibration)
+        setup = _make_setup(name, params, Path(processed), out_dir, metrics_dir, extra_params, world)
+        done = world.broadcast(_finished(setup) if world.main else None) if reuse_finished else None
+        if done is not None:
+            if world.main:
+                print(f"[{name}] reusing the finished model in {setup.out_dir} (same settings, data, code and "
+                      f"library versions): not trained again", flush=True)
+            return done
+        return _train(setup, Path(processed), calibration)
     finally:
         close_world(world)
+
+
+def _finished(setup: _Setup) -> dict | None:
+    """The metrics of a finished run that may stand for this one, or None: its checkpoint is marked complete with the
+    same fingerprints (:func:`checkpoint.finished_run`), its ``model.pt`` carries them too and its ``train.json``
+    names the same MLflow run (a later run that was cut short may have removed or replaced either)."""
+    record = checkpoint.finished_run(setup.ckpt_path, setup.fingerprints)
+    model_file, metrics_file = setup.out_dir / "model.pt", setup.metrics_dir / "train.json"
+    if record is None or not model_file.exists() or not metrics_file.exists():
+        return None
+    try:
+        kept = torch.load(model_file, map_location="cpu", weights_only=True, mmap=True)
+        metrics = json.loads(metrics_file.read_text())
+    except Exception:  # noqa: BLE001 - an unreadable file is not reused: the model is trained again
+        return None
+    if not isinstance(kept, dict) or kept.get("fingerprints") != setup.fingerprints:
+        return None
+    return metrics if metrics.get("mlflow_run_id") == record.get("mlflow_run_id") else None
 
 
 def _make_setup(name: str, params: TrainParams, processed: Path, out_dir: Path, metrics_dir: Path,
