@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lungxray.calibration import fit_temperature, softmax_t
+from lungxray.calibration import fit_temperature
+from lungxray.inference import softmax_t
 from lungxray.config import read_params_file, parse_sections
 from lungxray.external_folds import kept_index, make_fold, source_counts, write_fold
 from lungxray.inference import load_trained, predict_logits

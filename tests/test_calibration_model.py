@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lungxray.calibration import softmax_t
+from lungxray.inference import softmax_t
 from lungxray.cli import main as cli
 from lungxray.evaluate import EvaluateParams, evaluate_model
 from lungxray.inference import predict_logits

@@ -32,7 +32,8 @@ sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]
 import explore  # noqa: E402  (the processed folder and the val labels)
 from seed_stats import mean_sd  # noqa: E402
 
-from lungxray.calibration import choose_operating_points, fit_temperature, nll, softmax_t  # noqa: E402
+from lungxray.calibration import choose_operating_points, fit_temperature, nll  # noqa: E402
+from lungxray.inference import softmax_t  # noqa: E402
 from lungxray.inference import load_trained, predict_logits  # noqa: E402
 from lungxray.metrics.calibration import expected_calibration_error  # noqa: E402
 from lungxray.tta import tta_proba  # noqa: E402

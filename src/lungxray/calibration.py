@@ -28,6 +28,7 @@ from pydantic import Field
 
 from .config import Strict
 from .errors import LungxrayError
+from .inference import predict_logits, softmax_t
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +45,6 @@ class CalibrationParams(Strict):
 
 # ---------------------------------------------------------------------------------------------------------------------
 # temperature scaling
-
-
-def softmax_t(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """``softmax(logits / T)`` row-wise, in float64 (stable: the row maximum is subtracted first)."""
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def nll(logits: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> float:
@@ -180,7 +173,5 @@ def fit_on_val(logits: np.ndarray, y: np.ndarray, classes: Sequence[str], params
 def calibrate_model(model, x_val: np.ndarray, y_val: np.ndarray, mean, std, classes: Sequence[str],
                     params: CalibrationParams | None, device, batch_size: int = 64) -> dict:
     """:func:`fit_on_val` on the val images' logits by ``model`` (the train stage's last step, on the kept weights)."""
-    from .inference import predict_logits
-
     logits = predict_logits(model, x_val, mean, std, batch_size=batch_size, device=device)
     return fit_on_val(logits, y_val, classes, params or CalibrationParams())

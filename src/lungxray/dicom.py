@@ -50,7 +50,7 @@ def _read(source: str | Path | bytes):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    from .imaging import ImageRejected
+    from .pixels import ImageRejected
 
     fh = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
     try:
@@ -65,7 +65,7 @@ def _check_decodable(ds, max_pixels: int) -> None:
     """Refuse, from the header only, what cannot or must not be decoded."""
     from pydicom.pixels import get_decoder
 
-    from .imaging import ImageRejected, too_many_pixels
+    from .pixels import ImageRejected, too_many_pixels
 
     if "PixelData" not in ds:
         raise ImageRejected("not_an_image", "not an image: a DICOM object without pixel data (a report, a "
@@ -112,7 +112,7 @@ def _grey_pixels(ds) -> np.ndarray:
     """The frame's displayable grey values, uint8 (rules in the module docstring)."""
     from pydicom.pixels import apply_modality_lut
 
-    from .imaging import _stretch_to_uint8, to_grey8
+    from .pixels import stretch_to_uint8, to_grey8
 
     arr = ds.pixel_array
     if int(ds.get("SamplesPerPixel", 1) or 1) > 1:  # colour: pydicom gives RGB
@@ -122,7 +122,7 @@ def _grey_pixels(ds) -> np.ndarray:
     if grey is None:
         as_stored = (modality.dtype.kind in "ui" and int(ds.get("BitsStored", 8) or 8) <= 8 and modality.size > 0
                      and modality.min() >= 0 and modality.max() <= 255)
-        grey = np.asarray(modality, dtype=np.uint8) if as_stored else _stretch_to_uint8(modality)
+        grey = np.asarray(modality, dtype=np.uint8) if as_stored else stretch_to_uint8(modality)
     if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
         grey = 255 - grey
     return np.ascontiguousarray(grey, dtype=np.uint8)
@@ -131,9 +131,9 @@ def _grey_pixels(ds) -> np.ndarray:
 def open_dicom(source: str | Path | bytes, max_pixels: int) -> tuple[Image.Image, tuple[int, int]]:
     """Decode a DICOM file (a path or its bytes) to ``(8-bit greyscale image, (width, height))``, as
     :func:`lungxray.imaging.open_grey` does for other formats. A file that cannot be used raises
-    :class:`~lungxray.imaging.ImageRejected` (``multi_frame``, ``unsupported_transfer_syntax``, ``too_many_pixels``,
+    :class:`~lungxray.pixels.ImageRejected` (``multi_frame``, ``unsupported_transfer_syntax``, ``too_many_pixels``,
     ``decode_error``, ...)."""
-    from .imaging import ImageRejected
+    from .pixels import ImageRejected
 
     if not isinstance(source, (bytes, bytearray, memoryview)) and os.path.isfile(source) \
             and os.path.getsize(source) == 0:

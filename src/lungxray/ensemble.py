@@ -177,7 +177,7 @@ def _write_gradcam(members: list[str], models_root: Path, processed: Path, split
     images of the plotted split, each with the mean of the members' Grad-CAM maps for the ensemble's class."""
     from .gradcam import heatmap_grid, mean_heatmaps
     from .inference import architecture, load_trained
-    from .train_loop import resolve_device
+    from .device import resolve_device
 
     x, _ = load_split(processed, split)
     position = pd.Series(np.arange(len(x)), index=_split_index(processed, split).id)

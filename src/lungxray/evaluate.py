@@ -27,16 +27,15 @@ from . import schema
 from .checkpoint import data_version, fingerprint
 from .errors import LungxrayError
 from .gradcam import gradcam_grid
-from .calibration import softmax_t
 from .evaluate_extras import evaluation_markdown, extras
-from .inference import architecture, load_trained, measure_throughput, predict_logits, predict_proba
+from .inference import architecture, load_trained, measure_throughput, predict_logits, predict_proba, softmax_t
 from .io import read_json, sha256_file, write_csv, write_json
 from .metrics import EvaluateParams, ovr_auc, roc_points
 from .metrics.primitives import _check_inputs
 from .plots import pyplot as _pyplot, save_png
 from .preprocess import load_split
 from .tracking import MlflowParams, log_evaluation
-from .train_loop import resolve_device
+from .device import resolve_device
 
 
 def fingerprint_images(ids, labels) -> str:

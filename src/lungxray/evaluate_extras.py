@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     import torch
 
 from . import metrics
-from .calibration import argmax_only, nll, softmax_t
+from .calibration import argmax_only, nll
+from .inference import softmax_t
 from .metrics import EvaluateParams
 from .metrics.operating import operating_point_metrics, prevalence_table
 from .preprocess import load_split

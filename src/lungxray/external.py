@@ -41,7 +41,7 @@ from .io import read_json, write_csv
 from .metrics import EvaluateParams, predictions_table
 from .tracking import log_external_fold
 from .train import train_model
-from .train_loop import resolve_device
+from .device import resolve_device
 from .train_settings import TrainParams
 
 log = logging.getLogger(__name__)

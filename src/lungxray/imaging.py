@@ -31,6 +31,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .pixels import ImageRejected, stretch_to_uint8, to_grey8, too_many_pixels
 from .schema import IMAGE_EXTENSIONS
 
 # Pillow's own guard (a warning above 89 Mpx, an error above 179 Mpx, both after the file is opened) is replaced by
@@ -39,63 +40,8 @@ Image.MAX_IMAGE_PIXELS = None
 DEFAULT_MAX_PIXELS = 60_000_000  # default of fetch.max_pixels and of `lungxray dedupe --max-pixels`
 
 
-_WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "I;16S", "I;32", "F"}
-
-
-def _stretch_to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Map the value range actually used by a wide (16/32-bit, float) image onto 0..255."""
-    arr = np.asarray(arr, dtype=np.float64)
-    finite = np.isfinite(arr)
-    if not finite.all():
-        arr = np.where(finite, arr, 0.0)
-    lo, hi = float(arr.min()), float(arr.max())
-    if hi <= lo:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    return np.clip(np.rint((arr - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
-
-
-def to_grey8(im: Image.Image) -> Image.Image:
-    """Return ``im`` as an 8-bit greyscale (mode ``L``) image, whatever its mode."""
-    mode = im.mode
-    if mode == "L":
-        return im
-    if mode in _WIDE_MODES or mode.startswith("I;"):
-        return Image.fromarray(_stretch_to_uint8(np.asarray(im)), mode="L")
-    if mode == "1":
-        return im.convert("L")
-    if mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-        mode = im.mode
-    if mode in ("LA", "La", "PA", "RGBA", "RGBa"):
-        if mode == "PA":
-            im = im.convert("RGBA")
-        alpha = np.asarray(im.getchannel("A"), dtype=np.float32) / 255.0
-        grey = np.asarray(im.convert("L"), dtype=np.float32)
-        if alpha.min() >= 1.0:
-            return Image.fromarray(grey.astype(np.uint8), mode="L")
-        return Image.fromarray(np.clip(np.rint(grey * alpha), 0, 255).astype(np.uint8), mode="L")
-    if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-        im = im.convert("RGB")
-    return im.convert("L")
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # the one guarded open
-
-
-class ImageRejected(Exception):
-    """A file that cannot be used as an image: ``reason`` (fetch's vocabulary, see the module docstring) and a
-    readable ``detail`` (also the exception's message)."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
-
-
-def too_many_pixels(width: int, height: int, max_pixels: int) -> ImageRejected:
-    return ImageRejected("too_many_pixels", f"too many pixels: {width}x{height} = {width * height} pixels > max_pixels "
-                                            f"{max_pixels} (decompression-bomb guard: raise fetch.max_pixels or "
-                                            f"--max-pixels to accept it)")
 
 
 def _decode_failure(e: Exception) -> ImageRejected:

@@ -108,12 +108,19 @@ def predict_logits(model, images: np.ndarray, mean: float | Sequence[float], std
     return np.concatenate(out)
 
 
+def softmax_t(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """``softmax(logits / T)`` row-wise, in float64 (stable: the row maximum is subtracted first)."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+
 def predict_proba(model, images: np.ndarray, mean: float | Sequence[float], std: float | Sequence[float],
                   batch_size: int = 64, device="cpu", in_chans: int = 3, temperature: float = 1.0) -> np.ndarray:
     """Class probabilities (N, C) float64: ``softmax(logits / temperature)`` of :func:`predict_logits` (model.pt's
     ``temperature``, fitted on val, gives the calibrated probabilities: :mod:`lungxray.calibration`)."""
-    from .calibration import softmax_t
-
     logits = predict_logits(model, images, mean, std, batch_size, device, in_chans)
     return softmax_t(logits, temperature) if len(logits) else logits
 

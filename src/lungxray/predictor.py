@@ -99,7 +99,7 @@ def predictor_from_file(path: str | Path, device: str = "auto") -> Predictor:
     """A :class:`Predictor` from a ``model.pt`` (written by the train stage)."""
     from .inference import architecture, load_trained
     from .preprocess import preprocess_record
-    from .train_loop import resolve_device
+    from .device import resolve_device
 
     model, ck = load_trained(Path(path))
     dev = resolve_device(device)

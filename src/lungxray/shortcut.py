@@ -115,7 +115,8 @@ def train_probe(x: np.ndarray, y: np.ndarray, k: int, params: ShortcutParams) ->
     """The probe, trained on ``x`` (uint8 ``(N, S, S)``) to predict ``y`` (source codes 0..k-1) with the project's
     training pieces (batches, epoch loop, input normalisation). Returns the model and its normalisation."""
     from .models import create_model
-    from .train_loop import ArrayBatches, class_weights, resolve_device, run_epoch, seed_everything
+    from .device import resolve_device
+    from .train_loop import ArrayBatches, class_weights, run_epoch, seed_everything
 
     device = resolve_device(params.device)
     seed_everything(params.seed)

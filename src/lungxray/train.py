@@ -42,13 +42,14 @@ from . import checkpoint
 from .calibration import CalibrationParams, calibrate_model
 from .averaging import build_average, choose, plain_batches, score_average, weights_to_keep
 from .checkpoint import data_version, fingerprint, git_commit
+from .device import resolve_device
 from .distributed import World, close_world, init_world, wrap
 from .errors import LungxrayError
 from .io import atomic_path, write_csv, write_json
 from .plots import curve_png
 from .preprocess import load_split, preprocess_record
 from .tracking import log_datasets, log_image_model, mlflow_setup
-from .train_loop import (ArrayBatches, build_optimizer, build_scheduler, class_weights, resolve_device,
+from .train_loop import (ArrayBatches, build_optimizer, build_scheduler, class_weights,
                          resolve_precision, run_epoch, seed_everything)
 from .train_settings import ModelSettings, TrainParams, model_settings, resolved_settings
 from .warmup import build_warmup_scheduler

@@ -154,12 +154,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(setting: str) -> torch.device:
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise LungxrayError("train.device is 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'")
-    if setting == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
 
 
 def cpu_has_bf16() -> bool:

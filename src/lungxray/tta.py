@@ -59,7 +59,7 @@ def tta_logits(model, images: np.ndarray, mean, std, mode: TtaMode, batch_size: 
 def tta_proba(model, images: np.ndarray, mean, std, mode: TtaMode, temperature: float = 1.0, batch_size: int = 64,
               device="cpu") -> np.ndarray:
     """The mean over the views of ``mode`` of ``softmax(logits / temperature)``: (N, C) float64."""
-    from .calibration import softmax_t
+    from .inference import softmax_t
 
     views = tta_logits(model, images, mean, std, mode, batch_size, device)
     return np.mean([softmax_t(z, temperature) for z in views], axis=0)

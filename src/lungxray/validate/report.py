@@ -37,7 +37,7 @@ class Failure:
     error: str | None = None  # set when GX could not evaluate the check at all
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(
+        return jsonable(
             {
                 "table": self.table,
                 "expectation": self.expectation,
@@ -77,7 +77,7 @@ class ValidationResult:
     inputs: dict[str, str] = field(default_factory=dict)  # {file: sha256} of the validated tables (split checks it)
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(
+        return jsonable(
             {
                 "success": self.success,
                 "n_checks": len(self.checks),
@@ -94,12 +94,12 @@ class ValidationResult:
 # helpers
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """Convert numpy / pandas scalars and NaN to plain JSON values (recursively)."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
@@ -112,7 +112,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _short(v: Any, n: int = 120) -> str:
-    s = json.dumps(_jsonable(v), sort_keys=True) if not isinstance(v, str) else repr(v)
+    s = json.dumps(jsonable(v), sort_keys=True) if not isinstance(v, str) else repr(v)
     return s if len(s) <= n else s[: n - 3] + "..."
 
 
@@ -147,7 +147,7 @@ def write_report(
     them only logs a warning: the JSON is the stage's output.
     """
     from ..io import atomic_path, write_json
-    from .runner import _gx
+    from .gx import import_gx
 
     write_json(json_path, result.to_dict())
     if docs_dir is None:
@@ -155,7 +155,7 @@ def write_report(
     docs = Path(docs_dir)
     docs.mkdir(parents=True, exist_ok=True)
     try:
-        _gx()
+        import_gx()
         from great_expectations.render.renderer import ValidationResultsPageRenderer
         from great_expectations.render.view import DefaultJinjaPageView
 

@@ -13,9 +13,9 @@ import pandas as pd
 
 from ..errors import LungxrayError
 from ..schema import kept_per_group
-from ..stage import disable_telemetry
+from .gx import import_gx
 from .params import ValidateParams
-from .report import Failure, ValidationResult, _jsonable
+from .report import Failure, ValidationResult, jsonable
 from .suites import (
     _class_counts_suite,
     _class_counts_table,
@@ -29,14 +29,6 @@ from .suites import (
 
 # ----------------------------------------------------------------------------------------------------------------------
 # helpers
-
-
-def _gx():
-    disable_telemetry()  # before great_expectations is imported (lazily here: the import takes a few seconds)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import great_expectations as gx
-    return gx
 
 
 def _blank_to_na(df: pd.DataFrame) -> pd.DataFrame:
@@ -63,10 +55,10 @@ def _examples(result: dict, n: int) -> list[Any]:
     rows = result.get("partial_unexpected_index_list")
     if rows:
         # derived helper columns (_file_exists, _kept_ok, ...) only repeat "False": leave them out
-        return [_jsonable({k: v for k, v in r.items() if not str(k).startswith("_")}) for r in rows[:n]]
+        return [jsonable({k: v for k, v in r.items() if not str(k).startswith("_")}) for r in rows[:n]]
     vals = result.get("partial_unexpected_list")
     if vals:
-        return [_jsonable(v) for v in vals[:n]]
+        return [jsonable(v) for v in vals[:n]]
     return []
 
 
@@ -141,10 +133,10 @@ def _run_suites(gx, suites: list[_Suite], p: ValidateParams) -> tuple[list[Failu
                     expectation=ec.type,
                     column=column,
                     description=ec.description or ec.type,
-                    unexpected_count=_jsonable(res.get("unexpected_count")),
-                    element_count=_jsonable(res.get("element_count")),
+                    unexpected_count=jsonable(res.get("unexpected_count")),
+                    element_count=jsonable(res.get("element_count")),
                     examples=_examples(res, p.max_examples),
-                    observed=_jsonable(res.get("observed_value")),
+                    observed=jsonable(res.get("observed_value")),
                     error=err,
                 )
             )
@@ -177,7 +169,7 @@ def validate_tables(
     p = params or ValidateParams()
     if not classes:
         raise LungxrayError("validate needs the list of taxonomy classes (fetch.classes); it is empty")
-    gx = _gx()
+    gx = import_gx()
     root = Path(root)
 
     # blank text ("" or whitespace, as read with keep_default_na=False) counts as missing, like NaN
