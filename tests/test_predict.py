@@ -251,6 +251,14 @@ def test_the_registered_model_loads_and_predicts_outside_the_repository(champion
                                reference_proba(champion["models"], xray_file), atol=1e-6)
 
 
+def strict_json(text: str | bytes):
+    """JSON as a strict parser reads it: NaN and Infinity are not JSON."""
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -278,7 +286,7 @@ def post(port: int, body: dict) -> dict:
     req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req) as r:
-        return json.loads(r.read())
+        return strict_json(r.read())
 
 
 def local_op_threshold(champion, name: str) -> float:
@@ -304,7 +312,7 @@ def test_the_served_champion_answers_a_real_xray_and_applies_an_operating_point_
     xray_file = sorted((shared_data / "jtiptj_test/COVID19").iterdir())[0]
     body = {"dataframe_split": {"columns": ["image"],
                                 "data": [[base64.b64encode(xray_file.read_bytes()).decode()],
-                                         [base64.b64encode(b"junk").decode()]]}}
+                                         [base64.b64encode(b"junk").decode()], ["not base64!"]]}}
     try:
         wait_for_ping(proc, port)
         answer = post(port, body)["predictions"]
@@ -323,5 +331,80 @@ def test_the_served_champion_answers_a_real_xray_and_applies_an_operating_point_
         {"image": [str(xray_file)]})
     np.testing.assert_allclose(served, probs(local)[0], atol=1e-6)
     assert answer[1]["predicted"] == "" and answer[1]["error"].startswith("not an image")
+    assert answer[1]["prob_normal"] is None and "base64" in answer[2]["error"]  # JSON null; its own error row
     threshold = local_op_threshold(champion, "pneumonia@youden")
     assert flagged[0]["pneumonia@youden"] == (flagged[0]["prob_pneumonia"] >= threshold)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the registered model as served: a JSON request parsed as `mlflow models serve` parses it, the answer written as the
+# server writes it (mlflow.models.predict in this process: the same parsing, serving flag and JSON writer)
+
+
+def served(champion, body: dict, tmp_path) -> list[dict]:
+    """The rows the served champion answers to ``body`` (checked to be strict JSON)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(champion["uri"])
+    request, answer = tmp_path / "request.json", tmp_path / "answer.json"
+    request.write_text(json.dumps(body))
+    mlflow.models.predict(f"models:/{NAME}@champion", input_path=str(request), output_path=str(answer),
+                          content_type="json", env_manager="local")
+    return strict_json(answer.read_text())["predictions"]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def split_body(*cells) -> dict:
+    return {"dataframe_split": {"columns": ["image"], "data": [[c] for c in cells]}}
+
+
+def test_one_invalid_base64_cell_gets_its_own_error_row_and_the_others_are_classified(champion, tmp_path):
+    Image.fromarray(xray(3)).save(tmp_path / "x.png")
+    good = b64((tmp_path / "x.png").read_bytes())
+    rows = served(champion, split_body(good, "not base64 at all!", good[:-3], good), tmp_path)
+    assert [r["error"] for r in rows][::3] == ["", ""] and rows[0]["predicted"] in CLASSES
+    assert all("base64" in r["error"] and r["predicted"] == "" for r in rows[1:3])
+    np.testing.assert_allclose([rows[0][f"prob_{c}"] for c in CLASSES],
+                               reference_proba(champion["models"], tmp_path / "x.png"), atol=1e-6)
+
+
+def test_a_failed_row_is_served_with_null_probabilities_never_nan(champion, tmp_path):
+    rows = served(champion, split_body(b64(b"junk, not an image")), tmp_path)  # strict_json refuses NaN
+    assert rows[0]["error"].startswith("not an image") and rows[0]["predicted"] == ""
+    assert [rows[0][f"prob_{c}"] for c in CLASSES] == [None] * len(CLASSES)
+
+
+def test_the_inputs_and_instances_forms_are_decoded_like_dataframe_split(champion, tmp_path):
+    Image.fromarray(xray(4)).save(tmp_path / "x.png")
+    good = b64((tmp_path / "x.png").read_bytes())
+    expected = reference_proba(champion["models"], tmp_path / "x.png")
+    for body in ({"inputs": {"image": [good, good]}}, {"instances": [{"image": good}, {"image": good}]},
+                 split_body(good, good)):
+        rows = served(champion, body, tmp_path)
+        assert [r["error"] for r in rows] == ["", ""], body.keys()
+        np.testing.assert_allclose([[r[f"prob_{c}"] for c in CLASSES] for r in rows], [expected, expected],
+                                   atol=1e-6)
+
+
+def test_a_served_model_never_opens_a_path_it_is_sent(champion, tmp_path):
+    Image.fromarray(xray(5)).save(tmp_path / "x.png")  # a real image file on the server's disk
+    for body in (split_body(str(tmp_path / "x.png")), {"inputs": {"image": [str(tmp_path / "x.png")]}}):
+        [row] = served(champion, body, tmp_path)
+        assert row["predicted"] == "" and "base64" in row["error"], row
+
+
+def test_mlflows_scoring_server_says_it_is_serving_before_it_loads_the_model(champion, tmp_path, monkeypatch):
+    """What keeps a served model from opening paths (and makes it answer null) is the flag MLflow's server sets."""
+    import mlflow
+    from mlflow.pyfunc import scoring_server
+
+    from lungxray.image_model import SERVING_FLAG, serving
+
+    monkeypatch.setenv(SERVING_FLAG, "")  # undone after the test
+    assert not serving()
+    mlflow.set_tracking_uri(champion["uri"])
+    scoring_server.init(mlflow.pyfunc.load_model(f"models:/{NAME}@champion", dst_path=str(tmp_path)))
+    assert serving()
