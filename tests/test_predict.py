@@ -185,6 +185,40 @@ def test_the_default_model_is_the_champion_of_the_configured_registry(champion, 
     assert p.source == f"models:/{NAME}@champion" and p.classes == CLASSES
 
 
+def unwritable_outputs(tmp_path) -> list[tuple[Path, Path]]:
+    """(--out, the folder it names) that cannot be written: below a file, and (where there is one) in /proc."""
+    (tmp_path / "a_file").write_text("")
+    outs = [(tmp_path / "a_file" / "preds.csv", tmp_path / "a_file")]
+    return outs + ([(Path("/proc/nope/x.csv"), Path("/proc/nope"))] if Path("/proc/self").is_dir() else [])
+
+
+def test_an_out_or_cam_that_cannot_be_written_is_a_usage_error_before_any_model_or_image_is_read(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("lungxray.predict.load_predictor", lambda *a, **k: pytest.fail("a model was loaded"))
+    Image.fromarray(xray(0)).save(tmp_path / "x.png")
+    for out, folder in unwritable_outputs(tmp_path):
+        assert cli(["predict", str(tmp_path / "x.png"), "--out", str(out), "--model", "m"]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out}: cannot write in the folder {folder}" in err and "Traceback" not in err, err
+        assert cli(["predict", str(tmp_path / "x.png"), "--cam", str(out), "--model", "m"]) == 2
+        assert f"--cam {out}: cannot write in the folder {out}" in capsys.readouterr().err
+    assert cli(["predict", str(tmp_path / "x.png"), "--out", str(tmp_path), "--model", "m"]) == 2
+    assert f"--out {tmp_path} is a folder" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2_and_failed_rows_exit_1_as_the_help_says(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert cli(["predict", str(tmp_path / "empty"), "--model", "m"]) == 2  # nothing to classify: a usage error
+    assert "no files found under" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        cli(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert done.value.code == 0
+    assert ("Exit status: 0 every file was classified, 1 some files could not be classified (their reason is in the "
+            "error column; the others were classified), 2 usage error (a bad option, no model, an output that cannot "
+            "be written, no files found): nothing was classified.") in text
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # the registered MLflow model
 
