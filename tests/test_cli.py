@@ -115,6 +115,7 @@ NUMERIC_OPTIONS = [  # (command line, option, what it must say)
     (["predict", "x.png", "--batch-size", "0"], "--batch-size", "an integer >= 1"),
     (["predict", "x.png", "--batch-size", "-2"], "--batch-size", "an integer >= 1"),
     (["predict", "x.png", "--batch-size", "two"], "--batch-size", "an integer >= 1"),
+    (["predict", "x.png", "--max-pixels", "0"], "--max-pixels", "an integer >= 1"),
     (["dedupe", "d", "--out", "g.csv", "--max-pixels", "0"], "--max-pixels", "an integer >= 1"),
     (["dedupe", "d", "--out", "g.csv", "--workers", "-1"], "--workers", "an integer >= 0"),
     (["mlflow-server", "--port", "0"], "--port", "an integer from 1 to 65535"),

@@ -219,6 +219,74 @@ def test_usage_errors_exit_2_and_failed_rows_exit_1_as_the_help_says(tmp_path, c
             "be written, no files found): nothing was classified.") in text
 
 
+def write_params(folder: Path, **sections) -> None:
+    """A params.yaml in ``folder`` with ``sections`` (a fetch section gets the one source it needs)."""
+    if "fetch" in sections:
+        source = {"name": "site", "kind": "folder", "path": "data/site", "labels": {"NORMAL": "normal"}}
+        sections["fetch"] = {"sources": [source], **sections["fetch"]}
+    (folder / "params.yaml").write_text(json.dumps(sections))
+
+
+def test_predict_takes_max_pixels_whose_default_is_fetch_max_pixels_as_its_hint_says(
+        champion, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(xray(0)).save(tmp_path / "x.png")  # 64x48 = 3072 pixels
+    args = ["predict", "x.png", "--model", str(champion["models"]), "--out", "p.csv", "--quiet"]
+
+    def error() -> str:
+        return pd.read_csv(tmp_path / "p.csv", keep_default_na=False).error[0]
+
+    assert cli(args + ["--max-pixels", "3071"]) == 1
+    assert error().startswith("too many pixels: 64x48 = 3072 pixels > max_pixels 3071") and "--max-pixels" in error()
+    assert cli(args + ["--max-pixels", "3072"]) == 0 and error() == ""
+    write_params(tmp_path, fetch={"max_pixels": 3000})
+    assert cli(args) == 1 and "max_pixels 3000 " in error()  # the default: fetch.max_pixels of params.yaml
+    assert cli(args + ["--max-pixels", "4000"]) == 0  # the option wins
+    with pytest.raises(SystemExit):
+        cli(["predict", "--help"])
+    assert "default: fetch.max_pixels of params.yaml" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_registered_model_refuses_a_decompression_bomb_with_a_hint_that_applies_to_it(champion, bomb_png,
+                                                                                          tmp_path):
+    import mlflow
+
+    mlflow.set_tracking_uri(champion["uri"])
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion", dst_path=str(tmp_path))
+    [error] = model.predict({"image": [str(bomb_png)]}).error
+    assert error.startswith("too many pixels: 13000x13000 = 169000000 pixels > max_pixels 60000000"), error
+    assert "--max-pixels" not in error and "fetch.max_pixels" not in error
+    assert "the registered model decodes at most 60000000 pixels: send a smaller image" in error
+
+
+def test_an_image_smaller_than_the_validate_stage_accepts_gets_an_error_row(champion, tmp_path, monkeypatch):
+    import mlflow
+
+    from lungxray.predictor import classify
+
+    files = []
+    for w, h in ((1, 1), (5, 5), (31, 48), (64, 31), (32, 32), (64, 48)):
+        files.append(tmp_path / f"{w}x{h}.png")
+        Image.fromarray(xray(1, (w, h))).save(files[-1])
+    predictor = load_predictor(champion["models"], device="cpu")
+    table = predict_files(files, predictor)
+    assert (table.error[4:] == "").all() and (table.predicted[:4] == "").all()
+    assert table.error[0] == ("too small: 1x1 pixels, below the validate stage's minimum of 32x32 (validate.min_width "
+                              "and min_height): the pipeline would not have used it")
+    assert table.error[1:4].str.startswith("too small: ").all()
+    [row] = classify(predictor, [np.full((5, 5), 128, np.uint8)])
+    assert row["error"].startswith("too small: 5x5 pixels")
+    mlflow.set_tracking_uri(champion["uri"])
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion", dst_path=str(tmp_path))
+    served_errors = model.predict({"image": [files[1].read_bytes(), files[-1].read_bytes()]}).error
+    assert served_errors[0].startswith("too small: 5x5 pixels") and served_errors[1] == ""
+    monkeypatch.chdir(tmp_path)  # lungxray predict applies the validate section of params.yaml when there is one
+    write_params(tmp_path, validate={"min_width": 40, "min_height": 40})
+    assert cli(["predict", *map(str, files[4:]), "--model", str(champion["models"]), "--out", "p.csv", "--quiet"]) == 1
+    errors = pd.read_csv(tmp_path / "p.csv", keep_default_na=False).error
+    assert errors[0].startswith("too small: 32x32 pixels, below the validate stage's minimum of 40x40") and errors[1] == ""
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # the registered MLflow model
 

@@ -99,9 +99,10 @@ def _cmd_dedupe(args: argparse.Namespace) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import ERROR, FILE, PREDICTED, cam_writer, find_files, load_predictor, predict_files
-    from .predictor import apply_operating_point, find_operating_point
+    from .predict import ERROR, FILE, PREDICTED, cam_writer, find_files, input_limits, load_predictor, predict_files
+    from .predictor import apply_operating_point, find_operating_point, set_input_limits
 
+    limits = input_limits("params.yaml", args.max_pixels)  # a broken params.yaml stops here, before any work
     if args.out:
         check_writable(args.out, "--out")
     if args.cam:
@@ -112,6 +113,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                             "hold some")
     predictor = load_predictor(args.model, device=args.device)
     predictor.batch_size = args.batch_size
+    set_input_limits(predictor, **limits)
     find_operating_point(predictor, args.operating_point)  # an unknown name stops before any work
     print(f"predict: {len(files)} file(s) with {predictor.source} ({predictor.arch}, {predictor.image_size} px, "
           f"{predictor.device})", file=sys.stderr)
@@ -300,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="argmax (default), or one chosen on val and stored with the model, e.g. pneumonia@sens95 or "
                         "pneumonia@youden: adds a column NAME, true when prob_<class> >= its threshold")
     p.add_argument("--batch-size", type=at_least(1), default=32, help="images per batch (default 32)")
+    p.add_argument("--max-pixels", type=at_least(1),
+                   help=f"images with more pixels are not decoded (decompression bombs; default: fetch.max_pixels of "
+                        f"params.yaml when there is one, else {DEFAULT_MAX_PIXELS}); images below the validate "
+                        f"section's min_width / min_height (default 32x32) are refused too: the pipeline would not "
+                        f"have used them")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: the GPU when present")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)

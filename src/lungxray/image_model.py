@@ -111,9 +111,18 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
     """The lungxray image model (see the module docstring)."""
 
     def load_context(self, context) -> None:
+        from .imaging import DEFAULT_MAX_PIXELS
+        from .predictor import set_input_limits
+
+        self.predictor = self.trained_predictor(context)
+        set_input_limits(self.predictor, max_pixels_hint=f"the registered model decodes at most {DEFAULT_MAX_PIXELS} "
+                                                         f"pixels: send a smaller image")
+
+    def trained_predictor(self, context):
+        """The predictor of the model's artifacts."""
         from .predictor import MODEL_ARTIFACT, predictor_from_file
 
-        self.predictor = predictor_from_file(context.artifacts[MODEL_ARTIFACT], device="auto")
+        return predictor_from_file(context.artifacts[MODEL_ARTIFACT], device="auto")
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         from .predictor import classify, failed_row

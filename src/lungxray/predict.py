@@ -66,6 +66,26 @@ def champion_uri(params_file: str | Path = "params.yaml") -> str:
     return f"models:/{name}@champion"
 
 
+def input_limits(params_file: str | Path = "params.yaml", max_pixels: int | None = None) -> dict:
+    """What ``lungxray predict`` refuses, as the pipeline would (:func:`~lungxray.predictor.set_input_limits`):
+    images over ``max_pixels`` (given, else params.yaml's ``fetch.max_pixels``) and below the ``validate`` section's
+    ``min_width`` / ``min_height``; a setting params.yaml does not hold (or no params.yaml) keeps its default."""
+    from .config import parse_sections, read_params_file
+
+    data = read_params_file(params_file) if Path(params_file).is_file() else {}
+    limits = {}
+    if "validate" in data:
+        from .validate.params import ValidateParams
+
+        v = parse_sections(data, {"validate": ValidateParams}, str(params_file)).validate
+        limits.update(min_width=v.min_width, min_height=v.min_height)
+    if max_pixels is None and "fetch" in data:
+        from .config import FetchParams
+
+        max_pixels = parse_sections(data, {"fetch": FetchParams}, str(params_file)).fetch.max_pixels
+    return limits if max_pixels is None else {**limits, "max_pixels": max_pixels}
+
+
 def load_predictor(ref: str | Path | None = None, device: str = "auto") -> Predictor:
     """A :class:`Predictor` from an MLflow model URI (``models:/name@champion``, ``runs:/...``), a ``models/<model>``
     folder or a ``model.pt`` file; ``None``: the champion of the configured registry."""
