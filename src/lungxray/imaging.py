@@ -92,14 +92,10 @@ class ImageRejected(Exception):
         self.reason, self.detail = reason, detail
 
 
-MAX_PIXELS_HINT = "raise fetch.max_pixels or --max-pixels to accept it"  # fetch, preprocess, dedupe, predict
-
-
 def too_many_pixels(width: int, height: int, max_pixels: int) -> ImageRejected:
-    """The rejection of an image over ``max_pixels``; its detail ends with :data:`MAX_PIXELS_HINT` (a reader that
-    has neither setting, such as the registered model, replaces that hint with its own)."""
     return ImageRejected("too_many_pixels", f"too many pixels: {width}x{height} = {width * height} pixels > max_pixels "
-                                            f"{max_pixels} (decompression-bomb guard: {MAX_PIXELS_HINT})")
+                                            f"{max_pixels} (decompression-bomb guard: raise fetch.max_pixels or "
+                                            f"--max-pixels to accept it)")
 
 
 def _decode_failure(e: Exception) -> ImageRejected:

@@ -26,13 +26,16 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from .imaging import DEFAULT_MAX_PIXELS, MAX_PIXELS_HINT, ImageRejected
+from .imaging import DEFAULT_MAX_PIXELS, ImageRejected
 
 if TYPE_CHECKING:
     import pandas as pd
 
 MODEL_ARTIFACT = "model.pt"  # the key (and file name) of model.pt among the MLflow model's artifacts
 PREDICTED, ERROR = "predicted", "error"
+# how :func:`lungxray.imaging.too_many_pixels` ends (true for fetch, preprocess, the dedupe and predict commands); a
+# predictor whose reader has neither setting (the registered model) says instead what its max_pixels_hint says
+MAX_PIXELS_HINT = "raise fetch.max_pixels or --max-pixels to accept it"
 
 
 def prob_column(cls: str) -> str:
