@@ -144,7 +144,9 @@ def test_every_batch_reaches_on_batch_with_what_a_grad_cam_needs(champion, tmp_p
     assert np.allclose(np.concatenate([b.probs for b in seen]), probs(table))
 
 
-def test_predict_cam_writes_one_overlay_per_classified_file_mirroring_the_input_folders(champion, tmp_path):
+def test_predict_cam_writes_one_overlay_per_classified_file_mirroring_the_input_folders(champion, tmp_path,
+                                                                                        monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no params.yaml: the validate section's default minimum (the repository's is 64 px)
     folder = tmp_path / "in"
     (folder / "sub").mkdir(parents=True)
     Image.fromarray(xray(0)).save(folder / "a.png")
@@ -165,6 +167,42 @@ def test_a_folder_is_searched_recursively_without_hidden_files(tmp_path):
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / f).write_bytes(b"")
     assert [p.relative_to(tmp_path).as_posix() for p in find_files([tmp_path])] == ["a/c.dcm", "b.png"]
+
+
+def test_a_linked_folder_inside_the_input_folder_is_searched_and_a_loop_or_a_repeat_is_listed_as_skipped(tmp_path):
+    for f in ("in/a.png", "elsewhere/b.png", "elsewhere/deeper/c.png"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_bytes(b"")
+    (tmp_path / "in/linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "in/again").symlink_to(tmp_path / "elsewhere", target_is_directory=True)  # the same folder twice
+    (tmp_path / "elsewhere/deeper/loop").symlink_to(tmp_path / "in", target_is_directory=True)  # back up: a loop
+    (tmp_path / "in/gone.png").symlink_to(tmp_path / "missing.png")  # a broken link: its row says it cannot be read
+    skipped: list[tuple[Path, str]] = []
+    found = find_files([tmp_path / "in"], skipped)
+    assert [p.relative_to(tmp_path / "in").as_posix() for p in found] == [
+        "a.png", "again/b.png", "again/deeper/c.png", "gone.png"]  # "again" sorts before "linked"
+    assert sorted((p.relative_to(tmp_path / "in").as_posix(), why) for p, why in skipped) == [
+        ("again/deeper/loop", f"a link to {tmp_path / 'in'}, a folder already searched"),
+        ("linked", f"a link to {tmp_path / 'elsewhere'}, a folder already searched")]
+
+
+def test_predict_classifies_a_linked_folder_mirrors_it_in_cam_and_lists_a_loop(champion, tmp_path, capsys,
+                                                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in/sub").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    Image.fromarray(xray(0)).save(tmp_path / "in/sub/a.png")
+    Image.fromarray(xray(1)).save(tmp_path / "elsewhere/b.png")
+    (tmp_path / "in/linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "in/loop").symlink_to(tmp_path / "in", target_is_directory=True)
+    assert cli(["predict", str(tmp_path / "in"), "--model", str(champion["models"]), "--out",
+                str(tmp_path / "p.csv"), "--cam", str(tmp_path / "cams"), "--quiet"]) == 0
+    assert list(pd.read_csv(tmp_path / "p.csv").file) == [str(tmp_path / "in/linked/b.png"),
+                                                           str(tmp_path / "in/sub/a.png")]
+    assert sorted(p.relative_to(tmp_path / "cams").as_posix() for p in (tmp_path / "cams").rglob("*.png")) == [
+        "linked/b.png.png", "sub/a.png.png"]  # the overlays mirror the input folder, link included
+    assert f"not searched: {tmp_path / 'in/loop'}: a link to {tmp_path / 'in'}, a folder already searched" in (
+        capsys.readouterr().err)
 
 
 def test_without_a_champion_predict_says_what_to_pass(tmp_path, monkeypatch, capsys):

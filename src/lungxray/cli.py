@@ -107,7 +107,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         check_writable(args.out, "--out")
     if args.cam:
         check_writable(args.cam, "--cam", folder=True)
-    files = find_files(args.paths)
+    skipped: list = []
+    files = find_files(args.paths, skipped)
+    for path, why in skipped:
+        print(f"  not searched: {path}: {why}", file=sys.stderr)
     if not files:
         raise LungxrayError("no files found under " + ", ".join(args.paths) + ": name image files or folders that "
                             "hold some")
