@@ -297,6 +297,23 @@ def test_the_registered_model_refuses_a_decompression_bomb_with_a_hint_that_appl
     assert "the registered model decodes at most 60000000 pixels: send a smaller image" in error
 
 
+def test_a_registered_ensemble_refuses_what_its_members_refuse_with_the_registered_models_hint(champion, bomb_png,
+                                                                                               tmp_path):
+    import mlflow
+
+    from lungxray.ensemble_model import log_ensemble_model
+
+    mlflow.set_tracking_uri(champion["uri"])
+    with mlflow.start_run():
+        info = log_ensemble_model(mlflow, ["a", "b"], [champion["models"] / "model.pt"] * 2)
+    model = mlflow.pyfunc.load_model(info.model_uri, dst_path=str(tmp_path))
+    Image.fromarray(xray(2)).save(tmp_path / "x.png")
+    Image.fromarray(xray(2, (5, 5))).save(tmp_path / "tiny.png")
+    errors = model.predict({"image": [str(tmp_path / "x.png"), str(tmp_path / "tiny.png"), str(bomb_png)]}).error
+    assert errors[0] == "" and errors[1].startswith("too small: 5x5 pixels")
+    assert errors[2].endswith("the registered model decodes at most 60000000 pixels: send a smaller image)")
+
+
 def test_an_image_smaller_than_the_validate_stage_accepts_gets_an_error_row(champion, tmp_path, monkeypatch):
     import mlflow
 
