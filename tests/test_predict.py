@@ -317,7 +317,10 @@ def test_a_registered_ensemble_refuses_what_its_members_refuse_with_the_register
 def test_an_image_smaller_than_the_validate_stage_accepts_gets_an_error_row(champion, tmp_path, monkeypatch):
     import mlflow
 
-    from lungxray.predictor import classify
+    from lungxray.predictor import MIN_HEIGHT, MIN_WIDTH, classify
+    from lungxray.validate import ValidateParams
+
+    assert (MIN_WIDTH, MIN_HEIGHT) == (ValidateParams().min_width, ValidateParams().min_height)
 
     files = []
     for w, h in ((1, 1), (5, 5), (31, 48), (64, 31), (32, 32), (64, 48)):

@@ -36,17 +36,13 @@ PREDICTED, ERROR = "predicted", "error"
 # how :func:`lungxray.imaging.too_many_pixels` ends (true for fetch, preprocess, the dedupe and predict commands); a
 # predictor whose reader has neither setting (the registered model) says instead what its max_pixels_hint says
 MAX_PIXELS_HINT = "raise fetch.max_pixels or --max-pixels to accept it"
+# the defaults of validate.min_width / min_height (lungxray.validate.ValidateParams, a test checks they agree): not
+# imported, so that the stages that bundle this module do not depend on the validate package
+MIN_WIDTH = MIN_HEIGHT = 32
 
 
 def prob_column(cls: str) -> str:
     return f"prob_{cls}"
-
-
-def validate_default(name: str) -> int:
-    """The default of a setting of the validate section (``min_width``, ``min_height``)."""
-    from .validate.params import ValidateParams
-
-    return int(ValidateParams.model_fields[name].default)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -70,8 +66,8 @@ class Predictor:
     batch_size: int = 32
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are not decoded (fetch.max_pixels)
     max_pixels_hint: str = MAX_PIXELS_HINT  # what the rejection of a larger image says to do
-    min_width: int = field(default_factory=lambda: validate_default("min_width"))  # smaller images are refused
-    min_height: int = field(default_factory=lambda: validate_default("min_height"))
+    min_width: int = MIN_WIDTH  # narrower or lower images are refused (validate.min_width / min_height)
+    min_height: int = MIN_HEIGHT
     temperature: float = 1.0  # probabilities = softmax(logits / temperature), fitted on val
     operating_points: dict = field(default_factory=dict)  # lungxray.calibration.choose_operating_points
 
