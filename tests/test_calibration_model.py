@@ -108,7 +108,8 @@ def test_the_mlflow_model_applies_an_operating_point_passed_as_a_parameter(train
 
 
 @pytest.mark.slow
-def test_predict_operating_point_adds_the_flag_of_its_stored_threshold(trained, tmp_path, capsys):
+def test_predict_operating_point_adds_the_flag_of_its_stored_threshold(trained, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no params.yaml: the validate section's default minimum (the repository's is 64 px)
     x, _ = load_split(trained["processed"], "val")
     for i in range(6):
         Image.fromarray(np.array(x[i])).save(tmp_path / f"{i}.png")

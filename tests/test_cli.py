@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from lungxray.cli import main
@@ -108,3 +109,29 @@ def test_dedupe_command_ignores_a_file_type_that_fetch_ignores(tmp_path):
     out = tmp_path / "g.csv"
     assert main(["dedupe", str(tmp_path / "site"), "--out", str(out), "--quiet", "--workers", "1"]) == 0
     assert pd.read_csv(out)["id"].tolist() == ["site/NORMAL/a.png"]
+
+
+NUMERIC_OPTIONS = [  # (command line, option, what it must say)
+    (["predict", "x.png", "--batch-size", "0"], "--batch-size", "an integer >= 1"),
+    (["predict", "x.png", "--batch-size", "-2"], "--batch-size", "an integer >= 1"),
+    (["predict", "x.png", "--batch-size", "two"], "--batch-size", "an integer >= 1"),
+    (["predict", "x.png", "--max-pixels", "0"], "--max-pixels", "an integer >= 1"),
+    (["dedupe", "d", "--out", "g.csv", "--max-pixels", "0"], "--max-pixels", "an integer >= 1"),
+    (["dedupe", "d", "--out", "g.csv", "--workers", "-1"], "--workers", "an integer >= 0"),
+    (["mlflow-server", "--port", "0"], "--port", "an integer from 1 to 65535"),
+    (["mlflow-server", "--port", "65536"], "--port", "an integer from 1 to 65535"),
+    (["mlflow-server", "--pg-port", "-5"], "--pg-port", "an integer from 1 to 65535"),
+    (["mlflow-server", "--workers", "0"], "--workers", "an integer >= 1"),
+]
+
+
+@pytest.mark.parametrize("argv, option, rule", NUMERIC_OPTIONS, ids=[" ".join(a) for a, _, _ in NUMERIC_OPTIONS])
+def test_every_numeric_option_is_checked_before_the_command_runs(argv, option, rule, monkeypatch, capsys):
+    from lungxray import cli
+
+    for command in ("_cmd_predict", "_cmd_dedupe", "_cmd_mlflow_server"):
+        monkeypatch.setattr(cli, command, lambda args: pytest.fail(f"{args.command} ran with {argv}"))
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"argument {option}: must be {rule}, got {argv[-1]!r}" in err, err

@@ -144,7 +144,9 @@ def test_every_batch_reaches_on_batch_with_what_a_grad_cam_needs(champion, tmp_p
     assert np.allclose(np.concatenate([b.probs for b in seen]), probs(table))
 
 
-def test_predict_cam_writes_one_overlay_per_classified_file_mirroring_the_input_folders(champion, tmp_path):
+def test_predict_cam_writes_one_overlay_per_classified_file_mirroring_the_input_folders(champion, tmp_path,
+                                                                                        monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no params.yaml: the validate section's default minimum (the repository's is 64 px)
     folder = tmp_path / "in"
     (folder / "sub").mkdir(parents=True)
     Image.fromarray(xray(0)).save(folder / "a.png")
@@ -167,6 +169,42 @@ def test_a_folder_is_searched_recursively_without_hidden_files(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in find_files([tmp_path])] == ["a/c.dcm", "b.png"]
 
 
+def test_a_linked_folder_inside_the_input_folder_is_searched_and_a_loop_or_a_repeat_is_listed_as_skipped(tmp_path):
+    for f in ("in/a.png", "elsewhere/b.png", "elsewhere/deeper/c.png"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_bytes(b"")
+    (tmp_path / "in/linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "in/again").symlink_to(tmp_path / "elsewhere", target_is_directory=True)  # the same folder twice
+    (tmp_path / "elsewhere/deeper/loop").symlink_to(tmp_path / "in", target_is_directory=True)  # back up: a loop
+    (tmp_path / "in/gone.png").symlink_to(tmp_path / "missing.png")  # a broken link: its row says it cannot be read
+    skipped: list[tuple[Path, str]] = []
+    found = find_files([tmp_path / "in"], skipped)
+    assert [p.relative_to(tmp_path / "in").as_posix() for p in found] == [
+        "a.png", "again/b.png", "again/deeper/c.png", "gone.png"]  # "again" sorts before "linked"
+    assert sorted((p.relative_to(tmp_path / "in").as_posix(), why) for p, why in skipped) == [
+        ("again/deeper/loop", f"a link to {tmp_path / 'in'}, a folder already searched"),
+        ("linked", f"a link to {tmp_path / 'elsewhere'}, a folder already searched")]
+
+
+def test_predict_classifies_a_linked_folder_mirrors_it_in_cam_and_lists_a_loop(champion, tmp_path, capsys,
+                                                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in/sub").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    Image.fromarray(xray(0)).save(tmp_path / "in/sub/a.png")
+    Image.fromarray(xray(1)).save(tmp_path / "elsewhere/b.png")
+    (tmp_path / "in/linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "in/loop").symlink_to(tmp_path / "in", target_is_directory=True)
+    assert cli(["predict", str(tmp_path / "in"), "--model", str(champion["models"]), "--out",
+                str(tmp_path / "p.csv"), "--cam", str(tmp_path / "cams"), "--quiet"]) == 0
+    assert list(pd.read_csv(tmp_path / "p.csv").file) == [str(tmp_path / "in/linked/b.png"),
+                                                           str(tmp_path / "in/sub/a.png")]
+    assert sorted(p.relative_to(tmp_path / "cams").as_posix() for p in (tmp_path / "cams").rglob("*.png")) == [
+        "linked/b.png.png", "sub/a.png.png"]  # the overlays mirror the input folder, link included
+    assert f"not searched: {tmp_path / 'in/loop'}: a link to {tmp_path / 'in'}, a folder already searched" in (
+        capsys.readouterr().err)
+
+
 def test_without_a_champion_predict_says_what_to_pass(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -183,6 +221,128 @@ def test_the_default_model_is_the_champion_of_the_configured_registry(champion, 
                                                       "promote": {"registered_model": NAME}}))
     p = load_predictor(None, device="cpu")
     assert p.source == f"models:/{NAME}@champion" and p.classes == CLASSES
+
+
+def unwritable_outputs(tmp_path) -> list[tuple[Path, Path]]:
+    """(--out, the folder it names) that cannot be written: below a file, and (where there is one) in /proc."""
+    (tmp_path / "a_file").write_text("")
+    outs = [(tmp_path / "a_file" / "preds.csv", tmp_path / "a_file")]
+    return outs + ([(Path("/proc/nope/x.csv"), Path("/proc/nope"))] if Path("/proc/self").is_dir() else [])
+
+
+def test_an_out_or_cam_that_cannot_be_written_is_a_usage_error_before_any_model_or_image_is_read(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("lungxray.predict.load_predictor", lambda *a, **k: pytest.fail("a model was loaded"))
+    Image.fromarray(xray(0)).save(tmp_path / "x.png")
+    for out, folder in unwritable_outputs(tmp_path):
+        assert cli(["predict", str(tmp_path / "x.png"), "--out", str(out), "--model", "m"]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out}: cannot write in the folder {folder}" in err and "Traceback" not in err, err
+        assert cli(["predict", str(tmp_path / "x.png"), "--cam", str(out), "--model", "m"]) == 2
+        assert f"--cam {out}: cannot write in the folder {out}" in capsys.readouterr().err
+    assert cli(["predict", str(tmp_path / "x.png"), "--out", str(tmp_path), "--model", "m"]) == 2
+    assert f"--out {tmp_path} is a folder" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2_and_failed_rows_exit_1_as_the_help_says(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert cli(["predict", str(tmp_path / "empty"), "--model", "m"]) == 2  # nothing to classify: a usage error
+    assert "no files found under" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        cli(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert done.value.code == 0
+    assert ("Exit status: 0 every file was classified, 1 some files could not be classified (their reason is in the "
+            "error column; the others were classified), 2 usage error (a bad option, no model, an output that cannot "
+            "be written, no files found): nothing was classified.") in text
+
+
+def write_params(folder: Path, **sections) -> None:
+    """A params.yaml in ``folder`` with ``sections`` (a fetch section gets the one source it needs)."""
+    if "fetch" in sections:
+        source = {"name": "site", "kind": "folder", "path": "data/site", "labels": {"NORMAL": "normal"}}
+        sections["fetch"] = {"sources": [source], **sections["fetch"]}
+    (folder / "params.yaml").write_text(json.dumps(sections))
+
+
+def test_predict_takes_max_pixels_whose_default_is_fetch_max_pixels_as_its_hint_says(
+        champion, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(xray(0)).save(tmp_path / "x.png")  # 64x48 = 3072 pixels
+    args = ["predict", "x.png", "--model", str(champion["models"]), "--out", "p.csv", "--quiet"]
+
+    def error() -> str:
+        return pd.read_csv(tmp_path / "p.csv", keep_default_na=False).error[0]
+
+    assert cli(args + ["--max-pixels", "3071"]) == 1
+    assert error().startswith("too many pixels: 64x48 = 3072 pixels > max_pixels 3071") and "--max-pixels" in error()
+    assert cli(args + ["--max-pixels", "3072"]) == 0 and error() == ""
+    write_params(tmp_path, fetch={"max_pixels": 3000})
+    assert cli(args) == 1 and "max_pixels 3000 " in error()  # the default: fetch.max_pixels of params.yaml
+    assert cli(args + ["--max-pixels", "4000"]) == 0  # the option wins
+    with pytest.raises(SystemExit):
+        cli(["predict", "--help"])
+    assert "default: fetch.max_pixels of params.yaml" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_registered_model_refuses_a_decompression_bomb_with_a_hint_that_applies_to_it(champion, bomb_png,
+                                                                                          tmp_path):
+    import mlflow
+
+    mlflow.set_tracking_uri(champion["uri"])
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion", dst_path=str(tmp_path))
+    [error] = model.predict({"image": [str(bomb_png)]}).error
+    assert error.startswith("too many pixels: 13000x13000 = 169000000 pixels > max_pixels 60000000"), error
+    assert "--max-pixels" not in error and "fetch.max_pixels" not in error
+    assert "the registered model decodes at most 60000000 pixels: send a smaller image" in error
+
+
+def test_a_registered_ensemble_refuses_what_its_members_refuse_with_the_registered_models_hint(champion, bomb_png,
+                                                                                               tmp_path):
+    import mlflow
+
+    from lungxray.ensemble_model import log_ensemble_model
+
+    mlflow.set_tracking_uri(champion["uri"])
+    with mlflow.start_run():
+        info = log_ensemble_model(mlflow, ["a", "b"], [champion["models"] / "model.pt"] * 2)
+    model = mlflow.pyfunc.load_model(info.model_uri, dst_path=str(tmp_path))
+    Image.fromarray(xray(2)).save(tmp_path / "x.png")
+    Image.fromarray(xray(2, (5, 5))).save(tmp_path / "tiny.png")
+    errors = model.predict({"image": [str(tmp_path / "x.png"), str(tmp_path / "tiny.png"), str(bomb_png)]}).error
+    assert errors[0] == "" and errors[1].startswith("too small: 5x5 pixels")
+    assert errors[2].endswith("the registered model decodes at most 60000000 pixels: send a smaller image)")
+
+
+def test_an_image_smaller_than_the_validate_stage_accepts_gets_an_error_row(champion, tmp_path, monkeypatch):
+    import mlflow
+
+    from lungxray.predictor import MIN_HEIGHT, MIN_WIDTH, classify
+    from lungxray.validate import ValidateParams
+
+    assert (MIN_WIDTH, MIN_HEIGHT) == (ValidateParams().min_width, ValidateParams().min_height)
+
+    files = []
+    for w, h in ((1, 1), (5, 5), (31, 48), (64, 31), (32, 32), (64, 48)):
+        files.append(tmp_path / f"{w}x{h}.png")
+        Image.fromarray(xray(1, (w, h))).save(files[-1])
+    predictor = load_predictor(champion["models"], device="cpu")
+    table = predict_files(files, predictor)
+    assert (table.error[4:] == "").all() and (table.predicted[:4] == "").all()
+    assert table.error[0] == ("too small: 1x1 pixels, below the validate stage's minimum of 32x32 (validate.min_width "
+                              "and min_height): the pipeline would not have used it")
+    assert table.error[1:4].str.startswith("too small: ").all()
+    [row] = classify(predictor, [np.full((5, 5), 128, np.uint8)])
+    assert row["error"].startswith("too small: 5x5 pixels")
+    mlflow.set_tracking_uri(champion["uri"])
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion", dst_path=str(tmp_path))
+    served_errors = model.predict({"image": [files[1].read_bytes(), files[-1].read_bytes()]}).error
+    assert served_errors[0].startswith("too small: 5x5 pixels") and served_errors[1] == ""
+    monkeypatch.chdir(tmp_path)  # lungxray predict applies the validate section of params.yaml when there is one
+    write_params(tmp_path, validate={"min_width": 40, "min_height": 40})
+    assert cli(["predict", *map(str, files[4:]), "--model", str(champion["models"]), "--out", "p.csv", "--quiet"]) == 1
+    errors = pd.read_csv(tmp_path / "p.csv", keep_default_na=False).error
+    assert errors[0].startswith("too small: 32x32 pixels, below the validate stage's minimum of 40x40") and errors[1] == ""
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -251,6 +411,14 @@ def test_the_registered_model_loads_and_predicts_outside_the_repository(champion
                                reference_proba(champion["models"], xray_file), atol=1e-6)
 
 
+def strict_json(text: str | bytes):
+    """JSON as a strict parser reads it: NaN and Infinity are not JSON."""
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -278,7 +446,7 @@ def post(port: int, body: dict) -> dict:
     req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req) as r:
-        return json.loads(r.read())
+        return strict_json(r.read())
 
 
 def local_op_threshold(champion, name: str) -> float:
@@ -304,7 +472,7 @@ def test_the_served_champion_answers_a_real_xray_and_applies_an_operating_point_
     xray_file = sorted((shared_data / "jtiptj_test/COVID19").iterdir())[0]
     body = {"dataframe_split": {"columns": ["image"],
                                 "data": [[base64.b64encode(xray_file.read_bytes()).decode()],
-                                         [base64.b64encode(b"junk").decode()]]}}
+                                         [base64.b64encode(b"junk").decode()], ["not base64!"]]}}
     try:
         wait_for_ping(proc, port)
         answer = post(port, body)["predictions"]
@@ -323,5 +491,80 @@ def test_the_served_champion_answers_a_real_xray_and_applies_an_operating_point_
         {"image": [str(xray_file)]})
     np.testing.assert_allclose(served, probs(local)[0], atol=1e-6)
     assert answer[1]["predicted"] == "" and answer[1]["error"].startswith("not an image")
+    assert answer[1]["prob_normal"] is None and "base64" in answer[2]["error"]  # JSON null; its own error row
     threshold = local_op_threshold(champion, "pneumonia@youden")
     assert flagged[0]["pneumonia@youden"] == (flagged[0]["prob_pneumonia"] >= threshold)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the registered model as served: a JSON request parsed as `mlflow models serve` parses it, the answer written as the
+# server writes it (mlflow.models.predict in this process: the same parsing, serving flag and JSON writer)
+
+
+def served(champion, body: dict, tmp_path) -> list[dict]:
+    """The rows the served champion answers to ``body`` (checked to be strict JSON)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(champion["uri"])
+    request, answer = tmp_path / "request.json", tmp_path / "answer.json"
+    request.write_text(json.dumps(body))
+    mlflow.models.predict(f"models:/{NAME}@champion", input_path=str(request), output_path=str(answer),
+                          content_type="json", env_manager="local")
+    return strict_json(answer.read_text())["predictions"]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def split_body(*cells) -> dict:
+    return {"dataframe_split": {"columns": ["image"], "data": [[c] for c in cells]}}
+
+
+def test_one_invalid_base64_cell_gets_its_own_error_row_and_the_others_are_classified(champion, tmp_path):
+    Image.fromarray(xray(3)).save(tmp_path / "x.png")
+    good = b64((tmp_path / "x.png").read_bytes())
+    rows = served(champion, split_body(good, "not base64 at all!", good[:-3], good), tmp_path)
+    assert [r["error"] for r in rows][::3] == ["", ""] and rows[0]["predicted"] in CLASSES
+    assert all("base64" in r["error"] and r["predicted"] == "" for r in rows[1:3])
+    np.testing.assert_allclose([rows[0][f"prob_{c}"] for c in CLASSES],
+                               reference_proba(champion["models"], tmp_path / "x.png"), atol=1e-6)
+
+
+def test_a_failed_row_is_served_with_null_probabilities_never_nan(champion, tmp_path):
+    rows = served(champion, split_body(b64(b"junk, not an image")), tmp_path)  # strict_json refuses NaN
+    assert rows[0]["error"].startswith("not an image") and rows[0]["predicted"] == ""
+    assert [rows[0][f"prob_{c}"] for c in CLASSES] == [None] * len(CLASSES)
+
+
+def test_the_inputs_and_instances_forms_are_decoded_like_dataframe_split(champion, tmp_path):
+    Image.fromarray(xray(4)).save(tmp_path / "x.png")
+    good = b64((tmp_path / "x.png").read_bytes())
+    expected = reference_proba(champion["models"], tmp_path / "x.png")
+    for body in ({"inputs": {"image": [good, good]}}, {"instances": [{"image": good}, {"image": good}]},
+                 split_body(good, good)):
+        rows = served(champion, body, tmp_path)
+        assert [r["error"] for r in rows] == ["", ""], body.keys()
+        np.testing.assert_allclose([[r[f"prob_{c}"] for c in CLASSES] for r in rows], [expected, expected],
+                                   atol=1e-6)
+
+
+def test_a_served_model_never_opens_a_path_it_is_sent(champion, tmp_path):
+    Image.fromarray(xray(5)).save(tmp_path / "x.png")  # a real image file on the server's disk
+    for body in (split_body(str(tmp_path / "x.png")), {"inputs": {"image": [str(tmp_path / "x.png")]}}):
+        [row] = served(champion, body, tmp_path)
+        assert row["predicted"] == "" and "base64" in row["error"], row
+
+
+def test_mlflows_scoring_server_says_it_is_serving_before_it_loads_the_model(champion, tmp_path, monkeypatch):
+    """What keeps a served model from opening paths (and makes it answer null) is the flag MLflow's server sets."""
+    import mlflow
+    from mlflow.pyfunc import scoring_server
+
+    from lungxray.image_model import SERVING_FLAG, serving
+
+    monkeypatch.setenv(SERVING_FLAG, "")  # undone after the test
+    assert not serving()
+    mlflow.set_tracking_uri(champion["uri"])
+    scoring_server.init(mlflow.pyfunc.load_model(f"models:/{NAME}@champion", dst_path=str(tmp_path)))
+    assert serving()

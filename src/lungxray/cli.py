@@ -1,12 +1,66 @@
-"""The ``lungxray`` console command."""
+"""The ``lungxray`` console command.
+
+Exit statuses: 0 done; 2 a usage error, told in one line before any work (a bad option, whose numbers are checked
+by :func:`at_least` / :func:`port_number`, a missing model, an output that cannot be written; every
+:class:`LungxrayError`); 1 and the others: what each command's ``--help`` says (``predict``: some files could not be
+classified).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .errors import LungxrayError
 from .stage import disable_telemetry
+
+USAGE_ERROR = 2  # argparse's status for a bad option, and every LungxrayError's
+
+
+def at_least(low: int):
+    """An argparse ``type``: an integer >= ``low``, or the option's error (exit status 2) saying so."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def port_number(text: str) -> int:
+    """An argparse ``type``: a TCP port, 1 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to 65535, got {text!r}")
+    return value
+
+
+def check_writable(path: str, option: str, folder: bool = False) -> None:
+    """Stop with a usage error unless ``path`` (a file, or with ``folder`` a folder) can be written: the folder that
+    holds it is created now (it would be anyway) and a scratch file is made in it, so a folder that cannot be
+    created or written in (read-only, below a file, in /proc) is told before any work."""
+    import tempfile
+
+    target = Path(path)
+    if not folder and target.is_dir():
+        raise LungxrayError(f"{option} {path} is a folder: give the file to write, e.g. {target / 'predictions.csv'}")
+    where = target if folder else target.parent
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as e:
+        raise LungxrayError(f"{option} {path}: cannot write in the folder {where} "
+                            f"({e.strerror or type(e).__name__}): choose a place you can write to") from None
 
 
 def _cmd_check_params(args: argparse.Namespace) -> None:
@@ -45,15 +99,24 @@ def _cmd_dedupe(args: argparse.Namespace) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import ERROR, FILE, PREDICTED, cam_writer, find_files, load_predictor, predict_files
-    from .predictor import apply_operating_point, find_operating_point
+    from .predict import ERROR, FILE, PREDICTED, cam_writer, find_files, input_limits, load_predictor, predict_files
+    from .predictor import apply_operating_point, find_operating_point, set_input_limits
 
-    files = find_files(args.paths)
+    limits = input_limits("params.yaml", args.max_pixels)  # a broken params.yaml stops here, before any work
+    if args.out:
+        check_writable(args.out, "--out")
+    if args.cam:
+        check_writable(args.cam, "--cam", folder=True)
+    skipped: list = []
+    files = find_files(args.paths, skipped)
+    for path, why in skipped:
+        print(f"  not searched: {path}: {why}", file=sys.stderr)
     if not files:
-        print("lungxray predict: no files found under " + ", ".join(args.paths), file=sys.stderr)
-        return 1
+        raise LungxrayError("no files found under " + ", ".join(args.paths) + ": name image files or folders that "
+                            "hold some")
     predictor = load_predictor(args.model, device=args.device)
     predictor.batch_size = args.batch_size
+    set_input_limits(predictor, **limits)
     find_operating_point(predictor, args.operating_point)  # an unknown name stops before any work
     print(f"predict: {len(files)} file(s) with {predictor.source} ({predictor.arch}, {predictor.image_size} px, "
           f"{predictor.device})", file=sys.stderr)
@@ -221,17 +284,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", choices=["parent", "none"], default="parent",
                    help="labels from each image's parent folder (default), or none (flat folders: no label check)")
     p.add_argument("--conflict-policy", choices=["drop", "majority", "fail"])
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+    p.add_argument("--max-pixels", type=at_least(1), default=DEFAULT_MAX_PIXELS,
                    help=f"images with more pixels are not decoded (decompression bombs; default {DEFAULT_MAX_PIXELS}, "
                         f"as fetch.max_pixels)")
-    p.add_argument("--workers", type=int, help="processes (default: all cores)")
+    p.add_argument("--workers", type=at_least(0), help="processes (default, or 0: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_dedupe)
 
     p = sub.add_parser("predict", help="classify X-ray files (PNG, JPEG, DICOM, ...) or folders with a trained model",
                        description="One row per file: the predicted class and one probability per class; a file "
-                                   "that cannot be used gets its reason in the error column and the exit status is "
-                                   "1 (the other files are still classified).")
+                                   "that cannot be used gets its reason in the error column (the other files are "
+                                   "still classified). Exit status: 0 every file was classified, 1 some files could "
+                                   "not be classified (their reason is in the error column; the others were "
+                                   "classified), 2 usage error (a bad option, no model, an output that cannot be "
+                                   "written, no files found): nothing was classified.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     p.add_argument("--model", help="models:/<name>@champion (an MLflow model URI), or models/<model> (a trained "
                                    "model folder); default: the champion of the configured registry")
@@ -242,7 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--operating-point", default="argmax", metavar="NAME",
                    help="argmax (default), or one chosen on val and stored with the model, e.g. pneumonia@sens95 or "
                         "pneumonia@youden: adds a column NAME, true when prob_<class> >= its threshold")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    p.add_argument("--batch-size", type=at_least(1), default=32, help="images per batch (default 32)")
+    p.add_argument("--max-pixels", type=at_least(1),
+                   help=f"images with more pixels are not decoded (decompression bombs; default: fetch.max_pixels of "
+                        f"params.yaml when there is one, else {DEFAULT_MAX_PIXELS}); images below the validate "
+                        f"section's min_width / min_height (default 32x32) are refused too: the pipeline would not "
+                        f"have used them")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: the GPU when present")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
@@ -268,8 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the server into --artifacts-destination. Ctrl-C stops the server and PostgreSQL. "
                                    "Point the pipeline at it with MLFLOW_TRACKING_URI=http://HOST:PORT.")
     p.add_argument("--host", help="interface to bind (default 127.0.0.1: this machine only; 0.0.0.0: every one)")
-    p.add_argument("--port", type=int, help="server port (default 5000)")
-    p.add_argument("--workers", type=int, help="server worker processes (default 2)")
+    p.add_argument("--port", type=port_number, help="server port (default 5000)")
+    p.add_argument("--workers", type=at_least(1), help="server worker processes (default 2)")
     p.add_argument("--backend-store-uri", help="an existing PostgreSQL: postgresql://user:password@host:5432/db "
                                                "(default: $MLFLOW_BACKEND_STORE_URI, else a local PostgreSQL in "
                                                "--pg-data). A password given here is visible in `ps`: prefer "
@@ -277,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend-store-uri-file", metavar="FILE",
                    help="read the existing PostgreSQL's URI from the first line of FILE (keep it chmod 600)")
     p.add_argument("--pg-data", help="data directory of the local PostgreSQL (default mlflow-server/postgres)")
-    p.add_argument("--pg-port", type=int, help="port of the local PostgreSQL on 127.0.0.1 (default 5433)")
+    p.add_argument("--pg-port", type=port_number, help="port of the local PostgreSQL on 127.0.0.1 (default 5433)")
     p.add_argument("--artifacts-destination", help="where the server stores artifacts: a folder or s3://bucket/path "
                                                    "(default mlflow-server/artifacts)")
     p.add_argument("--auth", action="store_true", default=None,
@@ -294,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
     except LungxrayError as e:
         print(f"lungxray: error: {e}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
     return rc or 0
 
 

@@ -136,8 +136,8 @@ class EnsembleClassifier(ImageClassifier):
     """The registered ensemble (see the module docstring): :class:`ImageClassifier` over an
     :class:`EnsemblePredictor`."""
 
-    def load_context(self, context) -> None:
-        self.predictor = ensemble_predictor_from_manifest(context.artifacts[MANIFEST], device="auto")
+    def trained_predictor(self, context) -> EnsemblePredictor:
+        return ensemble_predictor_from_manifest(context.artifacts[MANIFEST], device="auto")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

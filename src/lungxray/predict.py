@@ -66,6 +66,26 @@ def champion_uri(params_file: str | Path = "params.yaml") -> str:
     return f"models:/{name}@champion"
 
 
+def input_limits(params_file: str | Path = "params.yaml", max_pixels: int | None = None) -> dict:
+    """What ``lungxray predict`` refuses, as the pipeline would (:func:`~lungxray.predictor.set_input_limits`):
+    images over ``max_pixels`` (given, else params.yaml's ``fetch.max_pixels``) and below the ``validate`` section's
+    ``min_width`` / ``min_height``; a setting params.yaml does not hold (or no params.yaml) keeps its default."""
+    from .config import parse_sections, read_params_file
+
+    data = read_params_file(params_file) if Path(params_file).is_file() else {}
+    limits = {}
+    if "validate" in data:
+        from .validate.params import ValidateParams
+
+        v = parse_sections(data, {"validate": ValidateParams}, str(params_file)).validate
+        limits.update(min_width=v.min_width, min_height=v.min_height)
+    if max_pixels is None and "fetch" in data:
+        from .config import FetchParams
+
+        max_pixels = parse_sections(data, {"fetch": FetchParams}, str(params_file)).fetch.max_pixels
+    return limits if max_pixels is None else {**limits, "max_pixels": max_pixels}
+
+
 def load_predictor(ref: str | Path | None = None, device: str = "auto") -> Predictor:
     """A :class:`Predictor` from an MLflow model URI (``models:/name@champion``, ``runs:/...``), a ``models/<model>``
     folder or a ``model.pt`` file; ``None``: the champion of the configured registry."""
@@ -113,16 +133,51 @@ def _predictor_from_mlflow(uri: str, device: str) -> Predictor:
 # files in, one row per file out
 
 
-def find_files(paths: Iterable[str | Path]) -> list[Path]:
-    """The files named, and every file under the folders named (recursively, hidden ones left out), in order."""
+def find_files(paths: Iterable[str | Path], skipped: list[tuple[Path, str]] | None = None) -> list[Path]:
+    """The files named, and every file under the folders named, in order: recursively, hidden files and folders left
+    out, linked folders followed (their files keep the path through the link). A folder reached a second time (a
+    link that loops back up, or two ways to one folder) is searched once: the other ways are added to ``skipped``
+    with the reason, as is a folder that cannot be listed (``lungxray predict`` prints them). A missing file, a
+    broken link included, is kept: it gets its row (cannot read)."""
     out: list[Path] = []
+    skipped = [] if skipped is None else skipped
     for p in map(Path, paths):
-        if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file()
-                          and not any(part.startswith(".") for part in f.relative_to(p).parts))
-        else:
-            out.append(p)  # a missing file gets its row (cannot read)
+        out += _files_under(p, skipped) if p.is_dir() else [p]
     return out
+
+
+def _files_under(root: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
+    """The files under ``root`` (see :func:`find_files`); a folder is known by its device and inode, so a loop
+    through links is seen before it is entered."""
+    import os
+
+    def identity(path: str) -> tuple[int, int]:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+
+    searched = {identity(str(root))}
+    files: list[Path] = []
+    walk = os.walk(root, followlinks=True, onerror=lambda e: skipped.append(
+        (Path(e.filename), f"cannot list it: {e.strerror or e}")))
+    for folder, dirs, names in walk:
+        keep = []
+        for d in sorted(d for d in dirs if not d.startswith(".")):
+            path = os.path.join(folder, d)
+            try:
+                key = identity(path)
+            except OSError as e:
+                skipped.append((Path(path), f"cannot list it: {e.strerror or e}"))
+                continue
+            if key in searched:
+                what = f"a link to {os.path.realpath(path)}" if os.path.islink(path) else "a folder reached by a link"
+                skipped.append((Path(path), f"{what}, a folder already searched"))
+                continue
+            searched.add(key)
+            keep.append(d)
+        dirs[:] = keep
+        files += [Path(folder, n) for n in names if not n.startswith(".")
+                  and (os.path.isfile(os.path.join(folder, n)) or not os.path.exists(os.path.join(folder, n)))]
+    return sorted(files)
 
 
 def predict_files(files: Sequence[str | Path], predictor: Predictor, progress: bool = False,
@@ -152,12 +207,12 @@ def cam_writer(out_dir: str | Path, predictor: Predictor, files: Sequence[str | 
 
     from .gradcam import write_overlays
 
-    paths = [Path(f).resolve() for f in files]
+    paths = [Path(os.path.abspath(f)) for f in files]  # not resolved: a file in a linked folder stays under it
     root = Path(os.path.commonpath([p.parent for p in paths])) if paths else Path(".")
 
     def write(batch: PredictedBatch) -> None:
         heats = batch.heatmaps()  # an ensemble's: the mean of its members' maps for its class
-        names = [Path(f).resolve().relative_to(root).as_posix() for f in batch.files]  # write_overlays adds .png
+        names = [Path(os.path.abspath(f)).relative_to(root).as_posix() for f in batch.files]  # + .png
         titles = [f"{batch.classes[k]} {p[k]:.2f}" for k, p in zip(batch.predicted, batch.probs)]
         write_overlays(out_dir, names, batch.images, heats, titles)
 

@@ -6,7 +6,13 @@ settings), the normalisation (``mean``/``std``), and what was fitted on the val 
 ``temperature`` of its calibrated probabilities (``softmax(logits / T)``) and its ``operating_points``
 (:mod:`lungxray.calibration`). A new image goes through exactly that: decoded by
 :func:`lungxray.imaging.open_grey` (PNG 8/16-bit, JPEG, DICOM, ...), made square by
-:func:`lungxray.preprocess.load_square`, normalised and classified by :func:`lungxray.inference.predict_proba`.
+:func:`lungxray.preprocess.to_square` (as :func:`lungxray.preprocess.load_square` does for the preprocess stage),
+normalised and classified by :func:`lungxray.inference.predict_proba`.
+
+An image the pipeline would not have used is refused (:class:`~lungxray.imaging.ImageRejected`, its row's error):
+one over ``max_pixels`` (``fetch.max_pixels``; not decoded), or one narrower than ``min_width`` or lower than
+``min_height`` (the validate stage's bounds, which no training image was below). :func:`set_input_limits` sets them
+(``lungxray predict``: from params.yaml and ``--max-pixels``; the registered model keeps the defaults).
 :func:`classify` turns a batch of inputs into output rows: ``predicted``, one ``prob_<class>`` per class and ``error``
 (why an input could not be used; the others are still classified), and hands the classified batch
 (:class:`PredictedBatch`) to an optional ``on_batch`` callback.
@@ -27,6 +33,12 @@ if TYPE_CHECKING:
 
 MODEL_ARTIFACT = "model.pt"  # the key (and file name) of model.pt among the MLflow model's artifacts
 PREDICTED, ERROR = "predicted", "error"
+# how :func:`lungxray.imaging.too_many_pixels` ends (true for fetch, preprocess, the dedupe and predict commands); a
+# predictor whose reader has neither setting (the registered model) says instead what its max_pixels_hint says
+MAX_PIXELS_HINT = "raise fetch.max_pixels or --max-pixels to accept it"
+# the defaults of validate.min_width / min_height (lungxray.validate.ValidateParams, a test checks they agree): not
+# imported, so that the stages that bundle this module do not depend on the validate package
+MIN_WIDTH = MIN_HEIGHT = 32
 
 
 def prob_column(cls: str) -> str:
@@ -52,7 +64,10 @@ class Predictor:
     device: object  # torch.device
     source: str  # where it was loaded from
     batch_size: int = 32
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are not decoded (fetch.max_pixels)
+    max_pixels_hint: str = MAX_PIXELS_HINT  # what the rejection of a larger image says to do
+    min_width: int = MIN_WIDTH  # narrower or lower images are refused (validate.min_width / min_height)
+    min_height: int = MIN_HEIGHT
     temperature: float = 1.0  # probabilities = softmax(logits / temperature), fitted on val
     operating_points: dict = field(default_factory=dict)  # lungxray.calibration.choose_operating_points
 
@@ -75,17 +90,34 @@ class Predictor:
 
     def square(self, source) -> np.ndarray:
         """One image (a path, its bytes, or a uint8 greyscale array) as the model's (S, S) uint8 input; a file that
-        cannot be used raises :class:`~lungxray.imaging.ImageRejected`."""
+        cannot be used, or that the pipeline would not have used (see the module docstring), raises
+        :class:`~lungxray.imaging.ImageRejected`."""
         from PIL import Image
 
-        from .preprocess import load_square, to_square
+        from .imaging import open_grey
+        from .preprocess import to_square
 
         if isinstance(source, np.ndarray):
             if source.ndim != 2 or source.dtype != np.uint8:
                 raise ImageRejected("not_an_image", f"an array must be uint8 greyscale (H, W), got {source.dtype} "
                                                     f"{source.shape}")
-            return to_square(Image.fromarray(source, mode="L"), self.image_size, self.aspect, self.resample)
-        return load_square(source, self.image_size, self.aspect, self.resample, self.max_pixels)
+            grey, size = Image.fromarray(source, mode="L"), (source.shape[1], source.shape[0])
+        else:
+            try:
+                grey, size = open_grey(source, draft_size=self.image_size, max_pixels=self.max_pixels)
+            except ImageRejected as e:
+                if e.reason == "too_many_pixels" and self.max_pixels_hint != MAX_PIXELS_HINT:
+                    raise ImageRejected(e.reason, e.detail.replace(MAX_PIXELS_HINT, self.max_pixels_hint)) from None
+                raise
+        self.check_size(*size)
+        return to_square(grey, self.image_size, self.aspect, self.resample)
+
+    def check_size(self, width: int, height: int) -> None:
+        """Refuse an image narrower than ``min_width`` or lower than ``min_height``."""
+        if width < self.min_width or height < self.min_height:
+            raise ImageRejected("too_small", f"too small: {width}x{height} pixels, below the validate stage's minimum "
+                                             f"of {self.min_width}x{self.min_height} (validate.min_width and "
+                                             f"min_height): the pipeline would not have used it")
 
     def proba(self, images: np.ndarray) -> np.ndarray:
         """(N, C) class probabilities of (N, S, S) uint8 images (:func:`lungxray.inference.predict_proba`)."""
@@ -109,6 +141,17 @@ def predictor_from_file(path: str | Path, device: str = "auto") -> Predictor:
                      mean=[float(v) for v in ck["mean"]], std=[float(v) for v in ck["std"]], device=dev,
                      source=str(path), temperature=float(ck.get("temperature", 1.0)),
                      operating_points=dict(ck.get("operating_points") or {}))
+
+
+def set_input_limits(predictor, **limits) -> None:
+    """Set the limits of what ``predictor`` takes (``max_pixels``, ``max_pixels_hint``, ``min_width``,
+    ``min_height``; see the module docstring) on it, or on every member of an ensemble."""
+    unknown = set(limits) - {"max_pixels", "max_pixels_hint", "min_width", "min_height"}
+    if unknown:
+        raise TypeError(f"not an input limit: {sorted(unknown)}")
+    for p in getattr(predictor, "members", [predictor]):
+        for name, value in limits.items():
+            setattr(p, name, value)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
