@@ -4,7 +4,7 @@
 
 1. ``dvc repro --single-item STAGE`` for each stage of ``dvc stage list`` (dvc.yaml's order is the pipeline's), its
    wall time recorded (an up-to-date stage costs DVC's check only, so a rerun after an interruption resumes where
-   it stopped), then one plain ``dvc repro`` that must find nothing left to run.
+   it stopped), then one plain ``dvc repro`` that must rerun nothing but the ``always_changed`` stages.
 2. Checks: every architecture of ``train.models`` has its ``eval.json``, its ``reports/<model>/gradcam.png``, its
    leaderboard row and a registered version; a champion was chosen.
 3. ``lungxray predict`` with the champion on a PNG, a JPEG and a DICOM X-ray of ../shared/data, with ``--cam``: every
@@ -17,6 +17,7 @@ the exit status is 1 when a check fails.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -52,6 +53,21 @@ def run_stages(names: list[str]) -> list[dict]:
     return rows
 
 
+def always_changed() -> set[str]:
+    """Stages dvc.yaml marks ``always_changed`` (fetch looks at its sources again, train_settings re-resolves)."""
+    stages = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]
+    return {name for name, s in stages.items() if s.get("always_changed")}
+
+
+def rerun_problems(output: str, returncode: int) -> list[str]:
+    """A second ``dvc repro`` must rerun nothing but the always-changed stages."""
+    ran = set(re.findall(r"Running stage '([^']+)'", output))
+    extra = sorted(ran - always_changed())
+    if returncode != 0 or extra:
+        return [f"a second dvc repro reran {extra} (exit {returncode}):\n{output[-3000:]}"]
+    return []
+
+
 def checks(models: list[str]) -> list[str]:
     """What the rehearsal must have produced, as failures (empty: all there)."""
     failed = []
@@ -66,7 +82,7 @@ def checks(models: list[str]) -> list[str]:
             failed.append(f"{m}: no leaderboard row")
         if m not in registered:
             failed.append(f"{m}: not registered")
-    if not promotion.get("champion"):
+    if not promotion.get("champion_after"):
         failed.append(f"no champion: {promotion.get('reason')}")
     return failed
 
@@ -111,9 +127,7 @@ def main() -> int:
     start = time.monotonic()
     rows = run_stages(stages())
     final = subprocess.run(["dvc", "repro"], capture_output=True, text=True)
-    up_to_date = final.returncode == 0 and "up to date" in final.stdout + final.stderr
-    failed = [] if up_to_date else [f"a second dvc repro was not a no-op:\n{final.stdout}{final.stderr}"]
-    failed += checks(models)
+    failed = rerun_problems(final.stdout + final.stderr, final.returncode) + checks(models)
     table, predict_failed = predict(REPORT.parent / "rehearsal_predict")
     failed += predict_failed
     extra = per_model(models) + ["", "Predictions of the champion:", "", table.to_string(index=False), "",
