@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import LungxrayError
+from .numbers import fmt_interval
 from .plots import pyplot as _pyplot, save_png
 from .promote import PromotionParams, rank
 
@@ -103,16 +104,6 @@ def leaderboard_note(promotion: PromotionParams) -> str:
     return note + (" Test figures are reported once, for information: they were not used for selection.\n")
 
 
-def _fmt_ci(v, lo, hi) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    s = f"{v:.4f}"
-    if lo is not None and hi is not None and not (isinstance(lo, float) and math.isnan(lo)) and not (
-            isinstance(hi, float) and math.isnan(hi)):
-        s += f" [{lo:.4f}, {hi:.4f}]"
-    return s
-
-
 def _fmt_num(v, digits: int = 1) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
@@ -138,8 +129,8 @@ def _markdown(df: pd.DataFrame, metric: str) -> str:
     for r in df.to_dict("records"):
         model = str(r["model"]) + (f" (mean of {r['ensemble_of']})" if g(r, "ensemble_of") else "")
         cells = ([str(r["rank"]), model]
-                 + [_fmt_ci(g(r, m), g(r, f"{m}_ci_low"), g(r, f"{m}_ci_high")) for m in scored]
-                 + [_fmt_ci(g(r, "external_macro_recall"), None, None)]
+                 + [fmt_interval(g(r, m), g(r, f"{m}_ci_low"), g(r, f"{m}_ci_high"), 4) for m in scored]
+                 + [fmt_interval(g(r, "external_macro_recall"), None, None, 4)]
                  + [_fmt_num(g(r, "trainable_parameters"), 0), _fmt_num(g(r, "seconds_per_epoch"), 1),
                     _fmt_num(g(r, "epochs_to_converge"), 0), _fmt_num(g(r, "images_per_s"), 1)])
         lines.append("| " + " | ".join(cells) + " |")

@@ -26,6 +26,7 @@ from .calibration import argmax_only, nll
 from .inference import softmax_t
 from .metrics import EvaluateParams
 from .metrics.operating import operating_point_metrics, prevalence_table
+from .numbers import fmt, fmt_interval
 from .preprocess import load_split
 
 TTA_KEYS = ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_recall", "macro_recall_ci_low",
@@ -86,20 +87,15 @@ def extras(model, ck: dict, processed: Path, evaluated: dict, plain: dict, param
 # reports/<model>/evaluation.md
 
 
-def _n(v, digits: int = 3) -> str:
-    return "n/a" if v is None else f"{v:.{digits}f}"
-
-
 def _ci(m: dict, k: str) -> str:
-    lo, hi = m.get(f"{k}_ci_low"), m.get(f"{k}_ci_high")
-    return _n(m.get(k)) + (f" [{_n(lo)}, {_n(hi)}]" if lo is not None else "")
+    return fmt_interval(m.get(k), m.get(f"{k}_ci_low"), m.get(f"{k}_ci_high"))
 
 
 def _calibration_md(c: dict, splits: list[str]) -> list[str]:
     lines = [f"## Calibration ({c['method']}, T = {c['temperature']:.3f}, fitted on val)", "",
              "| split | ECE before | ECE after | NLL before | NLL after |", "|---|---|---|---|---|"]
-    lines += [f"| {s} | {_n(c[s]['ece_before'])} | {_n(c[s]['ece_after'])} | {_n(c[s]['nll_before'])} | "
-              f"{_n(c[s]['nll_after'])} |" for s in splits]
+    lines += [f"| {s} | {fmt(c[s]['ece_before'])} | {fmt(c[s]['ece_after'])} | {fmt(c[s]['nll_before'])} | "
+              f"{fmt(c[s]['nll_after'])} |" for s in splits]
     return lines + [""]
 
 
@@ -112,7 +108,7 @@ def _tta_md(t: dict | None, splits: list[str]) -> list[str]:
         for kind in ("plain", "tta"):
             m = t[s][kind]
             lines.append(f"| {s} | {kind} | {_ci(m, 'accuracy')} | {_ci(m, 'macro_recall')} | "
-                         f"{_ci(m, 'macro_auc')} | {_n(m['ece'])} |")
+                         f"{_ci(m, 'macro_auc')} | {fmt(m['ece'])} |")
     return lines + [""]
 
 
@@ -124,11 +120,11 @@ def _ops_md(o: dict, splits: list[str]) -> list[str]:
     for name, op in o["stored"].items():
         for c in o["val"][name]:
             cells = [f"{_ci(o[s][name][c], 'sensitivity')} | {_ci(o[s][name][c], 'specificity')}" for s in splits]
-            lines.append(f"| {name} | {op['rule']} | {c} | {_n(op['threshold'], 4)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {name} | {op['rule']} | {c} | {fmt(op['threshold'], 4)} | " + " | ".join(cells) + " |")
     lines += ["", "## Prevalence shift (PPV / NPV / accuracy expected from the val sensitivity and specificity)", "",
               "| operating point | class | at | prevalence | PPV | NPV | accuracy |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['operating_point']} | {r['class']} | {r['at']} | {r['prevalence']:.3f} | {_n(r['ppv'])} | "
-              f"{_n(r['npv'])} | {_n(r['accuracy'])} |" for r in o["prevalence_table"]]
+    lines += [f"| {r['operating_point']} | {r['class']} | {r['at']} | {r['prevalence']:.3f} | {fmt(r['ppv'])} | "
+              f"{fmt(r['npv'])} | {fmt(r['accuracy'])} |" for r in o["prevalence_table"]]
     return lines + [""]
 
 
@@ -137,9 +133,9 @@ def summary_line(label: str, out: dict) -> str:
     with their intervals, the ECE (and, for a calibrated model, its temperature and the ECE before it), the speed."""
     split = "test" if out.get("test") is not None else "val"
     t, cal = out[split], out.get("calibration")
-    ece = f"ECE {_n(t.get('ece'))}"
+    ece = f"ECE {fmt(t.get('ece'))}"
     if cal:
-        ece += f" (T {cal['temperature']:.2f}; {_n(cal[split]['ece_before'])} uncalibrated)"
+        ece += f" (T {cal['temperature']:.2f}; {fmt(cal[split]['ece_before'])} uncalibrated)"
     return (f"{label} on {t['n_samples']} {split} images: accuracy {_ci(t, 'accuracy')}, macro recall "
             f"{_ci(t, 'macro_recall')}, macro AUC {_ci(t, 'macro_auc')}, {ece}; "
             f"{out['throughput']['images_per_s']:.0f} images/s")

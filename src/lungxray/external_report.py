@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,6 +25,7 @@ import numpy as np
 
 from . import metrics
 from .metrics import EvaluateParams
+from .numbers import fmt, fmt_interval
 from .plots import pyplot, save_png
 
 SHORT_KEYS = ("n_samples", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_recall", "macro_recall_ci_low",
@@ -108,14 +108,8 @@ def external_summary(folds: dict[str, dict]) -> dict[str, dict]:
 # markdown and figure
 
 
-def _num(v, digits: int = 3) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
-
-
 def _ci(d: dict, key: str, low: str | None = None, high: str | None = None) -> str:
-    lo, hi = d.get(low or f"{key}_ci_low"), d.get(high or f"{key}_ci_high")
-    s = _num(d.get(key))
-    return s + (f" [{lo:.3f}, {hi:.3f}]" if s != "-" and lo is not None and hi is not None else "")
+    return fmt_interval(d.get(key), d.get(low or f"{key}_ci_low"), d.get(high or f"{key}_ci_high"))
 
 
 def external_markdown(report: dict) -> str:
@@ -132,7 +126,7 @@ def external_markdown(report: dict) -> str:
         lines += [f"Epochs per fold: {report['epochs']} (`external.epochs`; the in-source models may have trained "
                   f"longer).", ""]
     lines += ["| model | external macro recall (mean over held-out sources) | folds |", "|:---|---:|---:|"]
-    lines += [f"| {m} | {_num(s['mean_macro_recall'])} | {s['folds']} |" for m, s in report["summary"].items()]
+    lines += [f"| {m} | {fmt(s['mean_macro_recall'])} | {s['folds']} |" for m, s in report["summary"].items()]
     for source, fold in report["folds"].items():
         lines += ["", *_fold_markdown(source, fold)]
     for source, why in report.get("skipped", {}).items():
@@ -154,8 +148,8 @@ def _fold_markdown(source: str, fold: dict) -> list[str]:
         ins = r.get("in_source") or {}
         own = ins.get("source_test_macro_recall")
         lines.append(f"| {model} | {_ci(r, 'macro_recall')} | {_ci(r, 'accuracy')} | {_ci(r, 'macro_auc')} | "
-                     f"{_ci(ins, 'test_macro_recall')} | {_num(own)} ({ins.get('source_test_images') or 0} images) | "
-                     f"{_num(r.get('gap'))} |")
+                     f"{_ci(ins, 'test_macro_recall')} | {fmt(own)} ({ins.get('source_test_images') or 0} images) | "
+                     f"{fmt(r.get('gap'))} |")
     for model, r in fold["models"].items():
         lines += ["", f"{model} per class on {source}:", "",
                   "| class | images | sensitivity | specificity | AUC |", "|:---|---:|---:|---:|---:|"]
@@ -178,9 +172,9 @@ def plot_external(report: dict, path: str | os.PathLike) -> Path:
         v = np.array([np.nan if r.get("macro_recall") is None else r["macro_recall"] for r in rows])
         lo = np.array([np.nan if r.get("macro_recall_ci_low") is None else r["macro_recall_ci_low"] for r in rows])
         hi = np.array([np.nan if r.get("macro_recall_ci_high") is None else r["macro_recall_ci_high"] for r in rows])
-        err = np.vstack([np.nan_to_num(v - lo).clip(0), np.nan_to_num(hi - v).clip(0)])
+        err = np.vstack([np.nan_tofmt(v - lo).clip(0), np.nan_tofmt(hi - v).clip(0)])
         pos = x + (i - (len(models) - 1) / 2) * width
-        ax.bar(pos, np.nan_to_num(v), width, yerr=err, capsize=3, label=f"{model}: external")
+        ax.bar(pos, np.nan_tofmt(v), width, yerr=err, capsize=3, label=f"{model}: external")
         own = [((r.get("in_source") or {}).get("source_test_macro_recall")) for r in rows]
         ax.scatter(pos, [np.nan if o is None else o for o in own], marker="D", color="k", zorder=3,
                    label="in-source, that source's test images" if i == 0 else None)

@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import fnmatch
-import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,6 +28,7 @@ from pydantic import Field
 
 from .config import Strict
 from .io import read_json, write_json
+from .numbers import finite
 
 __all__ = ["GateParams", "collect_metrics", "flatten_metrics", "check", "format_table", "write_baseline",
            "load_baseline", "load_baseline_sets", "set_mismatches", "FAILING", "SET_KEYS"]
@@ -49,16 +49,6 @@ class GateParams(Strict):
         description="fnmatch patterns of metrics where lower is better")
 
 
-def _num(v) -> float | None:
-    if isinstance(v, bool) or v is None:
-        return None
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
 def flatten_metrics(obj: Any, prefix: str = "") -> dict[str, float]:
     """Numeric leaves of nested dicts as ``{"a.b.c": float}`` (strings, lists, booleans and None are skipped)."""
     out: dict[str, float] = {}
@@ -67,7 +57,7 @@ def flatten_metrics(obj: Any, prefix: str = "") -> dict[str, float]:
             key = f"{prefix}.{k}" if prefix else str(k)
             out.update(flatten_metrics(v, key))
     else:
-        x = _num(obj)
+        x = finite(obj)
         if x is not None and prefix:
             out[prefix] = x
     return out
@@ -98,7 +88,7 @@ def write_baseline(current: Mapping[str, float], path: str | os.PathLike,
                    sets: Mapping[str, str] | None = None) -> Path:
     """Write the flat metrics and the evaluation-set fingerprints (``{"<model>.test_set": ...}``; sorted keys,
     atomically) for review and commit as the new baseline."""
-    data: dict[str, Any] = {k: _num(v) for k, v in current.items() if _num(v) is not None}
+    data: dict[str, Any] = {k: finite(v) for k, v in current.items() if finite(v) is not None}
     data.update({k: str(v) for k, v in (sets or {}).items() if v is not None})
     write_json(path, dict(sorted(data.items())))
     return Path(path)
@@ -137,8 +127,8 @@ def check(current: Mapping[str, float], baseline: Mapping[str, float],
           params: GateParams | None = None) -> tuple[list[dict[str, Any]], bool]:
     """Rows (metric, baseline, current, change, tolerance, direction, verdict), sorted by metric, and pass/fail."""
     p = params or GateParams()
-    cur = {k: _num(v) for k, v in current.items()}
-    base = {k: _num(v) for k, v in baseline.items()}
+    cur = {k: finite(v) for k, v in current.items()}
+    base = {k: finite(v) for k, v in baseline.items()}
     exact = {k for k in p.tolerances if not any(ch in k for ch in "*?[")}
     keys = sorted(set(base) | set(cur) | exact)
     rows = []

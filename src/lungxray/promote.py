@@ -54,6 +54,7 @@ from pydantic import Field
 
 from .config import Strict
 from .metrics import BOOTSTRAP_STATISTICS, align_predictions, paired_difference
+from .numbers import finite
 
 __all__ = ["PromotionParams", "rank", "decide", "selection_split"]
 
@@ -88,22 +89,14 @@ def _paired_statistic(p: PromotionParams) -> str | None:
     return stat if head in SPLIT_PREFIXES and stat in BOOTSTRAP_STATISTICS and p.higher_is_better else None
 
 
-def _num(v) -> float | None:
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
 def _score(c: dict, p: PromotionParams) -> float | None:
     """The metric oriented so that larger is better (None when missing)."""
-    v = _num(c.get(p.metric))
+    v = finite(c.get(p.metric))
     return None if v is None else (v if p.higher_is_better else -v)
 
 
 def _tie(c: dict, p: PromotionParams) -> float:
-    v = _num(c.get(p.tie_breaker))
+    v = finite(c.get(p.tie_breaker))
     return math.inf if v is None else v
 
 
@@ -215,7 +208,7 @@ def decide(candidates: list[dict[str, Any]], current_champion: dict[str, Any] | 
                                                              None)}
     base = {"best": None, "runner_up": None, "champion_before": _brief(champ, p),
             "ranking": [{"rank": i + 1, "model": c.get("model"), "version": c.get("version"),
-                         p.metric: _num(c.get(p.metric)), p.tie_breaker: c.get(p.tie_breaker)}
+                         p.metric: finite(c.get(p.metric)), p.tie_breaker: c.get(p.tie_breaker)}
                         for i, c in enumerate(valid)],
             "excluded": [_brief(c, p) for c in ordered if _score(c, p) is None], "params": p.model_dump()}
     if not valid:
@@ -225,7 +218,7 @@ def decide(candidates: list[dict[str, Any]], current_champion: dict[str, Any] | 
 
     best = valid[0]
     base.update(best=_brief(best, p), runner_up=_brief(valid[1] if len(valid) > 1 else None, p))
-    compared["best"] = _num(best.get(p.metric))
+    compared["best"] = finite(best.get(p.metric))
 
     def result(promote: bool, reason: str, **comp) -> dict:
         after = best if promote else champ
@@ -264,7 +257,7 @@ def _against_champion(best: dict, champ: dict, valid: list[dict], compared: dict
     paired, unavailable = _paired(best, ref, p)
     if paired is not None:
         return _paired_rule(best, champ, paired, where, p, result, same)
-    if _num(ref.get(p.metric)) is None:
+    if finite(ref.get(p.metric)) is None:
         return _set_changed(best, f"the champion {_name(champ)} has no {p.metric}", compared, p, result, same,
                             paired_unavailable=unavailable)
     return _unpaired_rule(best, champ, ref, where, compared, p, result, same, unavailable)
@@ -298,7 +291,7 @@ def _paired_rule(best: dict, champ: dict, r: dict, where: str, p: PromotionParam
 
 def _unpaired_rule(best: dict, champ: dict, ref: dict, where: str, compared: dict, p: PromotionParams, result,
                    same: bool, unavailable: str | None) -> dict:
-    best_v, champ_v = compared["best"], _num(ref.get(p.metric))
+    best_v, champ_v = compared["best"], finite(ref.get(p.metric))
     diff = best_v - champ_v if p.higher_is_better else champ_v - best_v
     comp = dict(method="unpaired_margin", champion=champ_v, difference=diff, same_selection_set=same,
                 paired_unavailable=unavailable)
