@@ -29,6 +29,7 @@ import pandas as pd
 
 from . import schema
 from .errors import LungxrayError
+from .pixels import pixel_stats
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +166,7 @@ def _pixel_stats(arr: np.ndarray) -> dict:
         total_sq += int(wide @ wide)
     if n == 0:
         raise LungxrayError("a fold has no training image")
-    mean = total / n / 255.0
-    var = total_sq / n / 255.0**2 - mean * mean
-    return {"mean": round(mean, 6), "std": round(float(np.sqrt(max(var, 1e-12))), 6)}
+    return pixel_stats(total, total_sq, n)
 
 
 def drop_arrays(fold_dir: Path) -> None:

@@ -1,6 +1,6 @@
 """Pixels and the rejection vocabulary every decoder shares (:mod:`lungxray.imaging` for the common formats,
 :mod:`lungxray.dicom` for DICOM): any image as 8-bit grey (:func:`to_grey8`), and :class:`ImageRejected`, the reason
-and detail of a file that cannot be used."""
+and detail of a file that cannot be used; :func:`pixel_stats`, the normalisation of a model trained from scratch."""
 
 from __future__ import annotations
 
@@ -60,3 +60,11 @@ def too_many_pixels(width: int, height: int, max_pixels: int) -> ImageRejected:
     return ImageRejected("too_many_pixels", f"too many pixels: {width}x{height} = {width * height} pixels > max_pixels "
                                             f"{max_pixels} (decompression-bomb guard: raise fetch.max_pixels or "
                                             f"--max-pixels to accept it)")
+
+
+def pixel_stats(total: int, total_sq: int, n: int) -> dict[str, float]:
+    """``mean`` and ``std`` of ``n`` uint8 pixels scaled to 0..1, from their exact integer sum and sum of squares
+    (the normalisation of a model trained from scratch: the preprocess stage's and each external fold's)."""
+    mean = total / n / 255.0
+    var = total_sq / n / 255.0**2 - mean * mean
+    return {"mean": round(mean, 6), "std": round(float(np.sqrt(max(var, 1e-12))), 6)}

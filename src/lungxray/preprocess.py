@@ -26,6 +26,7 @@ from pydantic import Field
 from . import schema
 from .config import Strict
 from .errors import LungxrayError
+from .pixels import pixel_stats
 from .imaging import DEFAULT_MAX_PIXELS, ImageRejected, open_grey
 from .io import allocate_npy, progress_bar, writing
 from .parallel import process_pool, resolve_workers
@@ -172,11 +173,7 @@ def run_preprocess(split_df: pd.DataFrame, classes: list[str], params: Preproces
         n = stats["splits"]["train"]["images"] * size * size
         if n == 0:
             raise LungxrayError("the train split is empty: check the split ratios and the data")
-        # mean/std of training pixels scaled to 0..1, exact (integer sums gathered by the workers)
-        mean = total / n / 255.0
-        var = total_sq / n / 255.0**2 - mean * mean
-        stats["mean"] = round(mean, 6)
-        stats["std"] = round(float(np.sqrt(max(var, 1e-12))), 6)
+        stats.update(pixel_stats(total, total_sq, n))  # exact: integer sums gathered by the workers
         with writing(out_dir, folder=True, partial=tmp, cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True)):
             pd.concat(index_rows, ignore_index=True).to_csv(tmp / "index.csv", index=False, lineterminator="\n")
             (tmp / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
