@@ -215,7 +215,7 @@ def _format_validation_error(err: ValidationError, origin: str) -> str:
                 key += f".{part}" if key else str(part)
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see params.yaml in the repository for the valid keys)"
+            msg = "unknown key (check the spelling; `lungxray check-params --explain` lists the valid keys)"
         elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], (dict, list)):
             msg += f" (got {e['input']!r})"
         lines.append(f"  - {key or '(top level)'}: {msg}")
