@@ -37,8 +37,8 @@ class ModelOptions(Strict):
 
     pretrained: bool | None = Field(None, description="start from ImageNet weights; None = inherited "
                                                       "(train.pretrained)")
-    weights_file: str | None = Field(None, description="local ImageNet weights (.pth/.bin/.safetensors state dict, "
-                                                       "timm's names) instead of timm's hub; needs pretrained")
+    weights_file: str | None = Field(None, description="local weights (.pth/.bin/.safetensors state dict) instead "
+                                                       "of timm's hub; needs pretrained")
     weights_sha256: str | None = Field(None, description="expected sha256 of weights_file; None = not checked")
     freeze: int | Literal["backbone"] = Field(0, description="frozen at training: 0 = nothing, 1..4 = that many "
                                                              "leading ResNet stages (ResNets only), backbone = all "
@@ -93,8 +93,9 @@ class TrainParams(Strict):
         "weighted_loss", description="class imbalance: class-weighted cross-entropy, a class-weighted sampler of "
                                      "train batches, or none")
     augment: AugmentParams = Field(AugmentParams(), description="training-time augmentation of the train batches")
-    pretrained: bool = Field(True, description="start from ImageNet weights where the architecture has them (timm's "
-                                               "hub, or a model's weights_file); false = random initialisation")
+    pretrained: bool = Field(True, description="start from ImageNet weights (timm's hub, or a model's weights_file); "
+                                               "a handcrafted model (cnn5/8/13) then needs a weights_file or its own "
+                                               "pretrained: false; false = random initialisation")
     model_options: dict[str, ModelOptions] = Field(default_factory=dict, description="model name -> options that "
                                                    "override this section for that model alone")
     variants: dict[str, Variant] = Field(default_factory=dict, description="named models: an architecture plus "
