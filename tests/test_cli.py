@@ -135,3 +135,22 @@ def test_every_numeric_option_is_checked_before_the_command_runs(argv, option, r
         main(argv)
     err = capsys.readouterr().err
     assert stop.value.code == 2 and f"argument {option}: must be {rule}, got {argv[-1]!r}" in err, err
+
+
+def test_check_params_explain_prints_each_field(capsys):
+    assert main(["check-params", "--explain", "train", "fetch"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("train:\n") and "\nfetch:\n" in out and "\ndedupe:" not in out
+    assert "train.epochs  [int >= 1]  default: 20\n      maximum epochs (early stopping may end sooner)" in out
+    assert "train.augment.degrees" in out and "train.model_options.<name>.lr" in out
+    assert "fetch.sources[kind=kaggle].dataset" in out and "fetch.sources[kind=medmnist].sha256" in out
+    assert "(no description)" not in out
+
+
+def test_check_params_explain_all_sections_and_unknown_section(capsys):
+    assert main(["check-params", "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"\n{s}:\n" in f"\n{out}" for s in ["fetch", "train", "evaluate", "promote", "gate", "ensemble"])
+    assert main(["check-params", "--explain", "train", "trian"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown section(s) trian" in err and "fetch, dedupe, validate" in err

@@ -169,3 +169,18 @@ def test_a_duplicate_section_is_refused_and_a_merge_key_override_is_not_a_duplic
         read_params_file(path)
     path.write_text("base: &b\n  workers: 1\n  conflict_policy: drop\ndedupe:\n  <<: *b\n  workers: 2\n")
     assert read_params_file(path)["dedupe"] == {"workers": 2, "conflict_policy": "drop"}
+
+
+def test_every_params_field_has_a_description():
+    from lungxray.config import ArchiveSource, FolderSource, KaggleSource, MedmnistSource
+    from lungxray.params_doc import params_models, sections
+    from lungxray.train_settings import AugmentParams, TrainParams, Variant
+
+    models = params_models()
+    assert set(sections()) == {"fetch", "dedupe", "validate", "split", "preprocess", "shortcut", "train",
+                               "calibration", "evaluate", "external", "promote", "gate", "ensemble"}
+    assert {FolderSource, KaggleSource, ArchiveSource, MedmnistSource, TrainParams, AugmentParams,
+            Variant} <= set(models)
+    missing = [f"{m.__module__}.{m.__name__}.{name}" for m in models for name, f in m.model_fields.items()
+               if not (f.description or "").strip()]
+    assert not missing, f"{len(missing)} params field(s) without a description: {missing}"

@@ -12,12 +12,14 @@ from .config import Strict
 
 
 class AugmentParams(Strict):
-    enabled: bool = True
+    enabled: bool = Field(True, description="augment the train batches; false = train on the images as they are")
     degrees: float = Field(5.0, ge=0, le=30, description="random rotation, +- degrees")
     translate: float = Field(0.05, ge=0, le=0.3, description="random shift, fraction of the side")
-    scale: tuple[float, float] = (0.95, 1.05)
-    brightness: float = Field(0.1, ge=0, le=1)
-    contrast: float = Field(0.1, ge=0, le=1)
+    scale: tuple[float, float] = Field((0.95, 1.05), description="random zoom factor, drawn in [lo, hi] (> 1 "
+                                                                 "enlarges)")
+    brightness: float = Field(0.1, ge=0, le=1, description="random brightness factor in [1 - b, 1 + b]; 0 = none")
+    contrast: float = Field(0.1, ge=0, le=1, description="random contrast factor around the image mean, in "
+                                                        "[1 - c, 1 + c]; 0 = none")
     hflip: bool = Field(False, description="horizontal flips (off: the heart is on the left)")
 
 

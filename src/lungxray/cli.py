@@ -64,6 +64,11 @@ def check_writable(path: str, option: str, folder: bool = False) -> None:
 
 
 def _cmd_check_params(args: argparse.Namespace) -> None:
+    if args.explain is not None:
+        from .params_doc import explain
+
+        print(explain(args.explain), end="")
+        return
     from .params_check import load_params
 
     path = args.params or args.file or "params.yaml"
@@ -270,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "unknown key or section, a wrong type). `make run` runs it before `dvc repro`.")
     p.add_argument("file", nargs="?", help="params file (default: params.yaml)")
     p.add_argument("--params", help="params file (the same as FILE)")
+    p.add_argument("--explain", nargs="*", metavar="SECTION",
+                   help="print the reference of the given sections (all when none): each field with its type, "
+                        "default and description; reads no params file")
     p.set_defaults(func=_cmd_check_params)
 
     p = sub.add_parser("dedupe", help="find copies of the same X-ray in folders of images (recursively)",

@@ -39,13 +39,17 @@ class CsvLabels(Strict):
     """Labels (and optionally patient ids) read from one or more CSV files that sit beside the images."""
 
     files: list[str] = Field(min_length=1, description="CSV files, relative to the source root")
-    filename_column: str = "filename"
-    label_column: str = "label"
-    patient_column: str | None = None
-    match_on: Literal["name", "stem", "path"] = "name"
-    unlisted_label: str = "UNLISTED"
-    blank_label: str = "(blank)"
-    encoding: str | None = Field(None, description="CSV text encoding; default: try utf-8, then cp1252")
+    filename_column: str = Field("filename", description="column naming each image file")
+    label_column: str = Field("label", description="column holding each image's raw label")
+    patient_column: str | None = Field(None, description="column holding the patient id (used before patient.regex); "
+                                                         "None = no patient column")
+    match_on: Literal["name", "stem", "path"] = Field(
+        "name", description="how a CSV file name finds its image: by file name, by name without extension, or by "
+                            "path relative to root")
+    unlisted_label: str = Field("UNLISTED", description="raw label of an image no CSV row names (map it in labels, "
+                                                        "e.g. to drop)")
+    blank_label: str = Field("(blank)", description="raw label of a CSV row whose label cell is empty")
+    encoding: str | None = Field(None, description="CSV text encoding; default: try utf-8, cp1252, then latin-1")
 
 
 class PatientSpec(Strict):
@@ -56,8 +60,10 @@ class PatientSpec(Strict):
     name. Ids from a metadata column (``csv.patient_column``, used first) are always namespaced by the source.
     """
 
-    regex: str | None = None
-    namespace: str | None = None
+    regex: str | None = Field(None, description="regex over the file name; its first non-empty capture group is the "
+                                                "patient id; None = no id from the name")
+    namespace: str | None = Field(None, description="prefix of the ids read from file names, shared by sources of the "
+                                                    "same patients; None = the source name")
 
     @field_validator("regex")
     @classmethod
@@ -75,16 +81,20 @@ class PatientSpec(Strict):
 class _FolderLike(Strict):
     """Fields shared by every source whose content ends up as a folder tree of image files."""
 
-    name: Annotated[str, Field(pattern=_NAME_RE)]
+    name: Annotated[str, Field(pattern=_NAME_RE)] = Field(description="unique source name (data/raw/<name>, the "
+                                                                      "manifest's source column)")
     labels: dict[str, str] = Field(description="raw label -> class of the taxonomy, or 'drop'")
-    layout: Literal["class_folders", "csv"] = "class_folders"
+    layout: Literal["class_folders", "csv"] = Field(
+        "class_folders", description="where the raw label comes from: the image's folder name, or label CSVs (csv:)")
     root: str | None = Field(None, description="sub-folder of the source that holds the images")
     include: list[str] = Field(default_factory=list, description="glob patterns (relative to root) to keep")
     exclude: list[str] = Field(default_factory=list, description="glob patterns (relative to root) to skip")
     label_level: int = Field(-1, description="for class_folders: which parent folder names the class (-1 = parent)")
-    csv: CsvLabels | None = None
-    patient: PatientSpec | None = None
-    official_split: Literal["from_path", "train", "val", "test"] | None = None
+    csv: CsvLabels | None = Field(None, description="the label CSVs; required with layout: csv, refused otherwise")
+    patient: PatientSpec | None = Field(None, description="how to read patient ids; None = no ids from file names")
+    official_split: Literal["from_path", "train", "val", "test"] | None = Field(
+        None, description="the source's official split: from_path (a folder such as train/val/test in the image's "
+                          "path), one split for every image, or None (none)")
 
     @model_validator(mode="after")
     def _layout_needs_csv(self) -> "_FolderLike":
@@ -98,21 +108,28 @@ class _FolderLike(Strict):
 
 
 class FolderSource(_FolderLike):
-    kind: Literal["folder"]
-    path: str
+    """A local folder of images (linked, not copied, as data/raw/<name>)."""
+
+    kind: Literal["folder"] = Field(description="source kind: folder")
+    path: str = Field(description="the folder, relative to the repository root or absolute")
 
 
 class KaggleSource(_FolderLike):
-    kind: Literal["kaggle"]
-    dataset: Annotated[str, Field(pattern=r"^[\w.-]+/[\w.-]+$")]
-    version: int | None = None
+    """A Kaggle dataset, downloaded (or reused from its cache) with kagglehub."""
+
+    kind: Literal["kaggle"] = Field(description="source kind: kaggle")
+    dataset: Annotated[str, Field(pattern=r"^[\w.-]+/[\w.-]+$")] = Field(description="Kaggle handle <owner>/<name>")
+    version: int | None = Field(None, description="dataset version to pin; None = the latest")
 
 
 class ArchiveSource(_FolderLike):
-    kind: Literal["archive"]
-    path: str | None = None
-    url: str | None = None
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+    """A .zip / .tar(.gz) archive, checked against its sha256 and extracted."""
+
+    kind: Literal["archive"] = Field(description="source kind: archive")
+    path: str | None = Field(None, description="local archive file (give exactly one of path and url)")
+    url: str | None = Field(None, description="http(s) URL to download the archive from (give exactly one of path "
+                                              "and url)")
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] = Field(description="expected sha256 of the archive")
 
     @model_validator(mode="after")
     def _one_location(self) -> "ArchiveSource":
@@ -122,11 +139,16 @@ class ArchiveSource(_FolderLike):
 
 
 class MedmnistSource(Strict):
-    kind: Literal["medmnist"]
-    name: Annotated[str, Field(pattern=_NAME_RE)]
-    path: str | None = None
-    url: str | None = None
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+    """A MedMNIST .npz file; its train/val/test arrays become the official split."""
+
+    kind: Literal["medmnist"] = Field(description="source kind: medmnist")
+    name: Annotated[str, Field(pattern=_NAME_RE)] = Field(description="unique source name (data/raw/<name>, the "
+                                                                      "manifest's source column)")
+    path: str | None = Field(None, description="local .npz file (give exactly one of path and url)")
+    url: str | None = Field(None, description="http(s) URL of the .npz (needs sha256; give exactly one of path "
+                                              "and url)")
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = Field(
+        None, description="expected sha256 of the .npz; required with url, optional with path")
     labels: dict[str, str] = Field(description="label index as a string ('0', '1') -> class, or 'drop'")
 
     @model_validator(mode="after")
@@ -145,13 +167,18 @@ Source = Annotated[
 
 class FetchParams(Strict):
     classes: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]] = Field(
-        default_factory=lambda: ["normal", "pneumonia", "covid19", "tuberculosis", "lung_opacity"]
+        default_factory=lambda: ["normal", "pneumonia", "covid19", "tuberculosis", "lung_opacity"],
+        description="the taxonomy: the classes every model predicts, in this order (unique; 'drop' is reserved)",
     )
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="larger images are rejected (decompression bombs)")
-    image_extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
+    image_extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS),
+                                        description="file extensions read as images; other files are counted and "
+                                                    "ignored")
     workers: int = Field(0, ge=0, description="processes used to read images; 0 = one per core")
-    download_timeout_s: float = Field(60.0, gt=0)
-    sources: list[Source] = Field(min_length=1)
+    download_timeout_s: float = Field(60.0, gt=0, description="seconds an archive / MedMNIST download may wait on "
+                                                              "the network")
+    sources: list[Source] = Field(min_length=1, description="where the images come from, one entry per source (kind: "
+                                                            "folder, kaggle, archive or medmnist); names are unique")
 
     @model_validator(mode="after")
     def _check(self) -> "FetchParams":
@@ -188,7 +215,7 @@ def _format_validation_error(err: ValidationError, origin: str) -> str:
                 key += f".{part}" if key else str(part)
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see params.yaml in the repository for the valid keys)"
+            msg = "unknown key (check the spelling; `lungxray check-params --explain` lists the valid keys)"
         elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], (dict, list)):
             msg += f" (got {e['input']!r})"
         lines.append(f"  - {key or '(top level)'}: {msg}")

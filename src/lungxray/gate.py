@@ -40,7 +40,8 @@ _EPS = 1e-12
 
 class GateParams(Strict):
 
-    baseline: str = "metrics/baseline.json"
+    baseline: str = Field("metrics/baseline.json", description="the reviewed baseline metrics file this run is "
+                                                               "compared with")
     tolerances: dict[str, float] = Field(default_factory=dict,
                                          description="metric key or fnmatch pattern -> allowed absolute worsening")
     default_tolerance: float | None = Field(None, ge=0, description="for metrics not in tolerances (None: unchecked)")

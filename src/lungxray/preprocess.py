@@ -43,7 +43,8 @@ class PreprocessParams(Strict):
     aspect: Literal["stretch", "pad", "crop"] = Field(
         "pad", description="stretch to square, pad the short side (black), or crop: trim uniform black/white borders "
                            "and frames first, then pad")
-    resample: Literal["bilinear", "bicubic", "lanczos", "area"] = "area"
+    resample: Literal["bilinear", "bicubic", "lanczos", "area"] = Field(
+        "area", description="Pillow filter of the resize to image_size (area = box averaging)")
     workers: int = Field(0, ge=0, description="processes; 0 = one per core")
 
 

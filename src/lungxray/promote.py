@@ -63,13 +63,14 @@ SPLIT_PREFIXES = ("val", "test")
 
 class PromotionParams(Strict):
 
-    registered_model: str = "lungxray-cxr"
+    registered_model: str = Field("lungxray-cxr", description="name of the model in the MLflow model registry")
     metric: str = Field("val_macro_recall", description="selection metric: '<split>_<statistic>' of the leaderboard "
                                                         "rows; a val metric (test figures are reported, not used)")
-    higher_is_better: bool = True
-    tie_breaker: str = Field("trainable_parameters", description="lower wins")
+    higher_is_better: bool = Field(True, description="direction of metric (false: lower wins)")
+    tie_breaker: str = Field("trainable_parameters", description="leaderboard column that settles ties (within "
+                                                                 "tie_tolerance): lower wins, then the name")
     min_improvement: float = Field(0.005, ge=0, description="margin by which the best must beat the champion")
-    tie_tolerance: float = Field(1e-9, ge=0)
+    tie_tolerance: float = Field(1e-9, ge=0, description="metric values this close tie (absorbs float noise)")
     bootstrap: int = Field(2000, ge=1, description="paired bootstrap resamples (of split units) for the difference "
                                                    "between the best candidate and the champion")
     ci: float = Field(0.95, gt=0, lt=1, description="confidence level of the difference's interval")

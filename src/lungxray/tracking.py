@@ -26,12 +26,13 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
 
 class MlflowParams(Strict):
-    experiment: str = "lungxray"
+    experiment: str = Field("lungxray", description="MLflow experiment the runs are logged to (created if missing)")
     tracking_uri: str | None = Field(None, description="used when $MLFLOW_TRACKING_URI is unset (the environment "
                                                         "wins: a team server); default sqlite:///mlruns/mlflow.db")
     artifact_dir: str = Field("mlruns/artifacts", description="artifacts of a new experiment in a local store (a "
                                                              "server keeps its own: --serve-artifacts)")
-    log_model: bool = True
+    log_model: bool = Field(True, description="log each trained model (and an ensemble) as an MLflow pyfunc model; "
+                                              "false = not logged")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -35,14 +35,20 @@ VARIANT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # it names folders an
 class ModelOptions(Strict):
     """Per-architecture overrides of the train section."""
 
-    pretrained: bool | None = None
-    weights_file: str | None = None
-    weights_sha256: str | None = None
-    freeze: int | Literal["backbone"] = 0
-    head: Literal["linear", "seed"] = "linear"
-    lr: float | None = Field(None, gt=0)
-    batch_size: int | None = Field(None, ge=1)
-    epochs: int | None = Field(None, ge=1)
+    pretrained: bool | None = Field(None, description="start from ImageNet weights; None = inherited "
+                                                      "(train.pretrained)")
+    weights_file: str | None = Field(None, description="local weights (.pth/.bin/.safetensors state dict) instead "
+                                                       "of timm's hub; needs pretrained")
+    weights_sha256: str | None = Field(None, description="expected sha256 of weights_file; None = not checked")
+    freeze: int | Literal["backbone"] = Field(0, description="frozen at training: 0 = nothing, 1..4 = that many "
+                                                             "leading ResNet stages (ResNets only), backbone = all "
+                                                             "but the head")
+    head: Literal["linear", "seed"] = Field("linear", description="classifier: linear (the architecture's own, "
+                                                                  "resized), or seed (dropout 0.2 -> 1024 ReLU -> "
+                                                                  "classes)")
+    lr: float | None = Field(None, gt=0, description="learning rate; None = inherited (train.lr)")
+    batch_size: int | None = Field(None, ge=1, description="images per step; None = inherited (train.batch_size)")
+    epochs: int | None = Field(None, ge=1, description="maximum epochs; None = inherited (train.epochs)")
     seed: int | None = Field(None, description="seed of this model's initial weights and batch order; default "
                                                "train.seed (several seeds of one model: an ensemble's members)")
 
@@ -58,16 +64,22 @@ SEED_MODELS = ["cnn5", "cnn8", "cnn13", "resnet18", "resnet34", "vgg16", "mobile
 
 
 class TrainParams(Strict):
-    models: list[str] = Field(default_factory=lambda: list(SEED_MODELS), min_length=1)
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(32, ge=1)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    scheduler: Literal["none", "cosine", "step", "plateau"] = "cosine"
-    step_size: int = Field(5, ge=1)
-    gamma: float = Field(0.1, gt=0, le=1)
+    models: list[str] = Field(default_factory=lambda: list(SEED_MODELS), min_length=1,
+                              description="models to train (train@<name> stages): architectures of the models table "
+                                          "or names from variants; default: the nine seed models")
+    epochs: int = Field(20, ge=1, description="maximum epochs (early stopping may end sooner)")
+    batch_size: int = Field(32, ge=1, description="images per optimiser step (the global batch over all processes)")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="adam, adamw or sgd (with momentum)")
+    lr: float = Field(1e-3, gt=0, description="learning rate (the peak, after any warm-up)")
+    weight_decay: float = Field(1e-4, ge=0, description="the optimiser's weight decay (L2 for adam/sgd, decoupled for "
+                                                        "adamw)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum (unused by adam/adamw)")
+    scheduler: Literal["none", "cosine", "step", "plateau"] = Field(
+        "cosine", description="learning-rate schedule per epoch: none (constant), cosine (to 0 over the epochs), step "
+                              "(x gamma every step_size epochs), plateau (x gamma after 2 epochs without a lower "
+                              "val loss)")
+    step_size: int = Field(5, ge=1, description="step scheduler: epochs between decays")
+    gamma: float = Field(0.1, gt=0, le=1, description="step / plateau scheduler: factor applied to the learning rate")
     early_stopping_patience: int = Field(5, ge=1, description="epochs without a better val loss before stopping")
     warmup_epochs: int = Field(0, ge=0, description="epochs of linear learning-rate warm-up (per epoch, from "
                                "lr/(warmup_epochs+1) up to lr) before the schedule, which then runs over the "
@@ -77,14 +89,20 @@ class TrainParams(Strict):
                             "(lungxray.averaging): ema (every step), swa (every epoch from swa_start), none")
     ema_decay: float = Field(0.999, gt=0, lt=1, description="ema: weight of the running average at each step")
     swa_start: int = Field(1, ge=1, description="swa: the first epoch whose end-of-epoch weights are averaged")
-    imbalance: Literal["weighted_loss", "weighted_sampler", "none"] = "weighted_loss"
-    augment: AugmentParams = AugmentParams()
-    pretrained: bool = True
-    model_options: dict[str, ModelOptions] = Field(default_factory=dict)
+    imbalance: Literal["weighted_loss", "weighted_sampler", "none"] = Field(
+        "weighted_loss", description="class imbalance: class-weighted cross-entropy, a class-weighted sampler of "
+                                     "train batches, or none")
+    augment: AugmentParams = Field(AugmentParams(), description="training-time augmentation of the train batches")
+    pretrained: bool = Field(True, description="start from ImageNet weights (timm's hub, or a model's weights_file); "
+                                               "a handcrafted model (cnn5/8/13) then needs a weights_file or its own "
+                                               "pretrained: false; false = random initialisation")
+    model_options: dict[str, ModelOptions] = Field(default_factory=dict, description="model name -> options that "
+                                                   "override this section for that model alone")
     variants: dict[str, Variant] = Field(default_factory=dict, description="named models: an architecture plus "
                                          "options, usable in models and model_options (e.g. a freeze sweep)")
-    seed: int = 42
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = Field(42, description="seed of the initial weights and batch order (a model's own seed wins)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when visible, else the CPU; cuda "
+                                                                       "without a GPU is an error")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="mixed precision: auto = fp16 (with loss scaling) on CUDA, bf16 on CPUs with native bf16 "
                             "(AVX512-BF16/AMX), else fp32")
@@ -95,7 +113,7 @@ class TrainParams(Strict):
                                                      "the train stage under torchrun with DistributedDataParallel; "
                                                      "batch_size stays the global batch. $LUNGXRAY_NPROC_PER_NODE "
                                                      "wins (lungxray.distributed)")
-    mlflow: MlflowParams = MlflowParams()
+    mlflow: MlflowParams = Field(MlflowParams(), description="where runs and models are tracked (MLflow)")
 
     @model_validator(mode="after")
     def _known_models(self) -> "TrainParams":

@@ -35,8 +35,9 @@ class EvaluateParams(Strict):
 
     bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for the confidence intervals (0: none)")
     ci: float = Field(0.95, gt=0, lt=1, description="confidence level of the percentile intervals")
-    seed: int = 0
-    ece_bins: int = Field(15, ge=1)
+    seed: int = Field(0, description="seed of the bootstrap resampling")
+    ece_bins: int = Field(15, ge=1, description="equal-width confidence bins of the expected calibration error and "
+                                                "the reliability diagram")
     batch_size: int = Field(64, ge=1, description="inference batch size")
     latency_batches: int = Field(20, ge=1, description="timed batches for the throughput / latency measurement")
     latency_seconds: float = Field(10.0, gt=0, description="each of the two timings (batches, single images) stops "
