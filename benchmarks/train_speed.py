@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader
 from lungxray.augment import AugmentParams
 from lungxray.models import create_model
 from lungxray.preprocess import PreprocessParams, load_split, run_preprocess
-from lungxray.train_loop import ArrayBatches, resolve_precision, run_epoch
+from lungxray.train_loop import ArrayBatches, Feed, resolve_precision, run_epoch
 
 
 def real_images(root: Path, n: int, size: int, work: Path) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
@@ -152,8 +152,8 @@ def bench_config(name: str, data, folder_ds, args, device: torch.device, precisi
 
     def ours():
         g = torch.Generator().manual_seed(0)
-        run_epoch(model, ArrayBatches(x, y, args.batch, "shuffle", g, pin_memory=device.type == "cuda"), device,
-                  loss_fn, opt, amp, cl, [0.5] * 3, [0.25] * 3, scaler=scaler, augment=aug, generator=g)
+        run_epoch(model, ArrayBatches(x, y, args.batch, "shuffle", g, pin_memory=device.type == "cuda"), loss_fn,
+                  Feed(device, [0.5] * 3, [0.25] * 3, amp, cl), opt, scaler=scaler, augment=aug, generator=g)
 
     def baseline(workers):  # workers start once (persistent): their start-up is not timed
         loader = DataLoader(folder_ds, batch_size=args.batch, shuffle=True, num_workers=workers,
@@ -175,9 +175,6 @@ def bench_config(name: str, data, folder_ds, args, device: torch.device, precisi
         cores = os.cpu_count() or 1  # on a GPU machine all-core workers win: 0 workers is timed on small CPUs only
         rates["ImageFolder"] = max(n / min(timed(device, fn) for _ in range(args.repeat))
                                    for fn in map(baseline, sorted({cores} if cores > 4 else {0, cores})))
-    del model, opt
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return {"model": name, "precision": precision + (" + channels_last" if cl else ""), **rates}
 
 

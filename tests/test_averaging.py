@@ -14,7 +14,7 @@ from torch import nn
 from lungxray.averaging import WeightAverage, choose
 from lungxray.inference import load_trained
 from lungxray.train import train_model
-from lungxray.train_loop import ArrayBatches, run_epoch
+from lungxray.train_loop import ArrayBatches, Feed, run_epoch
 
 from helpers.interrupt import interrupt_after_epochs
 from helpers.processed import make_processed, train_params
@@ -94,8 +94,8 @@ def test_the_lower_val_loss_of_raw_and_averaged_weights_is_chosen_raw_on_a_tie()
 def val_loss_of(model_pt, processed) -> float:
     model, ck = load_trained(model_pt)
     x, y = np.load(processed / "val.npy"), pd.read_csv(processed / "index.csv").query("split == 'val'").label_idx
-    loss, _, _ = run_epoch(model, ArrayBatches(x, y.to_numpy(), 16), torch.device("cpu"), nn.CrossEntropyLoss(), None,
-                           None, True, ck["mean"], ck["std"])
+    feed = Feed(torch.device("cpu"), ck["mean"], ck["std"], channels_last=True)
+    loss, _, _ = run_epoch(model, ArrayBatches(x, y.to_numpy(), 16), nn.CrossEntropyLoss(), feed)
     return loss
 
 

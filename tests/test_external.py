@@ -337,12 +337,12 @@ from lungxray.external_plan import ExternalParams
 from lungxray.metrics import EvaluateParams
 from lungxray.train_settings import TrainParams
 real, calls = T.run_epoch, []
-def run_epoch(model, batches, device, loss_fn, opt, *args, **kwargs):
+def run_epoch(model, batches, loss_fn, feed, opt=None, **kwargs):
     if opt is not None:
         calls.append(1)
         if len(calls) == 4:  # alpha's model trained its 2 epochs, beta's its first: killed in beta's second
             os.kill(os.getpid(), signal.SIGKILL)
-    return real(model, batches, device, loss_fn, opt, *args, **kwargs)
+    return real(model, batches, loss_fn, feed, opt, **kwargs)
 T.run_epoch = run_epoch
 {run}
 """
@@ -353,10 +353,10 @@ T.run_epoch = run_epoch
 
     real, trained = train_module.run_epoch, []
 
-    def run_epoch(model, batches, device, loss_fn, opt, *args, **kwargs):
+    def run_epoch(model, batches, loss_fn, feed, opt=None, **kwargs):
         if opt is not None:
             trained.append(1)
-        return real(model, batches, device, loss_fn, opt, *args, **kwargs)
+        return real(model, batches, loss_fn, feed, opt, **kwargs)
 
     monkeypatch.setattr(train_module, "run_epoch", run_epoch)
     capsys.readouterr()

@@ -76,15 +76,16 @@ class Diagnose:
         self.y_val = torch.from_numpy(explore.val_labels()).long()
         self.rows, self.orig, self.trained = [], train_mod.run_epoch, False
 
-    def __call__(self, model, batches, device, loss_fn, opt, *args, **kw):
-        out = self.orig(model, batches, device, loss_fn, opt, *args, **kw)
+    def __call__(self, model, batches, loss_fn, feed, opt=None, **kw):
+        out = self.orig(model, batches, loss_fn, feed, opt, **kw)
         if opt is not None:
             self.trained = True
         elif self.trained:  # the raw weights' val pass (the averaged weights' one follows it)
-            self.rows.append({**self.measure(model, args[2], args[3]), **self.auc_acc(model, args[2], args[3], "")})
+            self.rows.append({**self.measure(model, feed.mean, feed.std), **self.auc_acc(model, feed.mean, feed.std,
+                                                                                            "")})
             self.trained = False
         elif self.rows:
-            self.rows[-1].update(self.auc_acc(model, args[2], args[3], "_avg"))
+            self.rows[-1].update(self.auc_acc(model, feed.mean, feed.std, "_avg"))
         return out
 
     def auc_acc(self, model: nn.Module, mean, std, suffix: str) -> dict:

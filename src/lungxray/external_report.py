@@ -172,9 +172,9 @@ def plot_external(report: dict, path: str | os.PathLike) -> Path:
         v = np.array([np.nan if r.get("macro_recall") is None else r["macro_recall"] for r in rows])
         lo = np.array([np.nan if r.get("macro_recall_ci_low") is None else r["macro_recall_ci_low"] for r in rows])
         hi = np.array([np.nan if r.get("macro_recall_ci_high") is None else r["macro_recall_ci_high"] for r in rows])
-        err = np.vstack([np.nan_tofmt(v - lo).clip(0), np.nan_tofmt(hi - v).clip(0)])
+        err = np.vstack([np.nan_to_num(v - lo).clip(0), np.nan_to_num(hi - v).clip(0)])
         pos = x + (i - (len(models) - 1) / 2) * width
-        ax.bar(pos, np.nan_tofmt(v), width, yerr=err, capsize=3, label=f"{model}: external")
+        ax.bar(pos, np.nan_to_num(v), width, yerr=err, capsize=3, label=f"{model}: external")
         own = [((r.get("in_source") or {}).get("source_test_macro_recall")) for r in rows]
         ax.scatter(pos, [np.nan if o is None else o for o in own], marker="D", color="k", zorder=3,
                    label="in-source, that source's test images" if i == 0 else None)

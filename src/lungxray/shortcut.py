@@ -116,7 +116,7 @@ def train_probe(x: np.ndarray, y: np.ndarray, k: int, params: ShortcutParams) ->
     training pieces (batches, epoch loop, input normalisation). Returns the model and its normalisation."""
     from .models import create_model
     from .device import resolve_device
-    from .train_loop import ArrayBatches, class_weights, run_epoch, seed_everything
+    from .train_loop import ArrayBatches, Feed, class_weights, run_epoch, seed_everything
 
     device = resolve_device(params.device)
     seed_everything(params.seed)
@@ -126,8 +126,8 @@ def train_probe(x: np.ndarray, y: np.ndarray, k: int, params: ShortcutParams) ->
     norm = {"mean": float(x.mean()) / 255.0, "std": max(float(x.std()) / 255.0, 1e-6)}
     for epoch in range(1, params.epochs + 1):
         g = torch.Generator().manual_seed(params.seed + epoch)
-        loss, acc, _ = run_epoch(model, ArrayBatches(x, y, params.batch_size, "shuffle", g), device, loss_fn, opt,
-                                 None, False, norm["mean"], norm["std"])
+        loss, acc, _ = run_epoch(model, ArrayBatches(x, y, params.batch_size, "shuffle", g), loss_fn,
+                                 Feed(device, norm["mean"], norm["std"]), opt)
         log.info("source probe epoch %d/%d: train loss %.4f acc %.3f", epoch, params.epochs, loss, acc)
     return model.cpu().eval(), norm
 

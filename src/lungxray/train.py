@@ -49,7 +49,7 @@ from .io import atomic_path, write_csv, write_json
 from .plots import curve_png
 from .preprocess import load_split, preprocess_record
 from .tracking import log_datasets, log_image_model, mlflow_setup
-from .train_loop import (ArrayBatches, build_optimizer, build_scheduler, class_weights,
+from .train_loop import (ArrayBatches, Feed, build_optimizer, build_scheduler, class_weights,
                          resolve_precision, run_epoch, seed_everything)
 from .train_settings import ModelSettings, TrainParams, model_settings, resolved_settings
 from .warmup import build_warmup_scheduler
@@ -313,6 +313,7 @@ def _fit(setup: _Setup, run: _Run, data: dict, mlflow) -> bool:
     loss_fn = nn.CrossEntropyLoss(weight=weights.to(device) if params.imbalance == "weighted_loss" else None)
     eval_loss = nn.CrossEntropyLoss()
     mean, std = setup.norm["mean"], setup.norm["std"]
+    feed = Feed(device, mean, std, amp, channels_last, world)
     bs, epochs, seed = setup.settings.batch_size, setup.settings.epochs, setup.settings.seed
     for epoch in range(run.start_epoch, epochs + 1):
         if run.bad_epochs >= params.early_stopping_patience:
@@ -328,19 +329,17 @@ def _fit(setup: _Setup, run: _Run, data: dict, mlflow) -> bool:
             g = torch.Generator().manual_seed((seed + epoch) * 65537 + world.rank)
         t0 = time.perf_counter()
         on_step = (lambda _net: run.averaged.after_step(run.model)) if run.averaged else None
-        tr_loss, tr_acc, n_tr = run_epoch(net, train_batches, device, loss_fn, run.opt, amp, channels_last, mean,
-                                          std, run.scaler, apply_freeze, params.augment, g, world=world,
+        tr_loss, tr_acc, n_tr = run_epoch(net, train_batches, loss_fn, feed, run.opt, scaler=run.scaler,
+                                          on_train_mode=apply_freeze, augment=params.augment, generator=g,
                                           on_step=on_step)
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_s = time.perf_counter() - t0
         world.sync_buffers(run.model)  # rank 0's BatchNorm statistics everywhere: the model it saves is evaluated
-        va_loss, va_acc, _ = run_epoch(run.model, ArrayBatches(x_val, y_val, bs, **shard), device, eval_loss, None,
-                                       amp, channels_last, mean, std, world=world)
+        va_loss, va_acc, _ = run_epoch(run.model, ArrayBatches(x_val, y_val, bs, **shard), eval_loss, feed)
         avg = score_average(run.averaged, run.model, epoch, lambda: plain_batches(
             ArrayBatches(x_train, y_train, bs, **shard), device, mean, std, channels_last), lambda m: run_epoch(
-            m, ArrayBatches(x_val, y_val, bs, **shard), device, eval_loss, None, amp, channels_last, mean, std,
-            world=world))
+            m, ArrayBatches(x_val, y_val, bs, **shard), eval_loss, feed))
         cand = choose((va_loss, va_acc), (avg["val_loss_avg"], avg["val_accuracy_avg"]) if avg else None,
                       params.weight_averaging)
         epoch_s = time.perf_counter() - t0

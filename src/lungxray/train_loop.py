@@ -21,6 +21,8 @@ from __future__ import annotations
 import queue
 import random
 import threading
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -199,13 +201,28 @@ def build_scheduler(params: TrainParams, opt: torch.optim.Optimizer, epochs: int
     return None
 
 
-def run_epoch(model: nn.Module, batches: ArrayBatches, device: torch.device, loss_fn: nn.Module,
-              opt: torch.optim.Optimizer | None, amp: torch.dtype | None, channels_last: bool, mean: float, std: float,
-              scaler=None, on_train_mode=None, augment: AugmentParams | None = None,
-              generator: torch.Generator | None = None, world=None, on_step=None) -> tuple[float, float, int]:
+@dataclass(frozen=True)
+class Feed:
+    """How a pass feeds a model: where it runs, in which precision and memory format, with which input
+    normalisation, and over which processes (``world``: a :class:`lungxray.distributed.World`; None = this one)."""
+
+    device: torch.device
+    mean: float | Sequence[float]
+    std: float | Sequence[float]
+    amp: torch.dtype | None = None
+    channels_last: bool = False
+    world: object = None
+
+
+def run_epoch(model: nn.Module, batches: ArrayBatches, loss_fn: nn.Module, feed: Feed,
+              opt: torch.optim.Optimizer | None = None, *, scaler=None, on_train_mode=None,
+              augment: AugmentParams | None = None, generator: torch.Generator | None = None,
+              on_step=None) -> tuple[float, float, int]:
     """One pass; trains when ``opt`` is given (``on_step(model)`` after each optimiser step: weight averaging).
-    Returns (mean loss, accuracy, images), over every process of ``world`` (a :class:`lungxray.distributed.World`)
-    when given. The sums stay on the device until the end of the pass."""
+    Returns (mean loss, accuracy, images), over every process of ``feed.world`` when given. The sums stay on the
+    device until the end of the pass."""
+    device, amp, channels_last, world = feed.device, feed.amp, feed.channels_last, feed.world
+    mean, std = feed.mean, feed.std
     training = opt is not None
     model.train(training)
     if training and on_train_mode is not None:

@@ -9,11 +9,11 @@ def interrupt_after_epochs(monkeypatch, done: int) -> None:
 
     real, calls = train.run_epoch, {"train": 0}
 
-    def run_epoch(model, batches, device, loss_fn, opt, *args, **kwargs):
+    def run_epoch(model, batches, loss_fn, feed, opt=None, **kwargs):
         if opt is not None:
             calls["train"] += 1
             if calls["train"] > done:
                 raise KeyboardInterrupt
-        return real(model, batches, device, loss_fn, opt, *args, **kwargs)
+        return real(model, batches, loss_fn, feed, opt, **kwargs)
 
     monkeypatch.setattr(train, "run_epoch", run_epoch)
