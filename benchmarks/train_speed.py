@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader
 from lungxray.augment import AugmentParams
 from lungxray.models import create_model
 from lungxray.preprocess import PreprocessParams, load_split, run_preprocess
-from lungxray.train_loop import ArrayBatches, Feed, resolve_precision, run_epoch
+from lungxray.train_loop import ArrayBatches, Feed, optimiser_step, resolve_precision, run_epoch
 
 
 def real_images(root: Path, n: int, size: int, work: Path) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
@@ -87,14 +87,7 @@ def step(model, x, y, opt, loss_fn, amp, scaler) -> None:
     """One training step as the train stage takes it (fp16: through the loss scaler)."""
     with torch.autocast(device_type=x.device.type, dtype=amp or torch.float32, enabled=amp is not None):
         loss = loss_fn(model(x).float(), y)
-    opt.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-    else:
-        loss.backward()
-        opt.step()
+    optimiser_step(loss, opt, scaler)
 
 
 def folder_epoch(model, loader, device, opt, loss_fn, amp, channels_last, scaler=None, max_batches=None) -> int:
@@ -124,9 +117,8 @@ def configs(precisions: str, channels_last: str, device: torch.device) -> list[t
     """(precision name, channels_last) pairs to time; "auto" is the train stage's choice for ``device``."""
     out = []
     for p in precisions.split(","):
-        if p == "auto":
-            amp = resolve_precision("auto", device)
-            p = str(amp).removeprefix("torch.").replace("float", "fp").replace("bfloat16", "bf16") if amp else "fp32"
+        if p == "auto":  # the train stage's choice, by its name here
+            p = {dtype: name for name, dtype in PRECISIONS.items()}[resolve_precision("auto", device)]
         if p not in PRECISIONS:
             raise SystemExit(f"--precisions: {p!r} is not one of auto, {', '.join(PRECISIONS)}")
         if p == "fp16" and device.type != "cuda":

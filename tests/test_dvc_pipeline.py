@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -145,20 +144,18 @@ def test_changing_one_models_options_or_adding_a_model_leaves_the_other_models_t
     assert "train@cnn5" in status and "train@resnet18" not in status
 
 
-@pytest.mark.slow
-def test_a_change_to_the_ensembles_outputs_leaves_the_external_fold_models_trained(tmp_path):
-    """A real `dvc status` in a scratch repository: external depends on the plan (its architectures and their
-    in-source figures), not on all of metrics/, so only a change that moves the plan makes it run again."""
-    from helpers.multisource import write_in_source_metrics
-
+def external_scratch_repo(tmp_path, models: list[str], write_metrics) -> tuple:
+    """A scratch DVC repository whose external stage is recorded as finished (stand-in outputs, nothing trained):
+    ``train.models`` = ``models``, in-source metrics written by ``write_metrics(metrics_dir)``, train_settings and
+    external_plan run (the folds must train cnn5). Returns (params file, params, the plan's text)."""
     copy_repo_tree(tmp_path)
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     dvc(tmp_path, "init", "-q")
     params_file = tmp_path / "params.yaml"
     params = yaml.safe_load(params_file.read_text())
-    params["train"]["models"] = ["cnn5"]
+    params["train"]["models"] = models
     params_file.write_text(yaml.safe_dump(params))
-    write_in_source_metrics(tmp_path / "metrics", "cnn5", 0.8, 100, by_source={"alpha": {"macro_recall": 0.7}})
+    write_metrics(tmp_path / "metrics")
     dvc(tmp_path, "repro", "--single-item", "train_settings")
     dvc(tmp_path, "repro", "--single-item", "external_plan")
     plan = (tmp_path / "reports/external_plan.json").read_text()
@@ -170,6 +167,19 @@ def test_a_change_to_the_ensembles_outputs_leaves_the_external_fold_models_train
                  "reports/external.json"):  # stand-ins for a finished external stage: recorded without training
         (tmp_path / name).write_text(name)
     dvc(tmp_path, "commit", "-f", "external")
+    return params_file, params, plan
+
+
+@pytest.mark.slow
+def test_a_change_to_the_ensembles_outputs_leaves_the_external_fold_models_trained(tmp_path):
+    """A real `dvc status` in a scratch repository: external depends on the plan (its architectures and their
+    in-source figures), not on all of metrics/, so only a change that moves the plan makes it run again."""
+    from helpers.multisource import write_in_source_metrics
+
+    def write(metrics):
+        write_in_source_metrics(metrics, "cnn5", 0.8, 100, by_source={"alpha": {"macro_recall": 0.7}})
+
+    params_file, params, plan = external_scratch_repo(tmp_path, ["cnn5"], write)
     assert "up to date" in dvc(tmp_path, "status", "external")
 
     (tmp_path / "metrics/ensemble").mkdir()
@@ -193,26 +203,11 @@ def test_changing_the_options_of_a_model_the_folds_do_not_train_leaves_the_exter
     retrains only that model; changing those of a fold architecture makes it run again."""
     from helpers.multisource import write_in_source_metrics
 
-    copy_repo_tree(tmp_path)
-    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    dvc(tmp_path, "init", "-q")
-    params_file = tmp_path / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
-    params["train"]["models"] = ["cnn5", "resnet18"]
-    params_file.write_text(yaml.safe_dump(params))
-    write_in_source_metrics(tmp_path / "metrics", "cnn5", 0.9, 100)  # row 1 and the smallest: the folds train cnn5
-    write_in_source_metrics(tmp_path / "metrics", "resnet18", 0.7, 10_000)
-    dvc(tmp_path, "repro", "--single-item", "train_settings")
-    dvc(tmp_path, "repro", "--single-item", "external_plan")
-    plan = (tmp_path / "reports/external_plan.json").read_text()
-    assert json.loads(plan)["models"] == ["cnn5"]
-    (tmp_path / "data/processed").mkdir(parents=True)
-    (tmp_path / "data/processed/stats.json").write_text("{}")
-    (tmp_path / "models/external").mkdir(parents=True)
-    for name in ("models/external/folds.json", "reports/external.md", "reports/external.png",
-                 "reports/external.json"):  # stand-ins for a finished external stage: recorded without training
-        (tmp_path / name).write_text(name)
-    dvc(tmp_path, "commit", "-f", "external")
+    def write(metrics):  # cnn5: row 1 and the smallest, so the folds train cnn5
+        write_in_source_metrics(metrics, "cnn5", 0.9, 100)
+        write_in_source_metrics(metrics, "resnet18", 0.7, 10_000)
+
+    params_file, params, plan = external_scratch_repo(tmp_path, ["cnn5", "resnet18"], write)
     assert "up to date" in dvc(tmp_path, "status", "external_plan", "external")
 
     params["train"]["model_options"]["resnet18"]["lr"] = 0.01

@@ -201,6 +201,18 @@ def build_scheduler(params: TrainParams, opt: torch.optim.Optimizer, epochs: int
     return None
 
 
+def optimiser_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler=None) -> None:
+    """Backward and step from ``loss``: through the loss scaler for fp16 (``scaler``), plainly otherwise."""
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
+
+
 @dataclass(frozen=True)
 class Feed:
     """How a pass feeds a model: where it runs, in which precision and memory format, with which input
@@ -240,14 +252,7 @@ def run_epoch(model: nn.Module, batches: ArrayBatches, loss_fn: nn.Module, feed:
                 logits = model(x)
                 loss = loss_fn(logits.float(), y)
             if training:
-                opt.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    opt.step()
+                optimiser_step(loss, opt, scaler)
                 if on_step is not None:
                     on_step(model)
             total_loss += loss.detach().double() * len(y)
