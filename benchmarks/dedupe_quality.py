@@ -33,8 +33,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
+from lungxray.data.dedupe import DedupeParams, find_groups  # noqa: E402
+
 from helpers import perturb  # noqa: E402  (tests/helpers/perturb.py, shared with the dedupe tests)
-from lungxray.dedupe import DedupeParams, find_groups  # noqa: E402
 
 SOURCES = ["jtiptj_test", "skytells_covid19_xray", "ieee8023_fork_suyash091/images", "figure1_covid/images"]
 

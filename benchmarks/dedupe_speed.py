@@ -20,7 +20,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-from lungxray.dedupe import DedupeParams, compute_signatures, hash_pairs  # noqa: E402
+from lungxray.data.dedupe import DedupeParams, compute_signatures, hash_pairs  # noqa: E402
 
 
 def _decode(p: str) -> int:

@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from dedupe_quality import list_originals, mnist_films  # noqa: E402
-from lungxray.dedupe import DedupeParams, candidate_pairs, compute_signatures, verify_pairs  # noqa: E402
+
+from lungxray.data.dedupe import DedupeParams, candidate_pairs, compute_signatures, verify_pairs  # noqa: E402
 
 RESAMPLERS = ("nearest", "bilinear", "pointwise")
 

@@ -171,8 +171,8 @@ def predictions(csv: Path, classes: list[str]) -> np.ndarray:
 
 def heatmap_check(model_dir: Path, files: list[Path], device: str) -> dict:
     """The Grad-CAM maps predict --cam draws (PredictedBatch.heatmaps), computed in this process: not flat."""
-    from lungxray.predict import load_predictor
-    from lungxray.predictor import classify
+    from lungxray.serve.predict import load_predictor
+    from lungxray.serve.predictor import classify
 
     predictor, maps = load_predictor(model_dir, device=device), []
     classify(predictor, [str(f) for f in files], [f.name for f in files],

@@ -65,7 +65,7 @@ def processed(dest: Path, data: Path) -> None:
 
 def sample_files(dest: Path, data: Path) -> None:
     """A PNG, a JPEG (as published) and a DICOM (written from a JPEG's grey pixels) of real X-rays."""
-    from lungxray.dicom import write_dicom
+    from lungxray.images.dicom import write_dicom
 
     dest.mkdir(parents=True, exist_ok=True)
     jpegs = sorted((data / "jtiptj_test" / "PNEUMONIA").glob("*.jpeg"))

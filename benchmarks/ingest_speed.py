@@ -18,8 +18,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
-from lungxray.fetch.listing import list_files
-from lungxray.fetch.probing import probe_all
+from lungxray.data.fetch.listing import list_files
+from lungxray.data.fetch.probing import probe_all
 
 EXTS = [".png", ".jpg", ".jpeg"]
 

@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lungxray.inference import measure_throughput, predict_proba
-from lungxray.predict import find_files, load_predictor, predict_files
-from lungxray.schema import IMAGE_EXTENSIONS
+from lungxray.core.schema import IMAGE_EXTENSIONS
+from lungxray.models.inference import measure_throughput, predict_proba
+from lungxray.serve.predict import find_files, load_predictor, predict_files
 
 
 def untrained_model_pt(arch: str, size: int, folder: Path) -> Path:
     """A model.pt as the train stage writes it, with freshly initialised weights."""
-    from lungxray.models import create_model
+    from lungxray.models.architectures import create_model
 
     classes = ["normal", "pneumonia", "covid19"]
     model = create_model(arch, num_classes=len(classes), pretrained=False)

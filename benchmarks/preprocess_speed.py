@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lungxray.preprocess import PreprocessParams, run_preprocess
+from lungxray.data.preprocess import PreprocessParams, run_preprocess
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ingest_speed import arguments, best_rates, image_files, print_ratio  # noqa: E402  (same baseline as fetch)

@@ -33,18 +33,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from lungxray.calibration import fit_temperature
-from lungxray.inference import softmax_t
-from lungxray.config import read_params_file, parse_sections
-from lungxray.external_folds import kept_index, make_fold, source_counts, write_fold
-from lungxray.inference import load_trained, predict_logits
-from lungxray.metrics import EvaluateParams, compute_metrics
-from lungxray.preprocess import load_split
-from lungxray.train import train_model
-from lungxray.train_settings import TrainParams
-from lungxray.tta import tta_proba
 from seed_stats import mean_sd
+
+from lungxray.core.config import parse_sections, read_params_file
+from lungxray.data.preprocess import load_split
+from lungxray.evaluate.metrics import EvaluateParams, compute_metrics
+from lungxray.evaluate.tta import tta_proba
+from lungxray.external.folds import kept_index, make_fold, source_counts, write_fold
+from lungxray.models.calibration import fit_temperature
+from lungxray.models.inference import load_trained, predict_logits, softmax_t
+from lungxray.train.fit import train_model
+from lungxray.train.settings import TrainParams
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "configs" / "shared-data.yaml"
@@ -58,7 +57,7 @@ def train_params(work: Path, recipe: str, seed: int, epochs: int) -> TrainParams
     """The profile's train section for cnn5, ``epochs`` long, the recipe's options, an MLflow store under ``work``."""
     raw = read_params_file(PROFILE)["train"]
     tp = parse_sections({"train": raw}, {"train": TrainParams}, str(PROFILE)).train
-    mlflow = tp.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{work}/mlflow.db", "log_model": False,
+    mlflow = tp.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{work}/mlflow.db",
                                           "artifact_dir": str(work / "artifacts"), "experiment": "recipes_shared"})
     return tp.model_copy(update={"models": ["cnn5"], "epochs": epochs, "early_stopping_patience": epochs,
                                  "seed": seed, "device": "cpu", "torch_threads": 1, "mlflow": mlflow,

@@ -22,12 +22,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from lungxray.inference import load_trained, predict_proba
-from lungxray.metrics import EvaluateParams, compute_metrics
-from lungxray.params_check import load_params
-from lungxray.preprocess import load_split, run_preprocess
-from lungxray.tracking import MlflowParams
-from lungxray.train import train_model
+from lungxray.cli.params_check import load_params
+from lungxray.core.tracking import MlflowParams
+from lungxray.data.preprocess import load_split, run_preprocess
+from lungxray.evaluate.metrics import EvaluateParams, compute_metrics
+from lungxray.models.inference import load_trained, predict_proba
+from lungxray.train.fit import train_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def split_once(work: Path) -> None:
 
 
 def measure(work: Path, params, aspect: str, args) -> dict:
-    from lungxray.shortcut import run_shortcut
+    from lungxray.external.shortcut import run_shortcut
 
     split_df = pd.concat([pd.read_csv(work / f, keep_default_na=False) for f in
                           ("data/split/split.csv", "data/split/official_test.csv")], ignore_index=True)
@@ -63,8 +63,7 @@ def measure(work: Path, params, aspect: str, args) -> dict:
     run_preprocess(split_df, params.fetch.classes, pre, processed, progress=False, max_pixels=params.fetch.max_pixels)
     probe = run_shortcut(processed, params.shortcut.model_copy(update={"epochs": args.probe_epochs}))
     train = params.train.model_copy(update={"models": ["cnn5"], "epochs": args.epochs, "mlflow": MlflowParams(
-        tracking_uri=f"sqlite:///{work}/mlruns/mlflow.db", artifact_dir=str(work / "mlruns/artifacts"),
-        log_model=False)})
+        tracking_uri=f"sqlite:///{work}/mlruns/mlflow.db", artifact_dir=str(work / "mlruns/artifacts"))})
     train_model("cnn5", train, processed, work / f"models_{aspect}", work / f"metrics_{aspect}", progress=False)
     model, ck = load_trained(work / f"models_{aspect}/model.pt")
     images, labels = load_split(processed, "val")

@@ -38,10 +38,10 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lungxray.augment import AugmentParams
-from lungxray.models import create_model
-from lungxray.preprocess import PreprocessParams, load_split, run_preprocess
-from lungxray.train_loop import ArrayBatches, Feed, optimiser_step, resolve_precision, run_epoch
+from lungxray.data.preprocess import PreprocessParams, load_split, run_preprocess
+from lungxray.images.augment import AugmentParams
+from lungxray.models.architectures import create_model
+from lungxray.train.loop import ArrayBatches, Feed, optimiser_step, resolve_precision, run_epoch
 
 
 def real_images(root: Path, n: int, size: int, work: Path) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
@@ -256,7 +256,7 @@ def load_images(args, work: Path):
 
 
 def main(argv=None) -> int:
-    from lungxray.models import MODEL_NAMES
+    from lungxray.models.architectures import MODEL_NAMES
 
     args = arguments(argv)
     start = time.monotonic()

@@ -1,13 +1,19 @@
 """DVC stage `compare`: one leaderboard of every trained architecture (Markdown, JSON, PNG), in the selection order."""
 
-from lungxray import schema
-from lungxray.compare import external_figures, leaderboard, leaderboard_rows, plot_leaderboard, shortcut_block
-from lungxray.config import load_sections
-from lungxray.ensemble_members import EnsembleParams, evaluated_models
-from lungxray.io import atomic_path, read_json, write_json
-from lungxray.promote import PromotionParams
-from lungxray.stage import run_stage
-from lungxray.train_settings import TrainParams
+from lungxray.compare.leaderboard import (
+    external_figures,
+    leaderboard,
+    leaderboard_rows,
+    plot_leaderboard,
+    shortcut_block,
+)
+from lungxray.compare.promote import PromotionParams
+from lungxray.core import schema
+from lungxray.core.config import load_sections
+from lungxray.core.io import atomic_path, read_json, write_json
+from lungxray.core.stage import run_stage
+from lungxray.ensemble.members import EnsembleParams, evaluated_models
+from lungxray.train.settings import TrainParams
 
 
 def main() -> None:
@@ -19,7 +25,7 @@ def main() -> None:
     plot_leaderboard(df, schema.LEADERBOARD_PNG, promotion=params.promote)
     with atomic_path(schema.LEADERBOARD_MD) as tmp:
         tmp.write_text("# Leaderboard\n\n" + md + "\n")
-    internal = {"model", "test_set", "val_set", "mlflow_run_id", "mlflow_model_uri"}
+    internal = {"model", "test_set", "val_set", "mlflow_run_id"}
     write_json(schema.LEADERBOARD_JSON,
                {r["model"]: {k: v for k, v in r.items() if k not in internal} for r in df.to_dict("records")})
     print(md)

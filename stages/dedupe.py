@@ -2,11 +2,11 @@
 
 import pandas as pd
 
-from lungxray import schema
-from lungxray.config import FetchParams, load_sections
-from lungxray.dedupe import DedupeParams, contact_sheet, find_groups, summary_text
-from lungxray.io import write_csv, write_json
-from lungxray.stage import run_stage
+from lungxray.core import schema
+from lungxray.core.config import FetchParams, load_sections
+from lungxray.core.io import write_csv, write_json
+from lungxray.core.stage import run_stage
+from lungxray.data.dedupe import DedupeParams, contact_sheet, find_groups, summary_text
 
 
 def main() -> None:

@@ -1,13 +1,13 @@
 """DVC stage `ensemble`: the mean probability of the chosen trained models, evaluated and tracked as one model."""
 
-from lungxray import schema
-from lungxray.config import load_sections
-from lungxray.ensemble import evaluate_ensemble, write_disabled
-from lungxray.ensemble_members import ENSEMBLE, EnsembleParams
-from lungxray.evaluate import EvaluateParams
-from lungxray.evaluate_extras import summary_line
-from lungxray.stage import run_stage
-from lungxray.train_settings import TrainParams
+from lungxray.core import schema
+from lungxray.core.config import load_sections
+from lungxray.core.stage import run_stage
+from lungxray.ensemble.evaluation import evaluate_ensemble, write_disabled
+from lungxray.ensemble.members import ENSEMBLE, EnsembleParams
+from lungxray.evaluate.evaluation import EvaluateParams
+from lungxray.evaluate.extras import summary_line
+from lungxray.train.settings import TrainParams
 
 
 def main() -> None:

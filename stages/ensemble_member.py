@@ -2,11 +2,11 @@
 
 import sys
 
-from lungxray import schema
-from lungxray.ensemble_members import MEMBER_RECORDS, member_record
-from lungxray.errors import LungxrayError
-from lungxray.io import write_json
-from lungxray.stage import run_stage
+from lungxray.core import schema
+from lungxray.core.errors import LungxrayError
+from lungxray.core.io import write_json
+from lungxray.core.stage import run_stage
+from lungxray.ensemble.members import MEMBER_RECORDS, member_record
 
 
 def main() -> None:

@@ -3,13 +3,13 @@
 import json
 import sys
 
-from lungxray import schema
-from lungxray.config import load_sections
-from lungxray.errors import LungxrayError
-from lungxray.evaluate import EvaluateParams, evaluate_model
-from lungxray.evaluate_extras import summary_line
-from lungxray.stage import run_stage
-from lungxray.train_settings import TrainParams
+from lungxray.core import schema
+from lungxray.core.config import load_sections
+from lungxray.core.errors import LungxrayError
+from lungxray.core.stage import run_stage
+from lungxray.evaluate.evaluation import EvaluateParams, evaluate_model
+from lungxray.evaluate.extras import summary_line
+from lungxray.train.settings import TrainParams
 
 
 def main() -> None:

@@ -1,17 +1,17 @@
 """DVC stage `external`: leave-one-source-out; each chosen architecture trained without one source, tested on it."""
 
-from lungxray import schema
-from lungxray.config import load_sections
-from lungxray.errors import LungxrayError
-from lungxray.external import run_external
-from lungxray.external_plan import ExternalParams
-from lungxray.external_report import external_markdown, plot_external
-from lungxray.io import atomic_path, read_json, write_json
-from lungxray.metrics import EvaluateParams
-from lungxray.preprocess import PreprocessParams
-from lungxray.split import SplitParams
-from lungxray.stage import run_stage
-from lungxray.train_settings import TrainParams
+from lungxray.core import schema
+from lungxray.core.config import load_sections
+from lungxray.core.errors import LungxrayError
+from lungxray.core.io import atomic_path, read_json, write_json
+from lungxray.core.stage import run_stage
+from lungxray.data.preprocess import PreprocessParams
+from lungxray.data.split import SplitParams
+from lungxray.evaluate.metrics import EvaluateParams
+from lungxray.external.plan import ExternalParams
+from lungxray.external.report import external_markdown, plot_external
+from lungxray.external.run import run_external
+from lungxray.train.settings import TrainParams
 
 
 def main() -> None:

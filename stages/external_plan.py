@@ -2,13 +2,13 @@
 in-source test figures its report shows beside theirs, read from metrics/ and models/settings/ (the external stage
 depends on this file, not on metrics/ nor on the whole train section)."""
 
-from lungxray import schema
-from lungxray.config import load_sections
-from lungxray.external_plan import ExternalParams, external_plan
-from lungxray.io import write_json
-from lungxray.promote import PromotionParams
-from lungxray.stage import run_stage
-from lungxray.train_settings import TrainParams
+from lungxray.compare.promote import PromotionParams
+from lungxray.core import schema
+from lungxray.core.config import load_sections
+from lungxray.core.io import write_json
+from lungxray.core.stage import run_stage
+from lungxray.external.plan import ExternalParams, external_plan
+from lungxray.train.settings import TrainParams
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """DVC stage `fetch`: materialise every source, map labels, probe images -> data/interim/manifest.csv."""
 
-from lungxray.config import FetchParams, load_section
-from lungxray.fetch import run_fetch, summary_text
-from lungxray.stage import run_stage
+from lungxray.core.config import FetchParams, load_section
+from lungxray.core.stage import run_stage
+from lungxray.data.fetch import run_fetch, summary_text
 
 
 def main() -> None:

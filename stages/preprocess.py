@@ -2,10 +2,10 @@
 
 import pandas as pd
 
-from lungxray import schema
-from lungxray.config import FetchParams, load_sections
-from lungxray.preprocess import PreprocessParams, run_preprocess
-from lungxray.stage import run_stage
+from lungxray.core import schema
+from lungxray.core.config import FetchParams, load_sections
+from lungxray.core.stage import run_stage
+from lungxray.data.preprocess import PreprocessParams, run_preprocess
 
 
 def main() -> None:

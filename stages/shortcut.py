@@ -1,12 +1,12 @@
 """DVC stage `shortcut`: can a small model tell an image's source, and do the sources give the labels away?"""
 
-from lungxray import schema
-from lungxray.config import load_sections
-from lungxray.io import atomic_path, write_json
-from lungxray.shortcut import ShortcutParams, plot_shortcut, run_shortcut, shortcut_markdown, warning_text
-from lungxray.stage import run_stage
-from lungxray.tracking import log_shortcut_check
-from lungxray.train import TrainParams
+from lungxray.core import schema
+from lungxray.core.config import load_sections
+from lungxray.core.io import atomic_path, write_json
+from lungxray.core.stage import run_stage
+from lungxray.core.tracking import log_shortcut_check
+from lungxray.external.shortcut import ShortcutParams, plot_shortcut, run_shortcut, shortcut_markdown, warning_text
+from lungxray.train.fit import TrainParams
 
 
 def main() -> None:

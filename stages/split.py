@@ -4,13 +4,20 @@ import json
 
 import pandas as pd
 
-from lungxray import schema
-from lungxray.config import FetchParams, load_sections
-from lungxray.errors import LungxrayError
-from lungxray.io import write_json
-from lungxray.split import (SplitParams, make_split, official_test_set, require_validated, split_counts,
-                            split_counts_plot, write_split)
-from lungxray.stage import run_stage
+from lungxray.core import schema
+from lungxray.core.config import FetchParams, load_sections
+from lungxray.core.errors import LungxrayError
+from lungxray.core.io import write_json
+from lungxray.core.stage import run_stage
+from lungxray.data.split import (
+    SplitParams,
+    make_split,
+    official_test_set,
+    require_validated,
+    split_counts,
+    split_counts_plot,
+    write_split,
+)
 
 
 def main() -> None:

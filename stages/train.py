@@ -2,16 +2,16 @@
 
 import sys
 
-from lungxray import schema
-from lungxray.calibration import CalibrationParams
-from lungxray.config import load_sections
-from lungxray.distributed import launch, launch_command, main_process
-from lungxray.errors import LungxrayError
-from lungxray.preprocess import PreprocessParams
-from lungxray.split import SplitParams
-from lungxray.stage import run_stage
-from lungxray.train import train_model
-from lungxray.train_settings import TrainParams
+from lungxray.core import schema
+from lungxray.core.config import load_sections
+from lungxray.core.errors import LungxrayError
+from lungxray.core.stage import run_stage
+from lungxray.data.preprocess import PreprocessParams
+from lungxray.data.split import SplitParams
+from lungxray.models.calibration import CalibrationParams
+from lungxray.train.distributed import launch, launch_command, main_process
+from lungxray.train.fit import train_model
+from lungxray.train.settings import TrainParams
 
 
 def main() -> None:

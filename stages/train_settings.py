@@ -6,12 +6,12 @@ The external folds' architectures (external.models, or chosen among train.models
 through the plan (lungxray.external_plan).
 """
 
-from lungxray import schema
-from lungxray.config import load_sections
-from lungxray.external_plan import ExternalParams, settings_models
-from lungxray.io import write_json
-from lungxray.stage import run_stage
-from lungxray.train_settings import TrainParams, settings_record
+from lungxray.core import schema
+from lungxray.core.config import load_sections
+from lungxray.core.io import write_json
+from lungxray.core.stage import run_stage
+from lungxray.external.plan import ExternalParams, settings_models
+from lungxray.train.settings import TrainParams, settings_record
 
 
 def main() -> None:

@@ -2,12 +2,12 @@
 
 import pandas as pd
 
-from lungxray import schema
-from lungxray.config import FetchParams, load_sections
-from lungxray.errors import LungxrayError
-from lungxray.io import file_fingerprints
-from lungxray.stage import run_stage
-from lungxray.validate import ValidateParams, format_failures, validate_tables, write_report
+from lungxray.core import schema
+from lungxray.core.config import FetchParams, load_sections
+from lungxray.core.errors import LungxrayError
+from lungxray.core.io import file_fingerprints
+from lungxray.core.stage import run_stage
+from lungxray.data.validate import ValidateParams, format_failures, validate_tables, write_report
 
 
 def main() -> None:

@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from lungxray.averaging import WeightAverage, choose
-from lungxray.inference import load_trained
-from lungxray.train import train_model
-from lungxray.train_loop import ArrayBatches, Feed, run_epoch
+from lungxray.models.inference import load_trained
+from lungxray.train.averaging import WeightAverage, choose
+from lungxray.train.fit import train_model
+from lungxray.train.loop import ArrayBatches, Feed, run_epoch
 
 from helpers.interrupt import interrupt_after_epochs
 from helpers.processed import make_processed, train_params
@@ -27,10 +27,10 @@ def mlflow_env(monkeypatch):
 
 def params(tmp, **kw):
     """The shared small settings, without logging an MLflow model (not what these tests look at)."""
-    from lungxray.tracking import MlflowParams
+    from lungxray.core.tracking import MlflowParams
 
     return train_params(tmp, mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp}/mlruns/mlflow.db",
-                                                 artifact_dir=str(tmp / "mlruns" / "artifacts"), log_model=False),
+                                                 artifact_dir=str(tmp / "mlruns" / "artifacts")),
                         **kw)
 
 
@@ -142,7 +142,7 @@ def test_warmup_raises_the_lr_linearly_then_the_cosine_runs_over_the_remaining_e
 
 
 def test_warmup_with_the_plateau_scheduler_is_a_clear_error(tmp_path, mlflow_env):
-    from lungxray.errors import LungxrayError
+    from lungxray.core.errors import LungxrayError
 
     processed = make_processed(tmp_path)
     with pytest.raises(LungxrayError, match="warmup_epochs"):

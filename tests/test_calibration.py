@@ -8,12 +8,20 @@ import pytest
 import torch
 from torch import nn
 
-from lungxray.calibration import (CalibrationParams, choose_operating_points, fit_on_val, fit_temperature, nll,
-                                  sensitivity_threshold, softmax_t, youden_threshold)
-from lungxray.errors import LungxrayError
-from lungxray.metrics import expected_calibration_error
-from lungxray.metrics.operating import at_prevalence, decision_metrics, prevalence_table
-from lungxray.tta import VIEWS, tta_proba, view_fn
+from lungxray.core.errors import LungxrayError
+from lungxray.evaluate.metrics import expected_calibration_error
+from lungxray.evaluate.metrics.operating import at_prevalence, decision_metrics, prevalence_table
+from lungxray.evaluate.tta import VIEWS, tta_proba, view_fn
+from lungxray.models.calibration import (
+    CalibrationParams,
+    choose_operating_points,
+    fit_on_val,
+    fit_temperature,
+    nll,
+    sensitivity_threshold,
+    softmax_t,
+    youden_threshold,
+)
 
 
 def calibrated_sample(n=20000, c=3, seed=0):

@@ -11,11 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from lungxray.inference import softmax_t
-from lungxray.cli import main as cli
-from lungxray.evaluate import EvaluateParams, evaluate_model
-from lungxray.inference import predict_logits
-from lungxray.preprocess import load_split
+from lungxray.cli.commands import main as cli
+from lungxray.data.preprocess import load_split
+from lungxray.evaluate.evaluation import EvaluateParams, evaluate_model
+from lungxray.models.inference import predict_logits, softmax_t
 
 from helpers.processed import CLASSES, make_processed, train_params
 
@@ -27,7 +26,9 @@ def trained(tmp_path_factory):
     """cnn5, one epoch on 32 px images, logged to an MLflow store of its own."""
     import os
 
-    from lungxray.train import train_model
+    from lungxray.core.tracking import mlflow_setup
+    from lungxray.serve.mlflow_models import logged_model_uri
+    from lungxray.train.fit import train_model
 
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     root = tmp_path_factory.mktemp("calibrated")
@@ -38,11 +39,12 @@ def trained(tmp_path_factory):
     tp = train_params(root, epochs=1)
     t = train_model("cnn5", tp, processed, root / "models/cnn5", root / "metrics/cnn5", progress=False)
     ck = torch.load(root / "models/cnn5/model.pt", map_location="cpu", weights_only=True)
-    return {"root": root, "processed": processed, "train": t, "ck": ck, "mlflow": tp.mlflow}
+    uri = logged_model_uri(mlflow_setup(tp.mlflow), t["mlflow_run_id"], [root / "models/cnn5/model.pt"])
+    return {"root": root, "processed": processed, "train": t, "ck": ck, "mlflow": tp.mlflow, "model_uri": uri}
 
 
 def val_logits(trained) -> tuple[np.ndarray, np.ndarray]:
-    from lungxray.inference import load_trained
+    from lungxray.models.inference import load_trained
 
     model, ck = load_trained(trained["root"] / "models/cnn5/model.pt")
     x, y = load_split(trained["processed"], "val")
@@ -51,7 +53,7 @@ def val_logits(trained) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.slow
 def test_model_pt_carries_the_temperature_and_the_operating_points_fitted_on_val(trained):
-    from lungxray.calibration import choose_operating_points, fit_temperature
+    from lungxray.models.calibration import choose_operating_points, fit_temperature
 
     ck, (logits, y) = trained["ck"], val_logits(trained)
     assert ck["temperature"] == pytest.approx(fit_temperature(logits, y), rel=1e-6)
@@ -67,9 +69,9 @@ def test_model_pt_carries_the_temperature_and_the_operating_points_fitted_on_val
 def test_the_mlflow_model_gives_softmax_of_the_logits_over_the_stored_temperature(trained, tmp_path):
     import mlflow
 
-    from lungxray.predictor import predictor_from_file
+    from lungxray.serve.predictor import predictor_from_file
 
-    uri, ck = trained["train"]["mlflow_model_uri"], trained["ck"]
+    uri, ck = trained["model_uri"], trained["ck"]
     assert abs(ck["temperature"] - 1.0) > 1e-3  # otherwise the comparison could not tell
     mlflow.set_tracking_uri(trained["mlflow"].tracking_uri)
     x, _ = load_split(trained["processed"], "val")
@@ -91,7 +93,7 @@ def test_the_mlflow_model_applies_an_operating_point_passed_as_a_parameter(train
     from mlflow.exceptions import MlflowException
 
     mlflow.set_tracking_uri(trained["mlflow"].tracking_uri)
-    model = mlflow.pyfunc.load_model(trained["train"]["mlflow_model_uri"], dst_path=str(tmp_path))
+    model = mlflow.pyfunc.load_model(trained["model_uri"], dst_path=str(tmp_path))
     x, _ = load_split(trained["processed"], "val")
     images = list(np.array(x[:10])) + [b"not an image"]
     name = "pneumonia@youden"

@@ -6,9 +6,9 @@ import shutil
 
 import torch
 
-from conftest import REPO
+from lungxray.models.checkpoint import code_fingerprint, library_versions, module_closure
 
-from lungxray.checkpoint import code_fingerprint, library_versions, module_closure
+from conftest import REPO
 
 
 def copy_package(tmp_path):
@@ -18,20 +18,23 @@ def copy_package(tmp_path):
 
 
 def test_the_training_code_is_train_and_every_project_module_it_imports():
-    closure = module_closure([REPO / "src" / "lungxray" / "train.py"])
-    assert {"models", "preprocess", "imaging", "checkpoint"} <= set(closure)
-    assert not {"fetch", "dedupe", "evaluate", "metrics", "compare", "register"} & set(closure)
+    closure = set(module_closure(sorted((REPO / "src" / "lungxray" / "train").glob("*.py"))))
+    assert {"models.architectures", "data.preprocess", "images.decode", "models.checkpoint"} <= closure
+    assert not {m for m in closure if m.split(".")[0] in ("evaluate", "ensemble", "compare", "external", "serve",
+                                                          "registry", "cli")}
+    assert not {"data.fetch", "data.dedupe", "data.validate"} & closure
 
 
 def test_the_code_fingerprint_changes_with_the_training_and_model_code_only(tmp_path):
     package = copy_package(tmp_path)
     before = code_fingerprint(package)
     assert code_fingerprint(package) == before
-    fetch = package / "fetch" / "manifest.py"
-    fetch.write_text(fetch.read_text() + "\n# not imported by training\n")
-    assert code_fingerprint(package) == before
-    for module in ("models.py", "handcrafted.py", "weights_file.py", "train.py", "train_loop.py", "train_settings.py",
-                   "preprocess.py"):
+    for other in ("data/fetch/manifest.py", "evaluate/gradcam.py", "serve/predict.py", "registry/register.py"):
+        path = package / other
+        path.write_text(path.read_text() + "\n# not imported by training\n")
+        assert code_fingerprint(package) == before, other
+    for module in ("models/architectures.py", "models/handcrafted.py", "models/weights_file.py", "train/fit.py",
+                   "train/loop.py", "train/settings.py", "data/preprocess.py"):
         path = package / module
         original = path.read_text()
         path.write_text(original + "\nX = 1\n")
@@ -46,7 +49,7 @@ def test_library_versions_name_torch_timm_and_torchvision():
 
 
 def test_a_finished_run_is_reusable_only_with_the_same_four_fingerprints(tmp_path):
-    from lungxray.checkpoint import finished_run, mark_complete
+    from lungxray.models.checkpoint import finished_run, mark_complete
 
     fps = {"settings": "s", "data": "d", "code": "c", "libraries": "l"}
     path = tmp_path / "checkpoint.pt"

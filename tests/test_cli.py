@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lungxray.cli import main
+from lungxray.cli.commands import main
 
 from helpers.images import save, xray
 
@@ -61,8 +61,8 @@ def test_dedupe_command_without_labels_on_flat_folders(tmp_path):
 def test_dedupe_command_rejects_a_decompression_bomb_as_fetch_does(tmp_path, bomb_png, capsys, monkeypatch):
     from PIL import ImageFile
 
-    from lungxray.fetch.probing import probe
-    from lungxray.imaging import DEFAULT_MAX_PIXELS
+    from lungxray.data.fetch.probing import probe
+    from lungxray.images.decode import DEFAULT_MAX_PIXELS
 
     save(tmp_path / "site" / "NORMAL" / "a.png", Image.fromarray(xray(5, (160, 128))))
     (tmp_path / "site" / "NORMAL" / "bomb.png").write_bytes(bomb_png.read_bytes())  # 13000x13000 in ~165 kB
@@ -83,7 +83,7 @@ def test_dedupe_command_rejects_a_decompression_bomb_as_fetch_does(tmp_path, bom
 
 
 def test_dedupe_command_reports_an_empty_file_in_fetchs_words(tmp_path, capsys):
-    from lungxray.fetch.probing import probe
+    from lungxray.data.fetch.probing import probe
 
     save(tmp_path / "site" / "NORMAL" / "a.png", Image.fromarray(xray(5, (160, 128))))
     empty = tmp_path / "site" / "NORMAL" / "empty.jpg"
@@ -101,7 +101,7 @@ def test_dedupe_command_reports_an_empty_file_in_fetchs_words(tmp_path, capsys):
 
 
 def test_dedupe_command_ignores_a_file_type_that_fetch_ignores(tmp_path):
-    from lungxray.schema import IMAGE_EXTENSIONS
+    from lungxray.core.schema import IMAGE_EXTENSIONS
 
     assert ".pgm" not in IMAGE_EXTENSIONS  # fetch does not read .pgm files: neither does the dedupe command
     save(tmp_path / "site" / "NORMAL" / "a.png", Image.fromarray(xray(5, (160, 128))))
@@ -127,7 +127,7 @@ NUMERIC_OPTIONS = [  # (command line, option, what it must say)
 
 @pytest.mark.parametrize("argv, option, rule", NUMERIC_OPTIONS, ids=[" ".join(a) for a, _, _ in NUMERIC_OPTIONS])
 def test_every_numeric_option_is_checked_before_the_command_runs(argv, option, rule, monkeypatch, capsys):
-    from lungxray import cli
+    from lungxray.cli import commands as cli
 
     for command in ("_cmd_predict", "_cmd_dedupe", "_cmd_mlflow_server"):
         monkeypatch.setattr(cli, command, lambda args: pytest.fail(f"{args.command} ran with {argv}"))

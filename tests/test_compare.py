@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-from lungxray.compare import leaderboard, plot_leaderboard
-
-
+from lungxray.compare.leaderboard import leaderboard, plot_leaderboard
 
 
 def lb_rows():
@@ -36,7 +34,7 @@ def test_leaderboard_is_ordered_by_the_val_selection_metric_not_by_test(tmp_path
 
 
 def test_leaderboard_uses_the_configured_tie_breaker_and_direction():
-    from lungxray.promote import PromotionParams
+    from lungxray.compare.promote import PromotionParams
 
     by_speed = PromotionParams(tie_breaker="seconds_per_epoch")
     df, _ = leaderboard(lb_rows(), by_speed)

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lungxray.params_check import load_params, parse_params
-from lungxray.errors import ConfigError
+from lungxray.cli.params_check import load_params, parse_params
+from lungxray.core.errors import ConfigError
 
 from conftest import REPO
 
@@ -100,14 +100,14 @@ def test_every_param_dvc_tracks_is_written_out(path):
 @pytest.mark.parametrize("path", [REPO / "params.yaml", *sorted((REPO / "configs").glob("*.yaml"))],
                          ids=lambda p: p.name)
 def test_check_params_accepts_params_yaml_and_every_profile(path, capsys):
-    from lungxray.cli import main
+    from lungxray.cli.commands import main
 
     assert main(["check-params", "--params", str(path)]) == 0
     assert "valid" in capsys.readouterr().out
 
 
 def test_check_params_rejects_an_unknown_key_and_names_it(tmp_path, capsys):
-    from lungxray.cli import main
+    from lungxray.cli.commands import main
 
     data = yaml.safe_load((REPO / "params.yaml").read_text())
     data["dedupe"]["wokers"] = 2
@@ -119,8 +119,8 @@ def test_check_params_rejects_an_unknown_key_and_names_it(tmp_path, capsys):
 
 
 def test_a_stage_loads_only_its_own_section_and_an_error_names_the_key(tmp_path):
-    from lungxray.config import load_section
-    from lungxray.dedupe import DedupeParams
+    from lungxray.core.config import load_section
+    from lungxray.data.dedupe import DedupeParams
 
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({"dedupe": {"workers": "many"}, "train": {"not_a_key": 1}}))
@@ -135,9 +135,9 @@ def test_the_config_and_the_fetch_stage_do_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import runpy, sys; sys.argv = ['fetch']; import lungxray.config, lungxray.fetch; "
+    code = ("import runpy, sys; sys.argv = ['fetch']; import lungxray.core.config, lungxray.data.fetch; "
             "runpy.run_path('stages/fetch.py', run_name='not_main'); "
-            "print(sorted(m for m in ('torch', 'lungxray.train', 'lungxray.dedupe') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'lungxray.train', 'lungxray.data.dedupe') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -145,7 +145,7 @@ def test_the_config_and_the_fetch_stage_do_not_import_torch():
 
 def test_a_duplicate_key_is_refused_with_the_line_numbers_of_both(tmp_path, capsys):
     """YAML keeps the last of two equal keys without a word: `epochs: 2` then `epochs: 50` would train 50 epochs."""
-    from lungxray.cli import main
+    from lungxray.cli.commands import main
 
     text = (REPO / "params.yaml").read_text()
     assert "\ntrain:\n" in text
@@ -161,7 +161,7 @@ def test_a_duplicate_key_is_refused_with_the_line_numbers_of_both(tmp_path, caps
 
 
 def test_a_duplicate_section_is_refused_and_a_merge_key_override_is_not_a_duplicate(tmp_path):
-    from lungxray.config import read_params_file
+    from lungxray.core.config import read_params_file
 
     path = tmp_path / "params.yaml"
     path.write_text("dedupe:\n  workers: 1\nsplit: {}\ndedupe:\n  workers: 2\n")
@@ -172,9 +172,9 @@ def test_a_duplicate_section_is_refused_and_a_merge_key_override_is_not_a_duplic
 
 
 def test_every_params_field_has_a_description():
-    from lungxray.config import ArchiveSource, FolderSource, KaggleSource, MedmnistSource
-    from lungxray.params_doc import params_models, sections
-    from lungxray.train_settings import AugmentParams, TrainParams, Variant
+    from lungxray.cli.params_doc import params_models, sections
+    from lungxray.core.config import ArchiveSource, FolderSource, KaggleSource, MedmnistSource
+    from lungxray.train.settings import AugmentParams, TrainParams, Variant
 
     models = params_models()
     assert set(sections()) == {"fetch", "dedupe", "validate", "split", "preprocess", "shortcut", "train",

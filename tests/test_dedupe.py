@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from lungxray import dedupe as D
-from lungxray.dedupe import signatures as dedupe_signatures
-from lungxray.dedupe import verify as dedupe_verify
-from lungxray.errors import LungxrayError
-from lungxray.imaging import DEFAULT_MAX_PIXELS
+from lungxray.core.errors import LungxrayError
+from lungxray.data import dedupe as D
+from lungxray.data.dedupe import signatures as dedupe_signatures
+from lungxray.data.dedupe import verify as dedupe_verify
+from lungxray.images.decode import DEFAULT_MAX_PIXELS
 
 from helpers import perturb
 
@@ -243,7 +243,7 @@ def test_cache_reuse(tmp_path, monkeypatch):
 
 
 def test_modes_to_grey():
-    from lungxray.imaging import to_grey8
+    from lungxray.images.decode import to_grey8
 
     a = (np.arange(64 * 64).reshape(64, 64) % 256).astype(np.uint8)
     base = Image.fromarray(a)
@@ -406,7 +406,7 @@ def test_kill_9_during_signatures_then_rerun_decodes_only_the_files_left(tmp_pat
     paths, cache = _saved(tmp_path, 6), str(tmp_path / "sig.cache")
     killer = f"""
 import os, signal
-from lungxray.dedupe import signatures as S
+from lungxray.data.dedupe import signatures as S
 calls = []
 def hook():
     calls.append(1)
@@ -457,7 +457,7 @@ def test_cache_of_other_signature_params_or_format_is_rebuilt(tmp_path, monkeypa
 def test_pixel_limit_applies_before_decoding_and_to_cached_files(tmp_path, bomb_png, monkeypatch):
     from PIL import ImageFile
 
-    from lungxray.fetch.probing import probe
+    from lungxray.data.fetch.probing import probe
 
     loaded = []
     real_load = ImageFile.ImageFile.load

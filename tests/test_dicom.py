@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lungxray.imaging import ImageRejected, open_checked, open_grey
+from lungxray.images.decode import ImageRejected, open_checked, open_grey
+from lungxray.images.dicom import write_dicom
 
-from lungxray.dicom import write_dicom
 from helpers.images import xray
 
 

@@ -15,14 +15,13 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+
+from lungxray.core.errors import LungxrayError
+from lungxray.train.distributed import launch_command
+from lungxray.train.loop import shard_batches
+
 from conftest import REPO
-
-from lungxray.distributed import launch_command
-from lungxray.errors import LungxrayError
-from lungxray.train_loop import shard_batches
-
 from helpers.processed import make_processed
-
 
 # ------------------------------------------------------------------------------------------------------ sharding, launch
 
@@ -77,7 +76,7 @@ def test_one_process_under_torchrun_joins_a_process_group_and_trains_through_ddp
     script = """
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from lungxray.distributed import close_world, init_world, wrap
+from lungxray.train.distributed import close_world, init_world, wrap
 world = init_world(torch.device("cpu"))
 net = wrap(torch.nn.Linear(2, 2), world)
 print(world.group, world.size, world.backend, isinstance(net, DistributedDataParallel), world.sum([1.0, 2.0]).tolist())
@@ -94,7 +93,7 @@ close_world(world)
 
 
 def test_a_global_batch_that_does_not_split_over_the_processes_is_a_clear_error():
-    from lungxray.distributed import World
+    from lungxray.train.distributed import World
 
     with pytest.raises(LungxrayError, match="multiple of 2"):
         World(rank=0, size=2).local_batch(15)
@@ -114,8 +113,7 @@ def stage_workdir(tmp: Path, nproc: int, **train) -> tuple[Path, dict]:
     params["train"].update({"models": ["cnn5"], "epochs": 2, "batch_size": 16, "lr": 3e-3, "model_options": {},
                             "pretrained": False, "augment": {"enabled": False}, "nproc_per_node": nproc,
                             "torch_threads": 1, "mlflow": {"tracking_uri": f"sqlite:///{work}/mlruns/mlflow.db",
-                                                           "artifact_dir": str(work / "mlruns/artifacts"),
-                                                           "log_model": False}, **train})
+                                                           "artifact_dir": str(work / "mlruns/artifacts")}, **train})
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
     for var in ("MLFLOW_TRACKING_URI", "LUNGXRAY_NPROC_PER_NODE", "LUNGXRAY_NNODES", "WORLD_SIZE", "RANK"):
@@ -171,12 +169,12 @@ def halves_reference(work: Path, epochs: int) -> dict:
     of its batch; returns the initial and final state dicts."""
     from torch import nn
 
-    from lungxray import models
-    from lungxray.config import load_sections
-    from lungxray.inference import to_model_input
-    from lungxray.preprocess import load_split
-    from lungxray.train_loop import ArrayBatches, build_optimizer, build_scheduler, seed_everything
-    from lungxray.train_settings import TrainParams
+    from lungxray.core.config import load_sections
+    from lungxray.data.preprocess import load_split
+    from lungxray.models import architectures as models
+    from lungxray.models.inference import to_model_input
+    from lungxray.train.loop import ArrayBatches, build_optimizer, build_scheduler, seed_everything
+    from lungxray.train.settings import TrainParams
 
     p = load_sections({"train": TrainParams}, work / "params.yaml").train
     x, y = load_split(work / "data/processed", "train")

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from lungxray.models.checkpoint import module_closure, module_file
+
 from conftest import REPO, copy_repo_tree
 
-from lungxray.checkpoint import module_closure, module_file
-
 PACKAGE = REPO / "src" / "lungxray"
-NOT_LISTED = {"errors", "io", "schema", "stage"}  # leaf helpers whose changes never change a result (STYLE.md)
+NOT_LISTED = {"core.errors", "core.io", "core.schema", "core.stage"}  # leaf helpers whose changes never change a
+# result (STYLE.md)
 
 
 def stages() -> dict[str, dict]:
@@ -60,7 +62,8 @@ def test_every_profile_has_every_params_section_the_stages_read(profile):
 
 def test_the_import_closure_follows_imports_inside_functions_and_relative_imports():
     closure = module_closure([REPO / "stages" / "compare.py"], PACKAGE)
-    assert {"compare", "metrics", "promote", "config", "train_settings", "models"} <= set(closure)
+    assert {"compare.leaderboard", "evaluate.metrics", "compare.promote", "core.config", "train.settings",
+            "models.architectures"} <= set(closure)
 
 
 def test_the_import_closure_follows_a_package_into_its_modules_and_names_their_files(tmp_path):
@@ -93,7 +96,7 @@ def test_the_dvc_metrics_are_the_per_model_headline_files_only():
 
 
 def test_the_files_the_ensemble_reads_of_a_member_are_evaluate_outputs_and_deps_of_its_record():
-    from lungxray.ensemble_members import MEMBER_FILES
+    from lungxray.ensemble.members import MEMBER_FILES
 
     def outs(stage: dict) -> set[str]:
         return {next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", [])}
@@ -114,34 +117,56 @@ def dvc(cwd: Path, *args: str) -> str:
     return out.stdout
 
 
-@pytest.mark.slow
-def test_changing_one_models_options_or_adding_a_model_leaves_the_other_models_trained(tmp_path):
-    """A real `dvc status` in a scratch repository: train@<model> depends on its own resolved settings only."""
+def trained_scratch_repo(tmp_path: Path, models: list[str]) -> tuple[Path, dict]:
+    """A scratch repository whose ``train@<model>`` stages are recorded as done (stand-in outputs, no training)."""
     copy_repo_tree(tmp_path)
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     dvc(tmp_path, "init", "-q")
     params_file = tmp_path / "params.yaml"
     params = yaml.safe_load(params_file.read_text())
-    params["train"]["models"] = ["cnn5", "resnet18"]
+    params["train"]["models"] = list(models)
     params_file.write_text(yaml.safe_dump(params))
     dvc(tmp_path, "repro", "--single-item", "train_settings")
     (tmp_path / "data/processed").mkdir(parents=True)
     (tmp_path / "data/processed/stats.json").write_text("{}")
-    for model in ("cnn5", "resnet18"):  # stand-ins for trained models: record both stages as done, without training
+    for model in models:  # stand-ins for trained models: record the stages as done, without training
         (tmp_path / "models" / model).mkdir(parents=True)
         (tmp_path / "models" / model / "model.pt").write_text(model)
         for name in ("train.json", "history.csv", "training_curve.png"):
             (tmp_path / "metrics" / model).mkdir(parents=True, exist_ok=True)
             (tmp_path / "metrics" / model / name).write_text(model)
-    dvc(tmp_path, "commit", "-f", "train@cnn5", "train@resnet18")
-    assert "up to date" in dvc(tmp_path, "status", "train@cnn5", "train@resnet18")
+    dvc(tmp_path, "commit", "-f", *(f"train@{m}" for m in models))
+    assert "up to date" in dvc(tmp_path, "status", *(f"train@{m}" for m in models))
+    return params_file, params
 
+
+@pytest.mark.slow
+def test_changing_one_models_options_or_adding_a_model_leaves_the_other_models_trained(tmp_path):
+    """A real `dvc status` in a scratch repository: train@<model> depends on its own resolved settings only."""
+    params_file, params = trained_scratch_repo(tmp_path, ["cnn5", "resnet18"])
     params["train"]["model_options"]["cnn5"]["lr"] = 0.01
     params["train"]["models"].append("mobilenetv2")
     params_file.write_text(yaml.safe_dump(params))
     dvc(tmp_path, "repro", "--single-item", "train_settings")
     status = dvc(tmp_path, "status", "train@cnn5", "train@resnet18")
     assert "train@cnn5" in status and "train@resnet18" not in status
+
+
+@pytest.mark.slow
+def test_an_edit_to_gradcam_or_the_predict_command_leaves_every_trained_model_up_to_date(tmp_path):
+    """A real `dvc status` in a scratch repository (issue 21): serving, Grad-CAM and the command line are no code of
+    the train stage, so editing them retrains nothing; an edit to the training loop does."""
+    trained_scratch_repo(tmp_path, ["cnn5", "resnet18"])
+    package = tmp_path / "src" / "lungxray"
+    for edited in ("evaluate/gradcam.py", "serve/predict.py", "serve/predictor.py", "cli/commands.py",
+                   "registry/register.py"):
+        path = package / edited
+        path.write_text(path.read_text() + "\nOVERLAY_COLOUR = 'magma'  # an edit\n")
+    assert "up to date" in dvc(tmp_path, "status", "train@cnn5", "train@resnet18")
+    loop = package / "train" / "loop.py"
+    loop.write_text(loop.read_text() + "\n# an edit to training\n")
+    status = dvc(tmp_path, "status", "train@cnn5", "train@resnet18")
+    assert "train@cnn5" in status and "train@resnet18" in status
 
 
 def external_scratch_repo(tmp_path, models: list[str], write_metrics) -> tuple:

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import yaml
 
-from lungxray.cli import main as cli
-from lungxray.errors import LungxrayError
-from lungxray.compare import leaderboard, leaderboard_rows
-from lungxray.evaluate import EvaluateParams, evaluate_model, fingerprint_split
-from lungxray.inference import predict_images
-from lungxray.promote import PromotionParams
-from lungxray.register import register_and_promote
-from lungxray.tracking import MlflowParams
-from lungxray.train import train_model
+from lungxray.cli.commands import main as cli
+from lungxray.compare.leaderboard import leaderboard, leaderboard_rows
+from lungxray.compare.promote import PromotionParams
+from lungxray.core.errors import LungxrayError
+from lungxray.core.tracking import MlflowParams
+from lungxray.evaluate.evaluation import EvaluateParams, evaluate_model, fingerprint_split
+from lungxray.models.inference import predict_images
+from lungxray.registry.register import register_and_promote
+from lungxray.train.fit import train_model
 
 from conftest import REPO
 from helpers.processed import make_processed, train_params
@@ -73,7 +73,7 @@ def test_eval_outputs(trained):
     assert e["test"]["per_class"]["normal"]["specificity"] is not None
     assert e["test"]["by_source"]["synthetic"]["n_samples"] == 6
     assert e["throughput"]["images_per_s"] > 0
-    from lungxray.register import load_predictions
+    from lungxray.registry.register import load_predictions
 
     assert e["test_set"] == fingerprint_split(processed, "test") and e["val_set"] == fingerprint_split(processed, "val")
     assert e["val_set"] != e["test_set"]
@@ -133,13 +133,13 @@ def test_leaderboard(trained):
 def test_register_promote_and_load_champion(trained):
     import mlflow
 
-    from lungxray.register import load_predictions
+    from lungxray.registry.register import load_predictions
 
     root, processed, ml, _ = trained
     rows = leaderboard_rows(["cnn5", "cnn8"], root / "metrics")
     preds = load_predictions(["cnn5", "cnn8"], root / "metrics", "val")
     p = PromotionParams(registered_model="test-cxr", min_improvement=0.005, bootstrap=200)
-    first = register_and_promote(rows, p, ml, preds)
+    first = register_and_promote(rows, p, ml, preds, root / "models")
     assert first["promote"] is True and "no current champion" in first["reason"].lower()
     client = mlflow.MlflowClient()
     champ = client.get_model_version_by_alias("test-cxr", "champion")
@@ -150,7 +150,7 @@ def test_register_promote_and_load_champion(trained):
     assert chal.version != champ.version
 
     # the same models again: the same versions (one per run and model), the best is the champion already
-    second = register_and_promote(rows, p, ml, preds)
+    second = register_and_promote(rows, p, ml, preds, root / "models")
     assert second["registered_versions"] == first["registered_versions"]
     assert second["compared"]["method"] == "already_champion" and second["promote"] is False
     assert client.get_model_version_by_alias("test-cxr", "champion").version == champ.version
@@ -182,7 +182,7 @@ def test_kill_9_during_register_then_reruns_keep_one_version_per_run_and_model(t
 
     import mlflow
 
-    from lungxray.register import load_predictions
+    from lungxray.registry.register import load_predictions
 
     root, _, ml, _ = trained
     name = "kill-cxr"
@@ -190,15 +190,16 @@ def test_kill_9_during_register_then_reruns_keep_one_version_per_run_and_model(t
     call = (f"register_and_promote(leaderboard_rows(['cnn5', 'cnn8'], Path({str(root / 'metrics')!r})), "
             f"PromotionParams.model_validate_json({p.model_dump_json()!r}), "
             f"MlflowParams.model_validate_json({ml.model_dump_json()!r}), "
-            f"load_predictions(['cnn5', 'cnn8'], Path({str(root / 'metrics')!r}), 'val'))")
+            f"load_predictions(['cnn5', 'cnn8'], Path({str(root / 'metrics')!r}), 'val'), "
+            f"Path({str(root / 'models')!r}))")
     killer = f"""
 import os, signal
 from pathlib import Path
-import lungxray.register as R
-from lungxray.compare import leaderboard_rows
-from lungxray.promote import PromotionParams
-from lungxray.register import load_predictions, register_and_promote
-from lungxray.tracking import MlflowParams
+import lungxray.registry.register as R
+from lungxray.compare.leaderboard import leaderboard_rows
+from lungxray.compare.promote import PromotionParams
+from lungxray.registry.register import load_predictions, register_and_promote
+from lungxray.core.tracking import MlflowParams
 real = R.wait_ready
 def wait_ready(*args, **kwargs):
     real(*args, **kwargs)
@@ -215,14 +216,14 @@ R.wait_ready = wait_ready
     rows = leaderboard_rows(["cnn5", "cnn8"], root / "metrics")
     runs = sorted((r["mlflow_run_id"], r["model"]) for r in rows)
     preds = load_predictions(["cnn5", "cnn8"], root / "metrics", "val")
-    first = register_and_promote(rows, p, ml, preds)
+    first = register_and_promote(rows, p, ml, preds, root / "models")
     assert registry_versions(name) == runs  # the leftover was reused, not registered again
     champion = client.get_model_version_by_alias(name, "champion")
     challenger = client.get_model_version_by_alias(name, "challenger")
     assert champion.version == first["champion_after"]["version"] and champion.run_id != challenger.run_id
 
     subprocess.run([sys.executable, "-c", killer], env=env)  # killed again, after a champion exists
-    again = register_and_promote(rows, p, ml, preds)
+    again = register_and_promote(rows, p, ml, preds, root / "models")
     assert registry_versions(name) == runs
     assert again["registered_versions"] == first["registered_versions"]
     assert again["compared"]["method"] == "already_champion" and not again["promote"]
@@ -235,8 +236,8 @@ def test_register_stage_pairs_the_challenger_with_the_champion_on_val(trained, t
     import subprocess
     import sys
 
-    from lungxray.promote import rank
-    from lungxray.register import load_predictions
+    from lungxray.compare.promote import rank
+    from lungxray.registry.register import load_predictions
 
     root, _, ml, _ = trained
     work = workdir(root, tmp_path, models=False)
@@ -247,7 +248,7 @@ def test_register_stage_pairs_the_challenger_with_the_champion_on_val(trained, t
     rows = leaderboard_rows(["cnn5", "cnn8"], root / "metrics")
     best, second = rank(rows, PromotionParams())
     first = register_and_promote([second], PromotionParams(registered_model="stage-cxr"), ml,
-                                 load_predictions([second["model"]], root / "metrics", "val"))
+                                 load_predictions([second["model"]], root / "metrics", "val"), root / "models")
     assert first["promote"] and first["champion_after"]["model"] == second["model"]
     r = subprocess.run([sys.executable, str(REPO / "stages/register.py")], cwd=work, capture_output=True, text=True,
                        env={**__import__("os").environ, "PYTHONPATH": str(REPO / "src")})
@@ -315,7 +316,7 @@ def test_unreachable_mlflow_store(trained, monkeypatch):
     rows = leaderboard_rows(["cnn5", "cnn8"], root / "metrics")
     dead = MlflowParams(tracking_uri=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(LungxrayError, match="MLflow"):
-        register_and_promote(rows, PromotionParams(registered_model="x"), dead)
+        register_and_promote(rows, PromotionParams(registered_model="x"), dead, models_root=root / "models")
 
 
 def workdir(root: Path, tmp_path: Path, models: bool = True) -> Path:

@@ -11,20 +11,19 @@ import pandas as pd
 import pytest
 import yaml
 
-from lungxray.compare import external_figures, leaderboard, leaderboard_rows
-from lungxray.errors import ConfigError, LungxrayError
-from lungxray.external import choose_sources, fold_train_params
-from lungxray.external_plan import ExternalParams, choose_models, external_plan
-from lungxray.external_folds import fold_problem, kept_index, make_fold, source_counts, write_fold
-from lungxray.external_report import external_summary, fold_metrics
-from lungxray.metrics import EvaluateParams
-from lungxray.params_check import parse_params
-from lungxray.promote import PromotionParams
-from lungxray.train_settings import TrainParams
+from lungxray.cli.params_check import parse_params
+from lungxray.compare.leaderboard import external_figures, leaderboard, leaderboard_rows
+from lungxray.compare.promote import PromotionParams
+from lungxray.core.errors import ConfigError, LungxrayError
+from lungxray.evaluate.metrics import EvaluateParams
+from lungxray.external.folds import fold_problem, kept_index, make_fold, source_counts, write_fold
+from lungxray.external.plan import ExternalParams, choose_models, external_plan
+from lungxray.external.report import external_summary, fold_metrics
+from lungxray.external.run import choose_sources, fold_train_params
+from lungxray.train.settings import TrainParams
 
 from conftest import REPO
 from helpers.multisource import SHARED_UNIT, make_multisource_processed, write_in_source_metrics
-
 
 # --- the folds --------------------------------------------------------------------------------------------------------
 
@@ -93,8 +92,8 @@ def test_default_models_are_the_leaderboards_first_and_the_smallest(tmp_path):
 
 def write_settings(root: Path, train: TrainParams, external: ExternalParams | None = None) -> Path:
     """What the train_settings stage writes (``models/settings/<model>.json``) under ``root``."""
-    from lungxray.external_plan import settings_models
-    from lungxray.train_settings import settings_record
+    from lungxray.external.plan import settings_models
+    from lungxray.train.settings import settings_record
 
     for name in settings_models(external or ExternalParams(), train):
         (root / f"{name}.json").parent.mkdir(parents=True, exist_ok=True)
@@ -124,8 +123,8 @@ def test_the_plan_holds_the_chosen_models_and_their_in_source_figures_and_ignore
 def test_the_plan_carries_the_settings_of_the_chosen_architectures_only_and_the_stage_trains_with_no_other():
     """The external stage depends on the plan, not on the whole train section: the plan holds the chosen
     architectures' settings files, and the stage refuses a train section that gives them other settings."""
-    from lungxray.external_plan import settings_problem
-    from lungxray.train_settings import settings_record
+    from lungxray.external.plan import settings_problem
+    from lungxray.train.settings import settings_record
 
     train = TrainParams(models=["cnn5", "resnet18"], model_options={"cnn5": {"lr": 0.01}})
     plan = {"models": ["cnn5"], "settings": {"cnn5": json.loads(json.dumps(settings_record(train, "cnn5")))}}
@@ -143,17 +142,17 @@ def test_the_plan_names_a_missing_settings_file_and_the_stage_that_writes_it(tmp
                       tmp_path / "settings")
 
 
-def test_the_epochs_override_applies_to_every_fold_model_and_no_fold_model_is_logged_for_registering():
+def test_the_epochs_override_applies_to_every_fold_model():
     train = TrainParams(models=["cnn5"], epochs=30, model_options={"cnn5": {"epochs": 12, "lr": 0.01}})
     fold = fold_train_params(train, 2)
-    from lungxray.train_settings import model_settings
+    from lungxray.train.settings import model_settings
 
     assert model_settings(fold, "cnn5").epochs == 2 and model_settings(fold, "cnn5").lr == 0.01
-    assert not fold.mlflow.log_model and model_settings(fold_train_params(train, None), "cnn5").epochs == 12
+    assert model_settings(fold_train_params(train, None), "cnn5").epochs == 12
 
 
 def test_the_epochs_override_applies_to_a_variant_that_sets_its_own_epochs():
-    from lungxray.train_settings import model_settings
+    from lungxray.train.settings import model_settings
 
     train = TrainParams(models=["cnn8_s1"], epochs=30, variants={"cnn8_s1": {"model": "cnn8", "seed": 1, "epochs": 20}})
     fold = fold_train_params(train, 2)
@@ -214,8 +213,8 @@ def test_the_summary_averages_macro_recall_over_the_held_out_sources():
 
 
 def test_with_no_source_to_hold_out_the_report_says_so_and_the_leaderboard_shows_dashes(tmp_path):
-    from lungxray.external import run_external
-    from lungxray.external_report import external_markdown, plot_external
+    from lungxray.external.report import external_markdown, plot_external
+    from lungxray.external.run import run_external
 
     processed = make_multisource_processed(tmp_path)
     plan = {"models": ["cnn5"], "models_rule": "external.models", "in_source": {"cnn5": None}}
@@ -314,10 +313,11 @@ def test_kill_9_during_the_external_stage_then_a_rerun_reuses_the_finished_fold_
     import subprocess
     import sys
 
-    import lungxray.train as train_module
+    import lungxray.train.fit as train_module
+    from lungxray.external.run import run_external
+    from lungxray.train.settings import settings_record
+
     from helpers.processed import train_params
-    from lungxray.external import run_external
-    from lungxray.train_settings import settings_record
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     processed = make_multisource_processed(tmp_path)
@@ -331,11 +331,11 @@ def test_kill_9_during_the_external_stage_then_a_rerun_reuses_the_finished_fold_
     killer = f"""
 import os, signal
 from pathlib import Path
-import lungxray.train as T
-from lungxray.external import run_external
-from lungxray.external_plan import ExternalParams
-from lungxray.metrics import EvaluateParams
-from lungxray.train_settings import TrainParams
+import lungxray.train.fit as T
+from lungxray.external.run import run_external
+from lungxray.external.plan import ExternalParams
+from lungxray.evaluate.metrics import EvaluateParams
+from lungxray.train.settings import TrainParams
 real, calls = T.run_epoch, []
 def run_epoch(model, batches, loss_fn, feed, opt=None, **kwargs):
     if opt is not None:

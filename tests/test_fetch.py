@@ -11,15 +11,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lungxray import schema
-from lungxray.config import FetchParams, parse_sections
-from lungxray.errors import SourceError
-from lungxray.fetch import run_fetch
+from lungxray.core import schema
+from lungxray.core.config import FetchParams, parse_sections
+from lungxray.core.errors import SourceError
+from lungxray.data.fetch import run_fetch
 
 from helpers.httpserver import FileServer, free_port
 from helpers.images import save, xray
 from helpers.kaggle import zip_bytes
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # helpers
@@ -395,8 +394,8 @@ def test_empty_source_names_the_configured_folder_and_what_it_expected(project):
 def test_pixel_limit_rejects_without_decoding(project, bomb_png, monkeypatch):
     from PIL import ImageFile
 
-    from lungxray.fetch.probing import probe
-    from lungxray.imaging import DEFAULT_MAX_PIXELS
+    from lungxray.data.fetch.probing import probe
+    from lungxray.images.decode import DEFAULT_MAX_PIXELS
 
     loaded = []
     real_load = ImageFile.ImageFile.load
@@ -411,7 +410,7 @@ def _images(root: Path, n: int) -> list[Path]:
 
 
 def _count_probes(monkeypatch) -> list[str]:
-    from lungxray.fetch import probing
+    from lungxray.data.fetch import probing
 
     calls, real = [], probing.probe
     monkeypatch.setattr(probing, "probe", lambda path, mp: calls.append(path) or real(path, mp))
@@ -431,9 +430,9 @@ def test_kill_9_during_probing_then_rerun_probes_only_the_files_left(project, mo
     _images(project / "f", 8)
     killer = f"""
 import json, os, signal
-from lungxray import fetch
-from lungxray.config import FetchParams, parse_sections
-from lungxray.fetch import probing
+from lungxray.data import fetch
+from lungxray.core.config import FetchParams, parse_sections
+from lungxray.data.fetch import probing
 real, calls = probing.probe, []
 def probe(path, max_pixels):
     calls.append(path)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from lungxray import schema
-from lungxray.config import FetchParams, load_sections
-from lungxray.fetch import run_fetch
+from lungxray.core import schema
+from lungxray.core.config import FetchParams, load_sections
+from lungxray.data.fetch import run_fetch
 
 from conftest import REPO, SHARED_DATA, needs_shared_data
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lungxray.gate import GateParams, check, collect_metrics, format_table, load_baseline, write_baseline
+from lungxray.compare.gate import GateParams, check, collect_metrics, format_table, load_baseline, write_baseline
 
 BASE = {"cnn5.test.accuracy": 0.90, "cnn5.test.macro_recall": 0.88, "cnn5.test.ece": 0.05,
         "resnet18.test.accuracy": 0.93}
@@ -109,7 +109,7 @@ def test_format_table():
 
 
 def test_baseline_carries_the_fingerprints_of_the_evaluated_images(tmp_path):
-    from lungxray.gate import load_baseline_sets, set_mismatches
+    from lungxray.compare.gate import load_baseline_sets, set_mismatches
 
     path = tmp_path / "baseline.json"
     sets = {"cnn5.test_set": "t1", "cnn5.val_set": "v1", "resnet18.test_set": "t1", "resnet18.val_set": "v1"}
@@ -120,7 +120,7 @@ def test_baseline_carries_the_fingerprints_of_the_evaluated_images(tmp_path):
 
 
 def test_other_images_than_the_baselines_are_listed():
-    from lungxray.gate import set_mismatches
+    from lungxray.compare.gate import set_mismatches
 
     base_sets = {"cnn5.test_set": "t1", "cnn5.val_set": "v1"}
     now = {"cnn5.test_set": "t2", "cnn5.val_set": "v1", "vgg16.test_set": "t2"}  # vgg16: new, not in the baseline

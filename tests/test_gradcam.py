@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from lungxray.errors import LungxrayError
-from lungxray.gradcam import gradcam_grid, heatmaps, pick_examples, write_overlays
-from lungxray.models import MODEL_NAMES, apply_freeze, cam_target_layer, create_model
+from lungxray.core.errors import LungxrayError
+from lungxray.evaluate.gradcam import gradcam_grid, heatmaps, pick_examples, write_overlays
+from lungxray.models.architectures import MODEL_NAMES, apply_freeze, cam_target_layer, create_model
 
 # the smallest input whose target feature map is at least 2x2 (a 1x1 map cannot show where anything is)
 CAM_INPUT = {"inception_resnet_v2": 107}

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lungxray.inference import measure_throughput, predict_proba
+from lungxray.models.inference import measure_throughput, predict_proba
 
 
 class Tiny(torch.nn.Module):
@@ -31,7 +31,7 @@ def test_predict_proba_normalises_like_training():
 
 def test_predict_proba_normalises_each_channel_with_the_models_own_statistics():
     """A pretrained model is fed its weights' per-channel mean/std (e.g. ImageNet's), exactly as in training."""
-    from lungxray.inference import to_model_input
+    from lungxray.models.inference import to_model_input
 
     torch.manual_seed(0)
     model = Tiny()

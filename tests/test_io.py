@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 import tqdm.std
 
-import lungxray.io
-from lungxray.errors import DiskFullError, LungxrayError, WriteError
-from lungxray.io import LOG_INTERVAL_S, atomic_path, progress_bar, write_csv
+import lungxray.core.io
+from lungxray.core.errors import DiskFullError, LungxrayError, WriteError
+from lungxray.core.io import LOG_INTERVAL_S, atomic_path, progress_bar, write_csv
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "lungxray"
 
@@ -52,7 +52,7 @@ def test_a_bar_on_a_terminal_refreshes_as_tqdm_does():
 def test_every_progress_bar_goes_through_the_one_helper():
     direct = [str(f.relative_to(SRC)) for f in SRC.rglob("*.py") if f.name != "io.py"
               and re.search(r"^\s*(from tqdm|import tqdm)", f.read_text(), re.M)]
-    assert direct == [], f"use lungxray.io.progress_bar instead of tqdm in {direct}"
+    assert direct == [], f"use lungxray.core.io.progress_bar instead of tqdm in {direct}"
 
 
 
@@ -75,7 +75,7 @@ WRITE_FAILURES = {
 def free_space(monkeypatch):
     """Set how many bytes the file system of any folder has left (12 kB unless a test says otherwise)."""
     left = {"bytes": 12_000}
-    monkeypatch.setattr(lungxray.io, "free_bytes", lambda folder: left["bytes"])
+    monkeypatch.setattr(lungxray.core.io, "free_bytes", lambda folder: left["bytes"])
     return left
 
 
@@ -116,7 +116,7 @@ def test_a_file_that_cannot_even_be_created_on_a_full_disk_is_the_same_error(tmp
     def mkstemp(*a, **k):
         raise no_space()
 
-    monkeypatch.setattr(lungxray.io.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(lungxray.core.io.tempfile, "mkstemp", mkstemp)
     with pytest.raises(DiskFullError, match=f"12.0 kB free in {re.escape(str(tmp_path))}"):
         with atomic_path(tmp_path / "eval.json"):
             pass
@@ -139,7 +139,7 @@ def test_predicts_table_and_overlays_on_a_full_disk_are_the_same_clear_error(tmp
     """lungxray predict writes its table with write_csv and its Grad-CAM overlays with write_overlays."""
     from matplotlib.figure import Figure
 
-    from lungxray.gradcam import write_overlays
+    from lungxray.evaluate.gradcam import write_overlays
 
     def full(self, path, *a, **k):
         Path(path).write_bytes(b"x" * 100)
@@ -158,7 +158,7 @@ def test_predicts_table_and_overlays_on_a_full_disk_are_the_same_clear_error(tmp
 def test_free_space_is_that_of_the_nearest_existing_folder(tmp_path):
     import shutil
 
-    assert lungxray.io.free_bytes(tmp_path / "not" / "yet") == pytest.approx(shutil.disk_usage(tmp_path).free,
+    assert lungxray.core.io.free_bytes(tmp_path / "not" / "yet") == pytest.approx(shutil.disk_usage(tmp_path).free,
                                                                              rel=0.01)
 
 

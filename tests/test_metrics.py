@@ -6,11 +6,20 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import (accuracy_score, f1_score, precision_score, recall_score, roc_auc_score)
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
-from lungxray.evaluate import plot_confusion_matrix, plot_reliability, plot_roc_curves
-from lungxray.metrics import (EvaluateParams, bootstrap_ci, compute_metrics, confusion_pairs, metrics_by_source, ovr_auc,
-                              reliability_data, roc_points, summary)
+from lungxray.evaluate.evaluation import plot_confusion_matrix, plot_reliability, plot_roc_curves
+from lungxray.evaluate.metrics import (
+    EvaluateParams,
+    bootstrap_ci,
+    compute_metrics,
+    confusion_pairs,
+    metrics_by_source,
+    ovr_auc,
+    reliability_data,
+    roc_points,
+    summary,
+)
 
 CLASSES = ["normal", "pneumonia", "covid19", "tuberculosis"]
 FAST = EvaluateParams(bootstrap=200, seed=1)
@@ -147,7 +156,7 @@ def test_bootstrap_with_one_image_per_unit_is_the_image_bootstrap():
 
 
 def test_paired_difference_is_narrower_than_separate_intervals_for_correlated_models():
-    from lungxray.metrics import paired_difference
+    from lungxray.evaluate.metrics import paired_difference
 
     y, pa = random_data(n=600, seed=11)
     pb = pa.copy()
@@ -166,7 +175,7 @@ def test_paired_difference_is_narrower_than_separate_intervals_for_correlated_mo
 
 
 def test_predictions_table_round_trips_and_aligns_by_id(tmp_path):
-    from lungxray.metrics import align_predictions, predictions_table
+    from lungxray.evaluate.metrics import align_predictions, predictions_table
 
     y, p = random_data(n=20, c=4, seed=12)
     ids = [f"s/{i}" for i in range(20)]
@@ -186,16 +195,16 @@ def test_predictions_table_round_trips_and_aligns_by_id(tmp_path):
 
 def test_bootstrap_auc_matches_sklearn_on_a_resample():
     """The weighted (multiplicity) AUC equals sklearn's on the materialised resample."""
-    from lungxray.metrics.bootstrap import _bootstrap_counts
-    from lungxray.metrics.primitives import _grouped_auc
+    from lungxray.evaluate.metrics.bootstrap import bootstrap_counts
+    from lungxray.evaluate.metrics.primitives import grouped_auc
 
     y, p = random_data(n=150, seed=8)
     rng = np.random.default_rng(0)
-    w = _bootstrap_counts(150, 3, rng)
+    w = bootstrap_counts(150, 3, rng)
     for row in w:
         idx = np.repeat(np.arange(150), row.astype(int))
         for k in range(4):
-            got = _grouped_auc(p[:, k], y == k, row[None, :])[0]
+            got = grouped_auc(p[:, k], y == k, row[None, :])[0]
             assert got == pytest.approx(roc_auc_score(y[idx] == k, p[idx, k]))
 
 

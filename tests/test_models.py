@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from lungxray.errors import LungxrayError
-from lungxray.models import (
+from lungxray.core.errors import LungxrayError
+from lungxray.models.architectures import (
     MODEL_NAMES,
     SEED_HEAD_HIDDEN,
     apply_freeze,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 
-from lungxray.numbers import MISSING, finite, fmt, fmt_interval
-from lungxray.promote import PromotionParams, rank
+from lungxray.compare.promote import PromotionParams, rank
+from lungxray.core.numbers import MISSING, finite, fmt, fmt_interval
 
 
 def test_finite_takes_numbers_only():

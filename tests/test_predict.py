@@ -17,14 +17,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lungxray.cli import main as cli
-from lungxray.inference import predict_proba
-from lungxray.predict import find_files, load_predictor, predict_files
-from lungxray.predictor import PredictedBatch
-from lungxray.preprocess import load_square
+from lungxray.cli.commands import main as cli
+from lungxray.data.preprocess import load_square
+from lungxray.images.dicom import write_dicom
+from lungxray.models.inference import predict_proba
+from lungxray.serve.predict import find_files, load_predictor, predict_files
+from lungxray.serve.predictor import PredictedBatch
 
 from conftest import REPO
-from lungxray.dicom import write_dicom
 from helpers.images import xray
 from helpers.processed import CLASSES, make_processed, train_params
 
@@ -37,7 +37,9 @@ def champion(tmp_path_factory):
     NAME@champion in a SQLite store of its own."""
     import mlflow
 
-    from lungxray.train import train_model
+    from lungxray.core.tracking import mlflow_setup
+    from lungxray.serve.mlflow_models import logged_model_uri
+    from lungxray.train.fit import train_model
 
     root = tmp_path_factory.mktemp("champion")
     processed = make_processed(root, n_train=30, n_val=12, size=32)
@@ -45,18 +47,19 @@ def champion(tmp_path_factory):
     (processed / "stats.json").write_text(json.dumps({**stats, "aspect": "stretch", "resample": "bilinear"}))
     tp = train_params(root, epochs=1)
     t = train_model("cnn5", tp, processed, root / "models/cnn5", root / "metrics/cnn5", progress=False)
+    model_uri = logged_model_uri(mlflow_setup(tp.mlflow), t["mlflow_run_id"], [root / "models/cnn5/model.pt"])
     uri = tp.mlflow.tracking_uri
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.create_registered_model(NAME)
-    mv = client.create_model_version(NAME, t["mlflow_model_uri"], run_id=t["mlflow_run_id"])
+    mv = client.create_model_version(NAME, model_uri, run_id=t["mlflow_run_id"])
     client.set_registered_model_alias(NAME, "champion", mv.version)
-    return {"root": root, "models": root / "models/cnn5", "uri": uri, "model_uri": t["mlflow_model_uri"]}
+    return {"root": root, "models": root / "models/cnn5", "uri": uri, "model_uri": model_uri}
 
 
 @pytest.fixture
 def real_xray(shared_data, tmp_path) -> np.ndarray:
     """A real chest X-ray of ../shared/data, 8-bit grey, at most 256 px (DICOM files of it stay small)."""
-    from lungxray.imaging import open_grey
+    from lungxray.images.decode import open_grey
 
     grey, _ = open_grey(sorted((shared_data / "jtiptj_test/NORMAL").iterdir())[0])
     grey.thumbnail((256, 256))
@@ -66,7 +69,7 @@ def real_xray(shared_data, tmp_path) -> np.ndarray:
 def reference_proba(models: Path, path) -> np.ndarray:
     """The evaluate stage's computation for one image: the preprocessed square, then inference.predict_proba with
     the temperature stored with the model (the served probabilities are calibrated)."""
-    from lungxray.inference import load_trained
+    from lungxray.models.inference import load_trained
 
     model, ck = load_trained(models / "model.pt")
     square = load_square(str(path), 32, "stretch", "bilinear")
@@ -232,7 +235,7 @@ def unwritable_outputs(tmp_path) -> list[tuple[Path, Path]]:
 
 def test_an_out_or_cam_that_cannot_be_written_is_a_usage_error_before_any_model_or_image_is_read(
         tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("lungxray.predict.load_predictor", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr("lungxray.serve.predict.load_predictor", lambda *a, **k: pytest.fail("a model was loaded"))
     Image.fromarray(xray(0)).save(tmp_path / "x.png")
     for out, folder in unwritable_outputs(tmp_path):
         assert cli(["predict", str(tmp_path / "x.png"), "--out", str(out), "--model", "m"]) == 2
@@ -301,7 +304,7 @@ def test_a_registered_ensemble_refuses_what_its_members_refuse_with_the_register
                                                                                                tmp_path):
     import mlflow
 
-    from lungxray.ensemble_model import log_ensemble_model
+    from lungxray.serve.ensemble_model import log_ensemble_model
 
     mlflow.set_tracking_uri(champion["uri"])
     with mlflow.start_run():
@@ -317,8 +320,8 @@ def test_a_registered_ensemble_refuses_what_its_members_refuse_with_the_register
 def test_an_image_smaller_than_the_validate_stage_accepts_gets_an_error_row(champion, tmp_path, monkeypatch):
     import mlflow
 
-    from lungxray.predictor import MIN_HEIGHT, MIN_WIDTH, classify
-    from lungxray.validate import ValidateParams
+    from lungxray.data.validate import ValidateParams
+    from lungxray.serve.predictor import MIN_HEIGHT, MIN_WIDTH, classify
 
     assert (MIN_WIDTH, MIN_HEIGHT) == (ValidateParams().min_width, ValidateParams().min_height)
 
@@ -561,7 +564,7 @@ def test_mlflows_scoring_server_says_it_is_serving_before_it_loads_the_model(cha
     import mlflow
     from mlflow.pyfunc import scoring_server
 
-    from lungxray.image_model import SERVING_FLAG, serving
+    from lungxray.serve.image_model import SERVING_FLAG, serving
 
     monkeypatch.setenv(SERVING_FLAG, "")  # undone after the test
     assert not serving()

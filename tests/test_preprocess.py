@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lungxray.preprocess import PreprocessParams, content_box, load_split, load_square, run_preprocess, to_square
+from lungxray.data.preprocess import PreprocessParams, content_box, load_split, load_square, run_preprocess, to_square
 
 from helpers.images import save, xray
 
@@ -134,7 +134,7 @@ def test_the_whole_official_test_set_is_written_beside_the_splits(tmp_path):
 
 def test_a_file_that_vanished_is_a_clear_error(tmp_path):
     df = pd.DataFrame([{"id": "a", "path": str(tmp_path / "gone.png"), "label": "normal", "split": "train"}])
-    from lungxray.errors import LungxrayError
+    from lungxray.core.errors import LungxrayError
 
     with pytest.raises(LungxrayError, match="gone.png"):
         run_preprocess(df, ["normal"], PreprocessParams(image_size=32, workers=1), tmp_path / "p", progress=False)
@@ -160,8 +160,8 @@ def test_the_processed_index_carries_the_split_unit(tmp_path):
 def test_an_image_over_the_pixel_limit_is_not_decoded(tmp_path, bomb_png, monkeypatch):
     from PIL import ImageFile
 
-    from lungxray.errors import LungxrayError
-    from lungxray.imaging import ImageRejected
+    from lungxray.core.errors import LungxrayError
+    from lungxray.images.decode import ImageRejected
 
     loaded = []
     real_load = ImageFile.ImageFile.load
@@ -177,7 +177,7 @@ def test_an_image_over_the_pixel_limit_is_not_decoded(tmp_path, bomb_png, monkey
 
 
 def test_stats_record_every_setting_a_new_image_must_be_preprocessed_with(tmp_path):
-    from lungxray.preprocess import preprocess_record
+    from lungxray.data.preprocess import preprocess_record
 
     rows = [{"id": f"s/{i}", "path": str(save(tmp_path / "img" / f"{i}.png", Image.fromarray(xray(i, (60, 40))))),
              "label": "normal", "split": split, "source": "s"} for i, split in enumerate(["train", "val", "test"])]
@@ -200,8 +200,8 @@ def test_a_full_disk_while_writing_the_tables_is_a_clear_error_and_keeps_the_pre
                                                                                               monkeypatch):
     import errno
 
-    import lungxray.io
-    from lungxray.errors import DiskFullError
+    import lungxray.core.io
+    from lungxray.core.errors import DiskFullError
 
     df, out = split_of(tmp_path, 6), tmp_path / "processed"
     run_preprocess(df, ["normal"], PreprocessParams(image_size=16, workers=1), out, progress=False)
@@ -211,7 +211,7 @@ def test_a_full_disk_while_writing_the_tables_is_a_clear_error_and_keeps_the_pre
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", full)
-    monkeypatch.setattr(lungxray.io, "free_bytes", lambda folder: 3_000)
+    monkeypatch.setattr(lungxray.core.io, "free_bytes", lambda folder: 3_000)
     with pytest.raises(DiskFullError) as e:
         run_preprocess(df, ["normal"], PreprocessParams(image_size=16, workers=1), out, progress=False)
     msg = str(e.value)
@@ -224,9 +224,9 @@ def test_a_full_disk_while_writing_the_tables_is_a_clear_error_and_keeps_the_pre
 def test_arrays_larger_than_the_free_space_stop_before_any_image_is_decoded(tmp_path):
     """The workers write the arrays through memory maps: on a full disk a write into a map kills the worker (SIGBUS)
     and the stage would wait for it forever. The space of every array is reserved when the file is made."""
-    from helpers.fullfs import small_tmpfs
+    from lungxray.core.errors import DiskFullError
 
-    from lungxray.errors import DiskFullError
+    from helpers.fullfs import small_tmpfs
 
     df = split_of(tmp_path, 30)  # 30 x 224 x 224 bytes = 1.5 MB
     with small_tmpfs(tmp_path / "full", "1m") as full:

@@ -8,7 +8,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lungxray.promote import PromotionParams, decide, rank
+from lungxray.compare.promote import PromotionParams, decide, rank
 
 from conftest import REPO
 
@@ -147,7 +147,7 @@ def test_the_champion_is_chosen_on_a_val_metric_by_default_and_in_every_profile(
 
 def preds(correct: np.ndarray, units=None) -> "pd.DataFrame":  # noqa: F821
     """Val predictions over len(correct) images (labels alternate normal / pneumonia), right where ``correct``."""
-    from lungxray.metrics import predictions_table
+    from lungxray.evaluate.metrics import predictions_table
 
     n = len(correct)
     y = np.arange(n) % 2

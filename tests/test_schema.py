@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lungxray.schema import conflict_outcome, kept_per_group
+from lungxray.core.schema import conflict_outcome, kept_per_group
 
 
 def test_a_group_without_conflict_keeps_its_label_under_every_policy():

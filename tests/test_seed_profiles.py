@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+
+from lungxray.cli.params_check import load_params
+from lungxray.core import schema
+from lungxray.data.fetch import run_fetch
+
 from conftest import REPO
-
-from lungxray import schema
-from lungxray.fetch import run_fetch
-from lungxray.params_check import load_params
-
 from helpers.httpserver import FileServer
 from helpers.kaggle import LAYOUTS, real_xrays, use_fake_kaggle, zip_bytes
 
@@ -27,7 +27,7 @@ def test_each_seed_profile_passes_check_params_with_kaggle_sources_only(profile)
 
 
 def test_the_freeze_sweep_profile_trains_cnn5_and_resnet18_34_with_0_to_4_stages_frozen():
-    from lungxray.train_settings import model_settings
+    from lungxray.train.settings import model_settings
 
     train = load_params(REPO / "configs/seed-002.yaml").train
     sweep = {(s.model, s.freeze) for s in (model_settings(train, m) for m in train.models) if s.model != "cnn5"}

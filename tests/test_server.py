@@ -17,14 +17,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from lungxray.core.errors import LungxrayError
+from lungxray.core.tracking import MlflowParams, mlflow_setup
+from lungxray.registry import server
+from lungxray.registry.server import ServerSettings, team_server
+
 from conftest import REPO
 from helpers.httpserver import free_port
 from helpers.processed import make_processed, train_params
-
-from lungxray import server
-from lungxray.errors import LungxrayError
-from lungxray.server import ServerSettings, team_server
-from lungxray.tracking import MlflowParams, mlflow_setup
 
 
 def test_the_tracking_uri_from_the_environment_wins_over_params(tmp_path, monkeypatch):
@@ -146,7 +147,7 @@ def fake_team_server(monkeypatch):
 
 def test_the_backend_store_uri_is_taken_from_the_environment_without_a_warning(fake_team_server, monkeypatch,
                                                                                 capsys):
-    from lungxray.cli import main
+    from lungxray.cli.commands import main
 
     monkeypatch.setenv("MLFLOW_BACKEND_STORE_URI", SECRET_URI)
     assert main(["mlflow-server"]) == 0
@@ -156,7 +157,7 @@ def test_the_backend_store_uri_is_taken_from_the_environment_without_a_warning(f
 
 
 def test_the_backend_store_uri_is_read_from_a_file(fake_team_server, tmp_path, capsys):
-    from lungxray.cli import main
+    from lungxray.cli.commands import main
 
     secret = tmp_path / "store-uri"
     secret.write_text(SECRET_URI + "\n")
@@ -172,7 +173,7 @@ def test_the_backend_store_uri_is_read_from_a_file(fake_team_server, tmp_path, c
 
 
 def test_a_password_on_the_command_line_draws_a_warning_that_names_the_safe_ways(fake_team_server, capsys):
-    from lungxray.cli import main
+    from lungxray.cli.commands import main
 
     assert main(["mlflow-server", "--backend-store-uri", SECRET_URI]) == 0
     assert fake_team_server[-1].backend_store_uri == SECRET_URI  # still works
@@ -265,11 +266,11 @@ def team(monkeypatch):
 def test_train_evaluate_register_log_to_the_team_server_whose_auth_refuses_strangers(team, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from lungxray.compare import leaderboard_rows
-    from lungxray.evaluate import EvaluateParams, evaluate_model
-    from lungxray.promote import PromotionParams
-    from lungxray.register import load_predictions, register_and_promote
-    from lungxray.train import train_model
+    from lungxray.compare.leaderboard import leaderboard_rows
+    from lungxray.compare.promote import PromotionParams
+    from lungxray.evaluate.evaluation import EvaluateParams, evaluate_model
+    from lungxray.registry.register import load_predictions, register_and_promote
+    from lungxray.train.fit import train_model
 
     url, (user, password), root = team
     search = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
@@ -290,7 +291,7 @@ def test_train_evaluate_register_log_to_the_team_server_whose_auth_refuses_stran
                    tp.mlflow)
     decision = register_and_promote(leaderboard_rows(["cnn5"], tmp_path / "metrics"),
                                     PromotionParams(registered_model="team-cxr", bootstrap=50), tp.mlflow,
-                                    load_predictions(["cnn5"], tmp_path / "metrics", "val"))
+                                    load_predictions(["cnn5"], tmp_path / "metrics", "val"), tmp_path / "models")
 
     client = MlflowClient(url)
     champion = client.get_model_version_by_alias("team-cxr", "champion")

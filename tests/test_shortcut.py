@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+
+from lungxray.compare.leaderboard import shortcut_block
+from lungxray.core.errors import LungxrayError
+from lungxray.external.shortcut import ShortcutParams, cramers_v, label_distribution, run_shortcut, shortcut_markdown
+
 from conftest import REPO
-
-from lungxray.compare import shortcut_block
-from lungxray.errors import LungxrayError
-from lungxray.shortcut import ShortcutParams, cramers_v, label_distribution, run_shortcut, shortcut_markdown
-
 from helpers.processed import make_sourced_processed
 
 FAST = ShortcutParams(epochs=3, image_size=32, bootstrap=200, device="cpu")
@@ -130,7 +130,7 @@ def test_the_stage_writes_its_reports_and_the_compare_stage_heads_the_leaderboar
 
 
 def test_mlflow_logs_one_run_tagged_as_the_shortcut_check(tmp_path):
-    from lungxray.tracking import MlflowParams, log_shortcut_check, mlflow_setup
+    from lungxray.core.tracking import MlflowParams, log_shortcut_check, mlflow_setup
 
     report = {"skipped": None, "probe": {"accuracy": 0.9, "accuracy_ci_low": 0.8, "accuracy_ci_high": 0.95,
                                          "majority_rate": 0.5, "uniform_rate": 0.5},

@@ -11,13 +11,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from lungxray.errors import LungxrayError
-from lungxray.leakage import check_leakage
-from lungxray.split import (
-    official_test_set,
+from lungxray.core.errors import LungxrayError
+from lungxray.data.leakage import check_leakage
+from lungxray.data.split import (
     SPLIT_COLUMNS,
     SplitParams,
     make_split,
+    official_test_set,
     require_validated,
     split_counts,
     split_counts_plot,
@@ -408,7 +408,7 @@ def test_same_split_whatever_the_csv_reader(tmp_path):
 
 def _validated(tmp_path, success=True, inputs=None):
     """A manifest and a groups table on disk, and a validation report on them (or on ``inputs``)."""
-    from lungxray.io import file_fingerprints, write_json
+    from lungxray.core.io import file_fingerprints, write_json
 
     m, g = _simple(30)
     paths = [tmp_path / "manifest.csv", tmp_path / "groups.csv"]

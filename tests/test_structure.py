@@ -1,11 +1,15 @@
-"""The shape of the code: no import circle in src/lungxray (issue 21). A circle ties the modules on it together, so
-that, e.g., an edit to serving code changed the train stage's code fingerprint and retrained every model."""
+"""The shape of the code (issue 21): src/lungxray has no import circle, its packages follow the pipeline and import only
+downhill, and no module reaches for another module's underscore names. A circle or an uphill import ties modules
+together, so that, e.g., an edit to serving code changed the train stage's code fingerprint and retrained every
+model."""
 
 from __future__ import annotations
 
-from conftest import REPO
+from lungxray.models.checkpoint import module_file, project_imports
 
-from lungxray.checkpoint import module_file, project_imports
+from pathlib import Path
+
+from conftest import REPO
 
 PACKAGE = REPO / "src" / "lungxray"
 
@@ -71,3 +75,50 @@ def test_src_lungxray_has_no_import_circle():
     found = circles(graph)
     assert not found, "import circles (each: modules that import each other, directly or not): " + "; ".join(
         " <-> ".join(c) for c in found)
+
+
+# the packages in pipeline order: each may import the ones before it (and itself), never one after it
+LAYERS = ["core", "images", "data", "models", "train", "evaluate", "ensemble", "compare", "external", "serve",
+          "registry", "cli"]
+
+
+def uphill(graph: dict[str, set[str]]) -> list[str]:
+    """Imports from a package to one later in :data:`LAYERS` (or a module outside every package)."""
+    out = []
+    for module, imported in graph.items():
+        here = module.split(".")[0]
+        for other in imported:
+            there = other.split(".")[0]
+            if here not in LAYERS or there not in LAYERS or LAYERS.index(there) > LAYERS.index(here):
+                out.append(f"{module} -> {other}")
+    return sorted(out)
+
+
+def test_the_layer_check_finds_an_uphill_import():
+    assert uphill({"train.fit": {"models.inference", "serve.predictor"}}) == ["train.fit -> serve.predictor"]
+    assert uphill({"models.x": {"core.io"}}) == []
+
+
+def test_every_module_sits_in_a_package_and_imports_only_downhill():
+    graph = import_graph()
+    assert set(LAYERS) <= set(graph)  # each layer is a package of src/lungxray
+    found = uphill(graph)
+    assert not found, "imports against the pipeline order " + " > ".join(LAYERS) + ": " + "; ".join(found)
+
+
+def private_imports(package: Path = PACKAGE) -> list[str]:
+    """``from <project module> import _name``: a module using another module's own (underscore) name."""
+    import ast
+
+    out = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("lungxray")):
+                out += [f"{path.relative_to(package)}: {a.name}" for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")]
+    return out
+
+
+def test_no_module_imports_another_modules_underscore_names():
+    found = private_imports()
+    assert not found, "make these public (and list them in the package's __init__): " + "; ".join(found)

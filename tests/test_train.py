@@ -13,16 +13,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
+from lungxray.core.tracking import MlflowParams
+from lungxray.models.inference import load_trained
+from lungxray.train.fit import train_model
+from lungxray.train.loop import class_weights
+from lungxray.train.settings import TrainParams, model_settings
+
 from conftest import REPO
-
-from lungxray.inference import load_trained
-from lungxray.tracking import MlflowParams
-from lungxray.train import train_model
-from lungxray.train_loop import class_weights
-from lungxray.train_settings import TrainParams, model_settings
-
 from helpers.interrupt import interrupt_after_epochs
-from helpers.processed import CLASSES, make_processed, train_params as params
+from helpers.processed import CLASSES, make_processed
+from helpers.processed import train_params as params
 
 
 @pytest.fixture
@@ -81,11 +82,11 @@ def test_train_writes_model_metrics_history_and_mlflow_run(tmp_path, mlflow_env)
 
 
 def test_the_training_run_records_the_processed_train_and_val_splits_as_its_dataset_inputs(tmp_path, mlflow_env):
-    from lungxray.checkpoint import data_version
+    from lungxray.models.checkpoint import data_version
 
     processed = make_processed(tmp_path)
     p = params(tmp_path, epochs=1, mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/db.sqlite",
-                                                       artifact_dir=str(tmp_path / "a"), log_model=False))
+                                                       artifact_dir=str(tmp_path / "a")))
     m = train_model("cnn5", p, processed, tmp_path / "m", tmp_path / "x", progress=False)
     import mlflow
 
@@ -100,8 +101,7 @@ def test_the_training_run_records_the_processed_train_and_val_splits_as_its_data
 def test_early_stopping(tmp_path, mlflow_env):
     processed = make_processed(tmp_path)
     p = params(tmp_path, epochs=30, lr=5.0, optimizer="sgd", early_stopping_patience=1,
-               mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/db.sqlite", artifact_dir=str(tmp_path / "a"),
-                                   log_model=False))
+               mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/db.sqlite", artifact_dir=str(tmp_path / "a")))
     m = train_model("cnn5", p, processed, tmp_path / "m", tmp_path / "x", progress=False)
     assert m["stopped_early"] and m["epochs_run"] < 30
 
@@ -111,7 +111,7 @@ import sys, json
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from helpers.processed import train_params as params
-from lungxray.train import train_model
+from lungxray.train.fit import train_model
 tmp = Path({tmp!r})
 train_model("cnn5", params(tmp, epochs=int(sys.argv[1]), weight_averaging="ema"), tmp / "processed", tmp / "models/cnn5",
             tmp / "metrics/cnn5")
@@ -173,7 +173,7 @@ def test_changed_settings_set_an_interrupted_checkpoint_aside_and_start_afresh(t
 
 
 def test_batches_cover_the_split_once_and_are_seeded():
-    from lungxray.train_loop import ArrayBatches
+    from lungxray.train.loop import ArrayBatches
 
     x = np.arange(10 * 4 * 4, dtype=np.uint8).reshape(10, 4, 4)
     y = np.arange(10)
@@ -189,7 +189,7 @@ def test_batches_cover_the_split_once_and_are_seeded():
 
 
 def test_augmentation_is_small_and_never_flips_vertically():
-    from lungxray.augment import AugmentParams, augment_batch
+    from lungxray.images.augment import AugmentParams, augment_batch
 
     img = torch.zeros(1, 1, 32, 32)
     img[..., :8, :] = 1.0  # bright band at the top (e.g. the clavicles)
@@ -208,7 +208,7 @@ def test_augmentation_is_small_and_never_flips_vertically():
 def test_a_finished_run_is_never_resumed_a_rerun_trains_from_scratch(tmp_path, mlflow_env, capsys):
     processed = make_processed(tmp_path)
     p = params(tmp_path, epochs=2, mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/db.sqlite",
-                                                       artifact_dir=str(tmp_path / "a"), log_model=False))
+                                                       artifact_dir=str(tmp_path / "a")))
     first = train_model("cnn5", p, processed, tmp_path / "m", tmp_path / "x", progress=False)
     assert torch.load(tmp_path / "m/checkpoint.pt", weights_only=True)["complete"] is True
     capsys.readouterr()
@@ -234,7 +234,7 @@ def interrupted_after_one_epoch(tmp_path: Path, monkeypatch) -> tuple[Path, Trai
 
 
 def test_a_code_change_trains_from_scratch_instead_of_resuming(tmp_path, mlflow_env, monkeypatch, capsys):
-    import lungxray.checkpoint as checkpoint
+    import lungxray.models.checkpoint as checkpoint
 
     processed, p = interrupted_after_one_epoch(tmp_path, monkeypatch)
     monkeypatch.setattr(checkpoint, "code_fingerprint", lambda *a, **k: "edited-train-or-models-code")
@@ -248,7 +248,7 @@ def test_a_code_change_trains_from_scratch_instead_of_resuming(tmp_path, mlflow_
 
 
 def test_a_library_upgrade_trains_from_scratch_instead_of_resuming(tmp_path, mlflow_env, monkeypatch, capsys):
-    import lungxray.checkpoint as checkpoint
+    import lungxray.models.checkpoint as checkpoint
 
     processed, p = interrupted_after_one_epoch(tmp_path, monkeypatch)
     versions = checkpoint.library_versions()
@@ -262,7 +262,7 @@ def test_a_library_upgrade_trains_from_scratch_instead_of_resuming(tmp_path, mlf
 def test_a_checkpoint_whose_weights_do_not_fit_the_model_is_set_aside_without_a_traceback(tmp_path, mlflow_env,
                                                                                           monkeypatch, capsys):
     """The architecture changed in a way no fingerprint saw (e.g. inside a library): one line, then a fresh start."""
-    import lungxray.models as models
+    import lungxray.models.architectures as models
 
     processed, p = interrupted_after_one_epoch(tmp_path, monkeypatch)
     real = models.create_model
@@ -288,8 +288,8 @@ def test_an_unreadable_checkpoint_is_set_aside(tmp_path, mlflow_env, capsys):
 
 
 def test_a_model_file_that_no_longer_fits_the_model_code_is_a_clear_error(tmp_path):
-    from lungxray.errors import LungxrayError
-    from lungxray.models import create_model
+    from lungxray.core.errors import LungxrayError
+    from lungxray.models.architectures import create_model
 
     path = tmp_path / "model.pt"
     torch.save({"name": "cnn5", "classes": CLASSES, "config": {"settings": {"freeze": 0, "head": "linear"}},
@@ -303,13 +303,12 @@ def test_a_model_file_that_no_longer_fits_the_model_code_is_a_clear_error(tmp_pa
 ARCH_SCRIPT = """
 import sys
 from pathlib import Path
-from lungxray.tracking import MlflowParams
-from lungxray.train import train_model
-from lungxray.train_settings import TrainParams
+from lungxray.core.tracking import MlflowParams
+from lungxray.train.fit import train_model
+from lungxray.train.settings import TrainParams
 tmp = Path(sys.argv[1])
 p = TrainParams(models=["cnn5"], epochs=1, batch_size=16, pretrained=False,
-                mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp}/db.sqlite", artifact_dir=str(tmp / "a"),
-                                    log_model=False))
+                mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp}/db.sqlite", artifact_dir=str(tmp / "a")))
 train_model("cnn5", p, tmp / "processed", tmp / "models/cnn5", tmp / "metrics/cnn5")
 """
 
@@ -343,7 +342,7 @@ def test_an_architecture_change_then_rerun_trains_the_new_model_without_a_traceb
 
 
 def test_each_model_is_fingerprinted_by_its_own_resolved_settings_only():
-    from lungxray.train_settings import resolved_settings
+    from lungxray.train.settings import resolved_settings
 
     base = dict(models=["cnn5", "resnet18"], model_options={"cnn5": {"lr": 1e-3}, "resnet18": {"freeze": 2}})
 
@@ -363,9 +362,9 @@ def test_each_model_is_fingerprinted_by_its_own_resolved_settings_only():
 
 def test_default_params_freeze_the_imagenet_bases_of_vgg16_mobilenetv2_and_inception_resnet_v2():
     """Seed 003 trained only the heads of these three; seed 002 froze the first ResNet blocks."""
-    from lungxray.config import load_section
-    from lungxray.models import count_parameters, create_model
-    from lungxray.train_settings import TrainParams
+    from lungxray.core.config import load_section
+    from lungxray.models.architectures import count_parameters, create_model
+    from lungxray.train.settings import TrainParams
 
     p = load_section("train", TrainParams, REPO / "params.yaml")
     for name in ("vgg16", "mobilenetv2", "inception_resnet_v2"):
@@ -388,8 +387,8 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def test_a_pretrained_model_is_fed_and_ships_its_weights_normalisation(tmp_path, mlflow_env, monkeypatch):
-    import lungxray.train_loop as train_loop
-    from lungxray.models import create_model
+    import lungxray.train.loop as train_loop
+    from lungxray.models.architectures import create_model
 
     weights = tmp_path / "mobilenetv2.pth"  # a local ImageNet-shaped file, as from the hub (no internet in tests)
     torch.save(create_model("mobilenetv2", 1000).state_dict(), weights)
@@ -410,7 +409,11 @@ def test_a_pretrained_model_is_fed_and_ships_its_weights_normalisation(tmp_path,
 
     import mlflow
 
-    meta = mlflow.models.get_model_info(m["mlflow_model_uri"]).metadata
+    from lungxray.core.tracking import mlflow_setup
+    from lungxray.serve.mlflow_models import logged_model_uri
+
+    uri = logged_model_uri(mlflow_setup(p.mlflow), m["mlflow_run_id"], [tmp_path / "m/model.pt"])
+    meta = mlflow.models.get_model_info(uri).metadata
     assert meta["mean"] == pytest.approx(IMAGENET_MEAN) and meta["std"] == pytest.approx(IMAGENET_STD)
     run = mlflow.get_run(m["mlflow_run_id"])
     assert run.data.metrics["params/trainable"] == m["trainable_parameters"]
@@ -419,14 +422,14 @@ def test_a_pretrained_model_is_fed_and_ships_its_weights_normalisation(tmp_path,
 def test_a_model_trained_from_scratch_is_fed_the_data_statistics_on_three_channels(tmp_path, mlflow_env):
     processed = make_processed(tmp_path)  # stats.json: mean 0.4, std 0.2
     p = params(tmp_path, epochs=1, mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/db.sqlite",
-                                                       artifact_dir=str(tmp_path / "a"), log_model=False))
+                                                       artifact_dir=str(tmp_path / "a")))
     train_model("cnn5", p, processed, tmp_path / "m", tmp_path / "x", progress=False)
     ck = torch.load(tmp_path / "m/model.pt", weights_only=True)
     assert ck["mean"] == [0.4] * 3 and ck["std"] == [0.2] * 3 and ck["normalisation"] == "data"
 
 
 def test_model_input_is_normalised_per_channel():
-    from lungxray.inference import to_model_input
+    from lungxray.models.inference import to_model_input
 
     x = torch.full((2, 1, 4, 4), 255, dtype=torch.uint8)
     out = to_model_input(x, torch.device("cpu"), IMAGENET_MEAN, IMAGENET_STD, channels_last=False)
@@ -447,8 +450,8 @@ def test_a_full_disk_at_a_checkpoint_is_one_clear_error_and_the_mlflow_run_is_ma
     does (a rerun resumes from it), and the MLflow run is FAILED, not left RUNNING or taken for an interruption."""
     import mlflow
 
-    import lungxray.io
-    from lungxray.errors import DiskFullError
+    import lungxray.core.io
+    from lungxray.core.errors import DiskFullError
 
     processed = make_processed(tmp_path)
     real_save, checkpoints = torch.save, []
@@ -462,7 +465,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_clear_error_and_the_mlflow_run_is_ma
         return real_save(obj, f, *a, **k)
 
     monkeypatch.setattr(torch, "save", save)
-    monkeypatch.setattr(lungxray.io, "free_bytes", lambda folder: 4_000)
+    monkeypatch.setattr(lungxray.core.io, "free_bytes", lambda folder: 4_000)
     with pytest.raises(DiskFullError) as e:
         train_model("cnn5", params(tmp_path, epochs=3), processed, tmp_path / "models/cnn5", tmp_path / "metrics/cnn5",
                     progress=False)
@@ -477,8 +480,8 @@ def test_a_full_disk_at_a_checkpoint_is_one_clear_error_and_the_mlflow_run_is_ma
 
 
 def test_an_interrupted_run_is_killed_any_other_end_failed():
-    from lungxray.errors import DiskFullError
-    from lungxray.train import run_status
+    from lungxray.core.errors import DiskFullError
+    from lungxray.train.fit import run_status
 
     assert run_status(KeyboardInterrupt()) == run_status(SystemExit(143)) == "KILLED"
     assert run_status(DiskFullError("no space left")) == run_status(RuntimeError("bug")) == "FAILED"

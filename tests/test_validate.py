@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from lungxray.errors import LungxrayError
-from lungxray.schema import MANIFEST_COLUMNS
-from lungxray.validate import ValidateParams, ValidationResult, format_failures, validate_tables, write_report
+from lungxray.core.errors import LungxrayError
+from lungxray.core.schema import MANIFEST_COLUMNS
+from lungxray.data.validate import ValidateParams, ValidationResult, format_failures, validate_tables, write_report
 
 CLASSES = ["normal", "pneumonia"]
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from lungxray.compare import leaderboard, leaderboard_rows
-from lungxray.evaluate import EvaluateParams, evaluate_model
-from lungxray.inference import architecture, load_trained
-from lungxray.tracking import MlflowParams
-from lungxray.train import train_model
-from lungxray.train_settings import TrainParams, model_settings, resolved_settings
+from lungxray.compare.leaderboard import leaderboard, leaderboard_rows
+from lungxray.core.tracking import MlflowParams
+from lungxray.evaluate.evaluation import EvaluateParams, evaluate_model
+from lungxray.models.inference import architecture, load_trained
+from lungxray.train.fit import train_model
+from lungxray.train.settings import TrainParams, model_settings, resolved_settings
 
 from helpers.processed import make_processed, train_params
 
@@ -56,7 +56,7 @@ def _one_epoch_weights(tmp_path, name: str, **kw) -> dict:
         make_processed(tmp_path, n_train=12, n_val=6, size=32)
     p = train_params(tmp_path, models=[name], epochs=1, batch_size=6, device="cpu", precision="fp32",
                      mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
-                                         artifact_dir=str(tmp_path / "a"), log_model=False), **kw)
+                                         artifact_dir=str(tmp_path / "a")), **kw)
     train_model(name, p, processed, tmp_path / "models" / name, tmp_path / "metrics" / name, progress=False)
     return torch.load(tmp_path / "models" / name / "model.pt", weights_only=True)["model"]
 

@@ -31,12 +31,12 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from lungxray.augment import AugmentParams
-from lungxray.inference import load_trained
-from lungxray.preprocess import PreprocessParams, to_square
-from lungxray.tracking import MlflowParams
-from lungxray.train import train_model
-from lungxray.train_settings import TrainParams
+from lungxray.core.tracking import MlflowParams
+from lungxray.data.preprocess import PreprocessParams, to_square
+from lungxray.images.augment import AugmentParams
+from lungxray.models.inference import load_trained
+from lungxray.train.fit import train_model
+from lungxray.train.settings import TrainParams
 
 # ../shared/data beside the repository root (this file is benchmarks/pneumoniamnist/explore.py)
 NPZ = Path(__file__).resolve().parents[3] / "shared" / "data" / "pneumoniamnist" / "pneumoniamnist_trainval.npz"
@@ -158,7 +158,7 @@ def run(name: str, seed: int, threads: int) -> dict:
         tr["num_workers"] = 0
     params = TrainParams(models=[c["model"]], pretrained=False, seed=seed, device="cpu", torch_threads=threads,
                          mlflow=MlflowParams(tracking_uri=f"sqlite:///{ROOT}/mlflow.db",
-                                             artifact_dir=str(ROOT / "art"), log_model=False, experiment="pm"),
+                                             artifact_dir=str(ROOT / "art"), experiment="pm"),
                          **tr)
     out = ROOT / "runs" / f"{name}_s{seed}"
     if out.exists():  # always a fresh run (no resume of an old configuration)

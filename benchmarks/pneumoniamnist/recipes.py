@@ -32,11 +32,14 @@ sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]
 import explore  # noqa: E402  (the processed folder and the val labels)
 from seed_stats import mean_sd  # noqa: E402
 
-from lungxray.calibration import choose_operating_points, fit_temperature, nll  # noqa: E402
-from lungxray.inference import softmax_t  # noqa: E402
-from lungxray.inference import load_trained, predict_logits  # noqa: E402
-from lungxray.metrics.calibration import expected_calibration_error  # noqa: E402
-from lungxray.tta import tta_proba  # noqa: E402
+from lungxray.evaluate.metrics.calibration import expected_calibration_error  # noqa: E402
+from lungxray.evaluate.tta import tta_proba  # noqa: E402
+from lungxray.models.calibration import choose_operating_points, fit_temperature, nll  # noqa: E402
+from lungxray.models.inference import (  # noqa: E402
+    load_trained,
+    predict_logits,
+    softmax_t,  # noqa: E402
+)
 
 ROOT = Path(os.environ.get("PM_ROOT", "/tmp/pm"))
 

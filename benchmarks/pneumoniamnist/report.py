@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lungxray.ensemble_members import ENSEMBLE, evaluated_models
-from lungxray.params_check import load_params
+from lungxray.cli.params_check import load_params
+from lungxray.ensemble.members import ENSEMBLE, evaluated_models
 
 # MedMNIST v2 (Yang et al. 2023), PneumoniaMNIST, official test split: (AUC, ACC)
 PUBLISHED = [

@@ -37,10 +37,10 @@ sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]
 import explore  # noqa: E402  (the processed folder, val probabilities and scores of the earlier recipe search)
 from seed_stats import mean_sd  # noqa: E402
 
-import lungxray.train as train_mod  # noqa: E402
-from lungxray.augment import AugmentParams  # noqa: E402
-from lungxray.tracking import MlflowParams  # noqa: E402
-from lungxray.train_settings import TrainParams  # noqa: E402
+import lungxray.train.fit as train_mod  # noqa: E402
+from lungxray.core.tracking import MlflowParams  # noqa: E402
+from lungxray.images.augment import AugmentParams  # noqa: E402
+from lungxray.train.settings import TrainParams  # noqa: E402
 
 ROOT = Path(os.environ.get("PM_ROOT", "/tmp/pm"))
 HERE = Path(__file__).parent
@@ -143,7 +143,7 @@ def run(name: str, seed: int, threads: int) -> dict:
     out.mkdir(parents=True)
     params = TrainParams(models=["cnn8"], pretrained=False, seed=seed, device="cpu", torch_threads=threads,
                          precision="fp32", mlflow=MlflowParams(tracking_uri=f"sqlite:///{out}/mlflow.db",
-                                                               artifact_dir=str(out / "art"), log_model=False,
+                                                               artifact_dir=str(out / "art"),
                                                                experiment="smooth"), **tr)
     diag = Diagnose(processed)
     train_mod.run_epoch = diag

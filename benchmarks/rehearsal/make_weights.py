@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from lungxray.io import atomic_path, sha256_file
-from lungxray.models import describe
+from lungxray.core.io import atomic_path, sha256_file
+from lungxray.models.architectures import describe
 
 
 def write_weights(model: str, path: Path, seed: int = 0) -> None:

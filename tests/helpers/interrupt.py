@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def interrupt_after_epochs(monkeypatch, done: int) -> None:
     """Make the next training run raise KeyboardInterrupt when epoch ``done + 1`` starts training."""
-    import lungxray.train as train
+    import lungxray.train.fit as train
 
     real, calls = train.run_epoch, {"train": 0}
 

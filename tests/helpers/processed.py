@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lungxray.tracking import MlflowParams
-from lungxray.train_settings import TrainParams
+from lungxray.core.tracking import MlflowParams
+from lungxray.train.settings import TrainParams
 
 CLASSES = ["normal", "pneumonia", "covid19"]
 

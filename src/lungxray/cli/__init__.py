@@ -1,0 +1,5 @@
+"""The ``lungxray`` command (``main``) and its settings reference (``params_check``, ``params_doc``)."""
+
+from lungxray.cli.commands import main
+
+__all__ = ["main"]

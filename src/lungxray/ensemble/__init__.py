@@ -1,0 +1,7 @@
+"""The ensemble stage: its members (``members``) and its evaluation as one model (``evaluation``).
+
+Each module's names without a leading underscore are its public API; an underscore name is the module's own.
+The modules are listed in ``__all__`` and imported by name (``from lungxray.ensemble.<module> import ...``), never all
+at once here, so that a stage's code closure (its ``dvc.yaml`` deps) holds only the modules it uses."""
+
+__all__ = ["evaluation", "members"]
