@@ -30,13 +30,13 @@ endif
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; [ $$rc -eq 5 ] && echo "pytest: no tests collected" && rc=0; exit $$rc
 
-# PneumoniaMNIST on its official splits, offline from ../shared/data, results written into README.md
+# PneumoniaMNIST on its official splits, offline from ../shared/data, results written into docs/benchmarks.md
 benchmark-pneumoniamnist: setup
 	cp configs/pneumoniamnist.yaml params.yaml
 	@echo "params.yaml <- configs/pneumoniamnist.yaml"
 	lungxray check-params
 	dvc repro
-	$(BIN)/python benchmarks/pneumoniamnist/report.py --update-readme
+	$(BIN)/python benchmarks/pneumoniamnist/report.py --update-docs
 
 # the default recipe (nine architectures at 224 px) rehearsed on the CPU over a subset of ../shared/data, with local
 # weight files standing in for ImageNet's (configs/rehearsal.yaml); about 45 min on 2 cores; then predict with --cam

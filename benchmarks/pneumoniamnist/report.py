@@ -1,11 +1,11 @@
 """PneumoniaMNIST results beside the published MedMNIST v2 table, from the pipeline's metrics files.
 
-    python benchmarks/pneumoniamnist/report.py [--params configs/pneumoniamnist.yaml] [--update-readme]
+    python benchmarks/pneumoniamnist/report.py [--params configs/pneumoniamnist.yaml] [--update-docs]
 
 Reads metrics/<model>/eval.json, train.json and history.csv of every model in the profile's train.models, then the
 ensemble's (metrics/ensemble/, when the profile enables it: the mean probability of its members; run
 `make benchmark-pneumoniamnist` first) and prints a Markdown table, with each model's test-time augmentation rows
-when the profile sets `evaluate.tta`; --update-readme writes it into README.md between
+when the profile sets `evaluate.tta`; --update-docs writes it into docs/benchmarks.md (--doc) between
 the pneumoniamnist-results markers. Nothing in the table is typed by hand.
 """
 
@@ -92,20 +92,22 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="configs/pneumoniamnist.yaml")
     ap.add_argument("--metrics", default="metrics")
-    ap.add_argument("--update-readme", action="store_true")
+    ap.add_argument("--update-docs", "--update-readme", action="store_true", dest="update_docs",
+                    help="write the table into --doc between its markers (--update-readme: the former name)")
+    ap.add_argument("--doc", default="docs/benchmarks.md", help="the Markdown file holding the markers")
     args = ap.parse_args()
     md = table(args.params, Path(args.metrics))
     print(md)
-    if args.update_readme:
-        readme = Path("README.md")
-        text = readme.read_text()
+    if args.update_docs:
+        doc = Path(args.doc)
+        text = doc.read_text()
         if START not in text or END not in text:
-            print(f"README.md has no {START} ... {END} markers", file=sys.stderr)
+            print(f"{doc} has no {START} ... {END} markers", file=sys.stderr)
             return 2
         head, rest = text.split(START, 1)
         _, tail = rest.split(END, 1)
-        readme.write_text(f"{head}{START}\n{md}\n{END}{tail}")
-        print("README.md updated")
+        doc.write_text(f"{head}{START}\n{md}\n{END}{tail}")
+        print(f"{doc} updated")
     return 0
 
 

@@ -2,7 +2,7 @@
 
     make run CONFIG=configs/seed-002.yaml                        # Kaggle credentials; a GPU advised
     python benchmarks/seeds/report.py --record seed-002          # store that run's figures in results/seed-002.json
-    python benchmarks/seeds/report.py [--update-readme]          # the table (README.md between the seed markers)
+    python benchmarks/seeds/report.py [--update-docs]            # the table (docs/seeds.md between the seed markers)
 
 Columns (accuracy = micro recall, on the test split, [95% bootstrap interval over split units]):
 
@@ -110,12 +110,12 @@ def table(results_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, md: str) -> None:
-    text = readme.read_text()
+def update_doc(doc: Path, md: str) -> None:
+    text = doc.read_text()
     if START not in text or END not in text:
-        raise SystemExit(f"{readme} has no {START} ... {END} markers")
+        raise SystemExit(f"{doc} has no {START} ... {END} markers")
     head, rest = text.split(START, 1)
-    readme.write_text(head + START + "\n" + md + "\n" + END + rest.split(END, 1)[1])
+    doc.write_text(head + START + "\n" + md + "\n" + END + rest.split(END, 1)[1])
 
 
 def main() -> int:
@@ -125,7 +125,9 @@ def main() -> int:
     ap.add_argument("--metrics", type=Path, default=REPO / "metrics")
     ap.add_argument("--external", type=Path, default=REPO / "reports" / "external.json")
     ap.add_argument("--results", type=Path, default=HERE / "results")
-    ap.add_argument("--update-readme", action="store_true")
+    ap.add_argument("--update-docs", "--update-readme", action="store_true", dest="update_docs",
+                    help="write the table into --doc between the seed markers (--update-readme: the former name)")
+    ap.add_argument("--doc", type=Path, default=REPO / "docs" / "seeds.md", help="the Markdown file holding the markers")
     args = ap.parse_args()
     if args.record:
         args.results.mkdir(parents=True, exist_ok=True)
@@ -133,8 +135,8 @@ def main() -> int:
         (args.results / f"{args.record}.json").write_text(json.dumps(out, indent=2) + "\n")
     md = table(args.results)
     print(md)
-    if args.update_readme:
-        update_readme(REPO / "README.md", md)
+    if args.update_docs:
+        update_doc(args.doc, md)
     return 0
 
 
