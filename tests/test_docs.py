@@ -90,3 +90,26 @@ def test_the_seed_report_rewrites_only_the_table_between_the_markers_of_docs_see
     start, end = "<!-- seed-results:start -->", "<!-- seed-results:end -->"
     assert after.split(start)[0] == before.split(start)[0] and after.split(end)[1] == before.split(end)[1]
     assert after.split(start)[1].split(end)[0].strip() == out.stdout.strip()
+
+
+def _resolves(dotted: str) -> bool:
+    """``lungxray.a.b[.name]``: a package or module under src/, optionally followed by one name it defines."""
+    parts, base = dotted.split(".")[1:], REPO / "src" / "lungxray"
+    for i, part in enumerate(parts):
+        if (base / part).is_dir():
+            base = base / part
+        elif (base / f"{part}.py").is_file():
+            base = base / f"{part}.py"
+        else:
+            rest = parts[i:]
+            source = (base / "__init__.py" if base.is_dir() else base).read_text(encoding="utf-8")
+            return len(rest) == 1 and re.search(rf"^(def|class) {rest[0]}\b|^{rest[0]}\b.*=", source, re.M) is not None
+    return True
+
+
+@pytest.mark.parametrize("page", [README, *DOCS], ids=lambda p: p.relative_to(REPO).as_posix())
+def test_every_module_and_source_path_the_docs_name_exists(page):
+    text = page.read_text(encoding="utf-8")
+    paths = [p for p in re.findall(r"`(src/lungxray/[^`\s]*)`", text) if not (REPO / p).exists()]
+    names = [n for n in re.findall(r"`(lungxray\.[A-Za-z_][\w.]*)`", text) if not _resolves(n)]
+    assert not paths + names, f"{page.relative_to(REPO)} names what the code no longer has: {paths + names}"
