@@ -243,6 +243,7 @@ class _EpochResult:
 
 
 def _feeding(setup: Setup, run: Run, data: dict) -> _Feeding:
+    """What the epochs of this fit share (:class:`_Feeding`)."""
     params, device, world = setup.params, setup.device, setup.world
     net = wrap(run.model, world)
     shard = {"rank": world.rank, "world": world.size, "pin_memory": device.type == "cuda"}
