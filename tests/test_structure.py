@@ -122,3 +122,40 @@ def private_imports(package: Path = PACKAGE) -> list[str]:
 def test_no_module_imports_another_modules_underscore_names():
     found = private_imports()
     assert not found, "make these public (and list them in the package's __init__): " + "; ".join(found)
+
+
+# STYLE.md rule 6: a function reads in one screen, a module in a sitting
+MAX_FUNCTION_LINES = 60
+MAX_MODULE_LINES = 400
+
+
+def oversized(package: Path = PACKAGE) -> list[str]:
+    """Every def (methods and nested defs too) longer than :data:`MAX_FUNCTION_LINES` lines, counted from its ``def``
+    line (decorators left out) to its last line, and every module longer than :data:`MAX_MODULE_LINES` lines."""
+    import ast
+
+    out = []
+    for path in sorted(package.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        name = path.relative_to(package).as_posix()
+        if (n := len(text.splitlines())) > MAX_MODULE_LINES:
+            out.append(f"{name}: {n} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if (n := node.end_lineno - node.lineno + 1) > MAX_FUNCTION_LINES:
+                    out.append(f"{name}:{node.lineno} {node.name}: {n} lines")
+    return out
+
+
+def test_the_size_check_finds_a_long_function_and_a_long_module(tmp_path):
+    (tmp_path / "short.py").write_text("def f():\n    return 1\n")
+    (tmp_path / "long.py").write_text("def g():\n" + "    x = 1\n" * MAX_FUNCTION_LINES
+                                      + "\n" * (MAX_MODULE_LINES - MAX_FUNCTION_LINES))
+    assert oversized(tmp_path) == [f"long.py: {MAX_MODULE_LINES + 1} lines",
+                                   f"long.py:1 g: {MAX_FUNCTION_LINES + 1} lines"]
+
+
+def test_no_function_is_over_60_lines_and_no_module_over_400():
+    found = oversized()
+    assert not found, ("split these into named steps that read top to bottom (STYLE.md rule 6; a module: by "
+                       "concern, into its package): " + "; ".join(found))

@@ -1,7 +1,7 @@
 """The ``lungxray`` console command.
 
 Exit statuses: 0 done; 2 a usage error, told in one line before any work (a bad option, whose numbers are checked
-by :func:`at_least` / :func:`port_number`, a missing model, an output that cannot be written; every
+by :mod:`lungxray.cli.arguments`, a missing model, an output that cannot be written; every
 :class:`LungxrayError`); 1 and the others: what each command's ``--help`` says (``predict``: some files could not be
 classified).
 """
@@ -10,57 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from lungxray.cli.arguments import at_least, check_writable, port_number
 from lungxray.core.errors import LungxrayError
 from lungxray.core.stage import disable_telemetry
 
 USAGE_ERROR = 2  # argparse's status for a bad option, and every LungxrayError's
-
-
-def at_least(low: int):
-    """An argparse ``type``: an integer >= ``low``, or the option's error (exit status 2) saying so."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
-        return value
-
-    parse.__name__ = f"integer >= {low}"
-    return parse
-
-
-def port_number(text: str) -> int:
-    """An argparse ``type``: a TCP port, 1 to 65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be an integer from 1 to 65535, got {text!r}")
-    return value
-
-
-def check_writable(path: str, option: str, folder: bool = False) -> None:
-    """Stop with a usage error unless ``path`` (a file, or with ``folder`` a folder) can be written: the folder that
-    holds it is created now (it would be anyway) and a scratch file is made in it, so a folder that cannot be
-    created or written in (read-only, below a file, in /proc) is told before any work."""
-    import tempfile
-
-    target = Path(path)
-    if not folder and target.is_dir():
-        raise LungxrayError(f"{option} {path} is a folder: give the file to write, e.g. {target / 'predictions.csv'}")
-    where = target if folder else target.parent
-    try:
-        where.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=where):
-            pass
-    except OSError as e:
-        raise LungxrayError(f"{option} {path}: cannot write in the folder {where} "
-                            f"({e.strerror or type(e).__name__}): choose a place you can write to") from None
 
 
 def _cmd_check_params(args: argparse.Namespace) -> None:
@@ -275,10 +230,15 @@ def _cmd_mlflow_server(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lungxray.core.schema import DEFAULT_MAX_PIXELS
-
+    """The ``lungxray`` parser: one sub-command per ``_add_*`` below, each bound to its ``_cmd_*``."""
     ap = argparse.ArgumentParser(prog="lungxray", description="Leakage-free chest X-ray classification pipeline")
     sub = ap.add_subparsers(dest="command", required=True)
+    for add in (_add_check_params, _add_dedupe, _add_predict, _add_metrics, _add_mlflow_server):
+        add(sub)
+    return ap
+
+
+def _add_check_params(sub) -> None:
     p = sub.add_parser("check-params", help="check every section of a params file and list its sources",
                        description="Each stage reads only its own section; this checks the whole file at once (an "
                                    "unknown key or section, a wrong type). `make run` runs it before `dvc repro`.")
@@ -288,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the reference of the given sections (all when none): each field with its type, "
                         "default and description; reads no params file")
     p.set_defaults(func=_cmd_check_params)
+
+
+def _add_dedupe(sub) -> None:
+    from lungxray.core.schema import DEFAULT_MAX_PIXELS
 
     p = sub.add_parser("dedupe", help="find copies of the same X-ray in folders of images (recursively)",
                        description="Group every copy of the same X-ray (byte-identical, re-encoded, resized, cropped, "
@@ -307,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=at_least(0), help="processes (default, or 0: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_dedupe)
+
+
+def _add_predict(sub) -> None:
+    from lungxray.core.schema import DEFAULT_MAX_PIXELS
 
     p = sub.add_parser("predict", help="classify X-ray files (PNG, JPEG, DICOM, ...) or folders with a trained model",
                        description="One row per file: the predicted class and one probability per class; a file "
@@ -335,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
 
+
+def _add_metrics(sub) -> None:
     m = sub.add_parser("metrics", help="CI regression gate on the evaluation metrics").add_subparsers(
         dest="metrics_command", required=True)
     p = m.add_parser("check", help="compare current metrics with the committed baseline; exit 1 on a regression",
@@ -350,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where to write (default: gate.baseline in params)")
     p.set_defaults(func=_cmd_metrics_baseline)
 
+
+def _add_mlflow_server(sub) -> None:
     p = sub.add_parser("mlflow-server", help="run a team MLflow tracking server on PostgreSQL (artifacts served)",
                        description="PostgreSQL as the store of runs and the model registry (a local one created in "
                                    "--pg-data, or an existing one by --backend-store-uri); artifacts uploaded through "
@@ -372,7 +344,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MLflow's basic-auth app; needs MLFLOW_FLASK_SERVER_SECRET_KEY and, the first time, "
                         "MLFLOW_AUTH_ADMIN_PASSWORD")
     p.set_defaults(func=_cmd_mlflow_server)
-    return ap
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -199,14 +199,7 @@ def decide(candidates: list[dict[str, Any]], current_champion: dict[str, Any] | 
     if len(fps) > 1:
         raise ValueError(f"candidates were evaluated on different {split} sets ({', '.join(fps)}): not comparable")
     champ = current_champion
-    compared = {"metric": p.metric, "direction": "higher" if p.higher_is_better else "lower", "method": None,
-                "best": None, "champion": None, "difference": None, "difference_ci_low": None,
-                "difference_ci_high": None, "ci": p.ci, "resamples": None, "units": None, "images": None,
-                "paired_unavailable": None, "min_improvement": p.min_improvement, "selection_split": split,
-                "selection_set": fps[0] if fps else None,
-                "champion_selection_set": None if champ is None else champ.get(f"{split}_set"),
-                "same_selection_set": None, "test_set": next((c["test_set"] for c in valid if c.get("test_set")),
-                                                             None)}
+    compared = _blank_comparison(valid, champ, split, fps, p)
     base = {"best": None, "runner_up": None, "champion_before": _brief(champ, p),
             "ranking": [{"rank": i + 1, "model": c.get("model"), "version": c.get("version"),
                          p.metric: finite(c.get(p.metric)), p.tie_breaker: c.get(p.tie_breaker)}
@@ -236,6 +229,19 @@ def decide(candidates: list[dict[str, Any]], current_champion: dict[str, Any] | 
                              f"the champion", method="already_champion", champion=compared["best"], difference=0.0,
                       same_selection_set=True)
     return _against_champion(best, champ, valid, compared, p, result)
+
+
+def _blank_comparison(valid: list[dict], champ: dict | None, split: str, fps: list[str],
+                      p: PromotionParams) -> dict[str, Any]:
+    """The ``compared`` entry before any rule applied: the metric, the params and the fingerprints (``fps``: the
+    selection sets of the valid candidates)."""
+    return {"metric": p.metric, "direction": "higher" if p.higher_is_better else "lower", "method": None,
+            "best": None, "champion": None, "difference": None, "difference_ci_low": None,
+            "difference_ci_high": None, "ci": p.ci, "resamples": None, "units": None, "images": None,
+            "paired_unavailable": None, "min_improvement": p.min_improvement, "selection_split": split,
+            "selection_set": fps[0] if fps else None,
+            "champion_selection_set": None if champ is None else champ.get(f"{split}_set"),
+            "same_selection_set": None, "test_set": next((c["test_set"] for c in valid if c.get("test_set")), None)}
 
 
 def _against_champion(best: dict, champ: dict, valid: list[dict], compared: dict, p: PromotionParams, result):

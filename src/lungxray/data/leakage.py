@@ -72,6 +72,17 @@ def check_leakage(split_df: pd.DataFrame, *references: pd.DataFrame) -> list[str
     * ids listed twice in ``split_df``, and split values other than train / val / test.
     """
     require_columns(split_df, ["id", "split"], "split table")
+    s, problems = _split_table(split_df)
+    rows = _all_rows(s, split_df, references)
+    reported_ids: set[str] = set()
+    problems += _group_problems(rows, reported_ids)
+    problems += _patient_problems(rows, reported_ids)
+    problems += _chain_problems(rows, reported_ids)
+    return problems
+
+
+def _split_table(split_df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``id`` and ``split`` of the split table, one row per id, and the problems of the table itself."""
     problems: list[str] = []
     s = pd.DataFrame({"id": clean_text(split_df["id"]), "split": clean_text(split_df["split"])})
     dup = sorted(set(s["id"][s["id"].duplicated()]))
@@ -82,9 +93,12 @@ def check_leakage(split_df: pd.DataFrame, *references: pd.DataFrame) -> list[str
         problems.append(
             f"{len(bad)} rows have a split other than train/val/test, e.g. {sorted(set(bad['split']))[:3]}"
         )
-    s = s.drop_duplicates("id", keep="first")
+    return s.drop_duplicates("id", keep="first"), problems
 
-    # all rows with their group / patient (first non-empty value over the references, then the split table itself)
+
+def _all_rows(s: pd.DataFrame, split_df: pd.DataFrame, references: tuple[pd.DataFrame, ...]) -> pd.DataFrame:
+    """All rows with their group / patient (first non-empty value over the references, then the split table itself)
+    and their split ("" for an image not in the split table), sorted by id."""
     info: dict[str, dict[str, str]] = {}
     for t in (*references, split_df):
         if "id" not in t.columns:
@@ -110,21 +124,33 @@ def check_leakage(split_df: pd.DataFrame, *references: pd.DataFrame) -> list[str
     )
     rows = rows.merge(s, on="id", how="left")
     rows["split"] = rows["split"].fillna("").astype(object)
+    return rows
 
-    # 1. groups
+
+def _in_group(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows in the split table that belong to a dedupe group."""
     assigned = rows[rows["split"] != ""]
-    reported_ids: set[str] = set()
-    in_group = assigned[assigned["group"] != ""]
-    for g, sub in _spanning(in_group, "group"):
+    return assigned[assigned["group"] != ""]
+
+
+def _group_problems(rows: pd.DataFrame, reported_ids: set[str]) -> list[str]:
+    """1. dedupe groups whose kept images are in more than one split (their ids join ``reported_ids``)."""
+    problems = []
+    for g, sub in _spanning(_in_group(rows), "group"):
         sub = sub.assign(where=sub["split"])
         problems.append(f"dedupe group '{g}' has kept images in {_splits_of(sub)}: {_fmt_members(sub)}")
         reported_ids.update(sub["id"])
+    return problems
 
-    # 2. patients, with non-kept copies taking the split(s) of their group's kept images
+
+def _patient_problems(rows: pd.DataFrame, reported_ids: set[str]) -> list[str]:
+    """2. patients in more than one split, with non-kept copies taking the split(s) of their group's kept images
+    (their ids join ``reported_ids``)."""
+    problems = []
     with_patient = rows[rows["patient"] != ""]
     direct = with_patient[with_patient["split"] != ""].assign(where=lambda d: d["split"])
     via = with_patient[with_patient["split"] == ""][["patient", "id", "group"]].merge(
-        in_group[["group", "split"]].drop_duplicates(), on="group", how="inner"
+        _in_group(rows)[["group", "split"]].drop_duplicates(), on="group", how="inner"
     )
     via = via.assign(where=via["split"] + ", via its dedupe group '" + via["group"] + "'")
     eff = pd.concat(
@@ -133,8 +159,12 @@ def check_leakage(split_df: pd.DataFrame, *references: pd.DataFrame) -> list[str
     for pt, sub in _spanning(eff, "patient"):
         problems.append(f"patient '{pt}' has images in {_splits_of(sub)}: {_fmt_members(sub)}")
         reported_ids.update(sub["id"])
+    return problems
 
-    # 3. longer chains
+
+def _chain_problems(rows: pd.DataFrame, reported_ids: set[str]) -> list[str]:
+    """3. longer chains of shared groups and patients across splits, none of whose images was reported yet."""
+    problems = []
     rows["_root"] = components_by_keys([rows["group"].tolist(), rows["patient"].tolist()])
     for _, sub in _spanning(rows[rows["split"] != ""], "_root"):
         if not (set(sub["id"]) & reported_ids):

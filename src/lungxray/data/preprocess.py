@@ -163,11 +163,7 @@ def run_preprocess(split_df: pd.DataFrame, classes: list[str], params: Preproces
                     if split == "train":
                         total += res[0]
                         total_sq += res[1]
-                index_rows.append(pd.DataFrame({
-                    "split": split, "row": np.arange(len(part)), "id": part.id.to_numpy(), "label": part.label.to_numpy(),
-                    "label_idx": part.label.map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64),
-                    "source": part["source"].to_numpy() if "source" in part else "",
-                    "unit": part["unit"].to_numpy() if "unit" in part else part.id.to_numpy()}))
+                index_rows.append(_index_rows(split, part, classes))
                 counts = part.label.value_counts()
                 stats["splits"][split] = {"images": int(len(part)),
                                           "per_class": {c: int(counts.get(c, 0)) for c in classes}}
@@ -185,6 +181,15 @@ def run_preprocess(split_df: pd.DataFrame, classes: list[str], params: Preproces
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)  # the folder appears complete or not at all
     return stats
+
+
+def _index_rows(split: str, part: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """The rows of ``index.csv`` for one split: each image's row in its array, with id, label, source and unit."""
+    return pd.DataFrame({
+        "split": split, "row": np.arange(len(part)), "id": part.id.to_numpy(), "label": part.label.to_numpy(),
+        "label_idx": part.label.map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64),
+        "source": part["source"].to_numpy() if "source" in part else "",
+        "unit": part["unit"].to_numpy() if "unit" in part else part.id.to_numpy()})
 
 
 def _allocate_arrays(tmp: Path, out_dir: Path, shapes: dict[str, tuple[int, int, int]]) -> None:

@@ -11,10 +11,9 @@ copy (X-ray A of patient P1 was also published as A' under patient P2: every ima
 The ``unit`` column of the output names the union by the smallest id among all its images (kept or not).
 The check that no dedupe group, patient or chain of them crosses splits is :mod:`lungxray.leakage`.
 
-Units are assigned greedily, largest first (ties in size broken by a seeded random key), each to the split whose
-per-label deficit (target count minus current count, weighted by the unit's label mix and scaled by the label's total)
-is largest; ties between splits are broken by a seeded random order. Inputs are sorted by id first, so the result
-depends only on the *set* of rows, the params and the seed, never on row order or hash randomisation.
+Units are assigned by :func:`lungxray.data.assign.assign_greedily` (largest first, each to the split that lacks most of
+its labels; seeded). Inputs are sorted by id first, so the result depends only on the *set* of rows, the params and
+the seed, never on row order or hash randomisation.
 
 Official splits (``SplitParams``):
 
@@ -46,6 +45,7 @@ from lungxray.core.errors import LungxrayError
 from lungxray.core.graph import components_by_keys
 from lungxray.core.plots import pyplot, save_png
 from lungxray.core.schema import SPLITS
+from lungxray.data.assign import assign_greedily
 from lungxray.data.leakage import require_columns, clean_text, check_leakage
 
 SPLIT_COLUMNS = ["id", "path", "label", "split", "group", "unit", "source", "patient"]
@@ -157,62 +157,6 @@ def _merge_inputs(manifest: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
 # assignment
 
 
-def _targets(r: np.ndarray, totals: np.ndarray, forced: np.ndarray, forced_elsewhere: np.ndarray) -> np.ndarray:
-    """Target count per split (rows) and label (columns).
-
-    The ratio share of each label, except that a split already holding more than its share (forced there by an
-    official split) keeps what it has and the others share the rest in proportion to their ratios. ``forced_elsewhere``
-    counts images forced into splits that take no free units (ratio 0).
-    """
-    target = np.zeros_like(forced)
-    for j in range(len(totals)):
-        pool = totals[j] - forced_elsewhere[j]
-        fixed = np.zeros(len(r), dtype=bool)
-        while True:
-            share = r * ~fixed
-            rest = pool - forced[fixed, j].sum()
-            t = np.where(fixed, forced[:, j], rest * share / share.sum() if share.sum() > 0 else 0.0)
-            over = (~fixed) & (forced[:, j] > t + 1e-9)
-            if not over.any():
-                break
-            fixed |= over
-        target[:, j] = t
-    return target
-
-
-def _greedy(
-    unit_counts: pd.DataFrame,
-    free_units: list[str],
-    current: pd.DataFrame,
-    ratios: dict[str, float],
-    rng: np.random.Generator,
-) -> dict[str, str]:
-    """Assign ``free_units`` (rows of ``unit_counts``: unit x label counts) to splits; ``current`` is split x label."""
-    labels = list(unit_counts.columns)
-    totals = unit_counts.sum(axis=0).to_numpy(dtype=float)
-    scale = np.where(totals > 0, totals, 1.0)
-    splits = [s for s in SPLITS if ratios[s] > 0]
-    cur = current.reindex(index=splits, columns=labels, fill_value=0).to_numpy(dtype=float, copy=True)
-    forced_all = current.reindex(columns=labels, fill_value=0).sum(axis=0).to_numpy(dtype=float)
-    target = _targets(np.array([ratios[s] for s in splits]), totals, cur, forced_all - cur.sum(axis=0))
-
-    free_units = sorted(free_units)
-    sizes = unit_counts.loc[free_units].sum(axis=1).to_numpy() if free_units else np.array([])
-    keys = rng.random(len(free_units))
-    order = sorted(range(len(free_units)), key=lambda i: (-int(sizes[i]), float(keys[i]), free_units[i]))
-    counts = unit_counts.loc[free_units].to_numpy(dtype=float) if free_units else np.zeros((0, len(labels)))
-
-    out: dict[str, str] = {}
-    for i in order:
-        c = counts[i]
-        score = ((target - cur) / scale) @ c  # weighted relative deficit per split
-        tie = rng.permutation(len(splits))
-        best = max(range(len(splits)), key=lambda k: (round(float(score[k]), 9), -int(tie[k])))
-        cur[best] += c
-        out[free_units[i]] = splits[best]
-    return out
-
-
 def _with_units(manifest: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
     """All manifest rows with their ``unit``: the union of dedupe groups and patients, named by its smallest id."""
     df = _merge_inputs(manifest, groups)
@@ -258,6 +202,20 @@ def make_split(
     """
     p = params or SplitParams()
     df = _with_units(manifest, groups)
+    kept, labels = _kept_images(df, p, classes)
+    unit_counts = kept.groupby(["unit", "label"], sort=True).size().unstack(fill_value=0)
+    unit_counts = unit_counts.reindex(columns=labels, fill_value=0).sort_index().astype("int64")
+    unit_counts.columns = labels
+    forced, official = _forced_units(df, unit_counts, p)
+    kept["split"] = kept["unit"].map(_assign_units(unit_counts, forced, p))
+    if p.keep_official_splits or p.keep_official_test:
+        official.update(_official_moves(kept, forced, p))
+    out = kept[SPLIT_COLUMNS].sort_values("id", kind="mergesort").reset_index(drop=True)
+    return out, _split_stats(out, df, unit_counts, official, p)
+
+
+def _kept_images(df: pd.DataFrame, p: SplitParams, classes: list[str] | None) -> tuple[pd.DataFrame, list[str]]:
+    """The kept rows of ``df`` and the class labels, after checking the official splits and labels they hold."""
     if p.keep_official_splits or p.keep_official_test:
         bad = sorted(set(df["official_split"]) - set(SPLITS) - {""})
         if bad:
@@ -270,12 +228,13 @@ def make_split(
     unknown = sorted(set(kept["label"]) - set(labels))
     if unknown:
         raise LungxrayError(f"kept images have labels {unknown} that are not among the classes {labels}")
+    return kept, labels
 
-    unit_counts = kept.groupby(["unit", "label"], sort=True).size().unstack(fill_value=0)
-    unit_counts = unit_counts.reindex(columns=labels, fill_value=0).sort_index().astype("int64")
-    unit_counts.columns = labels
 
-    # forced units (official splits); computed over all rows of a unit, kept or not
+def _forced_units(df: pd.DataFrame, unit_counts: pd.DataFrame,
+                  p: SplitParams) -> tuple[dict[str, str], dict[str, Any]]:
+    """The units forced to a split by an official split (computed over all rows of a unit, kept or not), and the
+    ``official`` statistics so far."""
     forced: dict[str, str] = {}
     official: dict[str, Any] = {"mode": "none"}
     with_official = df[df["official_split"] != ""]
@@ -292,40 +251,50 @@ def make_split(
         forced = {u: "test" for u in test_units if u in unit_counts.index}
         official = {"mode": "keep_official_test"}
     official["forced_units"] = len(forced)
+    return forced, official
 
-    current = pd.DataFrame(0, index=list(SPLITS), columns=labels, dtype=float)
+
+def _assign_units(unit_counts: pd.DataFrame, forced: dict[str, str], p: SplitParams) -> dict[str, str]:
+    """Every unit -> its split: the forced ones where they are forced, the others by :func:`assign_greedily`."""
+    current = pd.DataFrame(0, index=list(SPLITS), columns=list(unit_counts.columns), dtype=float)
     for u, s in forced.items():
         current.loc[s] += unit_counts.loc[u].to_numpy(dtype=float)
 
     rng = np.random.default_rng(p.seed)
     free = [u for u in unit_counts.index if u not in forced]
-    assigned = {**forced, **_greedy(unit_counts, free, current, p.ratios, rng)}
-    kept["split"] = kept["unit"].map(assigned)
+    return {**forced, **assign_greedily(unit_counts, free, current, p.ratios, rng)}
 
-    if p.keep_official_splits or p.keep_official_test:
-        in_forced = kept["unit"].isin(list(forced))
-        moved = kept[in_forced & (kept["official_split"] != kept["split"])]
-        if p.keep_official_splits:
-            moved = moved[moved["official_split"] != ""]
-            official["moved"] = {
-                f"{a}->{b}": int(n)
-                for (a, b), n in moved.groupby(["official_split", "split"], sort=True).size().items()
-            }
-            official["moved_images"] = int(len(moved))
-            official["without_official_split"] = int((kept["official_split"] == "").sum())
-        else:
-            official["moved_to_test"] = int(len(moved))
-            official["moved_to_test_from"] = {
-                (k or "none"): int(n) for k, n in moved.groupby("official_split", sort=True).size().items()
-            }
-            official["official_test_images"] = int((kept["official_split"] == "test").sum())
 
-    out = kept[SPLIT_COLUMNS].sort_values("id", kind="mergesort").reset_index(drop=True)
-    counts = split_counts(out, labels)
+def _official_moves(kept: pd.DataFrame, forced: dict[str, str], p: SplitParams) -> dict[str, Any]:
+    """What the official-split options moved: kept images of forced units that land outside their official split."""
+    official: dict[str, Any] = {}
+    in_forced = kept["unit"].isin(list(forced))
+    moved = kept[in_forced & (kept["official_split"] != kept["split"])]
+    if p.keep_official_splits:
+        moved = moved[moved["official_split"] != ""]
+        official["moved"] = {
+            f"{a}->{b}": int(n)
+            for (a, b), n in moved.groupby(["official_split", "split"], sort=True).size().items()
+        }
+        official["moved_images"] = int(len(moved))
+        official["without_official_split"] = int((kept["official_split"] == "").sum())
+    else:
+        official["moved_to_test"] = int(len(moved))
+        official["moved_to_test_from"] = {
+            (k or "none"): int(n) for k, n in moved.groupby("official_split", sort=True).size().items()
+        }
+        official["official_test_images"] = int((kept["official_split"] == "test").sum())
+    return official
+
+
+def _split_stats(out: pd.DataFrame, df: pd.DataFrame, unit_counts: pd.DataFrame, official: dict[str, Any],
+                 p: SplitParams) -> dict[str, Any]:
+    """The statistics :func:`make_split` returns beside the table, the leakage check's problems included."""
+    counts = split_counts(out, list(unit_counts.columns))
     total = len(out)
     unit_sizes = unit_counts.sum(axis=1)
     problems = check_leakage(out, df)
-    stats: dict[str, Any] = {
+    return {
         "images": int(total),
         "not_kept": int((~df["kept"]).sum()),
         "sizes": {s: counts[s]["total"] for s in SPLITS},
@@ -340,7 +309,6 @@ def make_split(
         "n_leakage_problems": len(problems),
         "params": p.model_dump(),
     }
-    return out, stats
 
 
 # ----------------------------------------------------------------------------------------------------------------------

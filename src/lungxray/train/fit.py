@@ -1,7 +1,8 @@
 """The train stage: one architecture on the preprocessed split, resumable, tracked in MLflow.
 
-:func:`train_model` builds, resumes, fits and finalises; the settings live in :mod:`lungxray.train_settings`, the
-parts of the loop (batches, device, precision, optimiser, one epoch) in :mod:`lungxray.train_loop`.
+:func:`train_model` builds, resumes, fits and finalises; the settings live in :mod:`lungxray.train.settings`, the
+parts of the loop (batches, device, precision, optimiser, one epoch) in :mod:`lungxray.train.loop`, the run's state
+and its checkpoint (build, resume, save) in :mod:`lungxray.train.state`.
 
 * Data comes from the preprocess stage's uint8 arrays (memory-mapped): no image is decoded during training. Light
   augmentation suited to X-rays (small affine, brightness/contrast; never vertical flips) runs on the tensors.
@@ -29,9 +30,8 @@ parts of the loop (batches, device, precision, optimiser, one epoch) in :mod:`lu
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -47,20 +47,18 @@ from lungxray.data.preprocess import load_split, preprocess_record
 from lungxray.models import checkpoint
 from lungxray.models.calibration import CalibrationParams, calibrate_model
 from lungxray.models.checkpoint import data_version, fingerprint, git_commit
-from lungxray.train.averaging import build_average, choose, plain_batches, score_average, weights_to_keep
+from lungxray.train.averaging import choose, plain_batches, score_average, weights_to_keep
 from lungxray.train.distributed import World, close_world, init_world, wrap
 from lungxray.train.loop import (
     ArrayBatches,
     Feed,
-    build_optimizer,
-    build_scheduler,
     class_weights,
     resolve_precision,
     run_epoch,
     seed_everything,
 )
-from lungxray.train.settings import ModelSettings, TrainParams, model_settings, resolved_settings
-from lungxray.train.warmup import build_warmup_scheduler
+from lungxray.train.settings import TrainParams, model_settings, resolved_settings
+from lungxray.train.state import Run, Setup, finished_metrics, resume_run, save_checkpoint
 
 
 def input_normalisation(name: str, pretrained: bool, stats: dict) -> dict:
@@ -91,43 +89,6 @@ def flatten(d: dict, prefix: str = "") -> dict:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Setup:
-    """What stays fixed while one model trains."""
-
-    name: str
-    params: TrainParams
-    settings: ModelSettings
-    resolved: dict  # the record kept in checkpoints and model.pt
-    fingerprints: dict  # settings, data, code, libraries: see lungxray.checkpoint
-    norm: dict  # input_normalisation()
-    device: torch.device
-    amp: torch.dtype | None
-    out_dir: Path
-    metrics_dir: Path
-    world: World = field(default_factory=World)
-
-    @property
-    def ckpt_path(self) -> Path:
-        return self.out_dir / "checkpoint.pt"
-
-
-@dataclass
-class _Run:
-    """The model and everything that moves while it trains: what a checkpoint holds and a resumed run continues."""
-
-    model: nn.Module
-    opt: torch.optim.Optimizer
-    sched: object
-    scaler: object
-    start_epoch: int = 1
-    history: list = field(default_factory=list)
-    best: dict = field(default_factory=lambda: {"val_loss": math.inf, "epoch": 0})
-    bad_epochs: int = 0
-    run_id: str | None = None
-    averaged: object = None  # lungxray.averaging.WeightAverage when train.weight_averaging is set
-
-
 def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, metrics_dir: Path,
                 progress: bool = True, extra_params: dict | None = None,
                 calibration: CalibrationParams | None = None, reuse_finished: bool = False) -> dict:
@@ -136,12 +97,12 @@ def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, 
     metrics (on every process when several train it).
 
     ``reuse_finished``: a finished run of the same fingerprints is kept as it is, not trained again (its
-    ``train.json`` is returned; :func:`_finished` says when). The external stage's fold models use it, so that a
-    rerun after an interruption trains only what was not finished."""
+    ``train.json`` is returned; :func:`~lungxray.train.state.finished_metrics` says when). The external stage's fold
+    models use it, so that a rerun after an interruption trains only what was not finished."""
     world = init_world(resolve_device(params.device))
     try:
         setup = _make_setup(name, params, Path(processed), out_dir, metrics_dir, extra_params, world)
-        done = world.broadcast(_finished(setup) if world.main else None) if reuse_finished else None
+        done = world.broadcast(finished_metrics(setup) if world.main else None) if reuse_finished else None
         if done is not None:
             if world.main:
                 print(f"[{name}] reusing the finished model in {setup.out_dir} (same settings, data, code and "
@@ -152,26 +113,8 @@ def train_model(name: str, params: TrainParams, processed: Path, out_dir: Path, 
         close_world(world)
 
 
-def _finished(setup: _Setup) -> dict | None:
-    """The metrics of a finished run that may stand for this one, or None: its checkpoint is marked complete with the
-    same fingerprints (:func:`checkpoint.finished_run`), its ``model.pt`` carries them too and its ``train.json``
-    names the same MLflow run (a later run that was cut short may have removed or replaced either)."""
-    record = checkpoint.finished_run(setup.ckpt_path, setup.fingerprints)
-    model_file, metrics_file = setup.out_dir / "model.pt", setup.metrics_dir / "train.json"
-    if record is None or not model_file.exists() or not metrics_file.exists():
-        return None
-    try:
-        kept = torch.load(model_file, map_location="cpu", weights_only=True, mmap=True)
-        metrics = json.loads(metrics_file.read_text())
-    except Exception:  # noqa: BLE001 - an unreadable file is not reused: the model is trained again
-        return None
-    if not isinstance(kept, dict) or kept.get("fingerprints") != setup.fingerprints:
-        return None
-    return metrics if metrics.get("mlflow_run_id") == record.get("mlflow_run_id") else None
-
-
 def _make_setup(name: str, params: TrainParams, processed: Path, out_dir: Path, metrics_dir: Path,
-                extra_params: dict | None, world: World) -> _Setup:
+                extra_params: dict | None, world: World) -> Setup:
     stats = json.loads((processed / "stats.json").read_text())
     settings = model_settings(params, name)
     resolved = {"settings": settings.model_dump(mode="json"), "train": params.model_dump(mode="json"), "data": {
@@ -180,12 +123,12 @@ def _make_setup(name: str, params: TrainParams, processed: Path, out_dir: Path, 
         **({"extra": extra_params} if extra_params else {})}
     fingerprints = {"settings": fingerprint(resolved_settings(params, name)), "data": fingerprint(resolved["data"]),
                     "code": checkpoint.code_fingerprint(), "libraries": fingerprint(checkpoint.library_versions())}
-    return _Setup(name, params, settings, resolved, fingerprints,
-                  input_normalisation(settings.model, settings.pretrained, stats), world.device, resolve_precision(params.precision, world.device), Path(out_dir), Path(metrics_dir),
-                  world)
+    return Setup(name, params, settings, resolved, fingerprints,
+                 input_normalisation(settings.model, settings.pretrained, stats), world.device,
+                 resolve_precision(params.precision, world.device), Path(out_dir), Path(metrics_dir), world)
 
 
-def _train(setup: _Setup, processed: Path, calibration: CalibrationParams | None) -> dict:
+def _train(setup: Setup, processed: Path, calibration: CalibrationParams | None) -> dict:
     from lungxray.models.architectures import count_parameters
 
     params, world = setup.params, setup.world
@@ -200,7 +143,7 @@ def _train(setup: _Setup, processed: Path, calibration: CalibrationParams | None
 
     if world.main:
         setup.out_dir.mkdir(parents=True, exist_ok=True)
-    run = _resume(setup)
+    run = resume_run(setup)
     if run.start_epoch == 1 and world.main:  # a new run: nothing an earlier run left may be taken for its result
         for old in (setup.out_dir / "model.pt", setup.out_dir / "best.pt", setup.metrics_dir / "train.json"):
             old.unlink(missing_ok=True)
@@ -227,7 +170,7 @@ def run_status(err: BaseException) -> str:
     return "KILLED" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "FAILED"
 
 
-def _start_tracking(setup: _Setup, run: _Run, processed: Path, trainable: int, total: int):
+def _start_tracking(setup: Setup, run: Run, processed: Path, trainable: int, total: int):
     """The MLflow run (rank 0 only): the checkpoint's run continued on resume, else a new one with the params, tags
     and dataset inputs."""
     name, params, resolved = setup.name, setup.params, setup.resolved
@@ -258,146 +201,139 @@ def _start_tracking(setup: _Setup, run: _Run, processed: Path, trainable: int, t
     return mlflow
 
 
-def _build(setup: _Setup) -> _Run:
-    """A fresh model (seeded: the same initial weights every time) with its optimiser, schedule and loss scaler."""
-    from lungxray.models import architectures as models
-
-    s, params = setup.settings, setup.params
-    seed_everything(s.seed)
-    model = models.create_model(s.model, num_classes=len(setup.resolved["data"]["classes"]),
-                                pretrained=s.pretrained, freeze=s.freeze, head=s.head,
-                                weights_file=s.weights_file, weights_sha256=s.weights_sha256)
-    model.to(setup.device)
-    if params.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = build_optimizer(params, model, s.lr)
-    sched = (build_warmup_scheduler if params.warmup_epochs else build_scheduler)(params, opt, s.epochs)
-    return _Run(model, opt, sched, torch.amp.GradScaler("cuda") if setup.amp == torch.float16 else None,
-                averaged=build_average(params, model))
-
-
-def _resume(setup: _Setup) -> _Run:
-    """The run to continue from the checkpoint when :func:`checkpoint.read_checkpoint` allows it, else a fresh one.
-    Rank 0 reads the checkpoint (and sets an unusable one aside) and sends it to the other processes."""
-    run, world = _build(setup), setup.world
-    ck, message = checkpoint.read_checkpoint(setup.ckpt_path, setup.fingerprints) if world.main else (None, None)
-    if message:
-        print(f"[{setup.name}] {message}", flush=True)
-    ck = world.broadcast(ck)
-    if ck is None:
-        return run
-    try:
-        run.model.load_state_dict(ck["model"])
-        run.opt.load_state_dict(ck["optimizer"])
-        if run.sched is not None and ck.get("scheduler"):
-            run.sched.load_state_dict(ck["scheduler"])
-        if run.scaler is not None and ck.get("scaler"):
-            run.scaler.load_state_dict(ck["scaler"])
-        run.start_epoch, run.history, run.best = ck["epoch"] + 1, ck["history"], ck["best"]
-        run.bad_epochs, run.run_id = ck["bad_epochs"], ck.get("mlflow_run_id")
-        if run.averaged is not None:
-            run.averaged.load_state_dict(ck["averaged"])
-    except Exception as e:  # noqa: BLE001 - an unusable checkpoint is set aside, never a traceback
-        reason = " ".join(str(e).split())[:200]
-        if world.main:
-            print(f"[{setup.name}] " + checkpoint.set_aside(setup.ckpt_path,
-                                                            f"its weights do not fit the model: {reason}"), flush=True)
-        return _build(setup)  # the failed load may have changed part of the weights
-    if world.main:
-        print(f"[{setup.name}] resuming after epoch {ck['epoch']} from {setup.ckpt_path}", flush=True)
-    return run
-
-
-def _fit(setup: _Setup, run: _Run, data: dict, mlflow) -> bool:
+def _fit(setup: Setup, run: Run, data: dict, mlflow) -> bool:
     """Train from ``run.start_epoch``; checkpoint every epoch, keep the best in best.pt. Returns whether early
     stopping ended it."""
+    feeding = _feeding(setup, run, data)
+    for epoch in range(run.start_epoch, setup.settings.epochs + 1):
+        if run.bad_epochs >= setup.params.early_stopping_patience:
+            return True
+        result = _epoch(setup, run, feeding, epoch)
+        run.history.append(result.row)
+        improved = _keep_if_best(setup, run, result)
+        if setup.world.main:
+            _report_epoch(setup, run, mlflow, result, improved)
+    return run.bad_epochs >= setup.params.early_stopping_patience
+
+
+@dataclass
+class _Feeding:
+    """What every epoch of one fit uses: the model that trains (``net``: DDP over several processes), the losses, the
+    class weights, how batches are fed (``feed``) and sharded over the processes, and the two splits."""
+
+    net: nn.Module
+    feed: Feed
+    loss_fn: nn.Module
+    eval_loss: nn.Module
+    weights: torch.Tensor
+    shard: dict
+    train: tuple
+    val: tuple
+
+
+@dataclass
+class _EpochResult:
+    """One epoch: its history row, the weights it offers (raw or averaged: :func:`choose`) and the averaged weights'
+    val figures (empty without weight averaging)."""
+
+    epoch: int
+    row: dict
+    cand: dict
+    avg: dict
+
+
+def _feeding(setup: Setup, run: Run, data: dict) -> _Feeding:
+    """What the epochs of this fit share (:class:`_Feeding`)."""
+    params, device, world = setup.params, setup.device, setup.world
+    net = wrap(run.model, world)
+    shard = {"rank": world.rank, "world": world.size, "pin_memory": device.type == "cuda"}
+    y_train = data["train"][1]
+    weights = class_weights(y_train, len(setup.resolved["data"]["classes"]))
+    loss_fn = nn.CrossEntropyLoss(weight=weights.to(device) if params.imbalance == "weighted_loss" else None)
+    eval_loss = nn.CrossEntropyLoss()
+    feed = Feed(device, setup.norm["mean"], setup.norm["std"], setup.amp, params.channels_last, world)
+    return _Feeding(net, feed, loss_fn, eval_loss, weights, shard, data["train"], data["val"])
+
+
+def _epoch(setup: Setup, run: Run, f: _Feeding, epoch: int) -> _EpochResult:
+    """Train one epoch, score it on val (and the averaged weights), step the schedule."""
     from lungxray.models.architectures import (
         apply_freeze,  # frozen BatchNorm layers keep their ImageNet statistics in train mode
     )
 
-    params, device, amp, channels_last = setup.params, setup.device, setup.amp, setup.params.channels_last
-    world, net = setup.world, wrap(run.model, setup.world)  # net: the model that trains (DDP over several processes)
-    shard = {"rank": world.rank, "world": world.size, "pin_memory": device.type == "cuda"}
-    (x_train, y_train), (x_val, y_val) = data["train"], data["val"]
-    weights = class_weights(y_train, len(setup.resolved["data"]["classes"]))
-    loss_fn = nn.CrossEntropyLoss(weight=weights.to(device) if params.imbalance == "weighted_loss" else None)
-    eval_loss = nn.CrossEntropyLoss()
-    mean, std = setup.norm["mean"], setup.norm["std"]
-    feed = Feed(device, mean, std, amp, channels_last, world)
-    bs, epochs, seed = setup.settings.batch_size, setup.settings.epochs, setup.settings.seed
-    for epoch in range(run.start_epoch, epochs + 1):
-        if run.bad_epochs >= params.early_stopping_patience:
-            return True
-        seed_everything(seed + epoch)  # same batches whether or not the run was resumed
-        g = torch.Generator().manual_seed(seed + epoch)  # the same order in every process
-        if params.imbalance == "weighted_sampler":
-            train_batches = ArrayBatches(x_train, y_train, bs, "weighted", g, weights[torch.from_numpy(y_train)],
-                                         **shard)
-        else:
-            train_batches = ArrayBatches(x_train, y_train, bs, "shuffle", g, **shard)
-        if world.size > 1:  # each process its own augmentation draws
-            g = torch.Generator().manual_seed((seed + epoch) * 65537 + world.rank)
-        t0 = time.perf_counter()
-        on_step = (lambda _net: run.averaged.after_step(run.model)) if run.averaged else None
-        tr_loss, tr_acc, n_tr = run_epoch(net, train_batches, loss_fn, feed, run.opt, scaler=run.scaler,
-                                          on_train_mode=apply_freeze, augment=params.augment, generator=g,
-                                          on_step=on_step)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        train_s = time.perf_counter() - t0
-        world.sync_buffers(run.model)  # rank 0's BatchNorm statistics everywhere: the model it saves is evaluated
-        va_loss, va_acc, _ = run_epoch(run.model, ArrayBatches(x_val, y_val, bs, **shard), eval_loss, feed)
-        avg = score_average(run.averaged, run.model, epoch, lambda: plain_batches(
-            ArrayBatches(x_train, y_train, bs, **shard), device, mean, std, channels_last), lambda m: run_epoch(
-            m, ArrayBatches(x_val, y_val, bs, **shard), eval_loss, feed))
-        cand = choose((va_loss, va_acc), (avg["val_loss_avg"], avg["val_accuracy_avg"]) if avg else None,
-                      params.weight_averaging)
-        epoch_s = time.perf_counter() - t0
-        lr = run.opt.param_groups[0]["lr"]
-        if isinstance(run.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            run.sched.step(va_loss)
-        elif run.sched is not None:
-            run.sched.step()
-        row = {"epoch": epoch, "train_loss": tr_loss, "train_accuracy": tr_acc, "val_loss": va_loss,
-               "val_accuracy": va_acc, "lr": lr, "epoch_seconds": epoch_s,
-               "train_images_per_s": n_tr / max(train_s, 1e-9), **avg}
-        run.history.append(row)
-        improved = cand["val_loss"] < run.best["val_loss"]  # the same in every process: losses summed over all
-        if improved:
-            run.best, run.bad_epochs = {**cand, "epoch": epoch}, 0
-            if world.main:
-                with atomic_path(setup.out_dir / "best.pt") as tmp:
-                    torch.save({"model": weights_to_keep(cand, run.model, run.averaged).state_dict(), "epoch": epoch,
-                                "weights": cand["weights"]}, tmp)
-        else:
-            run.bad_epochs += 1
-        if not world.main:
-            continue
-        mlflow.log_metrics({"train/loss": tr_loss, "train/accuracy": tr_acc, "val/loss": va_loss,
-                            "val/accuracy": va_acc, "lr": lr, "epoch_seconds": epoch_s,
-                            "train/images_per_s": row["train_images_per_s"],
-                            **{f"val_avg/{k.split('_')[1]}": v for k, v in avg.items() if v == v}}, step=epoch)
-        _save_checkpoint(setup, run, epoch)
-        print(f"[{setup.name}] epoch {epoch}/{epochs}: train loss {tr_loss:.4f} acc {tr_acc:.3f} | val loss "
-              f"{va_loss:.4f} acc {va_acc:.3f} | {epoch_s:.1f}s ({row['train_images_per_s']:.0f} img/s)"
-              + (f" | averaged val loss {avg['val_loss_avg']:.4f}" if avg else "")
-              + (" *" if improved else "") + (" (averaged)" if improved and cand["weights"] != "raw" else ""),
-              flush=True)
-    return run.bad_epochs >= params.early_stopping_patience
+    params, device, world, shard = setup.params, setup.device, setup.world, f.shard
+    (x_train, y_train), (x_val, y_val) = f.train, f.val
+    bs, seed = setup.settings.batch_size, setup.settings.seed
+    seed_everything(seed + epoch)  # same batches whether or not the run was resumed
+    g = torch.Generator().manual_seed(seed + epoch)  # the same order in every process
+    if params.imbalance == "weighted_sampler":
+        train_batches = ArrayBatches(x_train, y_train, bs, "weighted", g, f.weights[torch.from_numpy(y_train)],
+                                     **shard)
+    else:
+        train_batches = ArrayBatches(x_train, y_train, bs, "shuffle", g, **shard)
+    if world.size > 1:  # each process its own augmentation draws
+        g = torch.Generator().manual_seed((seed + epoch) * 65537 + world.rank)
+    t0 = time.perf_counter()
+    on_step = (lambda _net: run.averaged.after_step(run.model)) if run.averaged else None
+    tr_loss, tr_acc, n_tr = run_epoch(f.net, train_batches, f.loss_fn, f.feed, run.opt, scaler=run.scaler,
+                                      on_train_mode=apply_freeze, augment=params.augment, generator=g,
+                                      on_step=on_step)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    train_s = time.perf_counter() - t0
+    world.sync_buffers(run.model)  # rank 0's BatchNorm statistics everywhere: the model it saves is evaluated
+    va_loss, va_acc, _ = run_epoch(run.model, ArrayBatches(x_val, y_val, bs, **shard), f.eval_loss, f.feed)
+    avg = score_average(run.averaged, run.model, epoch, lambda: plain_batches(
+        ArrayBatches(x_train, y_train, bs, **shard), device, setup.norm["mean"], setup.norm["std"],
+        params.channels_last), lambda m: run_epoch(m, ArrayBatches(x_val, y_val, bs, **shard), f.eval_loss, f.feed))
+    cand = choose((va_loss, va_acc), (avg["val_loss_avg"], avg["val_accuracy_avg"]) if avg else None,
+                  params.weight_averaging)
+    epoch_s = time.perf_counter() - t0
+    lr = run.opt.param_groups[0]["lr"]
+    if isinstance(run.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        run.sched.step(va_loss)
+    elif run.sched is not None:
+        run.sched.step()
+    row = {"epoch": epoch, "train_loss": tr_loss, "train_accuracy": tr_acc, "val_loss": va_loss,
+           "val_accuracy": va_acc, "lr": lr, "epoch_seconds": epoch_s,
+           "train_images_per_s": n_tr / max(train_s, 1e-9), **avg}
+    return _EpochResult(epoch, row, cand, avg)
 
 
-def _save_checkpoint(setup: _Setup, run: _Run, epoch: int) -> None:
-    with atomic_path(setup.ckpt_path) as tmp:
-        torch.save({"fingerprints": setup.fingerprints, "epoch": epoch, "model": run.model.state_dict(),
-                    "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict() if run.sched else None,
-                    "scaler": run.scaler.state_dict() if run.scaler else None, "history": run.history,
-                    "best": run.best, "bad_epochs": run.bad_epochs, "mlflow_run_id": run.run_id,
-                    "averaged": run.averaged.state_dict() if run.averaged else None,
-                    "classes": setup.resolved["data"]["classes"], "config": setup.resolved, "mean": setup.norm["mean"],
-                    "std": setup.norm["std"], "normalisation": setup.norm["source"]}, tmp)
+def _keep_if_best(setup: Setup, run: Run, e: _EpochResult) -> bool:
+    """Whether the epoch improved on the best val loss; if so its weights go to best.pt (rank 0), else one more bad
+    epoch counts towards early stopping."""
+    cand = e.cand
+    improved = cand["val_loss"] < run.best["val_loss"]  # the same in every process: losses summed over all
+    if improved:
+        run.best, run.bad_epochs = {**cand, "epoch": e.epoch}, 0
+        if setup.world.main:
+            with atomic_path(setup.out_dir / "best.pt") as tmp:
+                torch.save({"model": weights_to_keep(cand, run.model, run.averaged).state_dict(), "epoch": e.epoch,
+                            "weights": cand["weights"]}, tmp)
+    else:
+        run.bad_epochs += 1
+    return improved
 
 
-def _finalise(setup: _Setup, run: _Run, stopped_early: bool, trainable: int, total: int, mlflow, val: tuple,
+def _report_epoch(setup: Setup, run: Run, mlflow, e: _EpochResult, improved: bool) -> None:
+    """Rank 0: log the epoch to MLflow, write the checkpoint, print one line."""
+    row, avg, epoch = e.row, e.avg, e.epoch
+    tr_loss, tr_acc, va_loss, va_acc = row["train_loss"], row["train_accuracy"], row["val_loss"], row["val_accuracy"]
+    epoch_s = row["epoch_seconds"]
+    mlflow.log_metrics({"train/loss": tr_loss, "train/accuracy": tr_acc, "val/loss": va_loss,
+                        "val/accuracy": va_acc, "lr": row["lr"], "epoch_seconds": epoch_s,
+                        "train/images_per_s": row["train_images_per_s"],
+                        **{f"val_avg/{k.split('_')[1]}": v for k, v in avg.items() if v == v}}, step=epoch)
+    save_checkpoint(setup, run, epoch)
+    print(f"[{setup.name}] epoch {epoch}/{setup.settings.epochs}: train loss {tr_loss:.4f} acc {tr_acc:.3f} | val "
+          f"loss {va_loss:.4f} acc {va_acc:.3f} | {epoch_s:.1f}s ({row['train_images_per_s']:.0f} img/s)"
+          + (f" | averaged val loss {avg['val_loss_avg']:.4f}" if avg else "")
+          + (" *" if improved else "") + (" (averaged)" if improved and e.cand["weights"] != "raw" else ""),
+          flush=True)
+
+
+def _finalise(setup: Setup, run: Run, stopped_early: bool, trainable: int, total: int, mlflow, val: tuple,
               calibration: CalibrationParams | None) -> dict:
     """The best epoch's weights as model.pt (with everything needed to use them, and the temperature and operating
     points fitted on ``val``), the history, the curve, train.json (the pyfunc model is logged by the register

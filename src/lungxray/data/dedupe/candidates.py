@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -60,13 +61,88 @@ def hash_pairs(hashes: np.ndarray, radius: int, chunks: int = 0, max_batch: int 
         return np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
     m = chunks or _mih_chunks(n, radius)
     m = max(m, int(np.ceil(64 / 24)))  # dense tables of at most 2^24 entries
-    bounds = np.linspace(0, 64, m + 1).round().astype(int)
-    rc = radius // m
     idx_dtype = np.int32 if n < 2**31 else np.int64
-    found: list[np.ndarray] = []
+    probe = _Probe(h, radius, radius // m, max_batch, idx_dtype, _chunk_tables(h, m, idx_dtype))
+    tasks = probe.tasks()
+    if workers > 1 and len(tasks) > 1:
+        from concurrent.futures import ThreadPoolExecutor
 
-    def expand(src: np.ndarray, hsrc: np.ndarray, q: np.ndarray, starts: np.ndarray, order: np.ndarray,
-               hs: np.ndarray, exact: bool) -> None:
+        with ThreadPoolExecutor(workers) as ex:
+            list(ex.map(probe.run, tasks))
+    else:
+        for t in tasks:
+            probe.run(t)
+    if not probe.found:
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
+    codes = np.unique(np.concatenate(probe.found))
+    pairs = np.stack([codes // n, codes % n], axis=1)
+    return pairs, np.bitwise_count(h[pairs[:, 0]] ^ h[pairs[:, 1]]).astype(np.int64)
+
+
+@dataclass
+class _ChunkTable:
+    """One chunk's dense index: ``vals`` each item's chunk value, ``order`` the items sorted by it, ``starts`` where
+    each value's run begins in ``order`` (one entry per value, and the end), ``hs`` the hashes in that order."""
+
+    bits: int
+    vals: np.ndarray
+    order: np.ndarray
+    starts: np.ndarray
+    hs: np.ndarray
+
+
+def _chunk_tables(h: np.ndarray, m: int, idx_dtype: type) -> list[_ChunkTable]:
+    """The dense table of each of the ``m`` chunks of the 64 bits."""
+    bounds = np.linspace(0, 64, m + 1).round().astype(int)
+    tables = []
+    for c in range(m):
+        lo, hi = int(bounds[c]), int(bounds[c + 1])
+        bits = hi - lo
+        vals = ((h >> np.uint64(64 - hi)) & np.uint64((1 << bits) - 1)).astype(np.int32)
+        order = np.argsort(vals, kind="stable").astype(idx_dtype)
+        starts = np.zeros((1 << bits) + 1, idx_dtype)
+        np.cumsum(np.bincount(vals, minlength=1 << bits), out=starts[1:])
+        tables.append(_ChunkTable(bits, vals, order, starts, h[order]))
+    return tables
+
+
+@dataclass
+class _Probe:
+    """The probes of :func:`hash_pairs`: each task is a chunk's exact match or its masks sharing one top bit; the pairs
+    within ``radius`` are collected in ``found`` as codes ``i * n + j`` (threads append to it)."""
+
+    h: np.ndarray
+    radius: int
+    rc: int  # the most bits a chunk may differ by
+    max_batch: int
+    idx_dtype: type
+    tables: list[_ChunkTable]
+    found: list[np.ndarray] = field(default_factory=list)
+
+    def tasks(self) -> list[tuple[int, int]]:
+        """``(chunk, top bit)``, ``-1`` for the exact match; biggest first (a mask's top bit decides how many masks
+        share it)."""
+        m, rc = len(self.tables), self.rc
+        tasks = [(c, -1) for c in range(m)] + [(c, t) for c in range(m) for t in range(self.tables[c].bits) if rc]
+        tasks.sort(key=lambda ct: -(_n_masks(ct[1], rc - 1) if ct[1] >= 0 else 1))
+        return tasks
+
+    def run(self, task: tuple[int, int]) -> None:
+        c, top = task
+        t = self.tables[c]
+        if top < 0:  # exact match of the chunk
+            self.expand(np.arange(len(self.h), dtype=self.idx_dtype), self.h, t.vals, t, True)
+            return
+        sub = np.flatnonzero(((t.vals >> top) & 1) == 0).astype(self.idx_dtype)
+        vsub, hsub = t.vals[sub], self.h[sub]
+        for r in range(self.rc):
+            for combo in itertools.combinations(range(top), r):
+                mask = (1 << top) | sum(1 << b for b in combo)
+                self.expand(sub, hsub, vsub ^ np.int32(mask), t, False)
+
+    def expand(self, src: np.ndarray, hsrc: np.ndarray, q: np.ndarray, t: _ChunkTable, exact: bool) -> None:
+        """Check the items ``src`` (hashes ``hsrc``) against every item whose chunk value is ``q``, on all 64 bits."""
+        n, max_batch, starts, order, hs = len(self.h), self.max_batch, t.starts, t.order, t.hs
         st = starts[q]
         cnt = starts[q + 1] - st
         nz = np.flatnonzero(cnt)
@@ -83,7 +159,7 @@ def hash_pairs(hashes: np.ndarray, radius: int, chunks: int = 0, max_batch: int 
             tot = int(csum[sl.stop - 1]) - base
             pos = np.repeat(st[sl].astype(np.int64) - (csum[sl] - c_sl - base), c_sl) + np.arange(tot, dtype=np.int64)
             d = np.bitwise_count(np.repeat(hsrc[sl], c_sl) ^ hs[pos])
-            ok = np.flatnonzero(d <= radius)
+            ok = np.flatnonzero(d <= self.radius)
             if len(ok):
                 ii = np.repeat(src[sl], c_sl)[ok].astype(np.int64)
                 jj = order[pos[ok]].astype(np.int64)
@@ -91,48 +167,8 @@ def hash_pairs(hashes: np.ndarray, radius: int, chunks: int = 0, max_batch: int 
                     keep = ii < jj
                     ii, jj = ii[keep], jj[keep]
                 a, b = np.minimum(ii, jj), np.maximum(ii, jj)
-                found.append(a * n + b)
+                self.found.append(a * n + b)
             cut = sl.stop
-
-    tables = []
-    for c in range(m):
-        lo, hi = int(bounds[c]), int(bounds[c + 1])
-        bits = hi - lo
-        vals = ((h >> np.uint64(64 - hi)) & np.uint64((1 << bits) - 1)).astype(np.int32)
-        order = np.argsort(vals, kind="stable").astype(idx_dtype)
-        starts = np.zeros((1 << bits) + 1, idx_dtype)
-        np.cumsum(np.bincount(vals, minlength=1 << bits), out=starts[1:])
-        tables.append((bits, vals, order, starts, h[order]))
-
-    def run(task: tuple[int, int]) -> None:
-        c, top = task
-        bits, vals, order, starts, hs = tables[c]
-        if top < 0:  # exact match of the chunk
-            expand(np.arange(n, dtype=idx_dtype), h, vals, starts, order, hs, True)
-            return
-        sub = np.flatnonzero(((vals >> top) & 1) == 0).astype(idx_dtype)
-        vsub, hsub = vals[sub], h[sub]
-        for r in range(rc):
-            for combo in itertools.combinations(range(top), r):
-                mask = (1 << top) | sum(1 << b for b in combo)
-                expand(sub, hsub, vsub ^ np.int32(mask), starts, order, hs, False)
-
-    # biggest tasks first (a mask's top bit decides how many masks share it)
-    tasks = [(c, -1) for c in range(m)] + [(c, t) for c in range(m) for t in range(tables[c][0]) if rc]
-    tasks.sort(key=lambda ct: -(_n_masks(ct[1], rc - 1) if ct[1] >= 0 else 1))
-    if workers > 1 and len(tasks) > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(workers) as ex:
-            list(ex.map(run, tasks))
-    else:
-        for t in tasks:
-            run(t)
-    if not found:
-        return np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
-    codes = np.unique(np.concatenate(found))
-    pairs = np.stack([codes // n, codes % n], axis=1)
-    return pairs, np.bitwise_count(h[pairs[:, 0]] ^ h[pairs[:, 1]]).astype(np.int64)
 
 
 def lowres_vectors(thumbs: np.ndarray, side: int = 16) -> np.ndarray:

@@ -147,6 +147,19 @@ def verify_pairs(A: np.ndarray, B: np.ndarray, params: DedupeParams) -> tuple[np
     A = A.astype(np.float32)
     B = B.astype(np.float32)
     margin = max(2, H // 20)
+    p, (s0, l0, o0), keep = _half_resolution(A, B, margin, params)
+    p[:, [2, 5]] *= 2.0
+    if len(keep) == 0:
+        return s0, l0, o0
+    _full_resolution(A, B, p, keep, (s0, l0, o0), margin, params)
+    return s0, l0, o0
+
+
+def _half_resolution(A: np.ndarray, B: np.ndarray, margin: int, params: DedupeParams):
+    """The cheap pass of :func:`verify_pairs`: the affine fit at 1/4 then 1/2 resolution (in 1/2-resolution pixels),
+    the scores at 1/2 resolution (``score, low, overlap``) and the pairs that pass the pre-filter (all when it is
+    off: then the scores are -1 placeholders)."""
+    P, H, W = A.shape
     sc = H / 64
     # coarse: affine fit at 1/4 then 1/2 resolution
     Ad = A.reshape(-1, H // 2, 2, W // 2, 2).mean(axis=(2, 4))
@@ -176,10 +189,15 @@ def verify_pairs(A: np.ndarray, B: np.ndarray, params: DedupeParams) -> tuple[np
         s0 = np.full(P, -1.0, np.float32)
         l0, o0 = s0.copy(), np.zeros(P, np.float32)
         keep = all_idx
-    p[:, [2, 5]] *= 2.0
-    if len(keep) == 0:
-        return s0, l0, o0
-    # full resolution: identity, the coarse fit, and a refinement of the pairs neither clearly in nor clearly out
+    return p, (s0, l0, o0), keep
+
+
+def _full_resolution(A: np.ndarray, B: np.ndarray, p: np.ndarray, keep: np.ndarray, scores: tuple, margin: int,
+                     params: DedupeParams) -> None:
+    """Score the pairs ``keep`` at full resolution into ``scores`` (in place): identity, the coarse fit ``p``, and a
+    refinement of the pairs neither clearly in nor clearly out."""
+    s0, l0, o0 = scores
+    sc = A.shape[1] / 64
     full = _scorer(A, B, margin)
     k0, kl0, ko0 = full(keep, np.zeros((len(keep), 6), np.float32))
     s0[keep], l0[keep], o0[keep] = k0, kl0, ko0
@@ -194,7 +212,6 @@ def verify_pairs(A: np.ndarray, B: np.ndarray, params: DedupeParams) -> tuple[np
             p2 = _lk_affine(A[sub], B[sub], ((1.0 * sc, 4), (0.5 * sc, 3)), margin, p0=pt[mid])
             s2, l2, o2 = full(sub, p2)
             _take_better(s0, l0, o0, sub, s2, l2, o2)
-    return s0, l0, o0
 
 
 _VERIFY_THUMBS: np.ndarray | None = None

@@ -19,7 +19,21 @@ from lungxray.data.fetch.sources import materialise
 
 def run_fetch(params: FetchParams, progress: bool = True) -> dict:
     """Run the whole fetch stage (from the repository root). Returns the summary it also writes."""
-    # 1. materialise every source and list its files; check label maps before decoding anything
+    per_source, summary_sources = _list_sources(params)
+    keep, dropped = _apply_label_maps(per_source)
+    results, probed_now = _probe_cached(keep, params, progress)
+    manifest, rejected_df = _tables(keep, results)
+    summary = _summary(manifest, rejected_df, summary_sources, dropped, probed_now, len(keep) - probed_now)
+    # rejected and summary first, the manifest last: a manifest on disk means the stage finished
+    write_csv(schema.REJECTED, rejected_df)
+    write_json(schema.FETCH_SUMMARY, summary)
+    write_json(schema.FETCH_METRICS, {k: summary[k] for k in ("images", "rejected", "dropped", "per_label")})
+    write_csv(schema.MANIFEST, manifest)
+    return summary
+
+
+def _list_sources(params: FetchParams) -> tuple[list[tuple[object, list[Candidate]]], dict[str, dict]]:
+    """1. Materialise every source and list its files; check label maps before decoding anything."""
     per_source: list[tuple[object, list[Candidate]]] = []
     summary_sources: dict[str, dict] = {}
     for src in params.sources:
@@ -33,8 +47,12 @@ def run_fetch(params: FetchParams, progress: bool = True) -> dict:
             "ignored_non_image_files": dict(sorted(ignored.items())),
             "label_rows_without_image": unmatched_rows,
         }
+    return per_source, summary_sources
 
-    # 2. drop what the maps say to drop (counted), probe the rest in parallel (cached)
+
+def _apply_label_maps(per_source: list[tuple[object, list[Candidate]]]
+                      ) -> tuple[list[tuple[Candidate, str]], dict[str, Counter]]:
+    """2a. Each file with its label, but those the maps say to drop (counted per source and raw label)."""
     keep: list[tuple[Candidate, str]] = []
     dropped: dict[str, Counter] = defaultdict(Counter)
     for src, cands in per_source:
@@ -44,6 +62,12 @@ def run_fetch(params: FetchParams, progress: bool = True) -> dict:
                 dropped[src.name][c.raw_label] += 1
             else:
                 keep.append((c, label))
+    return keep, dropped
+
+
+def _probe_cached(keep: list[tuple[Candidate, str]], params: FetchParams,
+                  progress: bool) -> tuple[list[dict | None], int]:
+    """2b. Probe the files in parallel, those in the probe cache from it; also how many were probed now."""
     cache = ProbeCache(schema.CACHE_DIR / "probe_cache")
     keys = [ProbeCache.key(c.path) for c, _ in keep]
     results: list[dict | None] = [cache.get(k) for k in keys]
@@ -56,8 +80,11 @@ def run_fetch(params: FetchParams, progress: bool = True) -> dict:
     finally:
         fresh.close()
     cache.close()
+    return results, len(todo)
 
-    # 3. assemble the tables
+
+def _tables(keep: list[tuple[Candidate, str]], results: list[dict | None]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """3. The manifest and the rejected table."""
     rows, rejected = [], []
     for (c, label), r in zip(keep, results):
         assert r is not None
@@ -73,7 +100,12 @@ def run_fetch(params: FetchParams, progress: bool = True) -> dict:
     rejected_df = pd.DataFrame(rejected, columns=schema.REJECTED_COLUMNS).sort_values(["source", "path"])
     if manifest.empty:
         raise SourceError("no usable image in any source: see data/interim/rejected.csv for why each was rejected")
+    return manifest, rejected_df
 
+
+def _summary(manifest: pd.DataFrame, rejected_df: pd.DataFrame, summary_sources: dict[str, dict],
+             dropped: dict[str, Counter], probed_now: int, probed_from_cache: int) -> dict:
+    """4. The summary: the totals, and per source what :func:`_list_sources` found completed with its counts."""
     for name, info in summary_sources.items():
         m = manifest[manifest.source == name]
         rj = rejected_df[rejected_df.source == name]
@@ -86,7 +118,7 @@ def run_fetch(params: FetchParams, progress: bool = True) -> dict:
             "dropped": dict(sorted(dropped[name].items())),
             "rejected": {k: int(v) for k, v in sorted(rj.reason.value_counts().items())},
         })
-    summary = {
+    return {
         "images": int(len(manifest)),
         "rejected": int(len(rejected_df)),
         "dropped": int(sum(sum(c.values()) for c in dropped.values())),
@@ -94,15 +126,9 @@ def run_fetch(params: FetchParams, progress: bool = True) -> dict:
         "rejected_by_reason": {k: int(v) for k, v in sorted(rejected_df.reason.value_counts().items())},
         "modes": {k: int(v) for k, v in sorted(manifest["mode"].value_counts().items())},
         "sources": summary_sources,
-        "probed_now": len(todo),
-        "probed_from_cache": len(keep) - len(todo),
+        "probed_now": probed_now,
+        "probed_from_cache": probed_from_cache,
     }
-    # rejected and summary first, the manifest last: a manifest on disk means the stage finished
-    write_csv(schema.REJECTED, rejected_df)
-    write_json(schema.FETCH_SUMMARY, summary)
-    write_json(schema.FETCH_METRICS, {k: summary[k] for k in ("images", "rejected", "dropped", "per_label")})
-    write_csv(schema.MANIFEST, manifest)
-    return summary
 
 
 def summary_text(summary: dict) -> str:

@@ -74,6 +74,32 @@ def _exception_message(er) -> str | None:
 
 
 def _run_suites(gx, suites: list[Suite], p: ValidateParams) -> tuple[list[Failure], list[dict], list[Any]]:
+    """Run each suite that has expectations on one ephemeral context; its checks and failures in a fixed order, and
+    GX's raw results."""
+    context = _ephemeral_context(gx)
+    ds = context.data_sources.add_pandas("lungxray")
+    failures: list[Failure] = []
+    checks: list[dict] = []
+    raw: list[Any] = []
+    for s in suites:
+        if not s.expectations:
+            continue
+        r = _run_suite(gx, context, ds, s, p)
+        raw.append(r)
+        _gather(r, s.table, p, checks, failures)
+    order = {"manifest": 0, "groups": 1, "group_kept": 2, "class_counts": 3}
+    key = lambda d: (order.get(d["table"], 9), str(d["column"]), d["expectation"], str(d["description"]))  # noqa: E731
+    checks.sort(key=key)
+    failures.sort(
+        key=lambda f: key(
+            {"table": f.table, "column": f.column, "expectation": f.expectation, "description": f.description}
+        )
+    )
+    return failures, checks, raw
+
+
+def _ephemeral_context(gx):
+    """An in-memory GX context with analytics and progress bars off."""
     from great_expectations.data_context.types.base import (
         DataContextConfig,
         InMemoryStoreBackendDefaults,
@@ -85,68 +111,60 @@ def _run_suites(gx, suites: list[Suite], p: ValidateParams) -> tuple[list[Failur
         analytics_enabled=False,
         progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
     )
-    context = gx.get_context(mode="ephemeral", project_config=cfg)
-    ds = context.data_sources.add_pandas("lungxray")
-    failures: list[Failure] = []
-    checks: list[dict] = []
-    raw: list[Any] = []
-    order = {"manifest": 0, "groups": 1, "group_kept": 2, "class_counts": 3}
-    for s in suites:
-        if not s.expectations:
-            continue
-        asset = ds.add_dataframe_asset(s.table)
-        bd = asset.add_batch_definition_whole_dataframe(f"{s.table}_all")
-        suite = context.suites.add(gx.ExpectationSuite(name=f"lungxray_{s.table}", expectations=s.expectations))
-        vd = context.validation_definitions.add(
-            gx.ValidationDefinition(name=f"validate_{s.table}", data=bd, suite=suite)
-        )
-        result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": max(p.max_examples, 1)}
-        if s.index_columns:
-            result_format["unexpected_index_column_names"] = s.index_columns
-            result_format["return_unexpected_index_query"] = False
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            r = vd.run(batch_parameters={"dataframe": s.df}, result_format=result_format)
-        raw.append(r)
-        for er in r.results:
-            ec = er.expectation_config
-            meta = ec.meta or {}
-            column = meta.get("lungxray_column", ec.kwargs.get("column"))
-            err = _exception_message(er)
-            ok = bool(er.success) and err is None
-            checks.append(
-                {
-                    "table": s.table,
-                    "expectation": ec.type,
-                    "column": column,
-                    "description": ec.description,
-                    "success": ok,
-                }
-            )
-            if ok:
-                continue
-            res = er.result or {}
-            failures.append(
-                Failure(
-                    table=s.table,
-                    expectation=ec.type,
-                    column=column,
-                    description=ec.description or ec.type,
-                    unexpected_count=jsonable(res.get("unexpected_count")),
-                    element_count=jsonable(res.get("element_count")),
-                    examples=_examples(res, p.max_examples),
-                    observed=jsonable(res.get("observed_value")),
-                    error=err,
-                )
-            )
-    key = lambda d: (order.get(d["table"], 9), str(d["column"]), d["expectation"], str(d["description"]))  # noqa: E731
-    checks.sort(key=key)
-    failures.sort(
-        key=lambda f: key(
-            {"table": f.table, "column": f.column, "expectation": f.expectation, "description": f.description}
-        )
+    return gx.get_context(mode="ephemeral", project_config=cfg)
+
+
+def _run_suite(gx, context, ds, s: Suite, p: ValidateParams):
+    """GX's result of the suite ``s`` on its table (warnings silenced)."""
+    asset = ds.add_dataframe_asset(s.table)
+    bd = asset.add_batch_definition_whole_dataframe(f"{s.table}_all")
+    suite = context.suites.add(gx.ExpectationSuite(name=f"lungxray_{s.table}", expectations=s.expectations))
+    vd = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"validate_{s.table}", data=bd, suite=suite)
     )
-    return failures, checks, raw
+    result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": max(p.max_examples, 1)}
+    if s.index_columns:
+        result_format["unexpected_index_column_names"] = s.index_columns
+        result_format["return_unexpected_index_query"] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return vd.run(batch_parameters={"dataframe": s.df}, result_format=result_format)
+
+
+def _gather(r, table: str, p: ValidateParams, checks: list[dict], failures: list[Failure]) -> None:
+    """Append one check per expectation of the suite result ``r`` to ``checks``, and a :class:`Failure` per failed
+    (or raising) one to ``failures``."""
+    for er in r.results:
+        ec = er.expectation_config
+        meta = ec.meta or {}
+        column = meta.get("lungxray_column", ec.kwargs.get("column"))
+        err = _exception_message(er)
+        ok = bool(er.success) and err is None
+        checks.append(
+            {
+                "table": table,
+                "expectation": ec.type,
+                "column": column,
+                "description": ec.description,
+                "success": ok,
+            }
+        )
+        if ok:
+            continue
+        res = er.result or {}
+        failures.append(
+            Failure(
+                table=table,
+                expectation=ec.type,
+                column=column,
+                description=ec.description or ec.type,
+                unexpected_count=jsonable(res.get("unexpected_count")),
+                element_count=jsonable(res.get("element_count")),
+                examples=_examples(res, p.max_examples),
+                observed=jsonable(res.get("observed_value")),
+                error=err,
+            )
+        )
 
 
 def validate_tables(
@@ -169,20 +187,7 @@ def validate_tables(
     if not classes:
         raise LungxrayError("validate needs the list of taxonomy classes (fetch.classes); it is empty")
     gx = import_gx()
-    root = Path(root)
-
-    # blank text ("" or whitespace, as read with keep_default_na=False) counts as missing, like NaN
-    m = _blank_to_na(manifest)
-    g = _blank_to_na(groups)
-    group_ids = set(g["id"].dropna().astype(str)) if "id" in g.columns else set()
-    manifest_ids = set(m["id"].dropna().astype(str)) if "id" in m.columns else set()
-    if "id" in m.columns:
-        m["_in_groups"] = m["id"].map(lambda v: (not pd.isna(v)) and str(v) in group_ids).astype(bool)
-    if "id" in g.columns:
-        g["_in_manifest"] = g["id"].map(lambda v: (not pd.isna(v)) and str(v) in manifest_ids).astype(bool)
-    if p.check_files_exist and "path" in m.columns:
-        m["_file_exists"] = m["path"].map(lambda v: (not pd.isna(v)) and str(v) != "" and (root / str(v)).is_file())
-        m["_file_exists"] = m["_file_exists"].astype(bool)
+    m, g = _with_derived_columns(manifest, groups, Path(root), p)
 
     suites = [manifest_suite(gx, m, classes, p), groups_suite(gx, g)]
     gk = group_kept_table(g, m)
@@ -200,7 +205,35 @@ def validate_tables(
         "required_classes": list(cc["class"]),
         "class_counts": {str(c): int(n) for c, n in zip(cc["class"], cc["n_images"])},
         "class_counts_of": what,
+        **_derived_stats(m, gk),
+        "params": p.model_dump(),
     }
+    return ValidationResult(success=not failures, failures=failures, checks=checks, stats=stats, gx_results=raw,
+                            inputs=dict(inputs or {}))
+
+
+def _with_derived_columns(manifest: pd.DataFrame, groups: pd.DataFrame, root: Path,
+                          p: ValidateParams) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Copies of the two tables with blank text as missing (as NaN) and the derived columns: ``_in_groups``,
+    ``_in_manifest`` and (with ``check_files_exist``) ``_file_exists`` under ``root``."""
+    # blank text ("" or whitespace, as read with keep_default_na=False) counts as missing, like NaN
+    m = _blank_to_na(manifest)
+    g = _blank_to_na(groups)
+    group_ids = set(g["id"].dropna().astype(str)) if "id" in g.columns else set()
+    manifest_ids = set(m["id"].dropna().astype(str)) if "id" in m.columns else set()
+    if "id" in m.columns:
+        m["_in_groups"] = m["id"].map(lambda v: (not pd.isna(v)) and str(v) in group_ids).astype(bool)
+    if "id" in g.columns:
+        g["_in_manifest"] = g["id"].map(lambda v: (not pd.isna(v)) and str(v) in manifest_ids).astype(bool)
+    if p.check_files_exist and "path" in m.columns:
+        m["_file_exists"] = m["path"].map(lambda v: (not pd.isna(v)) and str(v) != "" and (root / str(v)).is_file())
+        m["_file_exists"] = m["_file_exists"].astype(bool)
+    return m, g
+
+
+def _derived_stats(m: pd.DataFrame, gk: pd.DataFrame | None) -> dict[str, Any]:
+    """The statistics of the groups (when their table could be built), the manifest labels and missing files."""
+    stats: dict[str, Any] = {}
     if gk is not None:
         stats["groups"] = int(len(gk))
         stats["groups_label_conflict"] = int(gk["label_conflict"].sum())
@@ -211,6 +244,4 @@ def validate_tables(
         stats["manifest_label_counts"] = {str(k): int(v) for k, v in vc.items()}
     if "_file_exists" in m.columns:
         stats["missing_files"] = int((~m["_file_exists"]).sum())
-    stats["params"] = p.model_dump()
-    return ValidationResult(success=not failures, failures=failures, checks=checks, stats=stats, gx_results=raw,
-                            inputs=dict(inputs or {}))
+    return stats

@@ -82,6 +82,43 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str
     n, c = p.shape
     y_pred = p.argmax(axis=1) if n else np.zeros(0, dtype=np.int64)
     cm = confusion(y, y_pred, c)
+    per_class, averages = _class_figures(y, p, cm, classes)
+    eps = 1e-15
+    log_loss = json_float(-np.log(np.clip(p[np.arange(n), y], eps, 1.0)).mean()) if n else None
+    rel = reliability_data(y, p, params.ece_bins)
+    boot = bootstrap_ci(y, p, params.bootstrap, params.ci, params.seed, units=units)
+
+    from sklearn.metrics import classification_report
+
+    report = classification_report(y, y_pred, labels=list(range(c)), target_names=classes, digits=4,
+                                   zero_division=0) if n else ""
+
+    return {
+        "n_samples": int(n),
+        **averages,
+        "ece": rel["ece"],
+        "mce": rel["mce"],
+        "log_loss": log_loss,
+        "accuracy_ci_low": boot["accuracy"]["low"],
+        "accuracy_ci_high": boot["accuracy"]["high"],
+        "macro_recall_ci_low": boot["macro_recall"]["low"],
+        "macro_recall_ci_high": boot["macro_recall"]["high"],
+        "macro_auc_ci_low": boot["macro_auc"]["low"],
+        "macro_auc_ci_high": boot["macro_auc"]["high"],
+        "bootstrap": {"resamples": params.bootstrap, "ci": params.ci, "seed": params.seed, "method": "percentile",
+                      "resampled": "images" if units is None else "split units", "units": unit_codes(units, n)[1]},
+        "per_class": per_class,
+        "confusion_matrix": {"labels": classes, "matrix": cm.tolist()},
+        "reliability": rel,
+        "classification_report": report,
+    }
+
+
+def _class_figures(y: np.ndarray, p: np.ndarray, cm: np.ndarray,
+                   classes: list[str]) -> tuple[dict[str, dict], dict[str, Any]]:
+    """Each class's figures (``per_class``) and their averages (``accuracy`` to ``macro_auc_classes``, in
+    :func:`compute_metrics`' key order) from the confusion matrix ``cm`` and the probabilities."""
+    n, c = p.shape
     tp = np.diag(cm).astype(np.float64)
     support = cm.sum(axis=1).astype(np.float64)
     predicted = cm.sum(axis=0).astype(np.float64)
@@ -110,21 +147,9 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str
     def macro(v: np.ndarray) -> float | None:
         return json_float(v[present].mean()) if present.any() else None
 
-    weighted_f1 = json_float((f10 * support).sum() / n) if n else None
     aucs = [d["auc"] for d in per_class.values() if d["auc"] is not None]
     micro = safe_div(tp.sum(), n)
-    eps = 1e-15
-    log_loss = json_float(-np.log(np.clip(p[np.arange(n), y], eps, 1.0)).mean()) if n else None
-    rel = reliability_data(y, p, params.ece_bins)
-    boot = bootstrap_ci(y, p, params.bootstrap, params.ci, params.seed, units=units)
-
-    from sklearn.metrics import classification_report
-
-    report = classification_report(y, y_pred, labels=list(range(c)), target_names=classes, digits=4,
-                                   zero_division=0) if n else ""
-
-    return {
-        "n_samples": int(n),
+    return per_class, {
         "accuracy": json_float(micro),
         "macro_precision": macro(prec0),
         "macro_recall": macro(rec0),
@@ -132,25 +157,10 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str
         "micro_precision": json_float(micro),
         "micro_recall": json_float(micro),
         "micro_f1": json_float(micro),
-        "weighted_f1": weighted_f1,
+        "weighted_f1": json_float((f10 * support).sum() / n) if n else None,
         "macro_specificity": json_float(np.mean(spec_vals)) if spec_vals else None,
         "macro_auc": json_float(np.mean(aucs)) if aucs else None,
         "macro_auc_classes": len(aucs),
-        "ece": rel["ece"],
-        "mce": rel["mce"],
-        "log_loss": log_loss,
-        "accuracy_ci_low": boot["accuracy"]["low"],
-        "accuracy_ci_high": boot["accuracy"]["high"],
-        "macro_recall_ci_low": boot["macro_recall"]["low"],
-        "macro_recall_ci_high": boot["macro_recall"]["high"],
-        "macro_auc_ci_low": boot["macro_auc"]["low"],
-        "macro_auc_ci_high": boot["macro_auc"]["high"],
-        "bootstrap": {"resamples": params.bootstrap, "ci": params.ci, "seed": params.seed, "method": "percentile",
-                      "resampled": "images" if units is None else "split units", "units": unit_codes(units, n)[1]},
-        "per_class": per_class,
-        "confusion_matrix": {"labels": classes, "matrix": cm.tolist()},
-        "reliability": rel,
-        "classification_report": report,
     }
 
 
