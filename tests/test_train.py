@@ -73,7 +73,14 @@ def test_train_writes_model_metrics_history_and_mlflow_run(tmp_path, mlflow_env)
     assert [x.step for x in client.get_metric_history(run.info.run_id, "val/accuracy")] == [1, 2, 3]
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "training_curve.png" in arts
-    logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model", dst_path=str(tmp_path))
+    from lungxray.core.tracking import mlflow_setup
+    from lungxray.serve.mlflow_models import MODEL_URI_TAG, logged_model_uri
+
+    assert MODEL_URI_TAG not in run.data.tags  # the train stage logs no pyfunc model: the register stage does
+    uri = logged_model_uri(mlflow_setup(p.mlflow), run.info.run_id, [tmp_path / "models/cnn5/model.pt"])
+    assert mlflow.get_run(run.info.run_id).data.tags[MODEL_URI_TAG] == uri
+    assert logged_model_uri(mlflow, run.info.run_id, [tmp_path / "models/cnn5/model.pt"]) == uri  # not logged twice
+    logged = mlflow.pyfunc.load_model(uri, dst_path=str(tmp_path))
     x = np.random.default_rng(0).integers(0, 256, (4, 32, 32), dtype=np.uint8)  # the logged model takes images
     out = logged.predict({"image": x})
     assert len(out) == 4 and (out.error == "").all()  # a batch, not only the example's size
