@@ -5,7 +5,7 @@
 
 "predict" = lungxray.predict.predict_files: decode each file (PNG, JPEG, DICOM), square it with the model's preprocess
 settings, normalise, classify, one row per file (one process, batched, on the GPU when present).
-"evaluate, scoring" = what the evaluate stage times on the same images once preprocessed: inference.predict_proba over
+"evaluate, scoring" = what the evaluate stage times on the same images once preprocessed: TrainedModel.proba over
 the (N, S, S) uint8 array (no decoding). "evaluate, throughput" = its measure_throughput figure (random batches of the
 same size), the number eval.json reports. Without --model a freshly initialised --arch is used (speed does not
 depend on the weights). Compare the ratios measured in one process, not absolute numbers across runs.
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from lungxray.core.schema import IMAGE_EXTENSIONS
-from lungxray.models.inference import measure_throughput, predict_proba
+from lungxray.models.inference import measure_throughput
 from lungxray.serve.predict import find_files, load_predictor, predict_files
 
 
@@ -59,7 +59,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         predictor = load_predictor(args.model or untrained_model_pt(args.arch, args.size, Path(tmp)), args.device)
     predictor.batch_size = args.batch_size
-    print(f"{len(files)} files under {root}; {predictor.arch} at {predictor.image_size}px on {predictor.device}, "
+    print(f"{len(files)} files under {root}; {predictor.architecture} at {predictor.image_size}px on {predictor.device}, "
           f"batch {args.batch_size}")
     predict_files(files[:args.batch_size], predictor)  # warm up: imports, kernels, page cache
 
@@ -69,9 +69,9 @@ def main() -> int:
     ok = [f for f, e in zip(table.file, table.error) if not e]
     squares = np.stack([predictor.square(f) for f in ok])  # what the preprocess stage would have stored
     t = time.perf_counter()
-    predict_proba(predictor.model, squares, predictor.mean, predictor.std, args.batch_size, predictor.device)
+    predictor.proba(squares, batch_size=args.batch_size)
     scoring_rate = len(squares) / (time.perf_counter() - t)
-    tp = measure_throughput(predictor.model, predictor.image_size, batch_size=args.batch_size,
+    tp = measure_throughput(predictor.network, predictor.image_size, batch_size=args.batch_size,
                             device=predictor.device, n_batches=10)["images_per_s"]
     print(f"{'':40}{'images/s':>10}")
     print(f"{'lungxray predict (decode+square+model)':40}{predict_rate:>10.1f}")

@@ -41,7 +41,8 @@ from lungxray.evaluate.metrics import EvaluateParams, compute_metrics
 from lungxray.evaluate.tta import tta_proba
 from lungxray.external.folds import kept_index, make_fold, source_counts, write_fold
 from lungxray.models.calibration import fit_temperature
-from lungxray.models.inference import load_trained, predict_logits, softmax_t
+from lungxray.models.inference import softmax_t
+from lungxray.models.trained import load_trained_model
 from lungxray.train.fit import train_model
 from lungxray.train.settings import TrainParams
 
@@ -71,15 +72,15 @@ def scored(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
 
 def score_model(model_dir: Path, data: Path, splits: list[str], classes: list[str]) -> dict:
     """{split: {scoring recipe: figures}}, T, and the labels and probabilities kept for the seed ensemble."""
-    model, ck = load_trained(model_dir / "model.pt")
+    model = load_trained_model(model_dir / "model.pt")
     data_of = {s: load_split(data, s) for s in dict.fromkeys(["val", *splits])}  # (images, labels), read once
-    logits = {s: predict_logits(model, x, ck["mean"], ck["std"], batch_size=256) for s, (x, _) in data_of.items()}
+    logits = {s: model.logits(x, batch_size=256) for s, (x, _) in data_of.items()}
     t = fit_temperature(logits["val"], data_of["val"][1])
     out, probs = {}, {}
     for split in splits:
         x, y = data_of[split]
         p = {"plain": softmax_t(logits[split]), "temperature": softmax_t(logits[split], t),
-             "tta": tta_proba(model, x, ck["mean"], ck["std"], "flips_shifts", batch_size=256)}
+             "tta": tta_proba(model, x, "flips_shifts", batch_size=256, temperature=1.0)}
         out[split] = {k: scored(y, v, classes) for k, v in p.items()}
         probs[split] = {k: v.tolist() for k, v in p.items()}
     return {"scores": out, "temperature": t, "probs": probs,

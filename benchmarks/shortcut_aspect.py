@@ -26,7 +26,7 @@ from lungxray.cli.params_check import load_params
 from lungxray.core.tracking import MlflowParams
 from lungxray.data.preprocess import load_split, run_preprocess
 from lungxray.evaluate.metrics import EvaluateParams, compute_metrics
-from lungxray.models.inference import load_trained, predict_proba
+from lungxray.models.trained import load_trained_model
 from lungxray.train.fit import train_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,11 +65,11 @@ def measure(work: Path, params, aspect: str, args) -> dict:
     train = params.train.model_copy(update={"models": ["cnn5"], "epochs": args.epochs, "mlflow": MlflowParams(
         tracking_uri=f"sqlite:///{work}/mlruns/mlflow.db", artifact_dir=str(work / "mlruns/artifacts"))})
     train_model("cnn5", train, processed, work / f"models_{aspect}", work / f"metrics_{aspect}", progress=False)
-    model, ck = load_trained(work / f"models_{aspect}/model.pt")
+    model = load_trained_model(work / f"models_{aspect}/model.pt")
     images, labels = load_split(processed, "val")
     index = pd.read_csv(processed / "index.csv", keep_default_na=False, dtype=str)
     units = index[index.split == "val"].sort_values("row", key=lambda r: r.astype(int))["unit"].to_numpy()
-    m = compute_metrics(labels, predict_proba(model, images, ck["mean"], ck["std"]), ck["classes"],
+    m = compute_metrics(labels, model.proba(images, temperature=1.0), model.classes,
                         EvaluateParams(bootstrap=1000), units)
     return {"aspect": aspect, "probe": probe["probe"], "cramers_v": probe["labels"]["cramers_v"], "val": m}
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from lungxray.models.inference import load_trained
+from lungxray.models.trained import load_trained_model
 from lungxray.train.averaging import WeightAverage, choose
 from lungxray.train.fit import train_model
 from lungxray.train.loop import ArrayBatches, Feed, run_epoch
@@ -92,10 +92,10 @@ def test_the_lower_val_loss_of_raw_and_averaged_weights_is_chosen_raw_on_a_tie()
 
 
 def val_loss_of(model_pt, processed) -> float:
-    model, ck = load_trained(model_pt)
+    model = load_trained_model(model_pt)
     x, y = np.load(processed / "val.npy"), pd.read_csv(processed / "index.csv").query("split == 'val'").label_idx
-    feed = Feed(torch.device("cpu"), ck["mean"], ck["std"], channels_last=True)
-    loss, _, _ = run_epoch(model, ArrayBatches(x, y.to_numpy(), 16), nn.CrossEntropyLoss(), feed)
+    feed = Feed(torch.device("cpu"), model.mean, model.std, channels_last=True)
+    loss, _, _ = run_epoch(model.network, ArrayBatches(x, y.to_numpy(), 16), nn.CrossEntropyLoss(), feed)
     return loss
 
 

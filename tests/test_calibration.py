@@ -12,6 +12,7 @@ from lungxray.core.errors import LungxrayError
 from lungxray.evaluate.metrics import expected_calibration_error
 from lungxray.evaluate.metrics.operating import at_prevalence, decision_metrics, prevalence_table
 from lungxray.evaluate.tta import VIEWS, tta_proba, view_fn
+from helpers.trained import as_trained
 from lungxray.models.calibration import (
     CalibrationParams,
     choose_operating_points,
@@ -155,14 +156,14 @@ def half_bright(axis: int, n: int = 4, size: int = 32) -> np.ndarray:
 @pytest.mark.parametrize("mode", ["shifts", "flips_shifts"])
 def test_test_time_augmentation_never_flips_an_image_upside_down(mode):
     imgs = half_bright(axis=2)
-    plain = tta_proba(SideDetector(axis=2), imgs, 0.0, 1.0, mode, batch_size=2)
+    plain = tta_proba(as_trained(SideDetector(axis=2), mean=0.0, std=1.0), imgs, mode, batch_size=2)
     assert plain[:, 0].min() > 0.99  # one upside-down view among the 7-8 would pull the mean below 0.9
 
 
 def test_flips_shifts_adds_the_horizontal_mirror_and_shifts_move_the_content():
     imgs = half_bright(axis=3)
-    assert tta_proba(SideDetector(axis=3), imgs, 0.0, 1.0, "shifts")[:, 0].min() > 0.99
-    mirrored = tta_proba(SideDetector(axis=3), imgs, 0.0, 1.0, "flips_shifts")[:, 0]
+    assert tta_proba(as_trained(SideDetector(axis=3), mean=0.0, std=1.0), imgs, "shifts")[:, 0].min() > 0.99
+    mirrored = tta_proba(as_trained(SideDetector(axis=3), mean=0.0, std=1.0), imgs, "flips_shifts")[:, 0]
     assert mirrored == pytest.approx(np.full(4, 7 / 8), abs=0.01)  # 7 views say left, the mirror says right
     x = torch.zeros(1, 1, 25, 25)
     x[0, 0, 12, 12] = 1

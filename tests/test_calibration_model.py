@@ -44,11 +44,11 @@ def trained(tmp_path_factory):
 
 
 def val_logits(trained) -> tuple[np.ndarray, np.ndarray]:
-    from lungxray.models.inference import load_trained
+    from lungxray.models.trained import load_trained_model
 
-    model, ck = load_trained(trained["root"] / "models/cnn5/model.pt")
+    model = load_trained_model(trained["root"] / "models/cnn5/model.pt")
     x, y = load_split(trained["processed"], "val")
-    return predict_logits(model, x, ck["mean"], ck["std"]), y
+    return model.logits(x), y
 
 
 @pytest.mark.slow
@@ -63,6 +63,12 @@ def test_model_pt_carries_the_temperature_and_the_operating_points_fitted_on_val
     for name, op in list(expected.items())[1:]:  # (after argmax) the train stage's memory format moves last bits
         assert ck["operating_points"][name]["threshold"] == pytest.approx(op["threshold"], rel=1e-5)
     assert trained["train"]["temperature"] == ck["temperature"]
+    from lungxray.models.trained import load_trained_model
+
+    model = load_trained_model(trained["root"] / "models/cnn5/model.pt")  # what every consumer gets
+    assert (model.temperature, model.operating_points, model.calibration) == (
+        ck["temperature"], ck["operating_points"], ck["calibration"])
+    assert np.allclose(model.proba(load_split(trained["processed"], "val")[0]), softmax_t(logits, ck["temperature"]))
 
 
 @pytest.mark.slow
@@ -79,7 +85,7 @@ def test_the_mlflow_model_gives_softmax_of_the_logits_over_the_stored_temperatur
     out = mlflow.pyfunc.load_model(uri, dst_path=str(tmp_path)).predict({"image": images})
     p = predictor_from_file(trained["root"] / "models/cnn5/model.pt", device="cpu")
     squares = np.stack([p.square(im) for im in images])
-    expected = softmax_t(predict_logits(p.model, squares, p.mean, p.std), ck["temperature"])
+    expected = softmax_t(predict_logits(p.network, squares, p.mean, p.std), ck["temperature"])
     np.testing.assert_allclose(out[[f"prob_{c}" for c in CLASSES]].to_numpy(float), expected, atol=1e-6)
     meta = mlflow.models.get_model_info(uri).metadata
     assert meta["temperature"] == pytest.approx(ck["temperature"])

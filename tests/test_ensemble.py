@@ -237,7 +237,7 @@ def test_the_ensembles_grid_shows_each_image_with_the_mean_of_its_members_maps(r
     import lungxray.evaluate.gradcam as gradcam
     from lungxray.data.preprocess import load_split
     from lungxray.ensemble.evaluation import _write_gradcam
-    from lungxray.models.inference import architecture, load_trained
+    from lungxray.models.trained import load_trained_model
 
     processed = repo / "data/processed"
     table = pd.read_csv(repo / "metrics/ensemble/predictions_test.csv", dtype={"id": str}).sample(frac=1,
@@ -256,9 +256,8 @@ def test_the_ensembles_grid_shows_each_image_with_the_mean_of_its_members_maps(r
     x, _ = load_split(processed, "test")
     rows = pd.read_csv(processed / "index.csv", dtype={"id": str}).query("split == 'test'").set_index("id").row
     assert np.array_equal(seen["images"], x[rows.loc[table.id].to_numpy()])
-    nets = [load_trained(repo / f"models/{m}/model.pt") for m in MEMBERS]
-    own = [gradcam.heatmaps(model, architecture(ck), seen["images"][:3], ck["mean"], ck["std"],
-                            list(probs[:3].argmax(1))) for model, ck in nets]
+    own = [gradcam.heatmaps(load_trained_model(repo / f"models/{m}/model.pt"), seen["images"][:3],
+                            list(probs[:3].argmax(1))) for m in MEMBERS]
     assert np.allclose(seen["maps"], np.mean(own, axis=0), atol=1e-5)
 
 

@@ -10,6 +10,8 @@ from lungxray.core.errors import LungxrayError
 from lungxray.evaluate.gradcam import gradcam_grid, heatmaps, pick_examples, write_overlays
 from lungxray.models.architectures import MODEL_NAMES, apply_freeze, cam_target_layer, create_model
 
+from helpers.trained import as_trained
+
 # the smallest input whose target feature map is at least 2x2 (a 1x1 map cannot show where anything is)
 CAM_INPUT = {"inception_resnet_v2": 107}
 HEAVY = {"vgg16", "inception_resnet_v2", "efficientnetv2_s"}  # a few seconds each on a CPU
@@ -31,7 +33,7 @@ def test_every_architecture_gives_heat_maps_in_0_to_1_of_the_input_size_from_its
     model = create_model(name, num_classes=3, pretrained=False).eval()
     size = CAM_INPUT.get(name, 64)
     # every class explained twice: with random weights the map of one class may be 0 everywhere (nothing raises it)
-    heat = heatmaps(model, name, _images(6, size), mean=0.5, std=0.25, class_indices=[i % 3 for i in range(6)])
+    heat = heatmaps(as_trained(model, name), _images(6, size), class_indices=[i % 3 for i in range(6)])
     assert heat.shape == (6, size, size) and heat.dtype == np.float32
     assert heat.min() >= 0.0 and heat.max() <= 1.0
     assert max(float(h.std()) for h in heat) > 0.01  # somewhere hotter than elsewhere
@@ -58,7 +60,7 @@ def test_a_frozen_backbone_still_gets_heat_maps_and_the_model_is_left_as_found()
     modes = {n: m.training for n, m in model.named_modules()}
     assert not all(flags.values()) and any(flags.values()) and len(set(modes.values())) == 2
 
-    heat = heatmaps(model, "cnn5", _images(3, 64), mean=0.5, std=0.25, class_indices=[0, 1, 2])
+    heat = heatmaps(as_trained(model, "cnn5"), _images(3, 64), class_indices=[0, 1, 2])
 
     assert heat.max() == pytest.approx(1.0)  # gradients reached the frozen target layer
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
@@ -70,20 +72,20 @@ def test_a_frozen_backbone_still_gets_heat_maps_and_the_model_is_left_as_found()
 def test_the_class_asked_for_is_the_one_explained_and_bad_inputs_are_refused():
     torch.manual_seed(0)
     model = create_model("cnn8", num_classes=3).eval()
-    imgs = _images(2, 48)
-    first, second = heatmaps(model, "cnn8", imgs, 0.5, 0.25, [0, 0]), heatmaps(model, "cnn8", imgs, 0.5, 0.25, [1, 2])
-    predicted = heatmaps(model, "cnn8", imgs, 0.5, 0.25)
+    imgs, trained = _images(2, 48), as_trained(model, "cnn8")
+    first, second = heatmaps(trained, imgs, [0, 0]), heatmaps(trained, imgs, [1, 2])
+    predicted = heatmaps(trained, imgs)
     assert not np.allclose(first, second)
     with torch.no_grad():
         x = torch.from_numpy(((imgs / 255.0 - 0.5) / 0.25).astype(np.float32))[:, None].expand(-1, 3, -1, -1)
         pred = model(x).argmax(1).tolist()
-    assert np.allclose(predicted, heatmaps(model, "cnn8", imgs, 0.5, 0.25, pred))
+    assert np.allclose(predicted, heatmaps(trained, imgs, pred))
     with pytest.raises(LungxrayError, match="class indices must be in 0..2"):
-        heatmaps(model, "cnn8", imgs, 0.5, 0.25, [0, 3])
+        heatmaps(trained, imgs, [0, 3])
     with pytest.raises(LungxrayError, match="one per image"):
-        heatmaps(model, "cnn8", imgs, 0.5, 0.25, [0])
+        heatmaps(trained, imgs, [0])
     with pytest.raises(LungxrayError, match="square uint8 greyscale"):
-        heatmaps(model, "cnn8", imgs.astype(np.float32), 0.5, 0.25)
+        heatmaps(trained, imgs.astype(np.float32))
 
 
 def test_write_overlays_writes_one_readable_png_per_image_with_subfolders(tmp_path):
@@ -116,8 +118,8 @@ def test_the_grid_has_a_row_per_class_and_a_column_per_pick():
     model = create_model("cnn8", num_classes=3).eval()
     y = np.array([0, 1, 2, 0])
     probs = np.array([[0.8, 0.1, 0.1], [0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.2, 0.5, 0.3]])
-    fig = gradcam_grid(model, "cnn8", _images(4, 32), y, probs, ["normal", "pneumonia", "covid19"], 0.5, 0.25,
-                       per_class=2)
+    trained = as_trained(model, "cnn8", classes=["normal", "pneumonia", "covid19"])
+    fig = gradcam_grid(trained, _images(4, 32), y, probs, per_class=2)
     axes = fig.get_axes()
     assert len(axes) == 12
     titles = [a.get_title() for a in axes]

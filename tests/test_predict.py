@@ -20,7 +20,6 @@ from PIL import Image
 from lungxray.cli.commands import main as cli
 from lungxray.data.preprocess import load_square
 from lungxray.images.dicom import write_dicom
-from lungxray.models.inference import predict_proba
 from lungxray.serve.predict import find_files, load_predictor, predict_files
 from lungxray.serve.predictor import PredictedBatch
 
@@ -67,13 +66,12 @@ def real_xray(shared_data, tmp_path) -> np.ndarray:
 
 
 def reference_proba(models: Path, path) -> np.ndarray:
-    """The evaluate stage's computation for one image: the preprocessed square, then inference.predict_proba with
-    the temperature stored with the model (the served probabilities are calibrated)."""
-    from lungxray.models.inference import load_trained
+    """The evaluate stage's computation for one image: the preprocessed square, then the trained model's
+    probabilities with its stored temperature (the served probabilities are calibrated)."""
+    from lungxray.models.trained import load_trained_model
 
-    model, ck = load_trained(models / "model.pt")
     square = load_square(str(path), 32, "stretch", "bilinear")
-    return predict_proba(model, square[None], ck["mean"], ck["std"], temperature=ck["temperature"])[0]
+    return load_trained_model(models / "model.pt").proba(square[None])[0]
 
 
 def probs(table: pd.DataFrame) -> np.ndarray:
@@ -86,7 +84,7 @@ def probs(table: pd.DataFrame) -> np.ndarray:
 
 def test_the_model_applies_the_preprocessing_its_data_was_made_with(champion):
     p = load_predictor(champion["models"], device="cpu")
-    assert (p.arch, p.classes, p.image_size, p.aspect, p.resample) == ("cnn5", CLASSES, 32, "stretch", "bilinear")
+    assert (p.architecture, p.classes, p.image_size, p.aspect, p.resample) == ("cnn5", CLASSES, 32, "stretch", "bilinear")
 
 
 @pytest.mark.shared
@@ -141,7 +139,7 @@ def test_every_batch_reaches_on_batch_with_what_a_grad_cam_needs(champion, tmp_p
     table = predict_files(files, predictor, on_batch=seen.append)
     assert [b.files for b in seen] == [files[:2], files[2:]]
     b = seen[0]
-    assert b.arch == "cnn5" and b.images.dtype == np.uint8 and b.images.shape == (2, 32, 32)
+    assert b.model.architecture == "cnn5" and b.images.dtype == np.uint8 and b.images.shape == (2, 32, 32)
     assert np.array_equal(b.images[0], load_square(files[0], 32, "stretch", "bilinear"))
     assert [CLASSES[i] for b in seen for i in b.predicted] == list(table.predicted)
     assert np.allclose(np.concatenate([b.probs for b in seen]), probs(table))

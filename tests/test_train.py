@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lungxray.core.tracking import MlflowParams
-from lungxray.models.inference import load_trained
+from lungxray.models.trained import load_trained_model
 from lungxray.train.fit import train_model
 from lungxray.train.loop import class_weights
 from lungxray.train.settings import TrainParams, model_settings
@@ -57,7 +57,7 @@ def test_train_writes_model_metrics_history_and_mlflow_run(tmp_path, mlflow_env)
     assert m["trainable_parameters"] == m["total_parameters"] > 0
     ck = torch.load(tmp_path / "models/cnn5/model.pt", weights_only=True)  # safe format
     assert ck["classes"] == CLASSES and ck["config"]["settings"]["model"] == "cnn5"
-    model, _ = load_trained(tmp_path / "models/cnn5/model.pt")
+    model = load_trained_model(tmp_path / "models/cnn5/model.pt").network
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
     hist = pd.read_csv(tmp_path / "metrics/cnn5/history.csv")
     assert hist.epoch.tolist() == [1, 2, 3]
@@ -302,10 +302,10 @@ def test_a_model_file_that_no_longer_fits_the_model_code_is_a_clear_error(tmp_pa
     torch.save({"name": "cnn5", "classes": CLASSES, "config": {"settings": {"freeze": 0, "head": "linear"}},
                 "model": create_model("cnn8", 3).state_dict()}, path)  # as if cnn5's architecture had changed
     with pytest.raises(LungxrayError, match=r"does not fit the current code of model cnn5.*dvc repro train@cnn5"):
-        load_trained(path)
+        load_trained_model(path)
     path.write_bytes(b"truncated")
     with pytest.raises(LungxrayError, match="unreadable"):
-        load_trained(path)
+        load_trained_model(path)
 
 ARCH_SCRIPT = """
 import sys

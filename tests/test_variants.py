@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from lungxray.compare.leaderboard import leaderboard, leaderboard_rows
 from lungxray.core.tracking import MlflowParams
 from lungxray.evaluate.evaluation import EvaluateParams, evaluate_model
-from lungxray.models.inference import architecture, load_trained
+from lungxray.models.trained import load_trained_model
 from lungxray.train.fit import train_model
 from lungxray.train.settings import TrainParams, model_settings, resolved_settings
 
@@ -107,8 +107,9 @@ def test_two_variants_of_one_architecture_train_evaluate_reload_and_share_the_le
         trained[name] = t
     assert trained["resnet18_f4"]["trainable_parameters"] < trained["resnet18_f1"]["trainable_parameters"]
 
-    model, ck = load_trained(tmp_path / "models/resnet18_f4/model.pt")
-    assert ck["name"] == "resnet18_f4" and architecture(ck) == "resnet18"
+    trained_f4 = load_trained_model(tmp_path / "models/resnet18_f4/model.pt")
+    assert trained_f4.name == "resnet18_f4" and trained_f4.architecture == "resnet18"
+    model = trained_f4.network
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
     frozen = model.get_submodule("layer4")
     assert not any(q.requires_grad for q in frozen.parameters())  # rebuilt with the variant's freeze

@@ -34,7 +34,7 @@ from sklearn.metrics import roc_auc_score
 from lungxray.core.tracking import MlflowParams
 from lungxray.data.preprocess import PreprocessParams, to_square
 from lungxray.images.augment import AugmentParams
-from lungxray.models.inference import load_trained
+from lungxray.models.trained import load_trained_model
 from lungxray.train.fit import train_model
 from lungxray.train.settings import TrainParams
 
@@ -118,9 +118,10 @@ def build_processed(size: int, resample: str) -> Path:
 
 
 def val_probs(model_pt: Path, processed: Path, tta: bool = False) -> np.ndarray:
-    model, ck = load_trained(model_pt)
+    trained = load_trained_model(model_pt)
+    model = trained.network
     x = torch.from_numpy(np.load(processed / "val.npy")).float().unsqueeze(1) / 255.0
-    mean, std = (torch.as_tensor(ck[k], dtype=torch.float32).reshape(1, -1, 1, 1) for k in ("mean", "std"))
+    mean, std = (torch.as_tensor(v, dtype=torch.float32).reshape(1, -1, 1, 1) for v in (trained.mean, trained.std))
     x = ((x - mean) / std).expand(-1, 3, -1, -1)  # per channel (model.pt has 3 values)
     shifts = [(0, 0)] + ([(1, 0), (-1, 0), (0, 1), (0, -1)] if tta else [])
     out = []

@@ -35,11 +35,8 @@ from seed_stats import mean_sd  # noqa: E402
 from lungxray.evaluate.metrics.calibration import expected_calibration_error  # noqa: E402
 from lungxray.evaluate.tta import tta_proba  # noqa: E402
 from lungxray.models.calibration import choose_operating_points, fit_temperature, nll  # noqa: E402
-from lungxray.models.inference import (  # noqa: E402
-    load_trained,
-    predict_logits,
-    softmax_t,  # noqa: E402
-)
+from lungxray.models.inference import softmax_t  # noqa: E402
+from lungxray.models.trained import load_trained_model  # noqa: E402
 
 ROOT = Path(os.environ.get("PM_ROOT", "/tmp/pm"))
 
@@ -91,16 +88,16 @@ def cross_fitted_rules(y: np.ndarray, probs: np.ndarray) -> dict[str, dict]:
 
 def score_run(model_pt: Path, processed: Path, y: np.ndarray) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
     """{recipe: scores} of one trained model, and its plain and TTA val probabilities (for the ensembles)."""
-    model, ck = load_trained(model_pt)
+    model = load_trained_model(model_pt)
     x = np.load(processed / "val.npy")
-    logits = predict_logits(model, x, ck["mean"], ck["std"], batch_size=256)
+    logits = model.logits(x, batch_size=256)
     plain = softmax_t(logits)
     calibrated, ts = cross_fitted_temperature(y, logits)
     rows = {"plain": scores(y, plain),
             "temperature (cross-fitted on val halves)": {**scores(y, calibrated), "T": float(np.mean(ts))}}
     probs = {"plain": plain}
     for mode in ("shifts", "flips_shifts"):
-        probs[mode] = tta_proba(model, x, ck["mean"], ck["std"], mode, batch_size=256)
+        probs[mode] = tta_proba(model, x, mode, batch_size=256, temperature=1.0)
         rows[f"tta {mode}"] = scores(y, probs[mode])
     rows.update(cross_fitted_rules(y, calibrated))
     rows["in-sample T (fitted and scored on all of val: optimistic)"] = {"nll": nll(logits, y, fit_temperature(logits, y))}

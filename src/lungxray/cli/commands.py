@@ -87,7 +87,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     predictor.batch_size = args.batch_size
     set_input_limits(predictor, **limits)
     find_operating_point(predictor, args.operating_point)  # an unknown name stops before any work
-    print(f"predict: {len(files)} file(s) with {predictor.source} ({predictor.arch}, {predictor.image_size} px, "
+    print(f"predict: {len(files)} file(s) with {predictor.source} ({predictor.architecture}, {predictor.image_size} px, "
           f"{predictor.device})", file=sys.stderr)
     on_batch = cam_writer(args.cam, predictor, files) if args.cam else None
     table = predict_files(files, predictor, progress=not args.quiet and len(files) > predictor.batch_size,

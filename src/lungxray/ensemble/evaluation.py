@@ -194,20 +194,15 @@ def _write_gradcam(members: list[str], models_root: Path, processed: Path, split
                    classes: list[str], reports_dir: Path) -> None:
     """``gradcam.png`` as the evaluate stage writes it for a model: per class, the most confident correct and wrong
     images of the plotted split, each with the mean of the members' Grad-CAM maps for the ensemble's class."""
-    from lungxray.core.device import resolve_device
     from lungxray.evaluate.gradcam import heatmap_grid, mean_heatmaps
-    from lungxray.models.inference import architecture, load_trained
+    from lungxray.models.trained import load_trained_model
 
     x, _ = load_split(processed, split)
     position = pd.Series(np.arange(len(x)), index=split_index(processed, split).id)
     images = x[position.loc[ids].to_numpy()]  # in the predictions' order
-    nets = []
-    for m in members:
-        model, ck = load_trained(models_root / m / "model.pt")
-        nets.append((model.eval(), architecture(ck), ck["mean"], ck["std"]))
-    device = resolve_device("auto")
+    trained = [load_trained_model(models_root / m / "model.pt", device="auto") for m in members]
     y, probs, _ = result
-    fig = heatmap_grid(images, y, probs, classes, lambda im, k: mean_heatmaps(nets, im, k, device),
+    fig = heatmap_grid(images, y, probs, classes, lambda im, k: mean_heatmaps(trained, im, k),
                        title=f"ensemble of {', '.join(members)}: mean Grad-CAM of the predicted class ({split} split)")
     save_figure(fig, reports_dir / "gradcam.png")
 

@@ -14,16 +14,12 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:
-    import torch
-
 from lungxray.core import schema
-from lungxray.core.device import resolve_device
 from lungxray.core.errors import LungxrayError
 from lungxray.core.io import read_json, sha256_file, write_csv, write_json
 from lungxray.core.plots import pyplot as _pyplot
@@ -36,14 +32,8 @@ from lungxray.evaluate.gradcam import gradcam_grid
 from lungxray.evaluate.metrics import EvaluateParams, ovr_auc, roc_points
 from lungxray.evaluate.metrics.primitives import check_inputs
 from lungxray.models.checkpoint import data_version, fingerprint
-from lungxray.models.inference import (
-    architecture,
-    load_trained,
-    measure_throughput,
-    predict_logits,
-    predict_proba,
-    softmax_t,
-)
+from lungxray.models.inference import measure_throughput
+from lungxray.models.trained import TrainedModel, load_trained_model
 
 
 def fingerprint_images(ids, labels) -> str:
@@ -70,17 +60,16 @@ def _short(m: dict) -> dict:
     return {k: m.get(k) for k in keys}
 
 
-def _check_model(name: str, processed: Path, model_path: Path, ck: dict) -> dict:
+def _check_model(name: str, processed: Path, model: TrainedModel) -> dict:
     """The processed data's stats.json, after checking that the model was trained on this data."""
     current = data_version(processed)
-    trained_on = ck["config"]["data"]["version"]
-    if trained_on != current:
+    if model.data_version != current:
         raise LungxrayError(
-            f"{model_path} is stale: it was trained on data version {trained_on}, the preprocessed data is now "
-            f"{current}. Rerun `dvc repro` so that train@{name} runs again before evaluating.")
+            f"{model.source} is stale: it was trained on data version {model.data_version}, the preprocessed data is "
+            f"now {current}. Rerun `dvc repro` so that train@{name} runs again before evaluating.")
     stats = json.loads((processed / "stats.json").read_text())
-    if stats["classes"] != ck["classes"]:
-        raise LungxrayError(f"{model_path} predicts {ck['classes']} but the data has classes {stats['classes']}")
+    if stats["classes"] != model.classes:
+        raise LungxrayError(f"{model.source} predicts {model.classes} but the data has classes {stats['classes']}")
     return stats
 
 
@@ -111,18 +100,43 @@ def evaluate_model(name: str, processed: Path, model_path: Path, metrics_dir: Pa
 
     The probabilities are the model's as stored and served: ``softmax(logits / T)`` with the temperature fitted on val
     at the end of training (``T = 1`` for an uncalibrated model); eval.json adds the ECE before and after, the
-    test-time augmentation figures and the operating points (:mod:`lungxray.evaluate_extras`)."""
+    test-time augmentation figures and the operating points (:mod:`lungxray.evaluate.extras`)."""
     processed, metrics_dir, reports_dir = Path(processed), Path(metrics_dir), Path(reports_dir)
-    model, ck = load_trained(model_path)
-    stats = _check_model(name, processed, model_path, ck)
-    classes = ck["classes"]
-    device = resolve_device("auto")  # the same command on a GPU machine or a CPU
-    out: dict = {"model": name, "classes": classes, "test_set": fingerprint_split(processed, "test"),
+    model = load_trained_model(model_path, device="auto")  # the same command on a GPU machine or a CPU
+    stats = _check_model(name, processed, model)
+    out: dict = {"model": name, "classes": model.classes, "test_set": fingerprint_split(processed, "test"),
                  "val_set": fingerprint_split(processed, "val"),
                  "inputs": evaluation_inputs(processed, model_path, params)}
-    warnings: list[str] = []
+    results, evaluated, warnings = _score_splits(model, processed, metrics_dir, params, out)
+    out.update(extras(model, processed, dict(reversed(evaluated.items())), out, params))
+    official = _official_test(model, processed, params, metrics_dir)
+    if official is not None:
+        out[schema.OFFICIAL_TEST_SPLIT] = official
+    write_plots(name, results, model.classes, metrics_dir, reports_dir, out)
+    (reports_dir / "evaluation.md").write_text(evaluation_markdown(name, out))
+    _write_gradcam(name, model, processed, out["plots_split"], results[out["plots_split"]], reports_dir)
+    out["warnings"] = warnings
+    out["throughput"] = measure_throughput(model.network, stats["image_size"], batch_size=params.batch_size,
+                                           device=model.device, n_batches=params.latency_batches,
+                                           max_seconds=params.latency_seconds)
+    model.to("cpu")
+    for split in schema.EVAL_SPLITS:
+        write_json(schema.headline_file(metrics_dir, split), metrics.headline(out[split]))
+    write_json(metrics_dir / "eval.json", out)  # last: its presence means the evaluation finished
+    run_id = (train_metrics or {}).get("mlflow_run_id")
+    if run_id:
+        log_evaluation(run_id, out, results, metrics_dir, reports_dir, mlflow_params)
+    return out
+
+
+def _score_splits(model: TrainedModel, processed: Path, metrics_dir: Path, params: EvaluateParams,
+                  out: dict) -> tuple[dict, dict, list[str]]:
+    """Score the model on each evaluated split (into ``out[split]``) and write its per-image predictions. Returns
+    ``results`` (split -> (labels, probabilities, metrics): the plots), ``evaluated`` (split -> (labels, logits,
+    units): calibration, TTA, operating points) and the warnings."""
+    classes, warnings = model.classes, []
     results: dict[str, tuple] = {}
-    evaluated: dict[str, tuple] = {}  # split -> (labels, logits, units): calibration, TTA, operating points
+    evaluated: dict[str, tuple] = {}
     for split in schema.EVAL_SPLITS:
         x, y = load_split(processed, split)
         part = split_index(processed, split)
@@ -139,48 +153,28 @@ def evaluate_model(name: str, processed: Path, model_path: Path, metrics_dir: Pa
         if absent:
             warnings.append(f"{split}: no image of class(es) {absent}: their sensitivity and AUC are undefined "
                             f"(reported as null); macro averages use the classes present")
-        logits = predict_logits(model, x, ck["mean"], ck["std"], batch_size=params.batch_size, device=device)
-        probs = softmax_t(logits, ck.get("temperature", 1.0))
+        logits = model.logits(x, batch_size=params.batch_size)
+        probs = model.calibrated(logits)
         evaluated[split] = (y, logits, part.unit.tolist())
         m, out[split] = score_split(y, probs, part, classes, params)
         write_csv(metrics_dir / f"predictions_{split}.csv",
                   metrics.predictions_table(part.id.tolist(), part.unit.tolist(), y, probs, classes))
         results[split] = (y, probs, m)
-    out.update(extras(model, ck, processed, dict(reversed(evaluated.items())), out, params, device))
-    official = _official_test(model, ck, processed, params, device, metrics_dir)
-    if official is not None:
-        out[schema.OFFICIAL_TEST_SPLIT] = official
-    write_plots(name, results, classes, metrics_dir, reports_dir, out)
-    (reports_dir / "evaluation.md").write_text(evaluation_markdown(name, out))
-    _write_gradcam(name, model, ck, processed, out["plots_split"], results[out["plots_split"]], reports_dir, device)
-    out["warnings"] = warnings
-    out["throughput"] = measure_throughput(model, stats["image_size"], batch_size=params.batch_size,
-                                              device=device, n_batches=params.latency_batches,
-                                           max_seconds=params.latency_seconds)
-    model.cpu()
-    for split in schema.EVAL_SPLITS:
-        write_json(schema.headline_file(metrics_dir, split), metrics.headline(out[split]))
-    write_json(metrics_dir / "eval.json", out)  # last: its presence means the evaluation finished
-    run_id = (train_metrics or {}).get("mlflow_run_id")
-    if run_id:
-        log_evaluation(run_id, out, results, metrics_dir, reports_dir, mlflow_params)
-    return out
+    return results, evaluated, warnings
 
 
-def _official_test(model, ck: dict, processed: Path, params: EvaluateParams, device: torch.device,
-                   metrics_dir: Path) -> dict | None:
+def _official_test(model: TrainedModel, processed: Path, params: EvaluateParams, metrics_dir: Path) -> dict | None:
     """Benchmark mode: the figures on the sources' whole official test set (copies within it included), the row
     comparable with published tables; reported beside the deduplicated test split, never used for selection. Its
     per-image probabilities go to ``predictions_test_official.csv`` (the ensemble averages them), an empty table
     outside benchmark mode so that the DVC output always exists."""
-    part, classes = split_index(processed, schema.OFFICIAL_TEST_SPLIT), ck["classes"]
+    part, classes = split_index(processed, schema.OFFICIAL_TEST_SPLIT), model.classes
     f = metrics_dir / f"predictions_{schema.OFFICIAL_TEST_SPLIT}.csv"
     if part.empty:
         write_csv(f, metrics.predictions_table([], [], np.zeros(0, np.int64), np.zeros((0, len(classes))), classes))
         return None
     x, y = load_split(processed, schema.OFFICIAL_TEST_SPLIT)
-    probs = predict_proba(model, x, ck["mean"], ck["std"], batch_size=params.batch_size, device=device,
-                          temperature=ck.get("temperature", 1.0))
+    probs = model.proba(x, batch_size=params.batch_size)
     write_csv(f, metrics.predictions_table(part.id.tolist(), part.unit.tolist(), y, probs, classes))
     return metrics.summary(metrics.compute_metrics(y, probs, classes, params, units=part.unit.tolist()))
 
@@ -201,13 +195,12 @@ def write_plots(name: str, results: dict, classes: list[str], metrics_dir: Path,
     write_csv(metrics_dir / "confusion.csv", metrics.confusion_pairs(y, probs.argmax(1), classes))
 
 
-def _write_gradcam(name: str, model, ck: dict, processed: Path, split: str, result: tuple, reports_dir: Path,
-                   device: torch.device) -> None:
+def _write_gradcam(name: str, model: TrainedModel, processed: Path, split: str, result: tuple,
+                   reports_dir: Path) -> None:
     """``gradcam.png``: correctly and wrongly classified images of the plotted split per class, with heat maps."""
     x, _ = load_split(processed, split)
     y, probs, _ = result
-    fig = gradcam_grid(model, architecture(ck), x, y, probs, ck["classes"], ck["mean"], ck["std"], device=device,
-                       title=f"{name}: Grad-CAM of the predicted class ({split} split)")
+    fig = gradcam_grid(model, x, y, probs, title=f"{name}: Grad-CAM of the predicted class ({split} split)")
     save_figure(fig, reports_dir / "gradcam.png")
 
 

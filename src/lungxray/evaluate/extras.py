@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    import torch
+    from lungxray.models.trained import TrainedModel
 
 from lungxray.core.numbers import fmt, fmt_interval
 from lungxray.data.preprocess import load_split
@@ -33,20 +33,20 @@ TTA_KEYS = ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_recall", "
             "macro_recall_ci_high", "macro_auc", "macro_auc_ci_low", "macro_auc_ci_high", "ece", "log_loss")
 
 
-def calibration_block(ck: dict, evaluated: dict, params: EvaluateParams) -> dict:
+def calibration_block(model: TrainedModel, evaluated: dict, params: EvaluateParams) -> dict:
     """ECE and NLL before / after the stored temperature on each evaluated split (``evaluated``: split -> (y,
     logits, units))."""
-    t = float(ck.get("temperature", 1.0))
-    out = {"method": (ck.get("calibration") or {}).get("method", "none"), "temperature": t, "fitted_on": "val"}
+    t = model.temperature
+    out = {"method": model.calibration.get("method", "none"), "temperature": t, "fitted_on": "val"}
     for split, (y, logits, _) in evaluated.items():
         out[split] = {"ece_before": metrics.expected_calibration_error(y, softmax_t(logits), params.ece_bins),
-                      "ece_after": metrics.expected_calibration_error(y, softmax_t(logits, t), params.ece_bins),
+                      "ece_after": metrics.expected_calibration_error(y, model.calibrated(logits), params.ece_bins),
                       "nll_before": nll(logits, y), "nll_after": nll(logits, y, t)}
     return out
 
 
-def tta_block(model, ck: dict, processed: Path, evaluated: dict, plain: dict, params: EvaluateParams,
-              device: torch.device) -> dict | None:
+def tta_block(model: TrainedModel, processed: Path, evaluated: dict, plain: dict, params: EvaluateParams
+              ) -> dict | None:
     """Plain and test-time-augmented figures of each evaluated split (None when ``evaluate.tta`` is none)."""
     from lungxray.evaluate.tta import VIEWS, tta_proba
 
@@ -55,18 +55,17 @@ def tta_block(model, ck: dict, processed: Path, evaluated: dict, plain: dict, pa
     out = {"mode": params.tta, "views": [v[0] for v in VIEWS[params.tta]]}
     for split, (y, _, units) in evaluated.items():
         x, _ = load_split(processed, split)
-        probs = tta_proba(model, x, ck["mean"], ck["std"], params.tta, float(ck.get("temperature", 1.0)),
-                          params.batch_size, device)
-        m = metrics.compute_metrics(y, probs, ck["classes"], params, units=units)
+        probs = tta_proba(model, x, params.tta, params.batch_size)
+        m = metrics.compute_metrics(y, probs, model.classes, params, units=units)
         out[split] = {"plain": {k: plain[split].get(k) for k in TTA_KEYS}, "tta": {k: m.get(k) for k in TTA_KEYS}}
     return out
 
 
-def operating_points_block(ck: dict, evaluated: dict, params: EvaluateParams) -> dict:
+def operating_points_block(model: TrainedModel, evaluated: dict, params: EvaluateParams) -> dict:
     """The stored operating points, their figures on each evaluated split and the prevalence table."""
-    classes, t = ck["classes"], float(ck.get("temperature", 1.0))
-    ops = ck.get("operating_points") or argmax_only()
-    per_split = {split: operating_point_metrics(y, softmax_t(logits, t), classes, ops, params.bootstrap, params.ci,
+    classes = model.classes
+    ops = model.operating_points or argmax_only()
+    per_split = {split: operating_point_metrics(y, model.calibrated(logits), classes, ops, params.bootstrap, params.ci,
                                                 params.seed, units)
                  for split, (y, logits, units) in evaluated.items()}
     prev = {c: {split: float(np.mean(y == k)) if len(y) else None for split, (y, _, _) in evaluated.items()}
@@ -75,12 +74,11 @@ def operating_points_block(ck: dict, evaluated: dict, params: EvaluateParams) ->
             "prevalence_table": prevalence_table(per_split["val"], prev, params.prevalences)}
 
 
-def extras(model, ck: dict, processed: Path, evaluated: dict, plain: dict, params: EvaluateParams,
-           device: torch.device) -> dict:
+def extras(model: TrainedModel, processed: Path, evaluated: dict, plain: dict, params: EvaluateParams) -> dict:
     """``calibration``, ``tta`` and ``operating_points`` of eval.json (see the module docstring)."""
-    return {"calibration": calibration_block(ck, evaluated, params),
-            "tta": tta_block(model, ck, processed, evaluated, plain, params, device),
-            "operating_points": operating_points_block(ck, evaluated, params)}
+    return {"calibration": calibration_block(model, evaluated, params),
+            "tta": tta_block(model, processed, evaluated, plain, params),
+            "operating_points": operating_points_block(model, evaluated, params)}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -8,12 +8,13 @@ The rules behind the maps:
 * **Map.** For the explained class ``c`` (by default the predicted one), the target layer's channels are weighted by
   the spatial mean of the gradient of the logit ``c``, summed, ReLU'd, upsampled bilinearly to the input size and
   scaled to 0..1 per image (max = 1). A map that is 0 everywhere means nothing in the image raises the class score.
-* **Input.** The model sees exactly what :func:`lungxray.inference.predict_proba` gives it: uint8 greyscale images
-  through :func:`lungxray.inference.to_model_input` with the model's own ``mean``/``std`` (model.pt's).
+* **Input.** The model sees exactly what :meth:`lungxray.models.trained.TrainedModel.proba` gives it: uint8
+  greyscale images through :func:`lungxray.models.inference.to_model_input` with the model's own ``mean``/``std``
+  (a :class:`~lungxray.models.trained.TrainedModel`, loaded from its model.pt).
 * **The model is left as found.** Gradients reach the target layer through the input (it requires grad), so a frozen
   backbone (``requires_grad`` False) is explained as well as a trained one; during the computation no parameter
   requires grad, and afterwards every parameter's ``requires_grad`` and ``.grad`` and every module's train/eval mode
-  are restored. The model is moved to ``device`` (as ``predict_proba`` does).
+  are restored. The network is moved to the trained model's ``device`` (as its ``proba`` does).
 * **Evaluate grid.** :func:`gradcam_grid` shows, per true class, the ``per_class`` most confident correct and the
   ``per_class`` most confident wrong predictions (ties: the earlier image), each with its map; one batched
   computation, so it stays cheap on a CPU. The ensemble's grid (:func:`heatmap_grid` with :func:`mean_heatmaps`)
@@ -36,6 +37,7 @@ from lungxray.core.errors import LungxrayError
 from lungxray.core.plots import pyplot, save_png
 from lungxray.models.architectures import cam_target_layer
 from lungxray.models.inference import to_model_input
+from lungxray.models.trained import TrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -84,33 +86,32 @@ def _targets(class_indices: Sequence[int] | None, n: int, num_classes: int | Non
     return idx
 
 
-def heatmaps(model: nn.Module, arch: str, images: np.ndarray, mean: float | Sequence[float],
-             std: float | Sequence[float], class_indices: Sequence[int] | None = None,
-             device: str | torch.device = "cpu", batch_size: int = 16) -> np.ndarray:
-    """Grad-CAM maps, float32 (N, S, S) in 0..1, of uint8 greyscale images (N, S, S) for ``model`` (built by
-    ``create_model(arch, ...)``): one per image, for ``class_indices[i]`` (None: each image's predicted class).
-    ``mean``/``std``: the model's normalisation (model.pt's). Batches of ``batch_size``."""
+def heatmaps(model: TrainedModel, images: np.ndarray, class_indices: Sequence[int] | None = None,
+             batch_size: int = 16) -> np.ndarray:
+    """Grad-CAM maps, float32 (N, S, S) in 0..1, of uint8 greyscale images (N, S, S) for a trained model (its
+    network, architecture, normalisation and device): one per image, for ``class_indices[i]`` (None: each image's
+    predicted class). Batches of ``batch_size``."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     images = _check_images(np.asarray(images))
     n, s = images.shape[0], images.shape[1]
-    targets = _targets(class_indices, n, getattr(model, "num_classes", None))
-    dev = device if isinstance(device, torch.device) else torch.device(device)
-    model = model.to(dev)
-    layer = cam_target_layer(model, arch)
+    network, dev = model.network, model.device
+    targets = _targets(class_indices, n, getattr(network, "num_classes", None))
+    network = network.to(dev)
+    layer = cam_target_layer(network, model.architecture)
     out = np.zeros((n, s, s), dtype=np.float32)
-    with _explaining(model), torch.enable_grad():
-        cam = GradCAM(model=model, target_layers=[layer])  # not `with`: its __exit__ would swallow an IndexError
+    with _explaining(network), torch.enable_grad():
+        cam = GradCAM(model=network, target_layers=[layer])  # not `with`: its __exit__ would swallow an IndexError
         try:
             for i in range(0, n, batch_size):
                 x = torch.from_numpy(np.array(images[i:i + batch_size], dtype=np.uint8, copy=True)).unsqueeze(1)
-                x = to_model_input(x, dev, mean, std, channels_last=False).requires_grad_(True)
+                x = to_model_input(x, dev, model.mean, model.std, channels_last=False).requires_grad_(True)
                 chosen = None if targets is None else [ClassifierOutputTarget(c) for c in targets[i:i + batch_size]]
                 out[i:i + len(x)] = cam(input_tensor=x, targets=chosen)
         finally:
             cam.activations_and_grads.release()
-    log.debug("Grad-CAM of %d images (%s, layer %s)", n, arch, type(layer).__name__)
+    log.debug("Grad-CAM of %d images (%s, layer %s)", n, model.architecture, type(layer).__name__)
     return out
 
 
@@ -199,21 +200,16 @@ def pick_examples(y_true: np.ndarray, probs: np.ndarray, per_class: int = GRID_P
     return picks
 
 
-def gradcam_grid(model: nn.Module, arch: str, images: np.ndarray, y_true: np.ndarray, probs: np.ndarray,
-                 classes: Sequence[str], mean: float | Sequence[float], std: float | Sequence[float],
-                 device: str | torch.device = "cpu", per_class: int = GRID_PER_CLASS, title: str | None = None):
+def gradcam_grid(model: TrainedModel, images: np.ndarray, y_true: np.ndarray, probs: np.ndarray,
+                 per_class: int = GRID_PER_CLASS, title: str | None = None):
     """A figure: one row per true class, ``per_class`` correctly then ``per_class`` wrongly classified images
     (:func:`pick_examples`), each with the Grad-CAM map of its predicted class; an empty cell says "none"."""
-    return heatmap_grid(images, y_true, probs, classes,
-                        lambda im, k: heatmaps(model, arch, im, mean, std, k, device), per_class, title)
+    return heatmap_grid(images, y_true, probs, model.classes, lambda im, k: heatmaps(model, im, k), per_class, title)
 
 
-def mean_heatmaps(nets: Sequence[tuple[nn.Module, str, Sequence[float], Sequence[float]]], images: np.ndarray,
-                  class_indices: Sequence[int], device: str | torch.device = "cpu") -> np.ndarray:
-    """The mean of several models' Grad-CAM maps of the same images (an ensemble's map): ``nets`` holds each model
-    with its architecture and normalisation ``(model, arch, mean, std)``."""
-    return np.mean([heatmaps(model, arch, images, mean, std, class_indices, device)
-                    for model, arch, mean, std in nets], axis=0)
+def mean_heatmaps(models: Sequence[TrainedModel], images: np.ndarray, class_indices: Sequence[int]) -> np.ndarray:
+    """The mean of several trained models' Grad-CAM maps of the same images (an ensemble's map)."""
+    return np.mean([heatmaps(model, images, class_indices) for model in models], axis=0)
 
 
 def heatmap_grid(images: np.ndarray, y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str],

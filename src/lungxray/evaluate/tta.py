@@ -11,9 +11,12 @@
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from lungxray.models.trained import TrainedModel
 
 TtaMode = Literal["none", "shifts", "flips_shifts"]
 SHIFT = 0.04  # fraction of the side
@@ -47,19 +50,14 @@ def view_fn(mirror: bool, scale: float, dx: float, dy: float) -> Callable:
     return apply
 
 
-def tta_logits(model, images: np.ndarray, mean, std, mode: TtaMode, batch_size: int = 64,
-               device="cpu") -> list[np.ndarray]:
+def tta_logits(model: TrainedModel, images: np.ndarray, mode: TtaMode, batch_size: int = 64) -> list[np.ndarray]:
     """The logits (N, C) of every view of ``mode`` (:data:`VIEWS`), in order."""
-    from lungxray.models.inference import predict_logits
-
-    return [predict_logits(model, images, mean, std, batch_size, device, view=view_fn(*v[1:]))
-            for v in VIEWS[mode]]
+    return [model.logits(images, batch_size, view=view_fn(*v[1:])) for v in VIEWS[mode]]
 
 
-def tta_proba(model, images: np.ndarray, mean, std, mode: TtaMode, temperature: float = 1.0, batch_size: int = 64,
-              device="cpu") -> np.ndarray:
-    """The mean over the views of ``mode`` of ``softmax(logits / temperature)``: (N, C) float64."""
-    from lungxray.models.inference import softmax_t
-
-    views = tta_logits(model, images, mean, std, mode, batch_size, device)
-    return np.mean([softmax_t(z, temperature) for z in views], axis=0)
+def tta_proba(model: TrainedModel, images: np.ndarray, mode: TtaMode, batch_size: int = 64,
+              temperature: float | None = None) -> np.ndarray:
+    """The mean over the views of ``mode`` of ``softmax(logits / T)``: (N, C) float64; ``T`` is the model's stored
+    temperature unless ``temperature`` is given (1.0: uncalibrated)."""
+    views = tta_logits(model, images, mode, batch_size)
+    return np.mean([model.calibrated(z, temperature) for z in views], axis=0)

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-from lungxray.core.device import resolve_device
 from lungxray.core.errors import LungxrayError
 from lungxray.core.io import read_json, write_csv
 from lungxray.core.tracking import log_external_fold
@@ -40,7 +39,7 @@ from lungxray.evaluate.metrics import EvaluateParams, predictions_table
 from lungxray.external.folds import Fold, drop_arrays, fold_problem, kept_index, make_fold, source_counts, write_fold
 from lungxray.external.plan import ExternalParams, settings_problem
 from lungxray.external.report import external_summary, fold_metrics, gap, in_source_figures
-from lungxray.models.inference import load_trained, predict_proba
+from lungxray.models.trained import load_trained_model
 from lungxray.train.fit import train_model
 from lungxray.train.settings import TrainParams
 
@@ -147,11 +146,10 @@ def _test_model(model_dir: Path, data_dir: Path, classes: list[str], evaluate: E
     """A fold model on every image of its held-out source (the fold folder's test split): figures and predictions."""
     from lungxray.data.preprocess import load_split
 
-    model, ck = load_trained(model_dir / "model.pt")
+    model = load_trained_model(model_dir / "model.pt", device="auto")
     x, y = load_split(data_dir, "test")
     index = _test_index(data_dir)
-    device = resolve_device("auto")
-    probs = predict_proba(model, x, ck["mean"], ck["std"], batch_size=evaluate.batch_size, device=device)
+    probs = model.proba(x, batch_size=evaluate.batch_size, temperature=1.0)  # uncalibrated, as it always was
     units = index.unit.tolist()
     write_csv(model_dir / "predictions.csv", predictions_table(index.id.tolist(), units, y, probs, classes))
     return fold_metrics(y, np.asarray(probs), classes, evaluate, units)

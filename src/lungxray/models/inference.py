@@ -1,7 +1,8 @@
-"""Inference with a trained model: load it (:func:`load_trained`), turn uint8 greyscale images into its input
-(:func:`to_model_input`, shared with training), class probabilities (:func:`predict_proba`; :func:`predict_images`
-for a logged or registered MLflow model, which takes images: :mod:`lungxray.image_model`) and its speed
-(:func:`measure_throughput`)."""
+"""Inference with a network: turn uint8 greyscale images into its input (:func:`to_model_input`, shared with
+training), its logits and class probabilities (:func:`predict_logits`, :func:`predict_proba`; a trained model
+loaded from its ``model.pt`` carries its own normalisation and temperature: :mod:`lungxray.models.trained`;
+:func:`predict_images` for a logged or registered MLflow model, which takes images: :mod:`lungxray.serve.image_model`)
+and its speed (:func:`measure_throughput`)."""
 
 from __future__ import annotations
 
@@ -9,46 +10,13 @@ import math
 import os
 import statistics
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from lungxray.core.errors import LungxrayError
 from lungxray.images.augment import AugmentParams, augment_batch
-
-
-def architecture(ck: dict) -> str:
-    """The architecture a ``model.pt`` was built from: its settings' ``model`` (a variant's architecture: ``name`` is
-    the variant's name), or ``name`` in files that do not record it."""
-    return (ck.get("config") or {}).get("settings", {}).get("model") or ck["name"]
-
-
-def load_trained(path: Path) -> tuple[nn.Module, dict]:
-    """Rebuild a model from ``models/<name>/model.pt`` (safe load: tensors and plain data only), as the
-    architecture it records (:func:`architecture`)."""
-    from lungxray.models.architectures import create_model
-
-    path = Path(path)
-    if not path.exists():
-        raise LungxrayError(f"no trained model at {path}: run `dvc repro` (the train stage) first")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-        st = ck["config"]["settings"]
-    except Exception as e:  # noqa: BLE001
-        raise LungxrayError(f"{path} is unreadable ({' '.join(str(e).split())[:200]}): retrain it with "
-                            f"`dvc repro -f train@{path.parent.name}`") from None
-    model = create_model(architecture(ck), num_classes=len(ck["classes"]), pretrained=False, freeze=st["freeze"],
-                         head=st["head"])
-    try:
-        model.load_state_dict(ck["model"])
-    except RuntimeError as e:
-        raise LungxrayError(f"{path} does not fit the current code of model {ck['name']} "
-                            f"({' '.join(str(e).split())[:200]}): retrain it with `dvc repro train@{ck['name']}`"
-                            ) from None
-    return model.eval(), ck
 
 
 def to_model_input(x: torch.Tensor, device: torch.device, mean: float | Sequence[float],
@@ -114,7 +82,6 @@ def softmax_t(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
-
 
 
 def predict_proba(model, images: np.ndarray, mean: float | Sequence[float], std: float | Sequence[float],

@@ -40,7 +40,7 @@ class EnsemblePredictor:
         return list(self.members[0].classes)
 
     @property
-    def arch(self) -> str:
+    def architecture(self) -> str:
         return f"ensemble of {', '.join(self.names)}"
 
     @property

@@ -5,8 +5,8 @@
 * :func:`predict_files` classifies files in batches (on the GPU when present) and returns one row per file: the
   predicted class and one ``prob_<class>`` column per class, or, for a file that cannot be used, the reason in
   ``error`` (the batch goes on). ``on_batch`` receives every classified batch
-  (:class:`~lungxray.predictor.PredictedBatch`: the torch model, its architecture, the square uint8 images, the
-  predicted indices, the probabilities and the files; an ensemble's :class:`~lungxray.ensemble_model.EnsembleBatch`),
+  (:class:`~lungxray.serve.predictor.PredictedBatch`: the trained model, the square uint8 images, the predicted
+  indices, the probabilities and the files; an ensemble's :class:`~lungxray.serve.ensemble_model.EnsembleBatch`),
   which is where per-image extras such as Grad-CAM overlays hook in (``batch.heatmaps()``).
 * :func:`~lungxray.predictor.apply_operating_point` adds the decision of one of the model's operating points
   (chosen on val: :mod:`lungxray.calibration`): ``argmax`` (the default) is the ``predicted`` column itself; ``<class>@sens95`` or

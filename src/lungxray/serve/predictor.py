@@ -1,13 +1,14 @@
 """A trained model with its input contract, the code the registered MLflow model and ``lungxray predict`` share.
 
-A :class:`Predictor` is a trained model with what its ``model.pt`` records about its inputs: the classes, the
-preprocessing its training images went through (``image_size``, ``aspect``, ``resample``: the preprocess stage's
-settings), the normalisation (``mean``/``std``), and what was fitted on the val split at the end of training: the
-``temperature`` of its calibrated probabilities (``softmax(logits / T)``) and its ``operating_points``
-(:mod:`lungxray.calibration`). A new image goes through exactly that: decoded by
-:func:`lungxray.imaging.open_grey` (PNG 8/16-bit, JPEG, DICOM, ...), made square by
-:func:`lungxray.preprocess.to_square` (as :func:`lungxray.preprocess.load_square` does for the preprocess stage),
-normalised and classified by :func:`lungxray.inference.predict_proba`.
+A :class:`Predictor` is a trained model (:class:`lungxray.models.trained.TrainedModel`: the network with what its
+``model.pt`` records about its inputs: the classes, the preprocessing its training images went through
+(``image_size``, ``aspect``, ``resample``: the preprocess stage's settings), the normalisation (``mean``/``std``), and
+what was fitted on the val split at the end of training: the ``temperature`` of its calibrated probabilities
+(``softmax(logits / T)``) and its ``operating_points``, :mod:`lungxray.models.calibration`) with serving's input
+limits. A new image goes through exactly that: decoded by :func:`lungxray.images.decode.open_grey` (PNG 8/16-bit,
+JPEG, DICOM, ...), made square by :func:`lungxray.data.preprocess.to_square` (as
+:func:`lungxray.data.preprocess.load_square` does for the preprocess stage), normalised and classified by
+:meth:`~lungxray.models.trained.TrainedModel.proba`.
 
 An image the pipeline would not have used is refused (:class:`~lungxray.imaging.ImageRejected`, its row's error):
 one over ``max_pixels`` (``fetch.max_pixels``; not decoded), or one narrower than ``min_width`` or lower than
@@ -20,7 +21,7 @@ one over ``max_pixels`` (``fetch.max_pixels``; not decoded), or one narrower tha
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -28,6 +29,7 @@ import numpy as np
 
 from lungxray.core.schema import DEFAULT_MAX_PIXELS
 from lungxray.images.decode import ImageRejected
+from lungxray.models.trained import TrainedModel, load_trained_model
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,30 +53,19 @@ def prob_column(cls: str) -> str:
 
 
 @dataclass
-class Predictor:
-    """A trained model ready for new images (see the module docstring)."""
+class Predictor(TrainedModel):
+    """A trained model ready for new images (see the module docstring): a
+    :class:`~lungxray.models.trained.TrainedModel` with what serving adds (the batch size and the input limits)."""
 
-    model: object  # torch.nn.Module, in eval mode on ``device``
-    arch: str  # the architecture name (models.create_model)
-    classes: list[str]
-    image_size: int
-    aspect: str
-    resample: str
-    mean: list[float]
-    std: list[float]
-    device: object  # torch.device
-    source: str  # where it was loaded from
     batch_size: int = 32
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are not decoded (fetch.max_pixels)
     max_pixels_hint: str = MAX_PIXELS_HINT  # what the rejection of a larger image says to do
     min_width: int = MIN_WIDTH  # narrower or lower images are refused (validate.min_width / min_height)
     min_height: int = MIN_HEIGHT
-    temperature: float = 1.0  # probabilities = softmax(logits / temperature), fitted on val
-    operating_points: dict = field(default_factory=dict)  # lungxray.calibration.choose_operating_points
 
     def contract(self) -> dict:
         """What the model expects and returns, as recorded in the MLflow model's metadata."""
-        return {"classes": list(self.classes), "architecture": self.arch, "image_size": self.image_size,
+        return {"classes": list(self.classes), "architecture": self.architecture, "image_size": self.image_size,
                 "aspect": self.aspect, "resample": self.resample, "mean": list(self.mean), "std": list(self.std),
                 "normalisation": "x / 255, then (x - mean[c]) / std[c] per channel, grey copied to 3 channels",
                 "inputs": "column `image`: file paths, encoded image bytes (PNG, JPEG, DICOM, ...; base64 in JSON) "
@@ -120,28 +111,12 @@ class Predictor:
                                              f"of {self.min_width}x{self.min_height} (validate.min_width and "
                                              f"min_height): the pipeline would not have used it")
 
-    def proba(self, images: np.ndarray) -> np.ndarray:
-        """(N, C) class probabilities of (N, S, S) uint8 images (:func:`lungxray.inference.predict_proba`)."""
-        from lungxray.models.inference import predict_proba
-
-        return predict_proba(self.model, images, self.mean, self.std, batch_size=self.batch_size,
-                             device=self.device, temperature=self.temperature)
-
 
 def predictor_from_file(path: str | Path, device: str = "auto") -> Predictor:
-    """A :class:`Predictor` from a ``model.pt`` (written by the train stage)."""
-    from lungxray.core.device import resolve_device
-    from lungxray.data.preprocess import preprocess_record
-    from lungxray.models.inference import architecture, load_trained
-
-    model, ck = load_trained(Path(path))
-    dev = resolve_device(device)
-    pre = ck.get("preprocess") or preprocess_record({"image_size": ck["image_size"]})
-    return Predictor(model=model.to(dev).eval(), arch=architecture(ck), classes=list(ck["classes"]),
-                     image_size=int(pre["image_size"]), aspect=pre["aspect"], resample=pre["resample"],
-                     mean=[float(v) for v in ck["mean"]], std=[float(v) for v in ck["std"]], device=dev,
-                     source=str(path), temperature=float(ck.get("temperature", 1.0)),
-                     operating_points=dict(ck.get("operating_points") or {}))
+    """A :class:`Predictor` from a ``model.pt`` (written by the train stage;
+    :func:`lungxray.models.trained.load_trained_model`)."""
+    trained = load_trained_model(path, device)
+    return Predictor(**{f.name: getattr(trained, f.name) for f in fields(TrainedModel)})
 
 
 def set_input_limits(predictor, **limits) -> None:
@@ -163,24 +138,20 @@ def set_input_limits(predictor, **limits) -> None:
 class PredictedBatch:
     """One classified batch, as :func:`predict_files` hands it to ``on_batch``."""
 
-    model: object  # the torch model (eval mode, on the predictor's device)
-    arch: str  # its architecture name
+    model: TrainedModel  # what classified it (network, architecture, normalisation, device)
     images: np.ndarray  # (N, S, S) uint8: exactly what the model saw, before normalisation
     predicted: np.ndarray  # (N,) class indices
     probs: np.ndarray  # (N, C) probabilities
     files: list[str]
     classes: list[str]
-    mean: list[float]  # the model's normalisation (Predictor.mean / std)
-    std: list[float]
-    device: object  # torch.device
 
     def heatmaps(self, class_indices: Sequence[int] | None = None) -> np.ndarray:
         """Grad-CAM maps (N, S, S) in 0..1 of the batch's images for ``class_indices`` (default: the predicted
-        classes): :func:`lungxray.gradcam.heatmaps`."""
+        classes): :func:`lungxray.evaluate.gradcam.heatmaps`."""
         from lungxray.evaluate.gradcam import heatmaps
 
         k = self.predicted if class_indices is None else class_indices
-        return heatmaps(self.model, self.arch, self.images, self.mean, self.std, k, self.device)
+        return heatmaps(self.model, self.images, k)
 
 
 def result_rows(probs: np.ndarray, classes: Sequence[str]) -> list[dict]:
@@ -220,14 +191,13 @@ def classify(predictor: Predictor, sources: Sequence, names: Sequence[str] | Non
     rows = [failed_row(predictor.classes, e) for e in errors]
     if ok:
         batch = np.stack([images[i] for i in ok])
-        probs = predictor.proba(batch)
+        probs = predictor.proba(batch, batch_size=predictor.batch_size)
         for i, row in zip(ok, result_rows(probs, predictor.classes)):
             rows[i] = row
         if on_batch is not None:
             names = list(names) if names is not None else [str(i) for i in range(len(sources))]
-            on_batch(PredictedBatch(predictor.model, predictor.arch, batch, probs.argmax(1), probs,
-                                    [names[i] for i in ok], list(predictor.classes), predictor.mean, predictor.std,
-                                    predictor.device))
+            on_batch(PredictedBatch(predictor, batch, probs.argmax(1), probs, [names[i] for i in ok],
+                                    list(predictor.classes)))
     return rows
 
 
