@@ -240,7 +240,7 @@ def test_register_stage_pairs_the_challenger_with_the_champion_on_val(trained, t
     from lungxray.registry.register import load_predictions
 
     root, _, ml, _ = trained
-    work = workdir(root, tmp_path, models=False)
+    work = workdir(root, tmp_path)  # register logs each model from its model.pt
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["train"]["mlflow"] = {"tracking_uri": ml.tracking_uri, "artifact_dir": ml.artifact_dir}
     params["promote"].update(registered_model="stage-cxr", bootstrap=100)

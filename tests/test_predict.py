@@ -302,7 +302,7 @@ def test_a_registered_ensemble_refuses_what_its_members_refuse_with_the_register
                                                                                                tmp_path):
     import mlflow
 
-    from lungxray.serve.ensemble_model import log_ensemble_model
+    from lungxray.serve.mlflow_models import log_ensemble_model
 
     mlflow.set_tracking_uri(champion["uri"])
     with mlflow.start_run():
