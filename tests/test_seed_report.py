@@ -86,7 +86,7 @@ def test_a_run_without_the_test_split_fills_val_with_its_lift_and_says_val_only_
     held = "val only: not measured here (test held back)"
     row = (f"| {held} | {held} | 95.0% [93.0, 97.0] (n=524); +20.8 points [+19.0, +23.0] over always pneumonia "
            f"(74.2%) | - | 12 epochs (best 7), 20.5 s/epoch on cpu; 320,546 params |")
-    assert f"| seed-004-pneumoniamnist | cnn8 | 37.5% (= always normal) |" in out.stdout and row in out.stdout
+    assert "| seed-004-pneumoniamnist | cnn8 | 37.5% (= always normal) |" in out.stdout and row in out.stdout
     assert "(n=524); **no better than always answering pneumonia** (74.2%)" in out.stdout
     full = yaml.safe_load(params.read_text())
     full["fetch"]["sources"][0]["path"] = "pneumoniamnist.npz"  # the full official file: the same profile
