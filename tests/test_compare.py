@@ -41,3 +41,22 @@ def test_leaderboard_uses_the_configured_tie_breaker_and_direction():
     assert df["model"].tolist()[:2] == ["vgg16", "resnet18"]  # 100 s/epoch beats 300 in the tie
     df, md = leaderboard(lb_rows(), PromotionParams(metric="test_macro_recall"))
     assert df["model"].tolist()[0] == "broken" and "Selection uses a **test** metric" in md
+
+
+def test_a_model_no_better_than_the_majority_class_is_flagged_on_the_leaderboard():
+    from lungxray.compare.leaderboard import no_skill_columns
+
+    def evaluation(acc, lo, hi, lift_lo, lift_hi):
+        figures = {"accuracy": acc, "accuracy_ci_low": lo, "accuracy_ci_high": hi, "lift_over_majority": acc - .625,
+                   "lift_ci_low": lift_lo, "lift_ci_high": lift_hi, "no_better_than_majority": lo <= .625 <= hi,
+                   "no_skill": {"majority_class": "pneumonia", "majority_share": .625}}
+        return {"test": None, "val": figures}
+
+    rows = lb_rows()[:2]
+    rows[0] |= no_skill_columns(evaluation(.63, .59, .67, -.01, .02))
+    rows[1] |= no_skill_columns(evaluation(.90, .87, .93, .25, .31))
+    df, md = leaderboard(rows)
+    assert df.set_index("model").loc["vgg16", "val_no_better_than_majority"] == True  # noqa: E712 (numpy bool)
+    assert "| no-skill line |" in md.splitlines()[2]
+    assert "**val: no better than always answering pneumonia (62.5% of the images)**" in md
+    assert "val: no-skill: always pneumonia 62.5%, lift +27.5 points [+25.0, +31.0]" in md

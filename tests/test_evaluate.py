@@ -461,3 +461,44 @@ def test_benchmark_mode_reports_the_official_test_set_beside_the_deduplicated_te
     assert len(pd.read_csv(tmp_path / "x/predictions_test_official.csv")) == len(x) + 2
     none = pd.read_csv(root / "metrics/cnn5/predictions_test_official.csv")
     assert none.empty and list(none.columns) == list(pd.read_csv(root / "metrics/cnn5/predictions_test.csv").columns)
+
+
+def test_eval_json_and_the_summary_line_carry_the_no_skill_line_of_every_split(trained):
+    from lungxray.evaluate.extras import summary_line
+
+    root, _, _, out = trained
+    e = json.loads((root / "metrics/cnn5/eval.json").read_text())
+    for split in ("val", "test"):
+        base = e[split]["no_skill"]
+        assert set(base["prevalence"]) == {"normal", "pneumonia", "covid19"} and base["macro_auc"] == 0.5
+        assert e[split]["lift_over_majority"] == pytest.approx(e[split]["accuracy"] - base["majority_share"])
+        assert isinstance(e[split]["no_better_than_majority"], bool)
+    assert "always " in summary_line("evaluate cnn5", out["cnn5"]) or "no better than" in summary_line(
+        "evaluate cnn5", out["cnn5"])
+    assert "No-skill line" in (root / "reports/cnn5/evaluation.md").read_text()
+
+
+def test_a_constant_model_on_a_skewed_test_set_is_flagged_in_the_summary_and_on_the_leaderboard(tmp_path):
+    """234 normal and 390 pneumonia (the seed-004 test folder): always answering pneumonia scores 62.5%."""
+    import pandas as pd
+
+    from lungxray.evaluate.evaluation import score_split
+    from lungxray.evaluate.extras import summary_line
+
+    classes = ["normal", "pneumonia"]
+    y = np.array([0] * 234 + [1] * 390)
+    constant = np.tile([0.2, 0.8], (len(y), 1))  # the same answer for every image
+    part = pd.DataFrame({"unit": [f"u{i // 2}" for i in range(len(y))], "source": "kermany"})
+    params = EvaluateParams(bootstrap=200)
+    _, test = score_split(y, constant, part, classes, params)
+    assert test["accuracy"] == 0.625 and test["no_better_than_majority"] is True
+    assert test["no_skill"]["majority_class"] == "pneumonia" and test["lift_over_majority"] == 0
+    out = {"test": test, "throughput": {"images_per_s": 1.0}}
+    assert "WARNING: no better than always answering pneumonia (62.5% of the images)" in summary_line("m", out)
+    d = tmp_path / "metrics/constant"
+    d.mkdir(parents=True)
+    (d / "eval.json").write_text(json.dumps({**out, "val": test, "test_set": "t", "val_set": "v"}))
+    (d / "train.json").write_text(json.dumps({"trainable_parameters": 1, "seconds_per_epoch": 1.0,
+                                              "epochs_to_converge": 1}))
+    _, md = leaderboard(leaderboard_rows(["constant"], tmp_path / "metrics"))
+    assert "**test: no better than always answering pneumonia (62.5% of the images)**" in md

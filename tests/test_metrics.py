@@ -263,3 +263,43 @@ def test_plot_data_and_plots(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the no-skill line
+
+
+def test_the_constant_classifiers_score_the_prevalences_macro_recall_1_over_k_and_auc_one_half():
+    from lungxray.evaluate.metrics import constant_classifiers
+
+    y = np.array([0] * 234 + [1] * 390)
+    base = constant_classifiers(y, ["normal", "pneumonia", "covid19"])
+    assert base["majority_class"] == "pneumonia" and base["majority_share"] == 0.625
+    assert base["prevalence"] == {"normal": 0.375, "pneumonia": 0.625, "covid19": 0.0}
+    assert base["macro_recall"] == 0.5 and base["macro_auc"] == 0.5 and base["n_samples"] == 624
+    assert constant_classifiers(np.zeros(0), ["a", "b"]) is None
+    assert constant_classifiers(np.zeros(5), ["a", "b"])["macro_auc"] is None  # one class present
+
+
+def test_the_lift_interval_is_the_paired_difference_with_the_constant_classifier_on_the_accuracy_resamples():
+    from lungxray.evaluate.metrics import paired_difference, with_no_skill
+
+    y, p = random_data(n=400, c=2, seed=3, skill=1.0)
+    units = [str(i // 3) for i in range(len(y))]
+    m = with_no_skill(compute_metrics(y, p, CLASSES[:2], FAST, units), y, p, CLASSES[:2], FAST, units)
+    major = m["no_skill"]["majority_class"]
+    const = np.zeros_like(p)
+    const[:, CLASSES.index(major)] = 1.0
+    paired = paired_difference(y, p, const, "accuracy", FAST.bootstrap, FAST.ci, FAST.seed, units)
+    assert m["lift_over_majority"] == pytest.approx(m["accuracy"] - m["no_skill"]["majority_share"])
+    assert (m["lift_ci_low"], m["lift_ci_high"]) == pytest.approx((paired["low"], paired["high"]), abs=1e-12)
+    assert m["no_better_than_majority"] is False and m["accuracy_ci_low"] is not None  # existing keys kept
+
+
+def test_a_published_figure_equal_to_a_class_share_is_recognised_as_a_constant_classifier():
+    from lungxray.evaluate.metrics import constant_classifier_match
+
+    counts = {"normal": 234, "pneumonia": 390}
+    assert constant_classifier_match(0.375, counts) == "normal"
+    assert constant_classifier_match(0.625, counts) == "pneumonia"
+    assert constant_classifier_match(0.795, counts) is None and constant_classifier_match(0.5, {}) is None

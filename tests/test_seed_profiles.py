@@ -49,3 +49,17 @@ def test_each_seed_profile_fetches_the_real_kaggle_layouts_into_its_classes(prof
     assert set(m.label) == set(fetch.classes)  # every class found, no label outside the profile's classes
     assert not m.path.str.contains("/masks/|__MACOSX|chest_xray/chest_xray", regex=True).any()
     assert set(m.source) == {s.name for s in fetch.sources}
+
+
+def test_the_seed_004_pneumoniamnist_profile_runs_the_paper_models_offline_on_the_shared_copy():
+    from lungxray.models.architectures import describe
+    from lungxray.train.settings import model_settings
+
+    params = load_params(REPO / "configs/seed-004-pneumoniamnist.yaml")
+    (source,) = params.fetch.sources
+    assert source.kind == "medmnist" and source.path == "../shared/data/pneumoniamnist/pneumoniamnist_trainval.npz"
+    assert params.train.models == ["cnn8", "cnn13", "resnet34"] and params.split.keep_official_splits
+    assert params.evaluate.allow_empty_test and not params.promote.metric.startswith("test_")
+    for name in params.train.models:
+        assert params.preprocess.image_size >= describe(name)["min_input"]
+        assert not model_settings(params.train, name).pretrained  # no ImageNet weights offline

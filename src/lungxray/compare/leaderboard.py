@@ -1,5 +1,10 @@
 """The compare stage: one leaderboard of every trained architecture (rows from each model's train.json and eval.json),
-in the promotion rule's order, as Markdown and as a bar chart with the bootstrap intervals."""
+in the promotion rule's order, as Markdown and as a bar chart with the bootstrap intervals.
+
+Beside each model's figures stands the no-skill line of the split they are reported on (test; val when the test
+split is held back): the majority class's share and the model's lift over it with its interval
+(:mod:`lungxray.evaluate.metrics.no_skill`), or "no better than always answering <class>" when the accuracy
+interval contains that share."""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from lungxray.core.errors import LungxrayError
 from lungxray.core.numbers import fmt_interval
 from lungxray.core.plots import pyplot as _pyplot
 from lungxray.core.plots import save_png
+from lungxray.evaluate.metrics.no_skill import LIFT_KEYS, no_skill_note
 
 
 def leaderboard_rows(models: list[str], metrics_root: Path, external: dict[str, float] | None = None) -> list[dict]:
@@ -38,8 +44,26 @@ def leaderboard_rows(models: list[str], metrics_root: Path, external: dict[str, 
             "test_set": e["test_set"], "val_set": e.get("val_set"), "mlflow_run_id": t.get("mlflow_run_id"),
             "external_macro_recall": (external or {}).get(name),
             "ensemble_of": ", ".join(e["members"]) if e.get("members") else None,  # lungxray.ensemble
+            **no_skill_columns(e),
         })
     return rows
+
+
+def no_skill_columns(evaluation: dict) -> dict[str, Any]:
+    """The no-skill line of one eval.json: ``<split>_majority_class``, ``<split>_majority_share`` and the lift keys per
+    split, and ``no_skill``: that line in words on the split the figures are reported on (test, else val), None for
+    an eval.json written before it."""
+    out: dict[str, Any] = {}
+    for split in ("test", "val"):
+        m = evaluation.get(split) or {}
+        base = m.get("no_skill") or {}
+        out |= {f"{split}_majority_class": base.get("majority_class"),
+                f"{split}_majority_share": base.get("majority_share"),
+                **{f"{split}_{k}": m.get(k) for k in LIFT_KEYS}}
+    shown = "test" if evaluation.get("test") else "val"
+    note = no_skill_note(evaluation.get(shown))
+    out["no_skill"] = f"{shown}: {note}" if note else None
+    return out
 
 
 def external_figures(path: Path) -> dict[str, float]:
@@ -97,7 +121,8 @@ def leaderboard_note(promotion: PromotionParams) -> str:
             f"{p.tie_tolerance:g} tie and ties go to fewer `{p.tie_breaker}`, then the name. Row 1 is the model the "
             f"register stage considers for champion. External macro recall: the architecture trained without a "
             f"source and tested on all of it, averaged over the held-out sources (`reports/external.md`; `-`: not "
-            f"run).")
+            f"run). No-skill line: the share of the majority class on the same images (what always answering it "
+            f"scores) and the model's lift over it [95% CI]; flagged when the accuracy interval contains that share.")
     if p.metric.startswith("test_"):
         return note + (" Selection uses a **test** metric: the test figures below are then optimistic (the best of "
                        "several noisy scores on the data that reports them).\n")
@@ -119,7 +144,7 @@ def _label(metric: str) -> str:
 def _markdown(df: pd.DataFrame, metric: str) -> str:
     scored = [metric] + [m for m in REPORTED_TEST if m != metric]
     head = (["#", "model"] + [f"{_label(m)} [95% CI]" + (" (selection)" if m == metric else "") for m in scored]
-            + ["external macro recall", "trainable params", "s / epoch", "epochs", "images / s"])
+            + ["no-skill line", "external macro recall", "trainable params", "s / epoch", "epochs", "images / s"])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---:", ":---"] + ["---:"] * (len(head) - 2)) + "|"]
 
     def g(r, k):
@@ -130,11 +155,20 @@ def _markdown(df: pd.DataFrame, metric: str) -> str:
         model = str(r["model"]) + (f" (mean of {r['ensemble_of']})" if g(r, "ensemble_of") else "")
         cells = ([str(r["rank"]), model]
                  + [fmt_interval(g(r, m), g(r, f"{m}_ci_low"), g(r, f"{m}_ci_high"), 4) for m in scored]
+                 + [_no_skill_cell(r)]
                  + [fmt_interval(g(r, "external_macro_recall"), None, None, 4)]
                  + [_fmt_num(g(r, "trainable_parameters"), 0), _fmt_num(g(r, "seconds_per_epoch"), 1),
                     _fmt_num(g(r, "epochs_to_converge"), 0), _fmt_num(g(r, "images_per_s"), 1)])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _no_skill_cell(r: dict) -> str:
+    note = r.get("no_skill")
+    if not isinstance(note, str):
+        return "-"
+    flagged = any(r.get(f"{s}_no_better_than_majority") is True for s in ("test", "val") if note.startswith(s))
+    return f"**{note}**" if flagged else note
 
 
 def plot_leaderboard(df: pd.DataFrame, path: str | os.PathLike, metrics: Sequence[str] | None = None,

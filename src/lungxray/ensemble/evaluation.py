@@ -92,7 +92,8 @@ def _official_test(members: list[str], metrics_root: Path, processed: Path, clas
     if _split_part(table, processed, schema.OFFICIAL_TEST_SPLIT).empty:  # refuses predictions of another set
         return None
     y, probs = predictions_arrays(table, classes)
-    return metrics.summary(metrics.compute_metrics(y, probs, classes, eval_params, units=table.unit.tolist()))
+    m = metrics.compute_metrics(y, probs, classes, eval_params, units=table.unit.tolist())
+    return metrics.summary(metrics.with_no_skill(m, y, probs, classes, eval_params, table.unit.tolist()))
 
 
 def _throughput(evals: dict[str, dict]) -> dict:

@@ -87,6 +87,7 @@ def score_split(y: np.ndarray, probs: np.ndarray, part: pd.DataFrame, classes: l
     """The full metrics of one split and their summary with the per-source breakdown (``part``: its index rows,
     with ``unit`` and ``source``, in the order of ``y``); a single model and the ensemble are scored alike."""
     m = metrics.compute_metrics(y, probs, classes, params, units=part.unit.tolist())
+    m = metrics.with_no_skill(m, y, probs, classes, params, part.unit.tolist())  # the constant classifiers beside it
     by_source = metrics.metrics_by_source(y, probs, part.source.astype(str).tolist(), classes, params,
                                           units=part.unit.tolist())
     return m, {**metrics.summary(m), "by_source": {s: _short(v) for s, v in by_source.items()}}
@@ -176,7 +177,8 @@ def _official_test(model: TrainedModel, processed: Path, params: EvaluateParams,
     x, y = load_split(processed, schema.OFFICIAL_TEST_SPLIT)
     probs = model.proba(x, batch_size=params.batch_size)
     write_csv(f, metrics.predictions_table(part.id.tolist(), part.unit.tolist(), y, probs, classes))
-    return metrics.summary(metrics.compute_metrics(y, probs, classes, params, units=part.unit.tolist()))
+    m = metrics.compute_metrics(y, probs, classes, params, units=part.unit.tolist())
+    return metrics.summary(metrics.with_no_skill(m, y, probs, classes, params, part.unit.tolist()))
 
 
 def write_plots(name: str, results: dict, classes: list[str], metrics_dir: Path, reports_dir: Path,

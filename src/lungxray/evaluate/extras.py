@@ -126,22 +126,45 @@ def _ops_md(o: dict, splits: list[str]) -> list[str]:
     return lines + [""]
 
 
+def _no_skill_md(out: dict, splits: list[str]) -> list[str]:
+    lines = ["## No-skill line (constant classifiers on the same images)", "",
+             "| split | images | prevalence | always the majority class | macro recall | AUC | model accuracy | lift "
+             "over the majority class | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    for s in splits:
+        m = out.get(s) or {}
+        b = m.get("no_skill")
+        if not b:
+            continue
+        prev = ", ".join(f"{c} {fmt(v)}" for c, v in b["prevalence"].items())
+        verdict = metrics.no_skill_note(m) if m.get("no_better_than_majority") else "better than the majority class"
+        lines.append(f"| {s} | {b['n_samples']} | {prev} | {b['majority_class']}: {fmt(b['majority_share'])} | "
+                     f"{fmt(b['macro_recall'])} | {fmt(b['macro_auc'], 1)} | {_ci(m, 'accuracy')} | "
+                     f"{fmt_interval(m.get('lift_over_majority'), m.get('lift_ci_low'), m.get('lift_ci_high'))} | "
+                     f"{verdict} |")
+    return lines + [""]
+
+
 def summary_line(label: str, out: dict) -> str:
     """One line for a stage's log: the headline figures of the test split (of val when the test split is held back)
-    with their intervals, the ECE (and, for a calibrated model, its temperature and the ECE before it), the speed."""
+    with their intervals, the no-skill line beside the accuracy (the majority class's share and the lift over it, or
+    "no better than always answering <class>": :mod:`lungxray.evaluate.metrics.no_skill`), the ECE (and, for a
+    calibrated model, its temperature and the ECE before it), the speed."""
     split = "test" if out.get("test") is not None else "val"
     t, cal = out[split], out.get("calibration")
     ece = f"ECE {fmt(t.get('ece'))}"
     if cal:
         ece += f" (T {cal['temperature']:.2f}; {fmt(cal[split]['ece_before'])} uncalibrated)"
-    return (f"{label} on {t['n_samples']} {split} images: accuracy {_ci(t, 'accuracy')}, macro recall "
+    note = metrics.no_skill_note(t)
+    note = f" ({'WARNING: ' if t.get('no_better_than_majority') else ''}{note})" if note else ""
+    return (f"{label} on {t['n_samples']} {split} images: accuracy {_ci(t, 'accuracy')}{note}, macro recall "
             f"{_ci(t, 'macro_recall')}, macro AUC {_ci(t, 'macro_auc')}, {ece}; "
             f"{out['throughput']['images_per_s']:.0f} images/s")
 
 
 def evaluation_markdown(name: str, out: dict) -> str:
-    """The evaluation report of one model: calibration, test-time augmentation, operating points, prevalence."""
+    """The evaluation report of one model: the no-skill line, calibration, test-time augmentation, operating points,
+    prevalence."""
     splits = [s for s in ("val", "test") if s in out["calibration"]]
     lines = [f"# {name}: calibration and operating points", ""]
-    lines += _calibration_md(out["calibration"], splits) + _tta_md(out["tta"], splits)
+    lines += _no_skill_md(out, splits) + _calibration_md(out["calibration"], splits) + _tta_md(out["tta"], splits)
     return "\n".join(lines + _ops_md(out["operating_points"], splits))

@@ -2,7 +2,8 @@
 
 * A fold model's figures on its held-out source are :func:`lungxray.metrics.compute_metrics` on every kept image of
   that source (macro averages over the classes the source has; a class it lacks has no sensitivity and no AUC), with
-  the evaluate settings and the source's split units for the bootstrap.
+  the evaluate settings and the source's split units for the bootstrap, with the no-skill line of that source's images
+  (its majority class's share and the lift over it: :mod:`lungxray.evaluate.metrics.no_skill`).
 * Per-class intervals (:func:`per_class_intervals`) come from :func:`lungxray.metrics.bootstrap_ci` on the images each
   figure is a proportion of, resampling their split units: sensitivity of class ``c`` on the images of ``c`` (the
   accuracy of the arg-max there), specificity on the other images (the share not predicted ``c``), the one-vs-rest
@@ -68,10 +69,12 @@ def fold_metrics(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], param
     """A fold model's figures on its held-out source: the headline figures with intervals and, per class present in
     it, support, sensitivity, specificity and AUC (None where undefined, with ``auc_note``) with intervals."""
     m = metrics.compute_metrics(y, probs, classes, params, units=units)
+    m = metrics.with_no_skill(m, y, probs, classes, params, units)
     ci = per_class_intervals(y, probs, classes, params, units)
     per_class = {c: {k: d[k] for k in ("support", "sensitivity", "specificity", "auc", "auc_note")} | ci[c]
                  for c, d in m["per_class"].items() if d["support"] > 0}
-    return {**{k: m.get(k) for k in SHORT_KEYS}, "units": m["bootstrap"]["units"], "per_class": per_class,
+    return {**{k: m.get(k) for k in SHORT_KEYS + metrics.LIFT_KEYS}, "no_skill": m["no_skill"],
+            "units": m["bootstrap"]["units"], "per_class": per_class,
             "confusion_matrix": m["confusion_matrix"]}
 
 
@@ -142,14 +145,15 @@ def _fold_markdown(source: str, fold: dict) -> list[str]:
              f"{source}: {fold['excluded']['train']} train, {fold['excluded']['val']} val images."]
     if fold["untrained_classes"]:
         lines.append(f"No training image of: {', '.join(fold['untrained_classes'])} (the model cannot recognise them).")
-    lines += ["", "| model | external macro recall | accuracy | macro AUC | in-source test macro recall | in-source "
-              f"on {source}'s test images | gap |", "|:---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| model | external macro recall | accuracy | no-skill (constant classifiers) | macro AUC | "
+              f"in-source test macro recall | in-source on {source}'s test images | gap |",
+              "|:---|---:|---:|:---|---:|---:|---:|---:|"]
     for model, r in fold["models"].items():
         ins = r.get("in_source") or {}
         own = ins.get("source_test_macro_recall")
-        lines.append(f"| {model} | {_ci(r, 'macro_recall')} | {_ci(r, 'accuracy')} | {_ci(r, 'macro_auc')} | "
-                     f"{_ci(ins, 'test_macro_recall')} | {fmt(own)} ({ins.get('source_test_images') or 0} images) | "
-                     f"{fmt(r.get('gap'))} |")
+        lines.append(f"| {model} | {_ci(r, 'macro_recall')} | {_ci(r, 'accuracy')} | "
+                     f"{metrics.no_skill_note(r) or '-'} | {_ci(r, 'macro_auc')} | {_ci(ins, 'test_macro_recall')} | {fmt(own)} "
+                     f"({ins.get('source_test_images') or 0} images) | {fmt(r.get('gap'))} |")
     for model, r in fold["models"].items():
         lines += ["", f"{model} per class on {source}:", "",
                   "| class | images | sensitivity | specificity | AUC |", "|:---|---:|---:|---:|---:|"]

@@ -16,6 +16,8 @@ mean:
   calibration), its summary and headline, and the per-source breakdown; :class:`EvaluateParams` are its settings.
 * :mod:`.operating`: sensitivity / specificity of stored operating points with intervals, and their PPV / NPV at
   other prevalences.
+* :mod:`.no_skill`: the no-skill line beside every figure: the constant classifiers (majority share, prevalences,
+  macro recall 1/k, AUC 0.5) and the model's lift over the majority class with its interval and flag.
 * :mod:`.tables`: the per-image predictions (what a paired comparison of two models needs) and the DVC plot data.
 """
 
@@ -29,6 +31,14 @@ from lungxray.evaluate.metrics.classification import (
     metrics_by_source,
     summary,
 )
+from lungxray.evaluate.metrics.no_skill import (
+    LIFT_KEYS,
+    constant_classifier_match,
+    constant_classifiers,
+    no_skill,
+    no_skill_note,
+    with_no_skill,
+)
 from lungxray.evaluate.metrics.operating import operating_point_metrics, prevalence_table
 from lungxray.evaluate.metrics.primitives import ovr_auc
 from lungxray.evaluate.metrics.tables import align_predictions, confusion_pairs, predictions_table, roc_points
@@ -37,5 +47,6 @@ __all__ = [
     "EvaluateParams", "compute_metrics", "summary", "metrics_by_source", "reliability_data", "expected_calibration_error",
     "bootstrap_ci", "paired_difference", "BOOTSTRAP_STATISTICS", "predictions_table", "align_predictions",
     "ovr_auc", "roc_points", "confusion_pairs", "headline", "HEADLINE_KEYS", "operating_point_metrics",
-    "prevalence_table",
+    "prevalence_table", "no_skill", "with_no_skill", "no_skill_note", "constant_classifiers",
+    "constant_classifier_match", "LIFT_KEYS",
 ]

@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -64,21 +64,28 @@ def _weighted_statistics(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> dict[st
                 "macro_recall": np.nanmean(recalls, axis=1), "macro_auc": np.nanmean(aucs, axis=1)}
 
 
-def _resampled_statistics(y: np.ndarray, probs: Sequence[np.ndarray], units: Sequence | None, resamples: int,
-                          seed: int, chunk: int | None = None) -> list[dict[str, np.ndarray]]:
-    """The statistics of each model in ``probs`` over the same ``resamples`` unit resamples (vectorised, chunked)."""
-    n = y.shape[0]
+def resample_weights(units: Sequence | None, n: int, resamples: int, seed: int,
+                     chunk: int | None = None) -> Iterator[np.ndarray]:
+    """The image multiplicities of ``resamples`` unit resamples, in chunks of rows (B, n): every image weighs as often
+    as its unit was drawn. The same ``seed`` gives the same resamples, whatever is computed from them (the intervals
+    of :func:`bootstrap_ci` and the lift over the majority class of :mod:`.no_skill` share them)."""
     codes, n_units = unit_codes(units, n)
     rng = np.random.default_rng(seed)
     chunk = chunk or max(1, min(resamples, 4_000_000 // max(n, 1)))
-    parts: list[list[dict[str, np.ndarray]]] = [[] for _ in probs]
     done = 0
     while done < resamples:
         b = min(chunk, resamples - done)
-        w = bootstrap_counts(n_units, b, rng)[:, codes]  # every image weighs as often as its unit was drawn
+        yield bootstrap_counts(n_units, b, rng)[:, codes]
+        done += b
+
+
+def _resampled_statistics(y: np.ndarray, probs: Sequence[np.ndarray], units: Sequence | None, resamples: int,
+                          seed: int, chunk: int | None = None) -> list[dict[str, np.ndarray]]:
+    """The statistics of each model in ``probs`` over the same ``resamples`` unit resamples (vectorised, chunked)."""
+    parts: list[list[dict[str, np.ndarray]]] = [[] for _ in probs]
+    for w in resample_weights(units, y.shape[0], resamples, seed, chunk):
         for i, p in enumerate(probs):
             parts[i].append(_weighted_statistics(y, p, w))
-        done += b
     return [{k: np.concatenate([d[k] for d in per]) for k in BOOTSTRAP_STATISTICS} for per in parts]
 
 
