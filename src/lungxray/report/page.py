@@ -9,6 +9,7 @@ cnn5/eval.json" data-key="/test/macro_recall">0.812</data>``: the exact value, t
 from __future__ import annotations
 
 import base64
+import re
 from html import escape
 from pathlib import Path
 
@@ -72,7 +73,8 @@ def figure(path: Path, shown_as: str, caption: str, root: Path, max_width: str =
 
 def absent(what: str, why: str) -> str:
     """The note that says what is absent from the report and why."""
-    return f'<p class="absent"><strong>Absent: {esc(what)}.</strong> {esc(why)}</p>'
+    why = re.sub(r"`([^`]+)`", r"<code>\1</code>", esc(why))
+    return f'<p class="absent"><strong>Absent: {esc(what)}.</strong> {why}</p>'
 
 
 def section(sid: str, number: int, title: str, body: str) -> str:
