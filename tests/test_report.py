@@ -159,6 +159,34 @@ def test_the_report_code_is_a_dependency_of_the_report_stage_only():
     assert "reports/report.html" in json.dumps(stages["report"]["outs"])
 
 
+def test_an_ensemble_champion_with_one_source_and_no_other_output_still_gives_every_section(tmp_path):
+    """The ensemble as champion (no Grad-CAM of its own, no training curve), one source, no external folds, no
+    figures, no params: every section is there and says what is absent and why."""
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "metrics/ensemble").mkdir(parents=True)
+    row = {"rank": 1, "val_macro_recall": 0.8, "test_macro_recall": 0.7, "test_macro_recall_ci_low": 0.6,
+           "test_macro_recall_ci_high": 0.8, "ensemble_of": "cnn5, cnn8", "external_macro_recall": None}
+    (tmp_path / "reports/leaderboard.json").write_text(json.dumps({"ensemble": row, "cnn5": {**row, "rank": 2,
+                                                                                           "ensemble_of": None}}))
+    (tmp_path / "reports/promotion.json").write_text(json.dumps({
+        "champion_after": {"model": "ensemble", "version": "3"}, "registered_model": "x", "reason": "the best",
+        "compared": {"method": "paired_bootstrap"}}))
+    per_class = {"normal": {"sensitivity": 0.9, "specificity": 0.8, "ppv": 0.7, "npv": 0.95, "auc": 0.9,
+                            "support": 40}}
+    (tmp_path / "metrics/ensemble/eval.json").write_text(json.dumps({
+        "classes": ["normal"], "test": {"n_samples": 40, "per_class": per_class, "by_source": {"only": {}}},
+        "warnings": []}))
+    html, run = build_report(tmp_path)
+    page = parse(html)
+    assert page.headings == [f"{i}. {title}" for i, (_, title) in enumerate(SECTIONS, 1)]
+    assert "the champion is the ensemble of cnn5, cnn8" in html
+    assert "single_source" in html and "no_external" in html
+    absent = " ".join(what for what, _ in run.absent)
+    for what in ("fetch summary", "dedupe report", "split report", "shortcut check", "params", "Grad-CAM of cnn5"):
+        assert what in absent, what
+    assert "ev-external" not in page.ids and "ev-gradcam" not in page.ids
+
+
 def test_every_checklist_item_is_answered_by_evidence_or_left_to_the_authors():
     for guideline, topic, item, evidence in ITEMS:
         assert guideline in ("CLAIM 2024", "TRIPOD+AI") and topic and item
