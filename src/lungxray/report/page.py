@@ -66,9 +66,31 @@ def figure(path: Path, shown_as: str, caption: str, root: Path, max_width: str =
     f = Path(root) / path
     if not f.is_file():
         return absent(f"figure {shown_as}", f"{path} is missing")
-    data = base64.b64encode(f.read_bytes()).decode("ascii")
-    return (f'<figure><img style="max-width:{max_width}" alt="{esc(caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{esc(caption)} <span class=src>({esc(str(path))})</span></figcaption></figure>")
+    raw, kind, note = f.read_bytes(), "png", ""
+    if len(raw) > MAX_EMBEDDED_BYTES:
+        raw, kind, note = reduced(f), "jpeg", "; reduced for the page"
+    data = base64.b64encode(raw).decode("ascii")
+    return (f'<figure><img style="max-width:{max_width}" alt="{esc(caption)}" src="data:image/{kind};base64,{data}">'
+            f"<figcaption>{esc(caption)} <span class=src>({esc(str(path))}{note})</span></figcaption></figure>")
+
+
+MAX_EMBEDDED_BYTES = 400_000  # a larger PNG (X-ray contact sheets, Grad-CAM grids) is embedded reduced: the page stays
+MAX_EMBEDDED_WIDTH = 1600  # a few MB; the file named in the caption keeps every pixel
+
+
+def reduced(f: Path) -> bytes:
+    """The image at ``f`` at most :data:`MAX_EMBEDDED_WIDTH` wide, as a JPEG (quality 85)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(f) as im:
+        im = im.convert("RGB")
+        if im.width > MAX_EMBEDDED_WIDTH:
+            im = im.resize((MAX_EMBEDDED_WIDTH, round(im.height * MAX_EMBEDDED_WIDTH / im.width)), Image.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=85, optimize=True)
+    return buf.getvalue()
 
 
 def absent(what: str, why: str) -> str:
