@@ -229,11 +229,43 @@ def _cmd_mlflow_server(args: argparse.Namespace) -> int:
             return 130
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from lungxray.core import schema
+    from lungxray.core.config import load_sections
+    from lungxray.core.io import atomic_path
+    from lungxray.report.build import build_report
+    from lungxray.report.publish import publish_report
+    from lungxray.train.settings import TrainParams
+
+    out = Path(args.out) if args.out else schema.REPORT_HTML
+    check_writable(str(out), "--out")
+    html, run = build_report(".")
+    with atomic_path(out) as tmp:
+        tmp.write_text(html, encoding="utf-8")
+    print(f"wrote {out} (champion {run.champion}; {len(run.absent)} absent part(s))")
+    if args.mlflow:
+        logged = publish_report(out, run.promotion, load_sections({"train": TrainParams}).train.mlflow)
+        if logged:
+            print(f"logged to MLflow: {logged['uri']} ({logged['registered_model']} v{logged['version']})")
+    return 0
+
+
+def _add_report(sub) -> None:
+    """``lungxray report``: rebuild reports/report.html from the run's outputs."""
+    p = sub.add_parser("report", help="rebuild the run report (reports/report.html) from the run's outputs",
+                       description="One self-contained HTML page of the pipeline run in this directory (what "
+                                   "`dvc repro report` writes): opens offline, prints, embeds every figure.")
+    p.add_argument("--out", help="HTML file to write (default: reports/report.html)")
+    p.add_argument("--mlflow", action="store_true", help="also log it to the champion's MLflow run and link it from "
+                                                         "its registered version (as the report stage does)")
+    p.set_defaults(func=_cmd_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``lungxray`` parser: one sub-command per ``_add_*`` below, each bound to its ``_cmd_*``."""
     ap = argparse.ArgumentParser(prog="lungxray", description="Leakage-free chest X-ray classification pipeline")
     sub = ap.add_subparsers(dest="command", required=True)
-    for add in (_add_check_params, _add_dedupe, _add_predict, _add_metrics, _add_mlflow_server):
+    for add in (_add_check_params, _add_dedupe, _add_predict, _add_metrics, _add_mlflow_server, _add_report):
         add(sub)
     return ap
 

@@ -170,5 +170,6 @@ PROMOTION = REPORTS / "promotion.json"
 SHORTCUT_JSON = REPORTS / "shortcut.json"  # shortcut -> compare: the source probe, the label mix, the warning
 SHORTCUT_MD = REPORTS / "shortcut.md"
 SHORTCUT_PNG = REPORTS / "shortcut.png"
+REPORT_HTML = REPORTS / "report.html"  # report: the run's self-contained HTML page (after register)
 
 DEFAULT_MAX_PIXELS = 60_000_000  # default of fetch.max_pixels and of `lungxray dedupe --max-pixels`
