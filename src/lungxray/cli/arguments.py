@@ -1,4 +1,4 @@
-"""The ``lungxray`` command's option checks: numeric argparse ``type``\ s (:func:`at_least`, :func:`port_number`) and
+"""The ``lungxray`` command's option checks: numeric argparse ``type`` checks (:func:`at_least`, :func:`port_number`) and
 :func:`check_writable` for an output, so that a bad option is told in one line (exit status 2) before any work."""
 
 from __future__ import annotations
