@@ -3,8 +3,8 @@
     python benchmarks/predict_speed.py [--data ../shared/data] [--model models/<model>] [--arch cnn5] [--size 224]
                                        [--limit 400] [--batch-size 32] [--device auto]
 
-"predict" = lungxray.predict.predict_files: decode each file (PNG, JPEG, DICOM), square it with the model's preprocess
-settings, normalise, classify, one row per file (one process, batched, on the GPU when present).
+"predict" = lungxray.serve.predict.predict_files: decode each file (PNG, JPEG, DICOM), square it with the model's
+preprocess settings, normalise, classify, one row per file (one process, batched, on the GPU when present).
 "evaluate, scoring" = what the evaluate stage times on the same images once preprocessed: TrainedModel.proba over
 the (N, S, S) uint8 array (no decoding). "evaluate, throughput" = its measure_throughput figure (random batches of the
 same size), the number eval.json reports. Without --model a freshly initialised --arch is used (speed does not

@@ -13,12 +13,12 @@ epoch are fewer than PneumoniaMNIST's). Scoring recipes, from the same models: `
 ``ensemble`` (the mean probability of the 3 seeds).
 
 * **in-source**: trained on the profile's train split; scored on val (what would choose) and on test (reported only).
-* **leave-one-source-out**: the external stage's folds (:func:`lungxray.external_folds.make_fold`: every source with
+* **leave-one-source-out**: the external stage's folds (:func:`lungxray.external.folds.make_fold`: every source with
   300+ kept images held out in turn, no image sharing a split unit with it trained on); scored on the held-out
   source.
 
 Figures: accuracy, macro recall (the profile's promotion metric), macro AUC over the classes present, ECE and NLL
-(:func:`lungxray.metrics.compute_metrics`). Mean ± sd over seeds; the ensemble is one row.
+(:func:`lungxray.evaluate.metrics.compute_metrics`). Mean ± sd over seeds; the ensemble is one row.
 
     python benchmarks/recipes_shared.py --processed data/processed --work /tmp/recipes_shared [--epochs 8]
         [--only in-source|loso] [--reverse] [--table]   # <work>/<setting>/<recipe>_s<seed>/result.json; the table

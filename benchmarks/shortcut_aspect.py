@@ -5,10 +5,10 @@
 
 Runs the profile's fetch, dedupe, validate and split stages once in a scratch folder (``--work``; kept, so a rerun
 starts from its split), then for each aspect: preprocesses the split at ``--size`` px, runs the shortcut check's
-source probe (:func:`lungxray.shortcut.run_shortcut`, the profile's ``shortcut`` settings with ``--probe-epochs``) and
-trains the label classifier (cnn5, the profile's train settings with ``--epochs``), scored on val. Prints one table:
-probe accuracy [CI] against the majority-source rate and 1/k, classifier val accuracy and macro recall [CI].
-"""
+source probe (:func:`lungxray.external.shortcut.run_shortcut`, the profile's ``shortcut`` settings with
+``--probe-epochs``) and trains the label classifier (cnn5, the profile's train settings with ``--epochs``), scored on
+val. Prints one table: probe accuracy [CI] against the majority-source rate and 1/k, classifier val accuracy and macro
+recall [CI]. """
 
 from __future__ import annotations
 

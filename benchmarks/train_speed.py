@@ -8,7 +8,7 @@ For each model and each precision (fp32; fp16 with the loss scaler, on CUDA; bf1
 choice: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32) with channels_last on and/or off, train images/s of
 one epoch over the same images by:
 
-* ``lungxray``: the train stage's loop (:func:`lungxray.train_loop.run_epoch`: uint8 memmap -> background thread ->
+* ``lungxray``: the train stage's loop (:func:`lungxray.train.loop.run_epoch`: uint8 memmap -> background thread ->
   pinned memory -> ``non_blocking`` copy, normalisation and augmentation on the device, loss summed on the device);
 * ``ImageFolder``: torchvision ImageFolder + PIL decode + transforms + DataLoader (best of 0 and all-core workers,
   pinned memory on CUDA) over the same images written as PNG files to a temporary folder;
@@ -17,8 +17,8 @@ one epoch over the same images by:
 
 Images: a preprocess stage's output (``--processed``), else the real X-rays of ``--data`` (preprocessed to ``--size``)
 when present, else synthetic ones. Every model gets its first configurations (``--folder-configs``, with the
-ImageFolder baseline) before any gets the others, so a time budget (``--budget-s``) still covers every model. Models start
-from random weights (speed does not depend on them). Figures are printed, never asserted.
+ImageFolder baseline) before any gets the others, so a time budget (``--budget-s``) still covers every model. Models
+start from random weights (speed does not depend on them). Figures are printed, never asserted.
 """
 
 from __future__ import annotations

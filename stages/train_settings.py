@@ -3,7 +3,7 @@
 Each train@<model> depends on models/settings/<model>.json instead of the whole `train` section, so changing one
 model's options, or adding a model, retrains only that model; the library versions in it retrain after an upgrade.
 The external folds' architectures (external.models, or chosen among train.models) depend on theirs the same way,
-through the plan (lungxray.external_plan).
+through the plan (lungxray.external.plan).
 """
 
 from lungxray.core import schema

@@ -1,4 +1,5 @@
-"""DICOM files decode to the same 8-bit picture as the PNG of the same X-ray (lungxray.dicom via imaging.open_grey)."""
+"""DICOM files decode to the same 8-bit picture as the PNG of the same X-ray (lungxray.images.dicom via
+imaging.open_grey)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Copies of one X-ray under different labels, end to end: dedupe -> validate -> split -> preprocess, run as the stage
-scripts in a scratch copy of the repository, under each ``dedupe.conflict_policy`` (the contract: lungxray.schema)."""
+scripts in a scratch copy of the repository, under each ``dedupe.conflict_policy`` (the contract:
+lungxray.core.schema)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The label-conflict contract (lungxray.schema) that dedupe writes, validate checks and split follows."""
+"""The label-conflict contract (lungxray.core.schema) that dedupe writes, validate checks and split follows."""
 
 from __future__ import annotations
 

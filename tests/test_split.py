@@ -1,4 +1,5 @@
-"""Tests of the leakage-free split (lungxray.split, lungxray.leakage): hypothesis properties plus unit tests."""
+"""Tests of the leakage-free split (lungxray.data.split, lungxray.data.leakage): hypothesis properties plus unit
+tests."""
 
 from __future__ import annotations
 

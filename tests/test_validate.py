@@ -1,4 +1,4 @@
-"""Tests of the great-expectations data validation (lungxray.validate)."""
+"""Tests of the great-expectations data validation (lungxray.data.validate)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """PneumoniaMNIST (MedMNIST v2, 28x28) recipe search on the project's own train stage, tuned on VAL only.
 
-Every configuration is trained with the unmodified ``lungxray.train.train_model`` (which keeps the epoch of best
+Every configuration is trained with the unmodified ``lungxray.train.fit.train_model`` (which keeps the epoch of best
 val loss as ``model.pt``) on a "processed" folder built here from ``pneumoniamnist_trainval.npz`` with the project's
-own resize (``lungxray.preprocess.to_square``, i.e. what the preprocess stage would do). The official test split is
+own resize (``lungxray.data.preprocess.to_square``, i.e. what the preprocess stage would do). The official test split is
 not used (nor available): ``test.npy`` is written empty.
 
 Scored on val, from the saved model:

@@ -4,14 +4,14 @@ For each training configuration (``smooth.py``'s, e.g. ``base`` ... ``noweight``
 ``model.pt`` is scored on the 524 val images with the project's own code, one recipe per row:
 
 * ``plain``: softmax of the logits (T = 1), arg-max.
-* ``temperature``: the project's temperature scaling (:func:`lungxray.calibration.fit_temperature`). T fitted on the
-  same val images it is scored on would flatter it, so it is **cross-fitted**: val is cut in two stratified halves
+* ``temperature``: the project's temperature scaling (:func:`lungxray.models.calibration.fit_temperature`). T fitted on
+  the same val images it is scored on would flatter it, so it is **cross-fitted**: val is cut in two stratified halves
   (fixed seed), T is fitted on one half and applied to the other, and the scores are those of the pooled held-out
   predictions. (Arg-max accuracy and a binary AUC cannot change; NLL and ECE can.)
-* ``tta``: the project's test-time augmentation (:func:`lungxray.tta.tta_proba`, ``shifts`` = 7 views and
+* ``tta``: the project's test-time augmentation (:func:`lungxray.evaluate.tta.tta_proba`, ``shifts`` = 7 views and
   ``flips_shifts`` = those + the horizontal mirror), T = 1.
 * ``pneumonia@sens95`` / ``pneumonia@youden``: the project's operating points
-  (:func:`lungxray.calibration.choose_operating_points`), also cross-fitted: chosen on one half, counted on the
+  (:func:`lungxray.models.calibration.choose_operating_points`), also cross-fitted: chosen on one half, counted on the
   other. ``acc_t`` is the accuracy the rule would have at the official *test* split's class balance (37.5 % normal,
   against 26 % in val): the prevalence-shift check of issue 14.
 * ``ensemble``: the mean probability of the configuration's seeds (the pipeline's ``ensemble`` stage), one row.

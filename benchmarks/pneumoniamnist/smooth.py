@@ -1,6 +1,7 @@
-"""PneumoniaMNIST: why the benchmark profile's val loss jumps from epoch to epoch, and recipes that smooth it (val only).
+"""PneumoniaMNIST: why the benchmark profile's val loss jumps from epoch to epoch, and recipes that smooth it (val
+only).
 
-Every run is the project's own ``lungxray.train.train_model`` on the processed folder that ``explore.py`` builds
+Every run is the project's own ``lungxray.train.fit.train_model`` on the processed folder that ``explore.py`` builds
 (official train/val of ``pneumoniamnist_trainval.npz``, 28 px; the official test split is not used). Besides the
 history the train stage writes, each epoch's val pass is diagnosed here (``train.run_epoch`` is wrapped, the
 training itself is untouched):

@@ -1,6 +1,6 @@
 """The whole params file, every section checked at once: ``lungxray check-params`` (``make run`` runs it first).
 
-Stages load only their own section (:func:`lungxray.config.load_section`); this module assembles every section
+Stages load only their own section (:func:`lungxray.core.config.load_section`); this module assembles every section
 class, so a mistake in any section - or a section nobody reads (``fecth:``) - is found before the pipeline starts.
 Stage scripts never import it (it imports every stage module, torch included).
 """

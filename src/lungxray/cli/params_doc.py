@@ -1,10 +1,10 @@
 """The params reference: every field of every section, with its type, default and description
 (``lungxray check-params --explain [SECTION ...]``).
 
-It is read off the section classes themselves (:class:`lungxray.params_check.Params` and the models they nest), so it
-cannot drift from what the stages accept. Nested models are shown with dotted keys (``train.augment.degrees``); a
+It is read off the section classes themselves (:class:`lungxray.cli.params_check.Params` and the models they nest), so
+it cannot drift from what the stages accept. Nested models are shown with dotted keys (``train.augment.degrees``); a
 mapping of models with ``<name>`` (``train.model_options.<name>.lr``); a list of sources once per kind
-(``fetch.sources[kind=folder].path``). Stage scripts never import it (it imports :mod:`lungxray.params_check`).
+(``fetch.sources[kind=folder].path``). Stage scripts never import it (it imports :mod:`lungxray.cli.params_check`).
 """
 
 from __future__ import annotations

@@ -91,9 +91,9 @@ def leaderboard(rows: list[dict[str, Any]], promotion: PromotionParams | None = 
     Rows carry (missing -> empty) the selection metric (``promotion.metric``, default ``val_macro_recall``) and its
     ``_ci_low`` / ``_ci_high``, the reported ``test_macro_recall``, ``test_accuracy``, ``test_macro_auc`` (each with
     its interval), ``trainable_parameters, seconds_per_epoch, epochs_to_converge, images_per_s``; other keys are kept
-    as extra columns. Order: :func:`lungxray.promote.rank` with ``promotion`` (a
-    :class:`lungxray.promote.PromotionParams`: metric, direction, tie breaker, tie tolerance), so the first row is the
-    model the promotion step picks.
+    as extra columns. Order: :func:`lungxray.compare.promote.rank` with ``promotion`` (a
+    :class:`lungxray.compare.promote.PromotionParams`: metric, direction, tie breaker, tie tolerance), so the first row
+    is the model the promotion step picks.
     """
     pp = promotion or PromotionParams()
     ordered = rank([dict(r) for r in rows], pp)
@@ -107,8 +107,8 @@ def leaderboard(rows: list[dict[str, Any]], promotion: PromotionParams | None = 
 
 
 def shortcut_block(report: dict | None) -> str:
-    """The shortcut check's warning (``reports/shortcut.json``, see :mod:`lungxray.shortcut`) as a block for the top
-    of the leaderboard, with its figures; empty when there is no report or the warning does not fire."""
+    """The shortcut check's warning (``reports/shortcut.json``, see :mod:`lungxray.external.shortcut`) as a block for
+    the top of the leaderboard, with its figures; empty when there is no report or the warning does not fire."""
     if not report or not report.get("warning", {}).get("fires"):
         return ""
     return f"> [!WARNING]\n> {report['warning']['message']} Details: `reports/shortcut.md`.\n\n"

@@ -181,7 +181,7 @@ def decide(candidates: list[dict[str, Any]], current_champion: dict[str, Any] | 
 
     Candidates and the champion are dicts with ``model``, ``version``, the metric, the tie breaker, the fingerprints
     ``val_set`` / ``test_set`` and, for the paired comparison, ``predictions`` (a
-    :func:`lungxray.metrics.predictions_table` of the selection split).
+    :func:`lungxray.evaluate.metrics.predictions_table` of the selection split).
 
     Keys: ``promote`` (bool), ``reason`` (text), ``best``, ``runner_up``, ``champion_before``, ``champion_after``,
     ``challenger_after`` (candidate dicts or None), ``compared`` (the rule that applied as ``method``, metric,

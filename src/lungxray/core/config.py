@@ -3,7 +3,7 @@
 Each stage loads only its own section(s) with :func:`load_section`, validated by the section class that its module
 defines (each derives from :class:`Strict`): an unknown key or a value of the wrong type stops the stage with a
 message that names the key (``fetch.sources[1].kind``, ``dedupe.workers``) and what was expected, instead of being
-silently ignored. This module imports no stage module; ``lungxray check-params`` (:mod:`lungxray.params_check`)
+silently ignored. This module imports no stage module; ``lungxray check-params`` (:mod:`lungxray.cli.params_check`)
 assembles and checks the whole file.
 """
 

@@ -35,8 +35,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     If the body raises (or the process dies), the temporary file is removed (or left with a ``.tmp`` suffix that no
     stage reads), and ``path`` keeps its previous content. A write that fails (a full disk, a read-only file system:
-    :func:`writing`) becomes a :class:`~lungxray.errors.WriteError` that names ``path``, its folder and the free space
-    there, whatever the writer (``torch.save``, ``np.save``, pandas, matplotlib, ``open``).
+    :func:`writing`) becomes a :class:`~lungxray.core.errors.WriteError` that names ``path``, its folder and the free
+    space there, whatever the writer (``torch.save``, ``np.save``, pandas, matplotlib, ``open``).
     """
     path = Path(path)
     with writing(path):  # a full disk may refuse even the new file
@@ -133,10 +133,10 @@ def writing(target: str | os.PathLike, cleanup: Callable[[], None] | None = None
             partial: str | os.PathLike | None = None) -> Iterator[None]:
     """The body writes ``target`` (a file, or with ``folder`` a folder of files) into ``partial`` (a temporary
     file or folder). When it raises, ``cleanup`` removes ``partial``, then a failed write becomes one
-    :class:`~lungxray.errors.WriteError` line that names ``target``, its folder and the free space there once the
-    partial output is gone, and says what to do: :class:`~lungxray.errors.DiskFullError` for a full disk
+    :class:`~lungxray.core.errors.WriteError` line that names ``target``, its folder and the free space there once the
+    partial output is gone, and says what to do: :class:`~lungxray.core.errors.DiskFullError` for a full disk
     (``ENOSPC``/``EDQUOT``, or torch's and numpy's errors that give no reason, with under ``FULL_BELOW`` bytes left).
-    Any other exception (an error about another file, a :class:`~lungxray.errors.LungxrayError`, Ctrl-C) passes
+    Any other exception (an error about another file, a :class:`~lungxray.core.errors.LungxrayError`, Ctrl-C) passes
     unchanged, after the cleanup."""
     target = Path(target)
     where = target if folder else target.parent

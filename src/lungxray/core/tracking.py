@@ -1,7 +1,7 @@
 """MLflow runs in one place: the tracking store (:func:`mlflow_setup`), what a training run logs (its datasets), what
 the evaluate stage adds to that run (metrics, plots, per-image predictions), and the runs of the shortcut check and of
-the external folds. The pyfunc models are logged by the register stage (:mod:`lungxray.serve.logging`); the registry
-look-ups are in :mod:`lungxray.registry.versions`.
+the external folds. The pyfunc models are logged by the register stage (:mod:`lungxray.serve.mlflow_models`); the
+registry look-ups are in :mod:`lungxray.registry.versions`.
 
 mlflow is imported on first use (it takes seconds), so importing this module stays fast.
 """

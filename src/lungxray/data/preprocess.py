@@ -54,7 +54,8 @@ BORDER_DARK, BORDER_BRIGHT, BORDER_SHARE = 16, 240, 0.98  # a border line: 98% o
 def content_box(a: np.ndarray) -> tuple[int, int, int, int]:
     """``(top, bottom, left, right)`` (exclusive ends) of ``a`` (2-D uint8) without its outer border lines: rows and
     columns, from each edge inwards, of which at least 98% of the pixels are black (<= 16) or white (>= 240), so a
-    white frame around black padding goes too (its sides cross the padding's lines). A blank image (every line a border) keeps its whole extent."""
+    white frame around black padding goes too (its sides cross the padding's lines). A blank image (every line a border)
+    keeps its whole extent."""
     def content(lines: np.ndarray) -> tuple[int, int] | None:  # first and end of the lines (rows of ``lines``) kept
         keep = ((lines <= BORDER_DARK) | (lines >= BORDER_BRIGHT)).mean(1) < BORDER_SHARE
         return (int(keep.argmax()), len(keep) - int(keep[::-1].argmax())) if keep.any() else None
@@ -88,7 +89,8 @@ def to_square(grey: Image.Image, size: int, aspect: str, resample: str) -> np.nd
 def load_square(path: str, size: int, aspect: str = "pad", resample: str = "area",
                 max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode any image file (any mode, EXIF orientation applied) to a ``size x size`` uint8 array; a file over
-    ``max_pixels`` (or otherwise unusable) raises :class:`~lungxray.imaging.ImageRejected` without being decoded."""
+    ``max_pixels`` (or otherwise unusable) raises :class:`~lungxray.images.decode.ImageRejected` without being
+    decoded."""
     grey, _ = open_grey(path, draft_size=size, max_pixels=max_pixels)
     return to_square(grey, size, aspect, resample)
 
@@ -129,7 +131,7 @@ def run_preprocess(split_df: pd.DataFrame, classes: list[str], params: Preproces
     """Write ``out_dir/{train,val,test}.npy``, ``index.csv`` and ``stats.json``; return the stats. Images over
     ``max_pixels`` (``fetch.max_pixels``) are not decoded: they stop the stage like any file that changed since fetch.
     The arrays' disk space is taken before any image is decoded; a disk too small (or one that fills while the tables
-    are written) stops the stage with one :class:`~lungxray.errors.DiskFullError` line, the previous ``out_dir``
+    are written) stops the stage with one :class:`~lungxray.core.errors.DiskFullError` line, the previous ``out_dir``
     intact and nothing partial left."""
     missing = sorted(set(split_df.label) - set(classes))
     if missing:
@@ -194,8 +196,8 @@ def _index_rows(split: str, part: pd.DataFrame, classes: list[str]) -> pd.DataFr
 
 def _allocate_arrays(tmp: Path, out_dir: Path, shapes: dict[str, tuple[int, int, int]]) -> None:
     """Every split's array file in ``tmp``, its disk space taken before any image is decoded
-    (:func:`lungxray.io.allocate_npy`): a disk too small stops here with one clear error (a full disk under a memory
-    map would kill a worker, and the stage would wait for it forever), and nothing is left in ``tmp``."""
+    (:func:`lungxray.core.io.allocate_npy`): a disk too small stops here with one clear error (a full disk under a
+    memory map would kill a worker, and the stage would wait for it forever), and nothing is left in ``tmp``."""
     with writing(out_dir, folder=True, partial=tmp, cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True)):
         tmp.mkdir(parents=True)
         for split, shape in shapes.items():

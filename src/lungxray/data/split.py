@@ -2,14 +2,14 @@
 
 Only *kept* images are split, with their manifest label: ``kept`` means "enters the split" (one image per dedupe
 group, none for a group dropped for a label conflict, and under ``majority`` an image carrying the resolved label: the
-contract in :mod:`lungxray.schema`). The stage first checks that the validate stage passed on these very tables
+contract in :mod:`lungxray.core.schema`). The stage first checks that the validate stage passed on these very tables
 (:func:`require_validated`). The unit that is assigned to a split is wider than one image: the **union**
 (union-find / connected component) of dedupe groups and patients, computed over *all* manifest rows, kept or not. Two
 kept images of one patient therefore land in the same split, and so do two kept images linked only through a non-kept
 copy (X-ray A of patient P1 was also published as A' under patient P2: every image of P1 and P2 goes to one split).
 
 The ``unit`` column of the output names the union by the smallest id among all its images (kept or not).
-The check that no dedupe group, patient or chain of them crosses splits is :mod:`lungxray.leakage`.
+The check that no dedupe group, patient or chain of them crosses splits is :mod:`lungxray.data.leakage`.
 
 Units are assigned by :func:`lungxray.data.assign.assign_greedily` (largest first, each to the split that lacks most of
 its labels; seeded). Inputs are sorted by id first, so the result depends only on the *set* of rows, the params and
@@ -198,8 +198,8 @@ def make_split(
     Returns the split table (columns :data:`SPLIT_COLUMNS`, one row per kept image, sorted by id) and a dict of
     statistics: ``sizes``, ``counts`` (per split: total and per class, the DVC metrics shape), ``fractions``, unit
     statistics, what the official-split options moved, and ``leakage`` (the list of problems of
-    :func:`check_leakage`; empty unless something is badly wrong, and the stage must fail when it is not). ``classes`` fixes the order (and zero entries) of the class counts; default: labels present.
-    """
+    :func:`check_leakage`; empty unless something is badly wrong, and the stage must fail when it is not). ``classes``
+    fixes the order (and zero entries) of the class counts; default: labels present. """
     p = params or SplitParams()
     df = _with_units(manifest, groups)
     kept, labels = _kept_images(df, p, classes)

@@ -6,18 +6,19 @@ any one of them.
   are never chosen by looking at test figures.
 * **Its probabilities** are, image by image, the mean of its members' probabilities as the evaluate stage wrote them
   (``metrics/<member>/predictions_<split>.csv``). The tables must cover the same images with the same labels and
-  classes (:func:`lungxray.metrics.align_predictions`); otherwise the stage stops and says which member differs.
-* **Its figures** come from the evaluate stage's own functions (:func:`lungxray.evaluate.score_split`, the same plots),
-  into ``metrics/ensemble/`` and ``reports/ensemble/``, so compare ranks it, register can make it the champion and
-  ``lungxray metrics check`` gates it. Its ``train.json`` is its build record: the sum of its members' trainable
-  parameters (the tie breaker: an ensemble loses a tie to a single model) and seconds per epoch, its MLflow run and
-  model. Its speed is that of its members run one after the other (latencies add up).
+  classes (:func:`lungxray.evaluate.metrics.align_predictions`); otherwise the stage stops and says which member
+  differs.
+* **Its figures** come from the evaluate stage's own functions (:func:`lungxray.evaluate.evaluation.score_split`, the
+  same plots), into ``metrics/ensemble/`` and ``reports/ensemble/``, so compare ranks it, register can make it the
+  champion and ``lungxray metrics check`` gates it. Its ``train.json`` is its build record: the sum of its members'
+  trainable parameters (the tie breaker: an ensemble loses a tie to a single model) and seconds per epoch, its MLflow
+  run and model. Its speed is that of its members run one after the other (latencies add up).
 * **DVC** cannot template a list of files into a stage's deps, so ``ensemble_member@<model>`` records, after each
-  model's evaluation, the SHA-256 of what the ensemble reads (:func:`lungxray.ensemble_members.member_record`,
+  model's evaluation, the SHA-256 of what the ensemble reads (:func:`lungxray.ensemble.members.member_record`,
   ``metrics/ensemble_members/<model>.json``); the ``ensemble`` stage depends on those records and checks the files
   against them before it reads them.
 
-The registered model (:mod:`lungxray.ensemble_model`) carries every member's ``model.pt``; each member prepares an
+The registered model (:mod:`lungxray.serve.ensemble_model`) carries every member's ``model.pt``; each member prepares an
 image its own way (size, aspect, normalisation) and the probabilities are averaged.
 """
 
@@ -50,8 +51,8 @@ from lungxray.models.checkpoint import data_version, fingerprint
 
 
 def mean_predictions(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """One :func:`~lungxray.metrics.predictions_table` whose probabilities are the members' mean, image by image, in
-    the first member's order. Raises :class:`LungxrayError` naming the member whose table covers other images,
+    """One :func:`~lungxray.evaluate.metrics.predictions_table` whose probabilities are the members' mean, image by
+    image, in the first member's order. Raises :class:`LungxrayError` naming the member whose table covers other images,
     labels or classes than the first's."""
     (first, base), *others = tables.items()
     cols = [c for c in base.columns if c.startswith(PROB_PREFIX)]
@@ -84,8 +85,8 @@ def _split_part(table: pd.DataFrame, processed: Path, split: str) -> pd.DataFram
 def _official_test(members: list[str], metrics_root: Path, processed: Path, classes: list[str], eval_params,
                    out_dir: Path) -> dict | None:
     """Benchmark mode: the figures of the members' mean on the whole official test set, computed as the evaluate stage
-    computes a single model's (:func:`lungxray.evaluate._official_test`); ``None`` (and an empty predictions table)
-    outside benchmark mode."""
+    computes a single model's (:func:`lungxray.evaluate.evaluation._official_test`); ``None`` (and an empty predictions
+    table) outside benchmark mode."""
     name = f"predictions_{schema.OFFICIAL_TEST_SPLIT}.csv"
     table = mean_predictions({m: _read_table(metrics_root / m / name) for m in members})
     write_csv(out_dir / name, table)
@@ -130,7 +131,8 @@ def evaluate_ensemble(params: EnsembleParams, models: list[str], processed: Path
                       models_root: Path, reports_dir: Path, eval_params, mlflow_params=None) -> dict:
     """Average the members' evaluated probabilities, score them as the evaluate stage scores a model, write
     ``metrics/ensemble/`` (predictions, plots data, headlines, train.json, eval.json last) and ``reports_dir``;
-    with ``mlflow_params``, log an MLflow run with the registrable ensemble model (:mod:`lungxray.ensemble_model`)."""
+    with ``mlflow_params``, log an MLflow run with the registrable ensemble model
+    (:mod:`lungxray.serve.ensemble_model`)."""
     members = resolve_members(params, models)
     processed, metrics_root, models_root = Path(processed), Path(metrics_root), Path(models_root)
     out_dir = metrics_root / ENSEMBLE
@@ -228,7 +230,8 @@ def write_disabled(metrics_dir: Path, reports_dir: Path) -> dict:
 def stale_ensemble(params: EnsembleParams, models: list[str], metrics_root: Path, processed: Path,
                    models_root: Path, eval_params) -> dict[str, str]:
     """``{ensemble: what changed}`` when its eval.json was computed from other data, settings or members' models
-    than the current ones (as :func:`lungxray.evaluate.stale_evaluations` for single models); ``{}`` otherwise."""
+    than the current ones (as :func:`lungxray.evaluate.evaluation.stale_evaluations` for single models); ``{}``
+    otherwise."""
     if not params.enabled:
         return {}
     f = Path(metrics_root) / ENSEMBLE / "eval.json"

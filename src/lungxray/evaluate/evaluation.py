@@ -1,6 +1,6 @@
 """The evaluate stage: one trained model on the test and val splits (metrics with bootstrap intervals from
-:mod:`lungxray.metrics`, per-source breakdown, per-image predictions, plots, inference speed), logged into the
-model's training run (:mod:`lungxray.tracking`).
+:mod:`lungxray.evaluate.metrics`, per-source breakdown, per-image predictions, plots, inference speed), logged into the
+model's training run (:mod:`lungxray.core.tracking`).
 
 Every ``eval.json`` records what it was computed from (``inputs``: the processed data's version, the model file's
 SHA-256 and the evaluate settings' fingerprint) and on which images (``val_set``, ``test_set``: fingerprints of ids and

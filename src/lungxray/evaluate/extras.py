@@ -1,14 +1,14 @@
 """The evaluate stage's figures beyond the plain metrics (``eval.json`` keys ``calibration``, ``tta`` and
 ``operating_points``, and ``reports/<model>/evaluation.md``), from the temperature and operating points stored with
-the model (fitted on val at the end of training: :mod:`lungxray.calibration`).
+the model (fitted on val at the end of training: :mod:`lungxray.models.calibration`).
 
 * ``calibration``: per evaluated split, ECE and NLL of the raw ``softmax(logits)`` (before) and of the stored
   ``softmax(logits / T)`` (after: what the model serves and what the plain figures are computed from).
-* ``tta`` (``evaluate.tta``, :mod:`lungxray.tta`): per split, the plain figures and those of the mean probability over
-  the views, side by side (accuracy, macro recall, macro AUC with their intervals, ECE).
+* ``tta`` (``evaluate.tta``, :mod:`lungxray.evaluate.tta`): per split, the plain figures and those of the mean
+  probability over the views, side by side (accuracy, macro recall, macro AUC with their intervals, ECE).
 * ``operating_points``: the stored rules, their sensitivity / specificity on each split (intervals over split units:
-  :mod:`lungxray.metrics.operating`) and the prevalence table (PPV / NPV / reweighted accuracy expected at the val,
-  test and set prevalences from the val sensitivity / specificity).
+  :mod:`lungxray.evaluate.metrics.operating`) and the prevalence table (PPV / NPV / reweighted accuracy expected at the
+  val, test and set prevalences from the val sensitivity / specificity).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 The rules behind the maps:
 
 * **Library.** The `grad-cam` package (pytorch-grad-cam) computes them: ``GradCAM`` over one target layer per
-  architecture, the ``cam_layer`` column of the model table (:func:`lungxray.models.cam_target_layer`: the last
-  spatial feature map before global pooling).
+  architecture, the ``cam_layer`` column of the model table (:func:`lungxray.models.architectures.cam_target_layer`: the
+  last spatial feature map before global pooling).
 * **Map.** For the explained class ``c`` (by default the predicted one), the target layer's channels are weighted by
   the spatial mean of the gradient of the logit ``c``, summed, ReLU'd, upsampled bilinearly to the input size and
   scaled to 0..1 per image (max = 1). A map that is 0 everywhere means nothing in the image raises the class score.
@@ -142,7 +142,7 @@ def blend(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
 
 def overlay(image: np.ndarray, heat: np.ndarray, title: str):
     """A figure of one X-ray (uint8 (S, S)) beside it with its heat map (float (S, S) in 0..1) overlaid, under
-    ``title`` (e.g. ``"pneumonia 0.93"``). Write it with :func:`lungxray.plots.save_png`."""
+    ``title`` (e.g. ``"pneumonia 0.93"``). Write it with :func:`lungxray.core.plots.save_png`."""
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(6.4, 3.6))
     left.imshow(image, cmap="gray", vmin=0, vmax=255)

@@ -5,8 +5,8 @@
   ``1 - SCALE`` and ``1 + SCALE`` (7 views); ``flips_shifts``: the same plus the horizontal mirror of the image
   (8 views). Never a vertical flip (an upside-down chest X-ray is not a plausible input), nor a rotation.
 * Each view is an affine resampling of the float batch in [0, 1] (bilinear, zeros outside: the convention of the
-  training augmentation in :mod:`lungxray.augment`, whose random draws and photometric jitter do not fit a fixed set
-  of views); the identity view is the image unchanged.
+  training augmentation in :mod:`lungxray.images.augment`, whose random draws and photometric jitter do not fit a fixed
+  set of views); the identity view is the image unchanged.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ Rules (they decide what an external figure means):
   (``excluded``). Copies of one X-ray are already one kept image (dedupe), so the units carry the patients that two
   sources share.
 * A fold folder has the preprocess stage's layout (``train.npy``, ``val.npy``, ``test.npy``, ``index.csv``,
-  ``stats.json`` with the fold's own training mean/std), so :func:`lungxray.train.train_model` trains on it unchanged.
-  Its ``index.csv`` keeps each image's original split (``source_split``).
+  ``stats.json`` with the fold's own training mean/std), so :func:`lungxray.train.fit.train_model` trains on it
+  unchanged. Its ``index.csv`` keeps each image's original split (``source_split``).
 """
 
 from __future__ import annotations

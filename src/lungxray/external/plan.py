@@ -15,8 +15,8 @@ model's ``model_options``) does not retrain its fold models.
 
 Default choice (``external.models`` unset): the champion is only known after the register stage, which runs after
 compare, which shows the external figures; so the default takes what the register stage will consider first: row 1
-of the leaderboard (the promotion rule applied to train.models' val figures, :func:`lungxray.promote.rank`), plus
-the architecture of train.models with the fewest total parameters (``train.json``).
+of the leaderboard (the promotion rule applied to train.models' val figures, :func:`lungxray.compare.promote.rank`),
+plus the architecture of train.models with the fewest total parameters (``train.json``).
 """
 
 from __future__ import annotations

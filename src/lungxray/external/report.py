@@ -1,12 +1,12 @@
 """The figures of leave-one-source-out, and the report that shows them beside the in-source ones.
 
-* A fold model's figures on its held-out source are :func:`lungxray.metrics.compute_metrics` on every kept image of
-  that source (macro averages over the classes the source has; a class it lacks has no sensitivity and no AUC), with
-  the evaluate settings and the source's split units for the bootstrap, with the no-skill line of that source's images
-  (its majority class's share and the lift over it: :mod:`lungxray.evaluate.metrics.no_skill`).
-* Per-class intervals (:func:`per_class_intervals`) come from :func:`lungxray.metrics.bootstrap_ci` on the images each
-  figure is a proportion of, resampling their split units: sensitivity of class ``c`` on the images of ``c`` (the
-  accuracy of the arg-max there), specificity on the other images (the share not predicted ``c``), the one-vs-rest
+* A fold model's figures on its held-out source are :func:`lungxray.evaluate.metrics.compute_metrics` on every kept
+  image of that source (macro averages over the classes the source has; a class it lacks has no sensitivity and no AUC),
+  with the evaluate settings and the source's split units for the bootstrap, with the no-skill line of that source's
+  images (its majority class's share and the lift over it: :mod:`lungxray.evaluate.metrics.no_skill`).
+* Per-class intervals (:func:`per_class_intervals`) come from :func:`lungxray.evaluate.metrics.bootstrap_ci` on the
+  images each figure is a proportion of, resampling their split units: sensitivity of class ``c`` on the images of ``c``
+  (the accuracy of the arg-max there), specificity on the other images (the share not predicted ``c``), the one-vs-rest
   AUC on all images (a two-class problem whose macro AUC is that AUC).
 * Beside each fold model: the in-source test figures of the same architecture (``metrics/<model>/eval.json`` of the
   evaluate stage): the whole test split, and the held-out source's own test images (``by_source``). The **gap** is
@@ -80,7 +80,7 @@ def fold_metrics(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], param
 
 def in_source_figures(test: dict[str, Any] | None, source: str) -> dict[str, Any] | None:
     """The in-source figures beside a fold model's: the same architecture's test figures (the plan's
-    :func:`lungxray.external_plan.in_source_test`), whole test split and ``source``'s test images; None when that
+    :func:`lungxray.external.plan.in_source_test`), whole test split and ``source``'s test images; None when that
     architecture was not evaluated in-source."""
     if test is None:
         return None

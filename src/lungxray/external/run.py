@@ -1,11 +1,11 @@
 """The external stage: leave-one-source-out. How well does an architecture do on a source it never trained on?
 
 For each held-out source (``external.sources``; default: every source with at least ``external.min_images`` kept
-images) and each chosen architecture (``external.models``; default: see :mod:`lungxray.external_plan`), a model is trained
-with :func:`lungxray.train.train_model` on the other sources (their train split; their val split for early stopping
-and the best epoch) and tested on every kept image of the held-out source; no image sharing a split unit (patient or
-X-ray) with the held-out source trains it. The fold rules: :mod:`lungxray.external_folds`; the figures and the
-report: :mod:`lungxray.external_report`.
+images) and each chosen architecture (``external.models``; default: see :mod:`lungxray.external.plan`), a model is
+trained with :func:`lungxray.train.fit.train_model` on the other sources (their train split; their val split for early
+stopping and the best epoch) and tested on every kept image of the held-out source; no image sharing a split unit
+(patient or X-ray) with the held-out source trains it. The fold rules: :mod:`lungxray.external.folds`; the figures and
+the report: :mod:`lungxray.external.report`.
 
 * One stage loops over the folds (rather than a DVC ``foreach``): the default list of sources depends on the data
   (kept images per source, known after preprocess), while a ``foreach`` needs its list in params.yaml when dvc.yaml
@@ -13,11 +13,11 @@ report: :mod:`lungxray.external_report`.
 * Fold work lives in ``models/external/<source>/`` (``data/``: the fold folder; ``<model>/``: the model, its
   training curve and its predictions on the held-out source). A rerun (after an interruption, even ``kill -9``)
   keeps every fold model whose finished run has the same fingerprints (its settings, the fold's data, the training
-  code and the library versions: :mod:`lungxray.checkpoint`) and resumes the one that was cut short from its
+  code and the library versions: :mod:`lungxray.models.checkpoint`) and resumes the one that was cut short from its
   checkpoint: only a model whose fingerprints changed trains again (delete ``models/external/`` to retrain them all);
   the figures on the held-out source are always recomputed. A fold's arrays are removed once it is evaluated.
 * What it reads of the in-source models (the choice of architectures, their test figures) and of the train settings
-  (the chosen architectures' own) comes from the plan (``reports/external_plan.json``, :mod:`lungxray.external_plan`),
+  (the chosen architectures' own) comes from the plan (``reports/external_plan.json``, :mod:`lungxray.external.plan`),
   not from ``metrics/`` nor the whole ``train`` section: a change there that moves none of them (the ensemble's
   outputs, another model's options) leaves the fold models trained. It trains with the ``train`` section only when
   that section gives the chosen architectures the plan's settings.
@@ -81,7 +81,7 @@ def fold_train_params(train: TrainParams, epochs: int | None) -> TrainParams:
 
 def run_external(params: ExternalParams, train: TrainParams, evaluate: EvaluateParams, plan: dict,
                  processed: Path, work_dir: Path, extra_params: dict | None = None) -> dict:
-    """Train and test every fold with the plan's architectures (:func:`lungxray.external_plan.external_plan`);
+    """Train and test every fold with the plan's architectures (:func:`lungxray.external.plan.external_plan`);
     return the report (what ``reports/external.json`` holds)."""
     processed, work_dir = Path(processed), Path(work_dir)
     index = kept_index(processed)

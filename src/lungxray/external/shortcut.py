@@ -6,7 +6,7 @@ the source (its padding, text markers, exposure) instead of the disease. Two mea
 * **Source probe**: a small model (``shortcut.model``, default ``cnn5``, from scratch) learns the source of each
   train image (downsampled to ``shortcut.image_size``, never upsampled; the train split's own mean/std normalise it)
   and is scored on val: accuracy with a percentile bootstrap interval over the split units
-  (:func:`lungxray.metrics.compute_metrics`), per-source recall, against two chance levels: the majority-source
+  (:func:`lungxray.evaluate.metrics.compute_metrics`), per-source recall, against two chance levels: the majority-source
   rate (the val share of its most common source: what a constant guess scores at best) and 1/k (k sources). A source
   with no train image cannot be predicted: its recall is 0.
 * **Label concentration**: the label x source table of the kept images of train + val, and Cramer's V of it

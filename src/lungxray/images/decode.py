@@ -14,9 +14,9 @@ Every decode in the project goes through :func:`open_checked` (fetch's probe, th
 preprocess): one pixel limit, checked from the header before any pixel is decoded (a 191 kB PNG can hold
 13000x13000 pixels), and one vocabulary of reasons for a file that cannot be used, the ``reason`` column of fetch's
 ``rejected.csv``: ``unreadable_file``, ``empty_file``, ``not_an_image``, ``too_many_pixels``, ``truncated``,
-``decode_error``, each with a readable ``detail``. DICOM files (decoded by :mod:`lungxray.dicom` when Pillow does not
-know them) add ``multi_frame`` and ``unsupported_transfer_syntax``; fetch's probe (:func:`open_checked`) reads no DICOM.
-"""
+``decode_error``, each with a readable ``detail``. DICOM files (decoded by :mod:`lungxray.images.dicom` when Pillow does
+not know them) add ``multi_frame`` and ``unsupported_transfer_syntax``; fetch's probe (:func:`open_checked`) reads no
+DICOM. """
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def open_grey(source: str | Path | bytes, draft_size: int | None = None,
     (much faster; the result is smaller than the stored image). Returns ``(grey image, (width, height))`` where the
     size is the stored image's full size (before draft, after EXIF rotation). A file that cannot be used (over
     ``max_pixels``, empty, not an image, truncated, ...) raises :class:`ImageRejected`. A DICOM file (which Pillow does
-    not read) is decoded by :func:`lungxray.dicom.open_dicom`.
+    not read) is decoded by :func:`lungxray.images.dicom.open_dicom`.
     """
     try:
         return _open_grey_pil(source, draft_size, max_pixels)

@@ -1,6 +1,6 @@
 """DICOM decoding (pydicom) to the 8-bit greyscale picture the rest of the code uses.
 
-:func:`lungxray.imaging.open_grey` comes here when Pillow does not recognise a file and the file is DICOM (the
+:func:`lungxray.images.decode.open_grey` comes here when Pillow does not recognise a file and the file is DICOM (the
 ``DICM`` preamble, or a ``.dcm``/``.dicom`` name). The rules, in the order of the DICOM standard's grey pipeline:
 
 * the pixel limit is checked from the header (Rows x Columns) before any pixel is decoded, as for every other image;
@@ -13,7 +13,7 @@
   (centre/width), both through :mod:`pydicom.pixels`; the VOI output range (the window's, or the LUT's bit depth)
   is mapped linearly onto 0..255;
 * without a VOI: 8-bit unsigned values with no rescale are used as stored (an 8-bit PNG written as DICOM gives the
-  same picture), anything wider is stretched min..max to 0..255, as a 16-bit PNG is (:mod:`lungxray.imaging`);
+  same picture), anything wider is stretched min..max to 0..255, as a 16-bit PNG is (:mod:`lungxray.images.decode`);
 * ``MONOCHROME1`` (white = low values) is inverted last, so bones are always white; colour (RGB/YBR) becomes grey as
   a colour PNG does.
 """
@@ -130,9 +130,9 @@ def _grey_pixels(ds) -> np.ndarray:
 
 def open_dicom(source: str | Path | bytes, max_pixels: int) -> tuple[Image.Image, tuple[int, int]]:
     """Decode a DICOM file (a path or its bytes) to ``(8-bit greyscale image, (width, height))``, as
-    :func:`lungxray.imaging.open_grey` does for other formats. A file that cannot be used raises
-    :class:`~lungxray.pixels.ImageRejected` (``multi_frame``, ``unsupported_transfer_syntax``, ``too_many_pixels``,
-    ``decode_error``, ...)."""
+    :func:`lungxray.images.decode.open_grey` does for other formats. A file that cannot be used raises
+    :class:`~lungxray.images.pixels.ImageRejected` (``multi_frame``, ``unsupported_transfer_syntax``,
+    ``too_many_pixels``, ``decode_error``, ...)."""
     from lungxray.images.pixels import ImageRejected
 
     if not isinstance(source, (bytes, bytearray, memoryview)) and os.path.isfile(source) \

@@ -1,6 +1,7 @@
-"""Pixels and the rejection vocabulary every decoder shares (:mod:`lungxray.imaging` for the common formats,
-:mod:`lungxray.dicom` for DICOM): any image as 8-bit grey (:func:`to_grey8`), and :class:`ImageRejected`, the reason
-and detail of a file that cannot be used; :func:`pixel_stats`, the normalisation of a model trained from scratch."""
+"""Pixels and the rejection vocabulary every decoder shares (:mod:`lungxray.images.decode` for the common formats,
+:mod:`lungxray.images.dicom` for DICOM): any image as 8-bit grey (:func:`to_grey8`), and :class:`ImageRejected`, the
+reason and detail of a file that cannot be used; :func:`pixel_stats`, the normalisation of a model trained from
+scratch."""
 
 from __future__ import annotations
 

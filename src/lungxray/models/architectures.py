@@ -5,9 +5,9 @@ Registered names (:data:`MODEL_NAMES`) are the architectures of the published wo
 =====================  ===========  ==========================================================================
 name                   source       what it is
 =====================  ===========  ==========================================================================
-``cnn5``               handcrafted  5 conv blocks with batch norm (the three layouts: :mod:`lungxray.handcrafted`)
-``cnn8``               handcrafted  *plain* (no batch norm) 8-layer CNN: 6 conv + 2 dense layers
-``cnn13``              handcrafted  VGG-like 13-layer CNN: 10 conv (with batch norm) + 3 dense layers
+``cnn5``               handcrafted  5 conv blocks with batch norm (the three layouts:
+:mod:`lungxray.models.handcrafted`) ``cnn8``               handcrafted  *plain* (no batch norm) 8-layer CNN: 6 conv + 2
+dense layers ``cnn13``              handcrafted  VGG-like 13-layer CNN: 10 conv (with batch norm) + 3 dense layers
 ``resnet18/34``        timm         ``resnet18.a1_in1k`` / ``resnet34.a1_in1k`` (timm's default ImageNet weights)
 ``vgg16``              timm         ``vgg16.tv_in1k`` (torchvision's ImageNet weights ported to timm)
 ``mobilenetv2``        timm         ``mobilenetv2_100.ra_in1k``
@@ -59,7 +59,7 @@ Pretrained weights (``pretrained=True``):
   ``in_chans`` and drops the classifier when ``num_classes`` differs from the file's 1000 ImageNet classes). The file
   must use timm's parameter names (timm's hub files, or a state dict of a timm model of that name); a file whose keys
   do not cover the backbone is refused. Handcrafted models load the state dict strictly with ``load_state_dict``.
-  The checks of the file: :mod:`lungxray.weights_file`.
+  The checks of the file: :mod:`lungxray.models.weights_file`.
 """
 
 from __future__ import annotations

@@ -160,7 +160,8 @@ def operating_point(ops: dict[str, dict], name: str) -> dict:
 def fit_on_val(logits: np.ndarray, y: np.ndarray, classes: Sequence[str], params: CalibrationParams) -> dict:
     """What is stored with the model, from the val split's logits and labels only: ``temperature``, ``calibration``
     (method, T, val NLL before and after; the ECE is the evaluate stage's) and ``operating_points``. (No import of
-    :mod:`lungxray.metrics` here: the train stage and its checkpoints would then depend on the evaluation code.)"""
+    :mod:`lungxray.evaluate.metrics` here: the train stage and its checkpoints would then depend on the evaluation
+    code.)"""
     t = fit_temperature(logits, y) if params.method == "temperature" else 1.0
     record = {"method": params.method, "temperature": t, "fitted_on": "val", "val_images": int(len(y)),
               "val_nll_before": nll(logits, y), "val_nll_after": nll(logits, y, t)}

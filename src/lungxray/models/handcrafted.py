@@ -1,5 +1,5 @@
 """The handcrafted CNNs of the seed work: ``cnn5``, ``cnn8`` and ``cnn13`` (built through
-:func:`lungxray.models.create_model`, like every architecture).
+:func:`lungxray.models.architectures.create_model`, like every architecture).
 
 =========  ====================================================================================================
 ``cnn5``   5 x [conv (32-64-128-256-512 filters, kernels 5,5,3,3,3) -> BN -> ReLU -> 2x2 max-pool] -> global

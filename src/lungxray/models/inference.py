@@ -87,7 +87,7 @@ def softmax_t(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 def predict_proba(model, images: np.ndarray, mean: float | Sequence[float], std: float | Sequence[float],
                   batch_size: int = 64, device="cpu", in_chans: int = 3, temperature: float = 1.0) -> np.ndarray:
     """Class probabilities (N, C) float64: ``softmax(logits / temperature)`` of :func:`predict_logits` (model.pt's
-    ``temperature``, fitted on val, gives the calibrated probabilities: :mod:`lungxray.calibration`)."""
+    ``temperature``, fitted on val, gives the calibrated probabilities: :mod:`lungxray.models.calibration`)."""
     logits = predict_logits(model, images, mean, std, batch_size, device, in_chans)
     return softmax_t(logits, temperature) if len(logits) else logits
 
@@ -152,7 +152,7 @@ def measure_throughput(model, image_size: int, batch_size: int = 64, device="cpu
 
 def predict_images(model_uri: str, images: np.ndarray) -> np.ndarray:
     """Class probabilities (N, C) of uint8 greyscale images (N, H, W) by a logged or registered lungxray image model
-    (:mod:`lungxray.image_model`: it applies its own preprocessing and normalisation)."""
+    (:mod:`lungxray.serve.image_model`: it applies its own preprocessing and normalisation)."""
     import tempfile
 
     import mlflow

@@ -1,4 +1,5 @@
-"""A local weights file (``train.model_options.<model>.weights_file``) for :func:`lungxray.models.create_model`.
+"""A local weights file (``train.model_options.<model>.weights_file``) for
+:func:`lungxray.models.architectures.create_model`.
 
 * The file must exist, and match ``weights_sha256`` when one is given (:func:`check_weights_file`).
 * It is read with timm's loader: ``.safetensors`` or ``.pth``/``.bin`` state dicts, ``{'state_dict': ...}`` wrappers

@@ -1,6 +1,6 @@
 """The register stage: every evaluated model becomes a version in the MLflow model registry, then the aliases
-``champion`` and ``challenger`` move by the promotion rule (:func:`lungxray.promote.decide`; the registry look-ups are
-in :mod:`lungxray.tracking`).
+``champion`` and ``challenger`` move by the promotion rule (:func:`lungxray.compare.promote.decide`; the registry
+look-ups are in :mod:`lungxray.core.tracking`).
 
 Registration is idempotent: the registry holds one version per (MLflow run, model). A model whose run already has a
 version (registered by an earlier run of the stage, one that was killed part-way included) gets that version back,

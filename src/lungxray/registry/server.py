@@ -18,8 +18,8 @@
   (default ``admin``) and ``MLFLOW_AUTH_ADMIN_PASSWORD``; ``MLFLOW_FLASK_SERVER_SECRET_KEY`` must be set. Clients send
   ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``.
 
-The pipeline logs there when ``MLFLOW_TRACKING_URI`` points at the server (see :func:`lungxray.tracking.mlflow_setup`).
-"""
+The pipeline logs there when ``MLFLOW_TRACKING_URI`` points at the server (see
+:func:`lungxray.core.tracking.mlflow_setup`). """
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """The registered ensemble: several trained models in one MLflow model, images in, their mean probabilities out.
 
 The MLflow model carries every member's ``model.pt`` (as ``<member>.pt``) and a manifest, ``ensemble.json`` (the
-members in order and their files). Each member is a :class:`lungxray.predictor.Predictor`: it decodes and squares an
-image with its own preprocessing and normalises it with its own mean/std, so members of different image sizes or
+members in order and their files). Each member is a :class:`lungxray.serve.predictor.Predictor`: it decodes and squares
+an image with its own preprocessing and normalises it with its own mean/std, so members of different image sizes or
 normalisations mix. :class:`EnsemblePredictor` classifies with every member and averages the probabilities; an input
 that any member cannot use gets that member's reason in ``error``. Input and output are those of the single-model
-:mod:`lungxray.image_model` (same signature), so ``mlflow.pyfunc.load_model``, ``mlflow models serve``, the
+:mod:`lungxray.serve.image_model` (same signature), so ``mlflow.pyfunc.load_model``, ``mlflow models serve``, the
 register/promote rule and ``lungxray predict --model models:/<name>@champion`` take an ensemble like any model.
 """
 
@@ -26,8 +26,8 @@ MANIFEST = "ensemble.json"  # the artifact (and file name) listing the members a
 
 @dataclass
 class EnsemblePredictor:
-    """Several :class:`~lungxray.predictor.Predictor` of one taxonomy; :func:`lungxray.predictor.classify` hands it
-    the inputs (see the module docstring)."""
+    """Several :class:`~lungxray.serve.predictor.Predictor` of one taxonomy; :func:`lungxray.serve.predictor.classify`
+    hands it the inputs (see the module docstring)."""
 
     members: list  # Predictor, in the manifest's order
     names: list[str]
@@ -99,8 +99,8 @@ class EnsemblePredictor:
 @dataclass
 class EnsembleBatch:
     """One classified batch of the ensemble, as ``on_batch`` receives it (the fields of a
-    :class:`~lungxray.predictor.PredictedBatch`): the first member's square images (what an overlay is drawn on), the
-    ensemble's predicted classes and mean probabilities, and each member's batch of the same images."""
+    :class:`~lungxray.serve.predictor.PredictedBatch`): the first member's square images (what an overlay is drawn on),
+    the ensemble's predicted classes and mean probabilities, and each member's batch of the same images."""
 
     members: list  # PredictedBatch per member, row i of each is image i
     images: np.ndarray  # (N, S, S) uint8, the first member's

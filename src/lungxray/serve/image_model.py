@@ -2,7 +2,7 @@
 
 The model carries the trained ``model.pt`` (an artifact) and the ``lungxray`` package (``code_paths``), so that
 ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` work anywhere the libraries are installed, outside the
-repository too. It applies the pipeline's own preprocessing (:class:`lungxray.predict.Predictor`: decode, square
+repository too. It applies the pipeline's own preprocessing (:class:`lungxray.serve.predict.Predictor`: decode, square
 with the preprocess settings the model was trained with, normalise with its mean/std).
 
 Input: a table with a column ``image`` (a ``pandas.DataFrame``, a dict ``{"image": [...]}``, or JSON over HTTP:
@@ -18,15 +18,15 @@ server read its files.
 
 Output: one row per input, in order: ``predicted`` (class name), one ``prob_<class>`` per class (summing to 1) and
 ``error``. The probabilities are calibrated: ``softmax(logits / T)`` with the temperature ``T`` fitted on the val
-split at the end of training (:mod:`lungxray.calibration`); the model's metadata records ``T`` and the operating
+split at the end of training (:mod:`lungxray.models.calibration`); the model's metadata records ``T`` and the operating
 points chosen on val (``argmax``, ``<class>@sens95``, ``<class>@youden``: flag the class when ``prob_<class> >=
 threshold``). An input that cannot be used does not fail the request: its row has an empty ``predicted``, no
 probabilities and the reason in ``error`` (empty for the others). "No probabilities" is NaN in Python and ``null`` in
 a served answer (NaN is not JSON: strict parsers refuse it).
 
 An input that the pipeline would not have used is refused the same way: over ``max_pixels`` (decompression bombs;
-the model takes at most :data:`lungxray.imaging.DEFAULT_MAX_PIXELS` pixels) or smaller than the validate stage's
-minimum width and height (:class:`lungxray.validate.ValidateParams`' defaults).
+the model takes at most :data:`lungxray.images.decode.DEFAULT_MAX_PIXELS` pixels) or smaller than the validate stage's
+minimum width and height (:class:`lungxray.data.validate.ValidateParams`' defaults).
 
 Parameter ``operating_point`` (default ``argmax``; ``params={"operating_point": "pneumonia@sens95"}`` in Python,
 ``"params": {...}`` beside ``dataframe_split`` over HTTP): one of the stored operating points. Other than ``argmax``
@@ -63,7 +63,7 @@ def serving() -> bool:
 
 
 def decode_cell(cell, open_paths: bool = True):
-    """One input cell as what :meth:`lungxray.predict.Predictor.square` takes: a path (only with ``open_paths``),
+    """One input cell as what :meth:`lungxray.serve.predict.Predictor.square` takes: a path (only with ``open_paths``),
     bytes or a uint8 array; a string that is no path is base64 (whitespace in it ignored, as in MIME's line-wrapped
     base64). Raises ValueError (with the reason) when it is none of those."""
     if isinstance(cell, (bytes, bytearray, memoryview)):
@@ -152,7 +152,7 @@ def json_nulls(table: pd.DataFrame) -> pd.DataFrame:
 
 def with_operating_point(table: pd.DataFrame, predictor, name: str) -> pd.DataFrame:
     """``table`` with the flag column of the operating point ``name``
-    (:func:`lungxray.predictor.apply_operating_point`); an unknown name is the caller's error (HTTP 400 when
+    (:func:`lungxray.serve.predictor.apply_operating_point`); an unknown name is the caller's error (HTTP 400 when
     served), naming the model's operating points."""
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE

@@ -1,4 +1,4 @@
-"""``lungxray predict``: classify image files with a trained model (the shared core: :mod:`lungxray.predictor`).
+"""``lungxray predict``: classify image files with a trained model (the shared core: :mod:`lungxray.serve.predictor`).
 
 * :func:`load_predictor` takes ``models:/<name>@<alias>`` (or any MLflow model URI of a lungxray image model), a
   ``models/<model>`` folder or a ``model.pt`` file; with none, the champion of the configured registry.
@@ -8,10 +8,10 @@
   (:class:`~lungxray.serve.predictor.PredictedBatch`: the trained model, the square uint8 images, the predicted
   indices, the probabilities and the files; an ensemble's :class:`~lungxray.serve.ensemble_model.EnsembleBatch`),
   which is where per-image extras such as Grad-CAM overlays hook in (``batch.heatmaps()``).
-* :func:`~lungxray.predictor.apply_operating_point` adds the decision of one of the model's operating points
-  (chosen on val: :mod:`lungxray.calibration`): ``argmax`` (the default) is the ``predicted`` column itself; ``<class>@sens95`` or
-  ``<class>@youden`` adds a column of that name, true when ``prob_<class> >= threshold`` (empty for unusable files).
-"""
+* :func:`~lungxray.serve.predictor.apply_operating_point` adds the decision of one of the model's operating points
+  (chosen on val: :mod:`lungxray.models.calibration`): ``argmax`` (the default) is the ``predicted`` column itself;
+  ``<class>@sens95`` or ``<class>@youden`` adds a column of that name, true when ``prob_<class> >= threshold`` (empty
+for unusable files). """
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def champion_uri(params_file: str | Path = "params.yaml") -> str:
 
 
 def input_limits(params_file: str | Path = "params.yaml", max_pixels: int | None = None) -> dict:
-    """What ``lungxray predict`` refuses, as the pipeline would (:func:`~lungxray.predictor.set_input_limits`):
+    """What ``lungxray predict`` refuses, as the pipeline would (:func:`~lungxray.serve.predictor.set_input_limits`):
     images over ``max_pixels`` (given, else params.yaml's ``fetch.max_pixels``) and below the ``validate`` section's
     ``min_width`` / ``min_height``; a setting params.yaml does not hold (or no params.yaml) keeps its default."""
     from lungxray.core.config import parse_sections, read_params_file
@@ -123,7 +123,7 @@ def _predictor_from_mlflow(uri: str, device: str) -> Predictor:
             raise LungxrayError(f"cannot load {uri} ({' '.join(str(e).split())[:200]}): check the name and alias, "
                                 f"and MLFLOW_TRACKING_URI") from None
         model_pt = local / "artifacts" / MODEL_ARTIFACT
-        if (local / "artifacts" / "ensemble.json").is_file():  # a registered ensemble (lungxray.ensemble_model)
+        if (local / "artifacts" / "ensemble.json").is_file():  # a registered ensemble (lungxray.serve.ensemble_model)
             from lungxray.serve.ensemble_model import ensemble_predictor_from_manifest
 
             p = ensemble_predictor_from_manifest(local / "artifacts" / "ensemble.json", device)
@@ -209,7 +209,7 @@ def predict_files(files: Sequence[str | Path], predictor: Predictor, progress: b
 def cam_writer(out_dir: str | Path, predictor: Predictor, files: Sequence[str | Path]
                ) -> Callable[[PredictedBatch], None]:
     """An ``on_batch`` for :func:`predict_files` that writes one Grad-CAM overlay per classified image
-    (:mod:`lungxray.gradcam`): ``out_dir/<path relative to the inputs' common folder>.png`` (``a/b.dcm`` ->
+    (:mod:`lungxray.evaluate.gradcam`): ``out_dir/<path relative to the inputs' common folder>.png`` (``a/b.dcm`` ->
     ``a/b.dcm.png``), showing the X-ray, its heat map for the predicted class, that class and its probability."""
     import os
 

@@ -10,7 +10,7 @@ JPEG, DICOM, ...), made square by :func:`lungxray.data.preprocess.to_square` (as
 :func:`lungxray.data.preprocess.load_square` does for the preprocess stage), normalised and classified by
 :meth:`~lungxray.models.trained.TrainedModel.proba`.
 
-An image the pipeline would not have used is refused (:class:`~lungxray.imaging.ImageRejected`, its row's error):
+An image the pipeline would not have used is refused (:class:`~lungxray.images.decode.ImageRejected`, its row's error):
 one over ``max_pixels`` (``fetch.max_pixels``; not decoded), or one narrower than ``min_width`` or lower than
 ``min_height`` (the validate stage's bounds, which no training image was below). :func:`set_input_limits` sets them
 (``lungxray predict``: from params.yaml and ``--max-pixels``; the registered model keeps the defaults).
@@ -36,10 +36,10 @@ if TYPE_CHECKING:
 
 MODEL_ARTIFACT = "model.pt"  # the key (and file name) of model.pt among the MLflow model's artifacts
 PREDICTED, ERROR = "predicted", "error"
-# how :func:`lungxray.imaging.too_many_pixels` ends (true for fetch, preprocess, the dedupe and predict commands); a
-# predictor whose reader has neither setting (the registered model) says instead what its max_pixels_hint says
+# how :func:`lungxray.images.decode.too_many_pixels` ends (true for fetch, preprocess, the dedupe and predict commands);
+# a predictor whose reader has neither setting (the registered model) says instead what its max_pixels_hint says
 MAX_PIXELS_HINT = "raise fetch.max_pixels or --max-pixels to accept it"
-# the defaults of validate.min_width / min_height (lungxray.validate.ValidateParams, a test checks they agree): not
+# the defaults of validate.min_width / min_height (lungxray.data.validate.ValidateParams, a test checks they agree): not
 # imported, so that the stages that bundle this module do not depend on the validate package
 MIN_WIDTH = MIN_HEIGHT = 32
 
@@ -83,7 +83,7 @@ class Predictor(TrainedModel):
     def square(self, source) -> np.ndarray:
         """One image (a path, its bytes, or a uint8 greyscale array) as the model's (S, S) uint8 input; a file that
         cannot be used, or that the pipeline would not have used (see the module docstring), raises
-        :class:`~lungxray.imaging.ImageRejected`."""
+        :class:`~lungxray.images.decode.ImageRejected`."""
         from PIL import Image
 
         from lungxray.data.preprocess import to_square
@@ -183,7 +183,7 @@ def _squares(predictor: Predictor, sources: Sequence) -> tuple[list[np.ndarray |
 def classify(predictor: Predictor, sources: Sequence, names: Sequence[str] | None = None,
              on_batch: Callable[[PredictedBatch], None] | None = None) -> list[dict]:
     """One output row per source (path, bytes or uint8 array), in order: decoded, squared, classified together. A
-    predictor that is not a :class:`Predictor` (an ensemble: :mod:`lungxray.ensemble_model`) classifies itself."""
+    predictor that is not a :class:`Predictor` (an ensemble: :mod:`lungxray.serve.ensemble_model`) classifies itself."""
     if not isinstance(predictor, Predictor):
         return predictor.classify(sources, names, on_batch)
     images, errors = _squares(predictor, sources)

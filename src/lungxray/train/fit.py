@@ -7,8 +7,8 @@ and its checkpoint (build, resume, save) in :mod:`lungxray.train.state`.
 * Data comes from the preprocess stage's uint8 arrays (memory-mapped): no image is decoded during training. Light
   augmentation suited to X-rays (small affine, brightness/contrast; never vertical flips) runs on the tensors.
 * CUDA with mixed precision and channels_last when a GPU is present, the CPU otherwise: the same command.
-* Several processes (``train.nproc_per_node``, torchrun: :mod:`lungxray.distributed`): DistributedDataParallel, each
-  process trains on its share of every global batch of ``batch_size`` and evaluates its share of the val split; the
+* Several processes (``train.nproc_per_node``, torchrun: :mod:`lungxray.train.distributed`): DistributedDataParallel,
+  each process trains on its share of every global batch of ``batch_size`` and evaluates its share of the val split; the
   sums are added up, so every process takes the same decisions (best epoch, early stopping). Rank 0 alone prints,
   writes the checkpoint, ``best.pt``, ``model.pt`` and the metrics and logs to MLflow; the others wait for it at the
   end. On resume rank 0 reads the checkpoint and sends it to the others (no shared disk needed). Augmentation draws
@@ -18,7 +18,7 @@ and its checkpoint (build, resume, save) in :mod:`lungxray.train.state`.
   run (even after ``kill -9``) resumes from it when the model's settings, the data, the code and the library versions
   are unchanged, and continues the same MLflow run. A finished run marks its checkpoint complete: it is never
   resumed, a rerun trains from scratch (or, with ``reuse_finished``, keeps it when its fingerprints still match).
-  Unusable checkpoints are set aside (rules in :mod:`lungxray.checkpoint`).
+  Unusable checkpoints are set aside (rules in :mod:`lungxray.models.checkpoint`).
   The best weights are kept in ``best.pt``; ``model.pt`` and ``metrics/<model>/train.json`` are written only when
   training has finished, so a partial run is never taken for a complete one.
 * A model is fed per-channel ``mean``/``std``: its pretrained weights' normalisation, or the train split's statistics

@@ -4,7 +4,7 @@ precision, optimiser, learning-rate schedule and one epoch (:func:`run_epoch`).
 * Batches are read straight from the preprocess stage's uint8 arrays (:class:`ArrayBatches`); an epoch's order is
   drawn from a generator seeded with ``seed + epoch``, so a resumed run sees the same batches.
 * Class weights are inverse class frequencies, scaled to mean 1 over the classes present; an absent class gets 0.
-* Several processes (:mod:`lungxray.distributed`): every process draws the same order and takes its share of each
+* Several processes (:mod:`lungxray.train.distributed`): every process draws the same order and takes its share of each
   global batch (``rank`` of ``world``): the drawn index is padded (repeating its start) to a multiple of the process
   count, so every process gets the same number of batches and there are as many steps as one process would take;
   a sequential pass (validation) is split exactly instead, nothing repeated, and the sums are added up at the end.
@@ -215,7 +215,8 @@ def optimiser_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler=None) 
 @dataclass(frozen=True)
 class Feed:
     """How a pass feeds a model: where it runs, in which precision and memory format, with which input
-    normalisation, and over which processes (``world``: a :class:`lungxray.distributed.World`; None = this one)."""
+    normalisation, and over which processes (``world``: a :class:`lungxray.train.distributed.World`; None = this
+    one)."""
 
     device: torch.device
     mean: float | Sequence[float]

@@ -85,7 +85,7 @@ class TrainParams(Strict):
                                "remaining epochs; 0 = none")
     weight_averaging: Literal["none", "ema", "swa"] = Field(
         "none", description="an averaged copy of the weights, scored on val beside the raw ones; the better is kept "
-                            "(lungxray.averaging): ema (every step), swa (every epoch from swa_start), none")
+                            "(lungxray.train.averaging): ema (every step), swa (every epoch from swa_start), none")
     ema_decay: float = Field(0.999, gt=0, lt=1, description="ema: weight of the running average at each step")
     swa_start: int = Field(1, ge=1, description="swa: the first epoch whose end-of-epoch weights are averaged")
     imbalance: Literal["weighted_loss", "weighted_sampler", "none"] = Field(
@@ -111,7 +111,7 @@ class TrainParams(Strict):
     nproc_per_node: int = Field(1, ge=1, description="training processes on this machine (one per GPU): > 1 runs "
                                                      "the train stage under torchrun with DistributedDataParallel; "
                                                      "batch_size stays the global batch. $LUNGXRAY_NPROC_PER_NODE "
-                                                     "wins (lungxray.distributed)")
+                                                     "wins (lungxray.train.distributed)")
     mlflow: MlflowParams = Field(MlflowParams(), description="where runs and models are tracked (MLflow)")
 
     @model_validator(mode="after")
@@ -137,7 +137,8 @@ class TrainParams(Strict):
 
 
 class ModelSettings(Strict):
-    """How one model trains: the train section with its ``model_options`` applied (what :func:`model_settings` gives)."""
+    """How one model trains: the train section with its ``model_options`` applied (what :func:`model_settings`
+    gives)."""
 
     model: str = Field(description="architecture name (a row of the models table)")
     pretrained: bool = Field(description="start from ImageNet weights")
@@ -181,8 +182,9 @@ def resolved_settings(params: TrainParams, name: str) -> dict:
     """Everything that decides how ``name`` is trained: the shared train keys with its own options applied (its
     variant's and ``model_options``; ``model`` is its architecture).
 
-    Other models' options and variants, and the list of models are not part of it, so changing them neither retrains ``name``
-    (``train@<name>`` depends on this, through :func:`settings_record`) nor changes its checkpoint fingerprint."""
+    Other models' options and variants, and the list of models are not part of it, so changing them neither retrains
+    ``name`` (``train@<name>`` depends on this, through :func:`settings_record`) nor changes its checkpoint
+    fingerprint."""
     own = model_settings(params, name).model_dump(mode="json")
     return {**params.model_dump(mode="json", exclude=RUN_KEYS), **own}
 

@@ -30,7 +30,7 @@ class Setup:
     params: TrainParams
     settings: ModelSettings
     resolved: dict  # the record kept in checkpoints and model.pt
-    fingerprints: dict  # settings, data, code, libraries: see lungxray.checkpoint
+    fingerprints: dict  # settings, data, code, libraries: see lungxray.models.checkpoint
     norm: dict  # input_normalisation()
     device: torch.device
     amp: torch.dtype | None
@@ -56,7 +56,7 @@ class Run:
     best: dict = field(default_factory=lambda: {"val_loss": math.inf, "epoch": 0})
     bad_epochs: int = 0
     run_id: str | None = None
-    averaged: object = None  # lungxray.averaging.WeightAverage when train.weight_averaging is set
+    averaged: object = None  # lungxray.train.averaging.WeightAverage when train.weight_averaging is set
 
 
 def build_run(setup: Setup) -> Run:

@@ -3,7 +3,7 @@
 With ``w = warmup_epochs > 0``, epoch ``e`` (1-based) trains at ``lr * e / (w + 1)`` for ``e <= w``; the configured
 schedule then runs over the remaining ``epochs - w`` epochs as if they were the whole run (cosine from ``lr`` down,
 step decays counted from the end of the warm-up, none = constant). ``plateau`` takes no warm-up: it reacts to the val
-loss, not to the epoch. With ``w = 0`` the schedule is :func:`lungxray.train_loop.build_scheduler`'s, unchanged.
+loss, not to the epoch. With ``w = 0`` the schedule is :func:`lungxray.train.loop.build_scheduler`'s, unchanged.
 """
 
 from __future__ import annotations

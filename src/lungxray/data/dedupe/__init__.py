@@ -6,8 +6,8 @@ perceptual hash cannot separate those from *different* X-rays of look-alike pati
 alike), so the dedupe works in three steps:
 
 1. **Signature** (once per file content, cached by sha256): decode to 8-bit grey whatever the mode (16-bit, palette,
-   alpha, CMYK, EXIF orientation: :mod:`lungxray.imaging`), trim uniform borders (padding, letter-boxing), resize the
-   remaining picture to a ``thumb_size`` square (aspect ratio deliberately dropped, so a squashed copy matches) and
+   alpha, CMYK, EXIF orientation: :mod:`lungxray.images.decode`), trim uniform borders (padding, letter-boxing), resize
+   the remaining picture to a ``thumb_size`` square (aspect ratio deliberately dropped, so a squashed copy matches) and
    rank-equalise it (brightness, contrast and gamma changes are monotonic, so they vanish). From that thumbnail: a
    64-bit DCT hash and a 16x16 "low-res" vector; plus a second DCT hash of the whole frame, borders kept.
 2. **Candidates** (cheap, generous): pairs whose hashes (of either view) are within ``hash_radius`` bits (multi-index
@@ -30,13 +30,13 @@ Output rules (see :func:`find_groups`):
 
 * ``group``: ``"g" + first 12 hex digits of the smallest sha256 in the group`` - deterministic, independent of row
   order, worker count and params other than what decides membership.
-* ``kept``: the image of the group that enters the split (the label-conflict contract of :mod:`lungxray.schema`):
+* ``kept``: the image of the group that enters the split (the label-conflict contract of :mod:`lungxray.core.schema`):
   among the readable members carrying the group's ``resolved_label``, the highest resolution (width*height), then the
   position of its source in ``source_preference`` (unlisted sources after listed ones), then the smallest ``id``.
 * label conflicts (a group with more than one label), ``conflict_policy``: ``drop`` (default) keeps no member of the
   group; ``majority`` keeps one member carrying the majority label, which becomes the group's ``resolved_label`` (a
-  tie is dropped); ``fail`` raises :class:`~lungxray.errors.LungxrayError` listing the label, source and file of every
-  member. Every conflict is listed in the report, with its action and kept member.
+  tie is dropped); ``fail`` raises :class:`~lungxray.core.errors.LungxrayError` listing the label, source and file of
+  every member. Every conflict is listed in the report, with its action and kept member.
 
 The package follows those steps: :mod:`.signatures` (step 1, with its cache), :mod:`.candidates` (step 2),
 :mod:`.verify` (step 3), :mod:`.groups` (:func:`find_groups`: the steps in order, then groups, label conflicts and the

@@ -1,5 +1,5 @@
 """From signatures to groups: :func:`find_groups` runs the dedupe's steps in order (signatures -> candidates ->
-verify -> groups -> label conflicts and kept image -> report). The rules behind each: :mod:`lungxray.dedupe`."""
+verify -> groups -> label conflicts and kept image -> report). The rules behind each: :mod:`lungxray.data.dedupe`."""
 
 from __future__ import annotations
 
@@ -186,7 +186,7 @@ def _add_groups(out: pd.DataFrame, m: Matches) -> None:
     out["n_sources"] = out.groupby("group")["source"].transform("nunique").astype("int64")
 
 
-# --- label conflicts and the kept image (the contract: lungxray.schema) -----------------------------------------------
+# --- label conflicts and the kept image (the contract: lungxray.core.schema) ------------------------------------------
 
 
 def _resolve_conflicts_and_kept(out: pd.DataFrame, params: DedupeParams) -> list[dict]:

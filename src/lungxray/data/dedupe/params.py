@@ -42,7 +42,7 @@ class DedupeParams(Strict):
     source_preference: list[str] = Field(default_factory=list, description="kept-member tie break, most preferred first")
     conflict_policy: Literal[CONFLICT_POLICIES] = Field(  # type: ignore[valid-type]
         "drop", description="copies of one X-ray under different labels: drop them all, keep one with the majority "
-        "label, or fail (the contract: lungxray.schema)")
+        "label, or fail (the contract: lungxray.core.schema)")
     workers: int = Field(0, ge=0, description="processes (0 = all cores)")
 
     def signature_fingerprint(self) -> str:

@@ -18,7 +18,7 @@ from lungxray.images.decode import open_grey
 
 
 def build_report(out: pd.DataFrame, sig: Signatures, params: DedupeParams, conflicts: list, extra: dict) -> dict:
-    """The report of a :func:`~lungxray.dedupe.find_groups` run: counts per source and per pair of sources, label
+    """The report of a :func:`~lungxray.data.dedupe.find_groups` run: counts per source and per pair of sources, label
     conflicts, unreadable files, then ``extra`` (candidate and verified pair counts, timings, cache use) and the
     params."""
     dup = out[out["group_size"] > 1]

@@ -160,7 +160,7 @@ def _imap(func, items: list, workers: int, desc: str, progress: bool, chunksize:
 
 
 class SignatureCache:
-    """Signatures by sha256 in a :class:`~lungxray.io.KeyValueStore`: each one is saved as soon as its file is
+    """Signatures by sha256 in a :class:`~lungxray.core.io.KeyValueStore`: each one is saved as soon as its file is
     decoded, so a rerun after an interruption (even ``kill -9``) decodes only the files that are left. The store's
     version holds the signature fingerprint: a cache made with other signature params (or by an older version) is
     rebuilt."""

@@ -2,7 +2,7 @@
 
 ``run_fetch(params)`` writes:
 
-* ``data/interim/manifest.csv``: one row per usable image (columns in :data:`lungxray.schema.MANIFEST_COLUMNS`);
+* ``data/interim/manifest.csv``: one row per usable image (columns in :data:`lungxray.core.schema.MANIFEST_COLUMNS`);
 * ``data/interim/rejected.csv``: every file with an image extension that could not be used, with the reason;
 * ``reports/fetch_summary.json``: counts per source and label, dropped, rejected and ignored files.
 

@@ -1,7 +1,8 @@
 """Probe every image (in worker processes): read the whole file, hash it, take its header facts (size, mode, bit
 depth, format, EXIF orientation) and decode it fully to catch truncation, through the guarded open of
-:mod:`lungxray.imaging`. A file that cannot be used gets a ``reason`` for the rejected report instead of crashing the
-stage. :class:`ProbeCache` keeps each result by (real path, size, mtime), so a rerun probes only new or changed files."""
+:mod:`lungxray.images.decode`. A file that cannot be used gets a ``reason`` for the rejected report instead of crashing
+the stage. :class:`ProbeCache` keeps each result by (real path, size, mtime), so a rerun probes only new or changed
+files."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def probe(path: str, max_pixels: int) -> dict:
     """Read one file fully: checksum, header facts and a full decode (to catch truncation).
 
     Returns a dict with either the manifest facts or ``reason``/``detail`` for the rejected report (the guarded open
-    of :mod:`lungxray.imaging`, shared with every other stage that decodes images).
+    of :mod:`lungxray.images.decode`, shared with every other stage that decodes images).
     """
     import hashlib
 
@@ -81,7 +82,7 @@ def probe_all(paths: list[str], max_pixels: int, workers: int = 0, progress: boo
 class ProbeCache:
     """Probe results keyed by (real path, size, mtime), so a rerun only reads new or changed files.
 
-    Each result goes to a :class:`~lungxray.io.KeyValueStore` as soon as it is known, so a rerun after an
+    Each result goes to a :class:`~lungxray.core.io.KeyValueStore` as soon as it is known, so a rerun after an
     interruption (even ``kill -9``) probes only the files that are left.
     """
 

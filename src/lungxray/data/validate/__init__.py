@@ -7,18 +7,18 @@ derived columns / small derived tables first, and GX then checks those.
 
 Checks (table: what):
 
-* manifest: every column of :data:`lungxray.schema.MANIFEST_COLUMNS` exists; text / integer columns have the right
+* manifest: every column of :data:`lungxray.core.schema.MANIFEST_COLUMNS` exists; text / integer columns have the right
   type; ``id``, ``source``, ``path``, ``label``, ``sha256``, ``width``, ``height`` are never empty; ``label`` is a
   class of the taxonomy; ``official_split`` is train / val / test (or empty); ``id`` and ``path`` are unique;
   ``width`` / ``height`` lie within the bounds of :class:`ValidateParams`; ``sha256`` is 64 hex digits; ``bytes`` > 0;
   every file exists under ``root`` (optional); every id is in the groups table.
-* groups: the columns ``id, path, source, label`` and :data:`lungxray.schema.GROUPS_CONTRACT_COLUMNS` exist; ``id``
+* groups: the columns ``id, path, source, label`` and :data:`lungxray.core.schema.GROUPS_CONTRACT_COLUMNS` exist; ``id``
   unique and not empty; ``group`` not empty; ``kept`` / ``label_conflict`` / ``readable`` are booleans; dedupe could
   read every image; every id is in the manifest.
-* group_kept (derived, one row per dedupe group): the label-conflict contract of :mod:`lungxray.schema`: exactly one
-  kept image, none when the group was dropped for a label conflict; the kept image carries the group's resolved label
-  (the manifest's label, which split uses); ``label_conflict``, ``conflict_action`` and ``resolved_label`` are what
-  :func:`lungxray.schema.conflict_outcome` gives for the group's labels.
+* group_kept (derived, one row per dedupe group): the label-conflict contract of :mod:`lungxray.core.schema`: exactly
+  one kept image, none when the group was dropped for a label conflict; the kept image carries the group's resolved
+  label (the manifest's label, which split uses); ``label_conflict``, ``conflict_action`` and ``resolved_label`` are
+  what :func:`lungxray.core.schema.conflict_outcome` gives for the group's labels.
 * class_counts (derived, one row per required class): at least ``min_per_class`` images.
 
 ``required_classes`` defaults to **every class of the taxonomy** (the ``classes`` argument), not only those that

@@ -178,10 +178,10 @@ def validate_tables(
     """Run the GX suite over the manifest and the dedupe groups table.
 
     ``classes`` is the taxonomy (``fetch.classes``); ``root`` is the folder manifest paths are relative to (the
-    repository root); ``inputs`` (``{file: sha256}`` of the tables, :func:`lungxray.io.file_fingerprints`) is recorded
-    in the result, so that split can tell that validation passed on the very files it reads. Nothing is raised for bad
-    data: every problem is a :class:`Failure` in the result. Bad *params* (a required class outside the taxonomy) raise
-    :class:`LungxrayError`.
+    repository root); ``inputs`` (``{file: sha256}`` of the tables, :func:`lungxray.core.io.file_fingerprints`) is
+    recorded in the result, so that split can tell that validation passed on the very files it reads. Nothing is raised
+    for bad data: every problem is a :class:`Failure` in the result. Bad *params* (a required class outside the
+    taxonomy) raise :class:`LungxrayError`.
     """
     p = params or ValidateParams()
     if not classes:

@@ -142,7 +142,7 @@ def _text(s: pd.Series) -> pd.Series:
 
 
 def group_kept_table(g: pd.DataFrame, m: pd.DataFrame) -> pd.DataFrame | None:
-    """One row per dedupe group with what the label-conflict contract (lungxray.schema) says about it.
+    """One row per dedupe group with what the label-conflict contract (lungxray.core.schema) says about it.
 
     The labels are the manifest's (split takes them from there), the groups table's where the manifest lacks an id.
     """
@@ -217,7 +217,7 @@ def group_kept_suite(gx, t: pd.DataFrame) -> Suite:
     s.add(
         "ExpectColumnValuesToBeInSet",
         "label_conflict, conflict_action and resolved_label follow the label-conflict contract "
-        "(lungxray.schema.conflict_outcome): rerun the dedupe stage",
+        "(lungxray.core.schema.conflict_outcome): rerun the dedupe stage",
         column="_outcome_ok",
         shown_column="conflict_action",
         value_set=[True],

@@ -15,7 +15,7 @@ Conventions (they decide what the numbers mean, so they are spelled out):
   present: the AUC is undefined), with the reason in ``per_class[c]["auc_note"]``. ``macro_auc`` averages the defined
   per-class AUCs (``macro_auc_classes`` says how many); ``None`` if none is defined. Ties in scores count 1/2
   (Mann-Whitney), as ``sklearn.metrics.roc_auc_score``.
-* Bootstrap intervals: :mod:`lungxray.metrics.bootstrap`; ECE: :mod:`lungxray.metrics.calibration`.
+* Bootstrap intervals: :mod:`lungxray.evaluate.metrics.bootstrap`; ECE: :mod:`lungxray.evaluate.metrics.calibration`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class EvaluateParams(Strict):
                                                       "(a benchmark whose official test split is held back)")
     tta: Literal["none", "shifts", "flips_shifts"] = Field(
         "none", description="test-time augmentation reported beside the plain figures: small shifts/scales "
-                            "(+ horizontal flip), mean probability; never vertical flips (lungxray.tta)")
+                            "(+ horizontal flip), mean probability; never vertical flips (lungxray.evaluate.tta)")
     prevalences: list[float] = Field(default_factory=lambda: [0.05, 0.25, 0.5, 0.75], description=(
         "set prevalences of the operating points' prevalence table (PPV/NPV from val sensitivity/specificity)"))
 

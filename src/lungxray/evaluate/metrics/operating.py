@@ -1,6 +1,6 @@
 """Operating points on an evaluated split, and how they behave when the prevalence changes.
 
-* An operating point (chosen on val: :mod:`lungxray.calibration`) turns probabilities into one decision per image
+* An operating point (chosen on val: :mod:`lungxray.models.calibration`) turns probabilities into one decision per image
   for its class (``prob_<class> >= threshold``); ``argmax`` gives one per class (the arg-max is that class).
   :func:`operating_point_metrics` reports, per decision, sensitivity, specificity, PPV and NPV on the split with
   percentile bootstrap intervals of sensitivity and specificity over the split units (the same cluster resampling as
