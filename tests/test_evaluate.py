@@ -240,7 +240,7 @@ def test_register_stage_pairs_the_challenger_with_the_champion_on_val(trained, t
     from lungxray.registry.register import load_predictions
 
     root, _, ml, _ = trained
-    work = workdir(root, tmp_path, models=False)
+    work = workdir(root, tmp_path)  # with the models: the stage logs the pyfunc model of each from its model.pt
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["train"]["mlflow"] = {"tracking_uri": ml.tracking_uri, "artifact_dir": ml.artifact_dir}
     params["promote"].update(registered_model="stage-cxr", bootstrap=100)
@@ -259,6 +259,7 @@ def test_register_stage_pairs_the_challenger_with_the_champion_on_val(trained, t
     assert c["difference"] == pytest.approx(best["val_macro_recall"] - second["val_macro_recall"])
     assert c["difference_ci_low"] <= c["difference"] <= c["difference_ci_high"]
     assert decision["params"]["metric"] == "val_macro_recall" and "paired difference" in r.stdout
+    assert "/runs?workflowType=machine_learning" in r.stdout  # the UI's training runs, not its GenAI overview
     versions = {v["model"]: v["version"] for v in decision["registered_versions"]}
     assert versions[second["model"]] == first["registered_versions"][0]["version"]  # the champion's own, reused
 

@@ -73,7 +73,11 @@ def test_train_writes_model_metrics_history_and_mlflow_run(tmp_path, mlflow_env)
     assert [x.step for x in client.get_metric_history(run.info.run_id, "val/accuracy")] == [1, 2, 3]
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "training_curve.png" in arts
-    logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model", dst_path=str(tmp_path))
+    # the register stage logs the pyfunc model into the run
+    from lungxray.serve.mlflow_models import logged_model_uri
+
+    uri = logged_model_uri(mlflow, run.info.run_id, [tmp_path / "models/cnn5/model.pt"])
+    logged = mlflow.pyfunc.load_model(uri, dst_path=str(tmp_path))
     x = np.random.default_rng(0).integers(0, 256, (4, 32, 32), dtype=np.uint8)  # the logged model takes images
     out = logged.predict({"image": x})
     assert len(out) == 4 and (out.error == "").all()  # a batch, not only the example's size
