@@ -7,7 +7,7 @@ from lungxray.core.config import load_sections
 from lungxray.core.io import write_json
 from lungxray.core.stage import run_stage
 from lungxray.ensemble.members import EnsembleParams, evaluated_models
-from lungxray.registry.register import load_predictions, register_and_promote
+from lungxray.registry.register import load_predictions, register_and_promote, runs_page_url
 from lungxray.train.settings import TrainParams
 
 
@@ -22,6 +22,7 @@ def main() -> None:
     print(f"register: {params.promote.registered_model}: registered {versions}")
     print(f"  {decision['reason']}")
     print(f"  load the champion with {decision['load_with']}")
+    print(f"  the training runs in the MLflow UI: {runs_page_url(params.train.mlflow)}")
 
 
 if __name__ == "__main__":

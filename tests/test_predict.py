@@ -390,6 +390,43 @@ def clean_env(uri: str) -> dict:
     return {**env, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
+LOG_BOTH = """
+import sys
+from pathlib import Path
+import mlflow
+from lungxray.serve.mlflow_models import log_ensemble_model, log_image_model
+mlflow.set_tracking_uri(sys.argv[1])
+model = Path(sys.argv[2])
+with mlflow.start_run(run_name='logged-quietly'):
+    print(log_image_model(mlflow, model).model_uri)
+    print(log_ensemble_model(mlflow, ['a', 'b'], [model, model]).model_uri)
+"""
+
+
+def test_a_model_and_an_ensemble_are_logged_from_code_with_an_input_example_and_no_warning(champion, tmp_path):
+    """Logged as the register stage logs them (a fresh process, Python's default warning filters), nothing on
+    stderr is a warning: MLflow warned there of CloudPickle, of a predict without type hints and of a missing input
+    example. Each model is its model file and artifacts (no pickled object), with the input example, which MLflow
+    answered while logging (a failure would have been a warning)."""
+    import mlflow
+
+    env = {**clean_env(champion["uri"]), "PYTHONPATH": str(REPO / "src")}
+    res = subprocess.run([sys.executable, "-c", LOG_BOTH, champion["uri"], str(champion["models"] / "model.pt")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    warned = [line for line in res.stderr.splitlines() if "warn" in line.lower()]
+    assert not warned, "\n".join(warned)
+    uris = res.stdout.split()
+    assert len(uris) == 2
+    mlflow.set_tracking_uri(champion["uri"])
+    for uri, model_file in zip(uris, ("pyfunc_image.py", "pyfunc_ensemble.py")):
+        info = mlflow.models.get_model_info(uri)
+        flavor = info.flavors["python_function"]
+        assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model" and "python_model" not in flavor
+        assert Path(flavor["model_code_path"]).name == model_file
+        assert info.saved_input_example_info["type"] == "dataframe"
+
+
 @pytest.mark.shared
 @pytest.mark.slow
 def test_the_registered_model_loads_and_predicts_outside_the_repository(champion, shared_data, tmp_path):

@@ -51,6 +51,23 @@ def test_one_stores_uri_does_not_leak_into_the_environment_and_win_over_the_next
     assert "MLFLOW_TRACKING_URI" not in os.environ
 
 
+def test_the_runs_page_url_asks_the_mlflow_ui_for_the_training_runs_on_ui_or_on_the_server(tmp_path, monkeypatch):
+    """MLflow 3.17's UI opens an experiment on its GenAI Overview unless the address asks for the training runs
+    (``workflowType=machine_learning``): a local store's are on `mlflow ui`'s default address, a server's on it."""
+    import mlflow
+
+    from lungxray.registry import register
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mp = MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/ui.db", experiment="xr", artifact_dir=str(tmp_path / "a"))
+    url = register.runs_page_url(mp)
+    page = f"#/experiments/{mlflow.get_experiment_by_name('xr').experiment_id}/runs?workflowType=machine_learning"
+    assert url == f"http://127.0.0.1:5000/{page}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mlflow.example.org/")
+    monkeypatch.setattr(register, "mlflow_setup", lambda mp: mlflow)  # no server here: the store above answers
+    assert register.runs_page_url(mp) == f"https://mlflow.example.org/{page}"
+
+
 def test_a_missing_postgresql_is_a_clear_error_that_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(server.shutil, "which", lambda name: None)
     monkeypatch.setattr(server, "DEBIAN_PG_BIN", tmp_path)

@@ -6,6 +6,11 @@ Registration is idempotent: the registry holds one version per (MLflow run, mode
 version (registered by an earlier run of the stage, one that was killed part-way included) gets that version back,
 its tags brought up to date, instead of a new one: the champion's own version when it is among them, else the oldest.
 So a rerun adds no copy, and no alias can point at a copy of the champion.
+
+Where to see the runs: MLflow 3.17's UI opens an experiment on its GenAI "Overview" page unless the address says
+``workflowType=machine_learning`` (or the sidebar's "Model training" switch was set, which the browser remembers);
+it decides by that switch alone, not by the experiment (its ``mlflow.experimentKind`` tag is not read for that). So
+the stage prints the address of the training runs (:func:`runs_page_url`).
 """
 
 from __future__ import annotations
@@ -17,9 +22,23 @@ import pandas as pd
 from lungxray.compare.promote import PromotionParams, decide, selection_split
 from lungxray.core import schema
 from lungxray.core.errors import LungxrayError
-from lungxray.core.tracking import MlflowParams, mlflow_setup
+from lungxray.core.tracking import MlflowParams, mlflow_setup, tracking_uri
 from lungxray.registry.versions import current_champion, prediction_tags, run_versions, wait_ready
 from lungxray.serve.mlflow_models import logged_model_uri
+
+
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` answers by default (a local store has no server)
+RUNS_PAGE = "#/experiments/{id}/runs?workflowType=machine_learning"  # the UI's training runs (see the docstring)
+
+
+def runs_page_url(mp: MlflowParams) -> str:
+    """The address of the experiment's training runs in the MLflow UI: on the tracking server, or on ``mlflow ui``
+    at its default address for a local store."""
+    mlflow = mlflow_setup(mp)
+    uri = tracking_uri(mp)
+    base = uri if uri.startswith(("http://", "https://")) else UI_ADDRESS
+    page = RUNS_PAGE.format(id=mlflow.get_experiment_by_name(mp.experiment).experiment_id)
+    return f"{base.rstrip('/')}/{page}"
 
 
 def load_predictions(models: list[str], metrics_root: Path, split: str) -> dict[str, pd.DataFrame]:

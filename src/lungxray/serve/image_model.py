@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import os
 
 import mlflow.pyfunc
@@ -124,7 +125,9 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
 
         return predictor_from_file(context.artifacts[MODEL_ARTIFACT], device="auto")
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        """One output row per input row (see the module docstring). ``model_input`` is a table once MLflow has
+        applied the signature; called directly, any form :func:`input_cells` takes."""
         from lungxray.serve.predictor import classify, failed_row
 
         cells, sources, errors, open_paths = input_cells(model_input), [], [], not serving()
@@ -186,3 +189,15 @@ def signature(classes):
                                                                           for c in classes],
                                           ColSpec("string", ERROR)]),
                           params=ParamSchema([ParamSpec(OPERATING_POINT, "string", ARGMAX)]))
+
+
+def input_example() -> pd.DataFrame:
+    """One input row as a served request sends it: the base64 of a 64x64 greyscale PNG (a gradient, no X-ray). It is
+    logged with the model (the example ``mlflow ui`` and ``mlflow models serve`` show), and MLflow checks at logging
+    time that the logged model loads and answers it."""
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, 64).astype(np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(np.add.outer(ramp // 2, ramp // 2)).save(png, format="PNG")
+    return pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(png.getvalue()).decode("ascii")]})

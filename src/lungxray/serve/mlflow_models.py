@@ -1,6 +1,11 @@
 """The pyfunc models in MLflow: a trained model (:mod:`lungxray.serve.image_model`) or the ensemble
 (:mod:`lungxray.serve.ensemble_model`) logged into its own training run, with the ``lungxray`` package as its code, a
-signature, its input contract as metadata and the library versions it was trained with.
+signature, an input example, its input contract as metadata and the library versions it was trained with.
+
+Each is logged as a model from code: its model is a file of the package (:data:`MODEL_FILES`: ``pyfunc_image.py``,
+``pyfunc_ensemble.py``) that builds the classifier with ``mlflow.models.set_model``, never a CloudPickle of a Python
+object, which could run any code when loaded and ties the model to the pickling process's classes. While logging,
+MLflow loads the logged model and answers the input example (a failure there is a warning in the log).
 
 The register stage logs them (:func:`logged_model_uri`), not the train stage: the train stage's code then holds no
 serving code, so an edit to serving or Grad-CAM never retrains a model. A run keeps the URI of its logged model in
@@ -15,6 +20,12 @@ import tempfile
 from pathlib import Path
 
 MODEL_URI_TAG = "lungxray.model_uri"  # a run's tag: the URI of the pyfunc model logged into it
+MODEL_FILES = {"image": "pyfunc_image.py", "ensemble": "pyfunc_ensemble.py"}  # the model files, in this package
+
+
+def model_file_of(kind: str) -> str:
+    """The path of the model file (models from code) of a ``kind`` of model, ``image`` or ``ensemble``."""
+    return str(Path(__file__).with_name(MODEL_FILES[kind]))
 
 
 def model_requirements() -> list[str]:
@@ -41,14 +52,14 @@ def log_image_model(mlflow, model_file: Path):
     """Log a trained model (its model.pt) as the lungxray image model in the active run: images in, class
     probabilities out; its input contract (classes, image size, preprocessing, normalisation, accepted inputs) as
     metadata."""
-    from lungxray.serve.image_model import ImageClassifier, signature
+    from lungxray.serve.image_model import input_example, signature
     from lungxray.serve.predictor import MODEL_ARTIFACT, predictor_from_file
 
     contract = predictor_from_file(model_file, device="cpu").contract()
     with tempfile.TemporaryDirectory() as tmp:
-        return mlflow.pyfunc.log_model(name="model", python_model=ImageClassifier(),
+        return mlflow.pyfunc.log_model(name="model", python_model=model_file_of("image"),
                                        artifacts={MODEL_ARTIFACT: str(model_file)}, code_paths=[package_code(tmp)],
-                                       signature=signature(contract["classes"]),
+                                       signature=signature(contract["classes"]), input_example=input_example(),
                                        pip_requirements=model_requirements(),
                                        metadata={**contract, "model_file": f"artifacts/{MODEL_ARTIFACT}"})
 
@@ -56,8 +67,8 @@ def log_image_model(mlflow, model_file: Path):
 def log_ensemble_model(mlflow, names: list[str], model_files: list[Path]):
     """Log the ensemble as a pyfunc model in the active run: the members' model.pt files, the manifest, the
     ``lungxray`` package as its code, the single model's signature and, as metadata, its contract."""
-    from lungxray.serve.ensemble_model import MANIFEST, EnsembleClassifier, ensemble_predictor_from_manifest
-    from lungxray.serve.image_model import signature
+    from lungxray.serve.ensemble_model import MANIFEST, ensemble_predictor_from_manifest
+    from lungxray.serve.image_model import input_example, signature
 
     with tempfile.TemporaryDirectory() as tmp:
         files = {n: f"{n}.pt" for n in names}
@@ -67,9 +78,9 @@ def log_ensemble_model(mlflow, names: list[str], model_files: list[Path]):
         manifest.write_text(json.dumps({"members": names, "files": files, "combine": "mean"}, indent=2))
         predictor = ensemble_predictor_from_manifest(manifest, device="cpu")
         artifacts = {MANIFEST: str(manifest), **{f"member_{n}": str(Path(tmp) / f) for n, f in files.items()}}
-        return mlflow.pyfunc.log_model(name="model", python_model=EnsembleClassifier(), artifacts=artifacts,
+        return mlflow.pyfunc.log_model(name="model", python_model=model_file_of("ensemble"), artifacts=artifacts,
                                        code_paths=[package_code(tmp)], signature=signature(predictor.classes),
-                                       pip_requirements=model_requirements(),
+                                       input_example=input_example(), pip_requirements=model_requirements(),
                                        metadata={**predictor.contract(), "manifest": f"artifacts/{MANIFEST}"})
 
 
