@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from lungxray.serve.predict import find_files, load_predictor, predict_files
 from lungxray.serve.predictor import PredictedBatch
 
 from conftest import REPO
+from helpers.httpserver import free_port
 from helpers.images import xray
 from helpers.processed import CLASSES, make_processed, train_params
 
@@ -420,12 +420,6 @@ def strict_json(text: str | bytes):
         raise ValueError(f"not JSON: {name}")
 
     return json.loads(text, parse_constant=refuse)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_ping(proc: subprocess.Popen, port: int) -> None:

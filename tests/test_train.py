@@ -26,11 +26,6 @@ from helpers.processed import CLASSES, make_processed
 from helpers.processed import train_params as params
 
 
-@pytest.fixture
-def mlflow_env(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 def test_class_weights_balance_and_absent_classes():
     w = class_weights(np.array([0, 0, 0, 1]), 3)
     assert w[2] == 0 and w[1] == pytest.approx(3 * w[0])
