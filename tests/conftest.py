@@ -86,3 +86,18 @@ def write_bomb_png(path: Path, side: int = 13000) -> Path:
 @pytest.fixture(scope="session")
 def bomb_png(tmp_path_factory) -> Path:
     return write_bomb_png(tmp_path_factory.mktemp("bomb") / "bomb.png")
+
+
+# --------------------------------------------------------------------------------------------------- a trained model
+
+
+@pytest.fixture(scope="session")
+def trained_cnn5(tmp_path_factory):
+    """A small cnn5 trained once per session (helpers.trained.train_cnn5: processed data, model.pt, metrics, its
+    MLflow run and logged model in a store of its own). Read it; a test that writes into it (reruns the training,
+    evaluates into its metrics, registers it) takes ``trained_cnn5.copy(tmp_path)`` first."""
+    from helpers.trained import train_cnn5
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)  # the store its params name
+        return train_cnn5(tmp_path_factory.mktemp("trained_cnn5"))
