@@ -26,34 +26,24 @@ from lungxray.serve.predictor import PredictedBatch
 from conftest import REPO
 from helpers.httpserver import free_port
 from helpers.images import xray
-from helpers.processed import CLASSES, make_processed, train_params
+from helpers.processed import CLASSES
 
 NAME = "predict-cxr"
 
 
 @pytest.fixture(scope="module")
-def champion(tmp_path_factory):
-    """A tiny cnn5 (32 px, one epoch; its data preprocessed with aspect=stretch, resample=bilinear), registered as
-    NAME@champion in a SQLite store of its own."""
+def champion(trained_cnn5, tmp_path_factory):
+    """A copy of the session's tiny cnn5 (32 px; its data preprocessed with aspect=stretch, resample=bilinear),
+    registered as NAME@champion in the SQLite store of the copy."""
     import mlflow
 
-    from lungxray.core.tracking import mlflow_setup
-    from lungxray.serve.mlflow_models import logged_model_uri
-    from lungxray.train.fit import train_model
-
-    root = tmp_path_factory.mktemp("champion")
-    processed = make_processed(root, n_train=30, n_val=12, size=32)
-    stats = json.loads((processed / "stats.json").read_text())
-    (processed / "stats.json").write_text(json.dumps({**stats, "aspect": "stretch", "resample": "bilinear"}))
-    tp = train_params(root, epochs=1)
-    t = train_model("cnn5", tp, processed, root / "models/cnn5", root / "metrics/cnn5", progress=False)
-    model_uri = logged_model_uri(mlflow_setup(tp.mlflow), t["mlflow_run_id"], [root / "models/cnn5/model.pt"])
-    uri = tp.mlflow.tracking_uri
+    run = trained_cnn5.copy(tmp_path_factory.mktemp("champion"))
+    uri = run.params.mlflow.tracking_uri
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.create_registered_model(NAME)
-    mv = client.create_model_version(NAME, model_uri, run_id=t["mlflow_run_id"])
+    mv = client.create_model_version(NAME, run.model_uri, run_id=run.train["mlflow_run_id"])
     client.set_registered_model_alias(NAME, "champion", mv.version)
-    return {"root": root, "models": root / "models/cnn5", "uri": uri, "model_uri": model_uri}
+    return {"root": run.root, "models": run.models, "uri": uri, "model_uri": run.model_uri}
 
 
 @pytest.fixture
@@ -304,7 +294,7 @@ def test_a_registered_ensemble_refuses_what_its_members_refuse_with_the_register
                                                                                                tmp_path):
     import mlflow
 
-    from lungxray.serve.ensemble_model import log_ensemble_model
+    from lungxray.serve.mlflow_models import log_ensemble_model
 
     mlflow.set_tracking_uri(champion["uri"])
     with mlflow.start_run():
