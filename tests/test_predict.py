@@ -39,6 +39,7 @@ def champion(trained_cnn5, tmp_path_factory):
 
     run = trained_cnn5.copy(tmp_path_factory.mktemp("champion"))
     uri = run.params.mlflow.tracking_uri
+    mlflow.set_tracking_uri(uri)  # where a models:/ source is looked up
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.create_registered_model(NAME)
     mv = client.create_model_version(NAME, run.model_uri, run_id=run.train["mlflow_run_id"])
