@@ -19,7 +19,6 @@ import argparse
 import collections
 import glob
 import hashlib
-import itertools
 import sys
 import tempfile
 import time
@@ -32,10 +31,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "tests"))
 from lungxray.data.dedupe import DedupeParams, find_groups  # noqa: E402
-
-from helpers import perturb  # noqa: E402  (tests/helpers/perturb.py, shared with the dedupe tests)
+from lungxray.images import alterations  # noqa: E402  (shared with tests/test_dedupe.py)
 
 SOURCES = ["jtiptj_test", "skytells_covid19_xray", "ieee8023_fork_suyash091/images", "figure1_covid/images"]
 
@@ -99,7 +96,7 @@ def main() -> None:
         n_dirty = len(pool) - len(clean)
         chosen = clean[: a.originals]
         distractors = [i for i in range(len(pool)) if i not in set(chosen)][: a.distractors]
-        kinds = list(perturb.KINDS)
+        kinds = list(alterations.KINDS)
         rows = []  # path, origin (index into pool, or negative: a distractor), kind
         for i in chosen:
             rows.append((pool[i], i, "original"))
@@ -112,8 +109,8 @@ def main() -> None:
                 im.load()
             # every original gets 3 copies of random kinds (each kind equally often overall)
             for k in (kinds[(3 * j + t) % len(kinds)] for t in range(3)):
-                v, kw = perturb.KINDS[k](im, rng)
-                rows.append((perturb.save_variant(v, kw, f"{tmp}/c{j}_{k}"), i, k))
+                v, kw = alterations.KINDS[k](im, rng)
+                rows.append((alterations.save_variant(v, kw, f"{tmp}/c{j}_{k}"), i, k))
         df = pd.DataFrame({"id": [f"r{n}" for n in range(len(rows))], "source": "bench",
                            "path": [r[0] for r in rows], "label": "x"})
         origin = np.array([r[1] for r in rows])

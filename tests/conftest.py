@@ -12,14 +12,33 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = REPO.parent / "shared" / "data"  # the real chest X-rays: ../shared/data from the repository root
+
+# ------------------------------------------------------------------------ the real X-rays: one way to skip without them
 
 
-def needs_shared_data():
-    return pytest.mark.skipif(
-        not SHARED_DATA.is_dir(),
-        reason=f"needs the real chest X-rays in ../shared/data (not found at {SHARED_DATA})",
-    )
+needs_shared_data = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(),
+    reason=f"needs the real chest X-rays: looked for ../shared/data at {SHARED_DATA} and found no folder there")
+
+
+def pytest_collection_modifyitems(items):
+    """Every test marked ``@pytest.mark.shared`` (the test, its class or its module) is skipped, before its
+    fixtures are built, when ../shared/data is absent: mark a test that reads the real X-rays, and that is all."""
+    for item in items:
+        if item.get_closest_marker("shared"):
+            item.add_marker(needs_shared_data)
+
+
+@pytest.fixture
+def shared_data(request) -> Path:
+    """../shared/data, for a test marked ``@pytest.mark.shared``."""
+    assert request.node.get_closest_marker("shared"), f"mark {request.node.name} @pytest.mark.shared: it reads " \
+                                                      f"../shared/data (and is skipped without it)"
+    return SHARED_DATA
+
+
+# ------------------------------------------------------------------------------------- scratch folders and environments
 
 
 @pytest.fixture
@@ -30,10 +49,9 @@ def project(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def shared_data(tmp_path):
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"needs the real chest X-rays in ../shared/data (not found at {SHARED_DATA})")
-    return SHARED_DATA
+def mlflow_env(monkeypatch):
+    """No ``MLFLOW_TRACKING_URI`` from the environment: the store the test's params name is the one used."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
 def copy_repo_tree(dest: Path) -> None:
@@ -68,3 +86,18 @@ def write_bomb_png(path: Path, side: int = 13000) -> Path:
 @pytest.fixture(scope="session")
 def bomb_png(tmp_path_factory) -> Path:
     return write_bomb_png(tmp_path_factory.mktemp("bomb") / "bomb.png")
+
+
+# --------------------------------------------------------------------------------------------------- a trained model
+
+
+@pytest.fixture(scope="session")
+def trained_cnn5(tmp_path_factory):
+    """A small cnn5 trained once per session (helpers.trained.train_cnn5: processed data, model.pt, metrics, its
+    MLflow run and logged model in a store of its own). Read it; a test that writes into it (reruns the training,
+    evaluates into its metrics, registers it) takes ``trained_cnn5.copy(tmp_path)`` first."""
+    from helpers.trained import train_cnn5
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)  # the store its params name
+        return train_cnn5(tmp_path_factory.mktemp("trained_cnn5"))

@@ -20,11 +20,6 @@ from helpers.interrupt import interrupt_after_epochs
 from helpers.processed import make_processed, train_params
 
 
-@pytest.fixture
-def mlflow_env(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 def params(tmp, **kw):
     """The shared small settings, without logging an MLflow model (not what these tests look at)."""
     from lungxray.core.tracking import MlflowParams

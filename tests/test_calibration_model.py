@@ -16,31 +16,19 @@ from lungxray.data.preprocess import load_split
 from lungxray.evaluate.evaluation import EvaluateParams, evaluate_model
 from lungxray.models.inference import predict_logits, softmax_t
 
-from helpers.processed import CLASSES, make_processed, train_params
+from helpers.processed import CLASSES
 
 EVAL = EvaluateParams(bootstrap=100, latency_batches=1, batch_size=16, tta="flips_shifts")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """cnn5, one epoch on 32 px images, logged to an MLflow store of its own."""
-    import os
-
-    from lungxray.core.tracking import mlflow_setup
-    from lungxray.serve.mlflow_models import logged_model_uri
-    from lungxray.train.fit import train_model
-
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    root = tmp_path_factory.mktemp("calibrated")
-    processed = make_processed(root, n_train=48, n_val=30, size=32)
-    index = pd.read_csv(processed / "index.csv")
-    index["unit"] = index.split + "/u" + index.row.astype(str)  # as preprocess writes it
-    index.to_csv(processed / "index.csv", index=False)
-    tp = train_params(root, epochs=1)
-    t = train_model("cnn5", tp, processed, root / "models/cnn5", root / "metrics/cnn5", progress=False)
-    ck = torch.load(root / "models/cnn5/model.pt", map_location="cpu", weights_only=True)
-    uri = logged_model_uri(mlflow_setup(tp.mlflow), t["mlflow_run_id"], [root / "models/cnn5/model.pt"])
-    return {"root": root, "processed": processed, "train": t, "ck": ck, "mlflow": tp.mlflow, "model_uri": uri}
+def trained(trained_cnn5, tmp_path_factory):
+    """A copy of the session's cnn5 (32 px images, its MLflow model logged to a store of its own): these tests
+    evaluate into its metrics and change its test images."""
+    run = trained_cnn5.copy(tmp_path_factory.mktemp("calibrated"))
+    ck = torch.load(run.model_pt, map_location="cpu", weights_only=True)
+    return {"root": run.root, "processed": run.processed, "train": run.train, "ck": ck, "mlflow": run.params.mlflow,
+            "model_uri": run.model_uri}
 
 
 def val_logits(trained) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +45,7 @@ def test_model_pt_carries_the_temperature_and_the_operating_points_fitted_on_val
 
     ck, (logits, y) = trained["ck"], val_logits(trained)
     assert ck["temperature"] == pytest.approx(fit_temperature(logits, y), rel=1e-6)
-    assert ck["calibration"]["fitted_on"] == "val" and ck["calibration"]["val_images"] == 30
+    assert ck["calibration"]["fitted_on"] == "val" and ck["calibration"]["val_images"] == len(y) == 24
     expected = choose_operating_points(y, softmax_t(logits, ck["temperature"]), CLASSES, 0.95)
     assert set(ck["operating_points"]) == set(expected)
     for name, op in list(expected.items())[1:]:  # (after argmax) the train stage's memory format moves last bits

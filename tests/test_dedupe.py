@@ -17,13 +17,10 @@ from lungxray.core.errors import LungxrayError
 from lungxray.data import dedupe as D
 from lungxray.data.dedupe import signatures as dedupe_signatures
 from lungxray.data.dedupe import verify as dedupe_verify
+from lungxray.images import alterations
 from lungxray.images.decode import DEFAULT_MAX_PIXELS
 
-from helpers import perturb
-
 ROOT = Path(__file__).resolve().parents[1]
-
-SHARED = ROOT / ".." / "shared" / "data"
 PARAMS = D.DedupeParams(workers=1)
 
 
@@ -64,10 +61,10 @@ def corpus(tmp_path_factory):
         im.save(p)
         items.append((p, "A", "NORMAL"))
         truth[p] = i
-    for k, fn in perturb.KINDS.items():
+    for k, fn in alterations.KINDS.items():
         src = 0 if k != "combo" else 1
         im, kw = fn(_originals(8)[src], rng)
-        p = perturb.save_variant(im, kw, str(d / f"copy_{k}"))
+        p = alterations.save_variant(im, kw, str(d / f"copy_{k}"))
         items.append((p, "B", "NORMAL"))
         truth[p] = src
     p = str(d / "identical.png")
@@ -79,7 +76,7 @@ def corpus(tmp_path_factory):
     return df, groups, report, truth
 
 
-@pytest.mark.parametrize("kind", list(perturb.KINDS))
+@pytest.mark.parametrize("kind", list(alterations.KINDS))
 def test_each_alteration_grouped_with_original(corpus, kind):
     df, groups, report, truth = corpus
     g = groups.set_index("path")["group"]
@@ -312,27 +309,25 @@ def test_prefilter_passes_every_altered_copy(corpus, monkeypatch):
     seen = {}
     monkeypatch.setattr(dedupe_verify, "_PREFILTER_HOOK", lambda stage, s: seen.setdefault(stage, s.copy()))
     D.verify_pairs(sig.thumbs[pairs[:, 0]], sig.thumbs[pairs[:, 1]], PARAMS)
-    assert len(pairs) >= len(perturb.KINDS)
+    assert len(pairs) >= len(alterations.KINDS)
     assert seen["quarter"].min() >= PARAMS.verify_prefilter_coarse + 0.05
     assert seen["half"].min() >= PARAMS.verify_prefilter + 0.05
 
 @pytest.mark.shared
-def test_real_images_alterations(tmp_path):
-    folder = SHARED / "jtiptj_test"
-    if not folder.is_dir():
-        pytest.skip(f"{SHARED.resolve()} (../shared/data relative to the repo root) is absent")
+def test_real_images_alterations(shared_data, tmp_path):
+    folder = shared_data / "jtiptj_test"
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))[:12]
     rng = np.random.default_rng(5)
     items, truth = [], {}
     for i, f in enumerate(files):
         items.append((str(f), "orig", f.parent.name))
         truth[str(f)] = i
-    kinds = list(perturb.KINDS)
+    kinds = list(alterations.KINDS)
     for i, f in enumerate(files[:len(kinds)]):
         with Image.open(f) as im:
             im.load()
-            v, kw = perturb.KINDS[kinds[i]](im, rng)
-        p = perturb.save_variant(v, kw, str(tmp_path / f"{kinds[i]}_{i}"))
+            v, kw = alterations.KINDS[kinds[i]](im, rng)
+        p = alterations.save_variant(v, kw, str(tmp_path / f"{kinds[i]}_{i}"))
         items.append((p, "copy", f.parent.name))
         truth[p] = i
     g, _ = D.find_groups(_df(items), PARAMS, progress=False)

@@ -18,7 +18,7 @@ from lungxray.data.fetch import run_fetch
 
 from helpers.httpserver import FileServer, free_port
 from helpers.images import save, xray
-from helpers.kaggle import zip_bytes
+from helpers.kaggle import use_fake_kaggle, zip_bytes
 
 # ---------------------------------------------------------------------------------------------------------------------
 # helpers
@@ -271,30 +271,14 @@ def test_no_network_names_the_source_and_the_offline_way(project):
 # kaggle through a local fake of the Kaggle API
 
 
-@pytest.fixture
-def fake_kaggle(monkeypatch, tmp_path):
-    from kagglesdk import kaggle_env
-
-    def start(srv: FileServer):
-        monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "TEST")
-        monkeypatch.setitem(kaggle_env._env_to_endpoint, kaggle_env.KaggleEnv.TEST, srv.url)
-        monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub-cache"))
-        for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
-            monkeypatch.delenv(var, raising=False)
-        monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-kaggle-config"))
-        monkeypatch.setenv("HOME", str(tmp_path / "home"))
-
-    return start
-
-
-def test_kaggle_dataset_download_and_cache(project, fake_kaggle):
+def test_kaggle_dataset_download_and_cache(project, monkeypatch, tmp_path):
     data = zip_bytes({"chest_xray/test/NORMAL/IM-0001-0001.jpeg": png_bytes(1),
                       "chest_xray/train/PNEUMONIA/person7_virus_1.jpeg": png_bytes(2)})
     src = {"name": "k", "kind": "kaggle", "dataset": "someone/cxr", "official_split": "from_path",
            "labels": {"NORMAL": "normal", "PNEUMONIA": "pneumonia"},
            "patient": {"regex": r"^(?:(person\d+)_|((?:NORMAL2-)?IM-\d+)-)"}}
     with FileServer({}, kaggle={"someone/cxr": data}) as srv:
-        fake_kaggle(srv)
+        use_fake_kaggle(monkeypatch, tmp_path, srv.url)
         run_fetch(fetch_params([src]), progress=False)
         posts = [r for r in srv.requests if r[0] == "POST"]
         assert any(p[1].endswith("/GetDataset") for p in posts)
@@ -309,20 +293,17 @@ def test_kaggle_dataset_download_and_cache(project, fake_kaggle):
     assert len(manifest()) == 2
 
 
-def test_kaggle_refusal_mentions_credentials(project, fake_kaggle):
+def test_kaggle_refusal_mentions_credentials(project, monkeypatch, tmp_path):
     with FileServer({}, kaggle={}, kaggle_status=403) as srv:
-        fake_kaggle(srv)
+        use_fake_kaggle(monkeypatch, tmp_path, srv.url)
         with pytest.raises(SourceError) as e:
             run_fetch(fetch_params([{"name": "k", "kind": "kaggle", "dataset": "someone/private", "labels": {}}]),
                       progress=False)
     assert "HTTP 403" in str(e.value) and "KAGGLE_KEY" in str(e.value)
 
 
-def test_kaggle_unreachable(project, fake_kaggle, tmp_path):
-    class Dead:
-        url = f"http://127.0.0.1:{free_port()}"
-
-    fake_kaggle(Dead)
+def test_kaggle_unreachable(project, monkeypatch, tmp_path):
+    use_fake_kaggle(monkeypatch, tmp_path, f"http://127.0.0.1:{free_port()}")
     with pytest.raises(SourceError) as e:
         run_fetch(fetch_params([{"name": "k", "kind": "kaggle", "dataset": "a/b", "labels": {}}]), progress=False)
     assert "could not reach Kaggle" in str(e.value) and "source 'k'" in str(e.value)

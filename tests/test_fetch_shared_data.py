@@ -9,9 +9,9 @@ from lungxray.core import schema
 from lungxray.core.config import FetchParams, load_sections
 from lungxray.data.fetch import run_fetch
 
-from conftest import REPO, SHARED_DATA, needs_shared_data
+from conftest import REPO, SHARED_DATA
 
-pytestmark = [needs_shared_data(), pytest.mark.shared]
+pytestmark = pytest.mark.shared
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import SHARED_DATA, copy_repo_tree, needs_shared_data
+from conftest import SHARED_DATA, copy_repo_tree
 
 CLASSES = ["normal", "pneumonia", "covid19"]
 LABEL = {"NORMAL": "normal", "PNEUMONIA": "pneumonia", "COVID19": "covid19"}  # relabelled_copies/manifest.csv
@@ -60,8 +60,6 @@ def fetched(tmp_path_factory):
 
     Returns the repository and the expected groups: ``{copy id: (original id, original label, copy label, mirror id)}``.
     """
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"needs the real chest X-rays in ../shared/data (not found at {SHARED_DATA})")
     work = tmp_path_factory.mktemp("conflicts")
     repo = work / "repo"
     repo.mkdir()
@@ -119,8 +117,8 @@ def _conflict_groups(groups: pd.DataFrame, expected: dict) -> dict[str, list[str
 
 
 def shared(test):
-    """Marks of the tests on the real X-rays: skipped without ../shared/data."""
-    return needs_shared_data()(pytest.mark.shared(pytest.mark.slow(test)))
+    """Marks of the tests on the real X-rays (skipped without ../shared/data), each a few stage runs."""
+    return pytest.mark.shared(pytest.mark.slow(test))
 
 
 @shared

@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,35 +23,27 @@ from lungxray.serve.predict import find_files, load_predictor, predict_files
 from lungxray.serve.predictor import PredictedBatch
 
 from conftest import REPO
+from helpers.httpserver import free_port
 from helpers.images import xray
-from helpers.processed import CLASSES, make_processed, train_params
+from helpers.processed import CLASSES
 
 NAME = "predict-cxr"
 
 
 @pytest.fixture(scope="module")
-def champion(tmp_path_factory):
-    """A tiny cnn5 (32 px, one epoch; its data preprocessed with aspect=stretch, resample=bilinear), registered as
-    NAME@champion in a SQLite store of its own."""
+def champion(trained_cnn5, tmp_path_factory):
+    """A copy of the session's tiny cnn5 (32 px; its data preprocessed with aspect=stretch, resample=bilinear),
+    registered as NAME@champion in the SQLite store of the copy."""
     import mlflow
 
-    from lungxray.core.tracking import mlflow_setup
-    from lungxray.serve.mlflow_models import logged_model_uri
-    from lungxray.train.fit import train_model
-
-    root = tmp_path_factory.mktemp("champion")
-    processed = make_processed(root, n_train=30, n_val=12, size=32)
-    stats = json.loads((processed / "stats.json").read_text())
-    (processed / "stats.json").write_text(json.dumps({**stats, "aspect": "stretch", "resample": "bilinear"}))
-    tp = train_params(root, epochs=1)
-    t = train_model("cnn5", tp, processed, root / "models/cnn5", root / "metrics/cnn5", progress=False)
-    model_uri = logged_model_uri(mlflow_setup(tp.mlflow), t["mlflow_run_id"], [root / "models/cnn5/model.pt"])
-    uri = tp.mlflow.tracking_uri
+    run = trained_cnn5.copy(tmp_path_factory.mktemp("champion"))
+    uri = run.params.mlflow.tracking_uri
+    mlflow.set_tracking_uri(uri)  # where a models:/ source is looked up
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.create_registered_model(NAME)
-    mv = client.create_model_version(NAME, model_uri, run_id=t["mlflow_run_id"])
+    mv = client.create_model_version(NAME, run.model_uri, run_id=run.train["mlflow_run_id"])
     client.set_registered_model_alias(NAME, "champion", mv.version)
-    return {"root": root, "models": root / "models/cnn5", "uri": uri, "model_uri": model_uri}
+    return {"root": run.root, "models": run.models, "uri": uri, "model_uri": run.model_uri}
 
 
 @pytest.fixture
@@ -455,12 +446,6 @@ def strict_json(text: str | bytes):
         raise ValueError(f"not JSON: {name}")
 
     return json.loads(text, parse_constant=refuse)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_ping(proc: subprocess.Popen, port: int) -> None:

@@ -24,11 +24,7 @@ from conftest import REPO
 from helpers.interrupt import interrupt_after_epochs
 from helpers.processed import CLASSES, make_processed
 from helpers.processed import train_params as params
-
-
-@pytest.fixture
-def mlflow_env(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+from helpers.trained import copy_with_store
 
 
 def test_class_weights_balance_and_absent_classes():
@@ -49,22 +45,21 @@ def test_unknown_model_name_is_a_config_error():
         TrainParams(models=["resnet19"])
 
 
-def test_train_writes_model_metrics_history_and_mlflow_run(tmp_path, mlflow_env):
-    processed = make_processed(tmp_path)
-    p = params(tmp_path)
-    m = train_model("cnn5", p, processed, tmp_path / "models/cnn5", tmp_path / "metrics/cnn5", progress=False)
+def test_train_writes_model_metrics_history_and_mlflow_run(trained_cnn5, tmp_path, mlflow_env):
+    m = trained_cnn5.train
     assert m["epochs_run"] == 3 and m["best_val_accuracy"] > 0.6  # the classes are easy to tell apart
     assert m["trainable_parameters"] == m["total_parameters"] > 0
-    ck = torch.load(tmp_path / "models/cnn5/model.pt", weights_only=True)  # safe format
+    ck = torch.load(trained_cnn5.model_pt, weights_only=True)  # safe format
     assert ck["classes"] == CLASSES and ck["config"]["settings"]["model"] == "cnn5"
-    model = load_trained_model(tmp_path / "models/cnn5/model.pt").network
+    model = load_trained_model(trained_cnn5.model_pt).network
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
-    hist = pd.read_csv(tmp_path / "metrics/cnn5/history.csv")
+    hist = pd.read_csv(trained_cnn5.metrics / "history.csv")
     assert hist.epoch.tolist() == [1, 2, 3]
-    assert json.loads((tmp_path / "metrics/cnn5/train.json").read_text())["best_epoch"] == m["best_epoch"]
+    assert json.loads((trained_cnn5.metrics / "train.json").read_text())["best_epoch"] == m["best_epoch"]
 
     import mlflow
 
+    mlflow.set_tracking_uri(trained_cnn5.params.mlflow.tracking_uri)
     run = mlflow.get_run(m["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["model"] == "cnn5" and run.data.params["train.optimizer"] == "adam"
@@ -73,14 +68,12 @@ def test_train_writes_model_metrics_history_and_mlflow_run(tmp_path, mlflow_env)
     assert [x.step for x in client.get_metric_history(run.info.run_id, "val/accuracy")] == [1, 2, 3]
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "training_curve.png" in arts
-    from lungxray.core.tracking import mlflow_setup
+    # the MLflow model of the run: logged by the register stage (serve.mlflow_models.logged_model_uri), once
     from lungxray.serve.mlflow_models import MODEL_URI_TAG, logged_model_uri
 
-    assert MODEL_URI_TAG not in run.data.tags  # the train stage logs no pyfunc model: the register stage does
-    uri = logged_model_uri(mlflow_setup(p.mlflow), run.info.run_id, [tmp_path / "models/cnn5/model.pt"])
-    assert mlflow.get_run(run.info.run_id).data.tags[MODEL_URI_TAG] == uri
-    assert logged_model_uri(mlflow, run.info.run_id, [tmp_path / "models/cnn5/model.pt"]) == uri  # not logged twice
-    logged = mlflow.pyfunc.load_model(uri, dst_path=str(tmp_path))
+    assert mlflow.get_run(run.info.run_id).data.tags[MODEL_URI_TAG] == trained_cnn5.model_uri
+    assert logged_model_uri(mlflow, run.info.run_id, [trained_cnn5.model_pt]) == trained_cnn5.model_uri
+    logged = mlflow.pyfunc.load_model(trained_cnn5.model_uri, dst_path=str(tmp_path))
     x = np.random.default_rng(0).integers(0, 256, (4, 32, 32), dtype=np.uint8)  # the logged model takes images
     out = logged.predict({"image": x})
     assert len(out) == 4 and (out.error == "").all()  # a batch, not only the example's size
@@ -88,19 +81,16 @@ def test_train_writes_model_metrics_history_and_mlflow_run(tmp_path, mlflow_env)
     assert not any("KAGGLE" in k.upper() for k in run.data.params)
 
 
-def test_the_training_run_records_the_processed_train_and_val_splits_as_its_dataset_inputs(tmp_path, mlflow_env):
-    from lungxray.models.checkpoint import data_version
-
-    processed = make_processed(tmp_path)
-    p = params(tmp_path, epochs=1, mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/db.sqlite",
-                                                       artifact_dir=str(tmp_path / "a")))
-    m = train_model("cnn5", p, processed, tmp_path / "m", tmp_path / "x", progress=False)
+def test_the_training_run_records_the_processed_train_and_val_splits_as_its_dataset_inputs(trained_cnn5):
     import mlflow
 
-    inputs = mlflow.get_run(m["mlflow_run_id"]).inputs.dataset_inputs
+    from lungxray.models.checkpoint import data_version
+
+    client = mlflow.MlflowClient(trained_cnn5.params.mlflow.tracking_uri)
+    inputs = client.get_run(trained_cnn5.train["mlflow_run_id"]).inputs.dataset_inputs
     contexts = {i.dataset.name: {t.key: t.value for t in i.tags}["mlflow.data.context"] for i in inputs}
     assert contexts == {"processed/train": "training", "processed/val": "validation"}
-    assert {i.dataset.digest for i in inputs} == {data_version(processed)}
+    assert {i.dataset.digest for i in inputs} == {data_version(trained_cnn5.processed)}
     rows = {i.dataset.name: json.loads(i.dataset.profile)["num_rows"] for i in inputs}
     assert rows == {"processed/train": 60, "processed/val": 24}
 
@@ -118,6 +108,7 @@ import sys, json
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from helpers.processed import train_params as params
+from helpers.trained import copy_with_store
 from lungxray.train.fit import train_model
 tmp = Path({tmp!r})
 train_model("cnn5", params(tmp, epochs=int(sys.argv[1]), weight_averaging="ema"), tmp / "processed", tmp / "models/cnn5",
@@ -132,7 +123,7 @@ def test_kill_9_then_rerun_resumes_from_the_checkpoint(tmp_path, mlflow_env):
     script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), tmp=str(tmp_path)))
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen([sys.executable, str(script), "4"], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, str(script), "2"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
     ckpt = tmp_path / "models/cnn5/checkpoint.pt"
     deadline = time.monotonic() + 300  # a bound on waiting, not a speed assertion
@@ -142,35 +133,30 @@ def test_kill_9_then_rerun_resumes_from_the_checkpoint(tmp_path, mlflow_env):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done = torch.load(ckpt, weights_only=True)["epoch"]
-    assert done < 4, "the run finished before it could be interrupted; make it longer"
+    assert done < 2, "the run finished before it could be interrupted; make it longer"
     averaged = torch.load(ckpt, weights_only=True)["averaged"]  # the weight average is checkpointed with the weights
     assert int(averaged["n_averaged"]) == done * 57  # one EMA update per step: 900 images / 16
     assert not (tmp_path / "models/cnn5/model.pt").exists()  # no final model from a partial run
     assert not (tmp_path / "metrics/cnn5/train.json").exists()
     run_id = torch.load(ckpt, weights_only=True)["mlflow_run_id"]
 
-    out = subprocess.run([sys.executable, str(script), "4"], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, str(script), "2"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"resuming after epoch {done}" in out.stdout
     hist = pd.read_csv(tmp_path / "metrics/cnn5/history.csv")
-    assert hist.epoch.tolist() == [1, 2, 3, 4] and hist.val_loss_avg.notna().all()
+    assert hist.epoch.tolist() == [1, 2] and hist.val_loss_avg.notna().all()
     metrics = json.loads((tmp_path / "metrics/cnn5/train.json").read_text())
     assert metrics["mlflow_run_id"] == run_id  # the same MLflow run continued
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "train/loss")]
-    assert sorted(steps) == [1, 2, 3, 4]
+    assert sorted(steps) == [1, 2]
 
 
-def test_changed_settings_set_an_interrupted_checkpoint_aside_and_start_afresh(tmp_path, mlflow_env, monkeypatch,
+def test_changed_settings_set_an_interrupted_checkpoint_aside_and_start_afresh(interrupted, tmp_path, mlflow_env,
                                                                                 capsys):
-    processed = make_processed(tmp_path)
-    interrupt_after_epochs(monkeypatch, 1)
-    with pytest.raises(KeyboardInterrupt):
-        train_model("cnn5", params(tmp_path, epochs=2), processed, tmp_path / "m", tmp_path / "x", progress=False)
-    monkeypatch.undo()
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    processed, _ = interrupted_after_one_epoch(interrupted, tmp_path)
     capsys.readouterr()
     train_model("cnn5", params(tmp_path, epochs=2, lr=1e-3), processed, tmp_path / "m", tmp_path / "x",
                 progress=False)
@@ -212,38 +198,44 @@ def test_augmentation_is_small_and_never_flips_vertically():
 # -------------------------------------------------------------------------------------------------- never a stale model
 
 
-def test_a_finished_run_is_never_resumed_a_rerun_trains_from_scratch(tmp_path, mlflow_env, capsys):
-    processed = make_processed(tmp_path)
-    p = params(tmp_path, epochs=2, mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/db.sqlite",
-                                                       artifact_dir=str(tmp_path / "a")))
-    first = train_model("cnn5", p, processed, tmp_path / "m", tmp_path / "x", progress=False)
-    assert torch.load(tmp_path / "m/checkpoint.pt", weights_only=True)["complete"] is True
+def test_a_finished_run_is_never_resumed_a_rerun_trains_from_scratch(trained_cnn5, tmp_path, mlflow_env, capsys):
+    run = trained_cnn5.copy(tmp_path / "run")  # a finished run of 3 epochs
+    assert torch.load(run.models / "checkpoint.pt", weights_only=True)["complete"] is True
     capsys.readouterr()
-    second = train_model("cnn5", p, processed, tmp_path / "m", tmp_path / "x", progress=False)
+    second = train_model("cnn5", run.params, run.processed, run.models, run.metrics, progress=False)
     out = capsys.readouterr().out
     assert "finished run" in out and "training from scratch" in out and "resuming" not in out
-    assert "epoch 1/2" in out and "epoch 2/2" in out  # both epochs trained again, not zero
-    assert second["mlflow_run_id"] != first["mlflow_run_id"]  # a new MLflow run, not the old one re-exported
-    assert pd.read_csv(tmp_path / "x/history.csv").epoch.tolist() == [1, 2]
+    assert all(f"epoch {e}/3" in out for e in (1, 2, 3))  # every epoch trained again, not zero
+    assert second["mlflow_run_id"] != run.train["mlflow_run_id"]  # a new MLflow run, not the old one re-exported
+    assert pd.read_csv(run.metrics / "history.csv").epoch.tolist() == [1, 2, 3]
 
 
-def interrupted_after_one_epoch(tmp_path: Path, monkeypatch) -> tuple[Path, TrainParams]:
-    """cnn5 (2 epochs) stopped after its first epoch, as on Ctrl-C: its checkpoint holds epoch 1."""
-    processed = make_processed(tmp_path)
-    p = params(tmp_path, epochs=2)
-    interrupt_after_epochs(monkeypatch, 1)
-    with pytest.raises(KeyboardInterrupt):
-        train_model("cnn5", p, processed, tmp_path / "m", tmp_path / "x", progress=False)
-    assert torch.load(tmp_path / "m/checkpoint.pt", weights_only=True)["epoch"] == 1
-    monkeypatch.undo()
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return processed, p
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory) -> Path:
+    """A folder holding cnn5 (2 epochs) stopped after its first epoch, as on Ctrl-C (its checkpoint holds epoch 1),
+    its data and its MLflow store: rerun it in a copy (:func:`interrupted_after_one_epoch`)."""
+    root = tmp_path_factory.mktemp("interrupted")
+    processed = make_processed(root)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        interrupt_after_epochs(mp, 1)
+        with pytest.raises(KeyboardInterrupt):
+            train_model("cnn5", params(root, epochs=2), processed, root / "m", root / "x", progress=False)
+    assert torch.load(root / "m/checkpoint.pt", weights_only=True)["epoch"] == 1
+    return root
 
 
-def test_a_code_change_trains_from_scratch_instead_of_resuming(tmp_path, mlflow_env, monkeypatch, capsys):
+def interrupted_after_one_epoch(interrupted: Path, tmp_path: Path) -> tuple[Path, TrainParams]:
+    """A copy of ``interrupted`` in ``tmp_path`` (checkpoint in m/, metrics in x/): its data and its settings."""
+    copy_with_store(interrupted, tmp_path)
+    return tmp_path / "processed", params(tmp_path, epochs=2)
+
+
+def test_a_code_change_trains_from_scratch_instead_of_resuming(interrupted, tmp_path, mlflow_env, monkeypatch,
+                                                              capsys):
     import lungxray.models.checkpoint as checkpoint
 
-    processed, p = interrupted_after_one_epoch(tmp_path, monkeypatch)
+    processed, p = interrupted_after_one_epoch(interrupted, tmp_path)
     monkeypatch.setattr(checkpoint, "code_fingerprint", lambda *a, **k: "edited-train-or-models-code")
     capsys.readouterr()
     train_model("cnn5", p, processed, tmp_path / "m", tmp_path / "x", progress=False)
@@ -254,10 +246,11 @@ def test_a_code_change_trains_from_scratch_instead_of_resuming(tmp_path, mlflow_
     assert pd.read_csv(tmp_path / "x/history.csv").epoch.tolist() == [1, 2]
 
 
-def test_a_library_upgrade_trains_from_scratch_instead_of_resuming(tmp_path, mlflow_env, monkeypatch, capsys):
+def test_a_library_upgrade_trains_from_scratch_instead_of_resuming(interrupted, tmp_path, mlflow_env, monkeypatch,
+                                                                  capsys):
     import lungxray.models.checkpoint as checkpoint
 
-    processed, p = interrupted_after_one_epoch(tmp_path, monkeypatch)
+    processed, p = interrupted_after_one_epoch(interrupted, tmp_path)
     versions = checkpoint.library_versions()
     monkeypatch.setattr(checkpoint, "library_versions", lambda: {**versions, "timm": "999.0"})
     capsys.readouterr()
@@ -266,12 +259,13 @@ def test_a_library_upgrade_trains_from_scratch_instead_of_resuming(tmp_path, mlf
     assert "resuming" not in out and "epoch 1/2" in out and "library versions" in out
 
 
-def test_a_checkpoint_whose_weights_do_not_fit_the_model_is_set_aside_without_a_traceback(tmp_path, mlflow_env,
-                                                                                          monkeypatch, capsys):
+def test_a_checkpoint_whose_weights_do_not_fit_the_model_is_set_aside_without_a_traceback(interrupted, tmp_path,
+                                                                                          mlflow_env, monkeypatch,
+                                                                                          capsys):
     """The architecture changed in a way no fingerprint saw (e.g. inside a library): one line, then a fresh start."""
     import lungxray.models.architectures as models
 
-    processed, p = interrupted_after_one_epoch(tmp_path, monkeypatch)
+    processed, p = interrupted_after_one_epoch(interrupted, tmp_path)
     real = models.create_model
     monkeypatch.setattr(models, "create_model", lambda name, num_classes, **kw: real(name, num_classes,
                                                                                       **{**kw, "head": "seed"}))
@@ -336,7 +330,7 @@ def test_an_architecture_change_then_rerun_trains_the_new_model_without_a_traceb
 
     first = run()
     assert first.returncode == 0, first.stdout + first.stderr
-    models_py = src / "lungxray/handcrafted.py"
+    models_py = src / "lungxray/models/handcrafted.py"
     text = models_py.read_text()
     assert "(32, 64, 128, 256, 512), (5, 5, 3, 3, 3)" in text
     models_py.write_text(text.replace("(32, 64, 128, 256, 512), (5, 5, 3, 3, 3)", "(16, 64, 128, 256, 512), "
@@ -426,12 +420,10 @@ def test_a_pretrained_model_is_fed_and_ships_its_weights_normalisation(tmp_path,
     assert run.data.metrics["params/trainable"] == m["trainable_parameters"]
 
 
-def test_a_model_trained_from_scratch_is_fed_the_data_statistics_on_three_channels(tmp_path, mlflow_env):
-    processed = make_processed(tmp_path)  # stats.json: mean 0.4, std 0.2
-    p = params(tmp_path, epochs=1, mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/db.sqlite",
-                                                       artifact_dir=str(tmp_path / "a")))
-    train_model("cnn5", p, processed, tmp_path / "m", tmp_path / "x", progress=False)
-    ck = torch.load(tmp_path / "m/model.pt", weights_only=True)
+def test_a_model_trained_from_scratch_is_fed_the_data_statistics_on_three_channels(trained_cnn5):
+    stats = json.loads((trained_cnn5.processed / "stats.json").read_text())
+    assert (stats["mean"], stats["std"]) == (0.4, 0.2)  # as make_processed writes them
+    ck = torch.load(trained_cnn5.model_pt, weights_only=True)
     assert ck["mean"] == [0.4] * 3 and ck["std"] == [0.2] * 3 and ck["normalisation"] == "data"
 
 

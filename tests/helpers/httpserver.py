@@ -95,6 +95,7 @@ class FileServer:
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a server to start on, or a connection to be refused)."""
     import socket
 
     with socket.socket() as s:

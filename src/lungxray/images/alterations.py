@@ -1,6 +1,8 @@
-"""Synthetic copies of an X-ray: the alterations seen in merged Kaggle chest X-ray sets.
+"""Synthetic copies of an X-ray: the alterations seen in merged Kaggle chest X-ray sets, which the dedupe stage must
+see through (a re-published copy is the same image).
 
-Used by ``benchmarks/dedupe_quality.py`` and by ``tests/test_dedupe.py``. Every function takes an 8-bit greyscale (mode ``L``)
+No stage uses them: they make the copies of ``benchmarks/dedupe_quality.py`` (precision/recall per alteration) and of
+``tests/test_dedupe.py``, one home for both (benchmarks never import tests, tests never import benchmarks). Every function takes an 8-bit greyscale (mode ``L``)
 or RGB PIL image and a ``numpy.random.Generator`` and returns ``(image, save_kwargs)``: the altered image and how to
 save it (format, quality, ...).
 """
