@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from lungxray.cli.arguments import at_least, check_writable, port_number
 from lungxray.core.errors import LungxrayError
