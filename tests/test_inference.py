@@ -103,7 +103,8 @@ def test_a_missing_or_unreadable_model_file_says_how_to_rebuild_it(tmp_path):
 # what may open a torch file, and why: only models/trained.py opens a model.pt for use
 TORCH_LOADS = {"models/trained.py": "the trained model's loader",
                "models/checkpoint.py": "training checkpoints (resume, finished runs)",
-               "train/fit.py": "training's own files (best.pt; model.pt's fingerprints for reuse)"}
+               "train/fit.py": "training's own files (best.pt; model.pt's fingerprints for reuse)",
+               "train/state.py": "training's own checkpoint (resume)"}
 CHECKPOINT_NAMES = {"ck", "checkpoint"}  # what a dict read from a torch file is called
 
 
