@@ -36,7 +36,8 @@ def warnings_and_limitations(run: Run) -> list[tuple[str, str, bool]]:
     shortcut = run.json(schema.SHORTCUT_JSON, "shortcut", "the shortcut check") if (
         run.path(schema.SHORTCUT_JSON).is_file()) else None
     if shortcut and (shortcut.get("warning") or {}).get("fires"):
-        out.append(("shortcut", shortcut["warning"].get("message") or "the shortcut check's warning fired", True))
+        message = (shortcut["warning"].get("message") or "the shortcut check's warning fired").replace("**", "")
+        out.append(("shortcut", message, True))  # the message is Markdown (reports/shortcut.md): no bold marks here
     test = run.eval.get("test") or {}
     for c, d in (test.get("per_class") or {}).items():
         if d.get("support", 0) < MIN_CLASS_TEST_IMAGES:
