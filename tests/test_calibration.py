@@ -12,7 +12,6 @@ from lungxray.core.errors import LungxrayError
 from lungxray.evaluate.metrics import expected_calibration_error
 from lungxray.evaluate.metrics.operating import at_prevalence, decision_metrics, prevalence_table
 from lungxray.evaluate.tta import VIEWS, tta_proba, view_fn
-from helpers.trained import as_trained
 from lungxray.models.calibration import (
     CalibrationParams,
     choose_operating_points,
@@ -23,6 +22,8 @@ from lungxray.models.calibration import (
     softmax_t,
     youden_threshold,
 )
+
+from helpers.trained import as_trained
 
 
 def calibrated_sample(n=20000, c=3, seed=0):

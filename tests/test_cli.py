@@ -61,8 +61,8 @@ def test_dedupe_command_without_labels_on_flat_folders(tmp_path):
 def test_dedupe_command_rejects_a_decompression_bomb_as_fetch_does(tmp_path, bomb_png, capsys, monkeypatch):
     from PIL import ImageFile
 
+    from lungxray.core.schema import DEFAULT_MAX_PIXELS
     from lungxray.data.fetch.probing import probe
-    from lungxray.images.decode import DEFAULT_MAX_PIXELS
 
     save(tmp_path / "site" / "NORMAL" / "a.png", Image.fromarray(xray(5, (160, 128))))
     (tmp_path / "site" / "NORMAL" / "bomb.png").write_bytes(bomb_png.read_bytes())  # 13000x13000 in ~165 kB

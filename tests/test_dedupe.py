@@ -14,11 +14,11 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from lungxray.core.errors import LungxrayError
+from lungxray.core.schema import DEFAULT_MAX_PIXELS
 from lungxray.data import dedupe as D
 from lungxray.data.dedupe import signatures as dedupe_signatures
 from lungxray.data.dedupe import verify as dedupe_verify
 from lungxray.images import alterations
-from lungxray.images.decode import DEFAULT_MAX_PIXELS
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = D.DedupeParams(workers=1)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import REPO, copy_repo_tree
 
 GIT = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci"]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from lungxray.train.fit import train_model
 
 from conftest import REPO
 from helpers.processed import CLASSES, make_processed, train_params
+from helpers.stages import run_stage_script
 
 EVAL = EvaluateParams(bootstrap=100, latency_batches=2, batch_size=16)
 MEMBERS = ("cnn5", "cnn8")
@@ -114,18 +113,11 @@ def repo(tmp_path_factory):
     params["promote"].update(registered_model="ensemble-cxr", bootstrap=100)
     params["gate"]["baseline"] = "baseline.json"
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    stage(root, "ensemble_member.py", MEMBERS[0])  # the stage for one, the same library call for the other
+    run_stage_script(root, "ensemble_member.py", MEMBERS[0])  # the stage for one, the same library call for the other
     write_json(root / "metrics/ensemble_members/cnn8.json",
                member_record("cnn8", root / "metrics/cnn8", root / "models/cnn8/model.pt"))
-    stage(root, "ensemble.py")
+    run_stage_script(root, "ensemble.py")
     return root
-
-
-def stage(work: Path, script: str, *args: str) -> str:
-    r = subprocess.run([sys.executable, str(REPO / "stages" / script), *args], cwd=work, capture_output=True,
-                       text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
-    assert r.returncode == 0, r.stdout + r.stderr
-    return r.stdout
 
 
 @pytest.mark.slow
@@ -266,7 +258,7 @@ def test_the_ensembles_grid_shows_each_image_with_the_mean_of_its_members_maps(r
 
 @pytest.mark.slow
 def test_the_leaderboard_ranks_the_ensemble_and_says_what_it_averages(repo):
-    out = stage(repo, "compare.py")
+    out = run_stage_script(repo, "compare.py")
     board = json.loads((repo / "reports/leaderboard.json").read_text())
     assert set(board) == {"cnn5", "cnn8", "ensemble"} and board["ensemble"]["ensemble_of"] == "cnn5, cnn8"
     assert pd.isna(board["cnn5"]["ensemble_of"])  # a single model
@@ -317,7 +309,7 @@ def test_the_registered_ensemble_predicts_its_members_mean_through_mlflow_pyfunc
     from lungxray.models.inference import predict_images
     from lungxray.serve.predict import load_predictor
 
-    stage(repo, "register.py")
+    run_stage_script(repo, "register.py")
     decision = json.loads((repo / "reports/promotion.json").read_text())
     version = next(v["version"] for v in decision["registered_versions"] if v["model"] == "ensemble")
     uri = f"models:/ensemble-cxr/{version}"

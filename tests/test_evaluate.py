@@ -22,6 +22,7 @@ from lungxray.train.fit import train_model
 
 from conftest import REPO
 from helpers.processed import make_processed, train_params
+from helpers.stages import run_stage_script
 
 EVAL = EvaluateParams(bootstrap=200, latency_batches=2, batch_size=16)
 
@@ -233,9 +234,6 @@ R.wait_ready = wait_ready
 
 def test_register_stage_pairs_the_challenger_with_the_champion_on_val(trained, tmp_path, monkeypatch):
     """The stage wiring: promotion.json records the paired difference and its interval (champion from MLflow)."""
-    import subprocess
-    import sys
-
     from lungxray.compare.promote import rank
     from lungxray.registry.register import load_predictions
 
@@ -250,23 +248,19 @@ def test_register_stage_pairs_the_challenger_with_the_champion_on_val(trained, t
     first = register_and_promote([second], PromotionParams(registered_model="stage-cxr"), ml,
                                  load_predictions([second["model"]], root / "metrics", "val"), root / "models")
     assert first["promote"] and first["champion_after"]["model"] == second["model"]
-    r = subprocess.run([sys.executable, str(REPO / "stages/register.py")], cwd=work, capture_output=True, text=True,
-                       env={**__import__("os").environ, "PYTHONPATH": str(REPO / "src")})
-    assert r.returncode == 0, r.stderr
+    out = run_stage_script(work, "register.py")
     decision = json.loads((work / "reports/promotion.json").read_text())
     c = decision["compared"]  # the best against the champion, whose val predictions come back from MLflow
     assert c["method"] == "paired_bootstrap" and c["units"] == 12 and c["images"] == 24
     assert c["difference"] == pytest.approx(best["val_macro_recall"] - second["val_macro_recall"])
     assert c["difference_ci_low"] <= c["difference"] <= c["difference_ci_high"]
-    assert decision["params"]["metric"] == "val_macro_recall" and "paired difference" in r.stdout
+    assert decision["params"]["metric"] == "val_macro_recall" and "paired difference" in out
+    assert "#/experiments/" in out and "workflowType=machine_learning" in out  # the UI's address of the runs
     versions = {v["model"]: v["version"] for v in decision["registered_versions"]}
     assert versions[second["model"]] == first["registered_versions"][0]["version"]  # the champion's own, reused
 
 
 def test_compare_orders_by_the_configured_tie_breaker(trained, tmp_path):
-    import subprocess
-    import sys
-
     root, *_ = trained
     work = workdir(root, tmp_path, models=False)
     for m, secs in (("cnn5", 10.0), ("cnn8", 50.0)):  # same scores; cnn5 is bigger but faster
@@ -279,9 +273,7 @@ def test_compare_orders_by_the_configured_tie_breaker(trained, tmp_path):
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["promote"]["tie_breaker"] = "seconds_per_epoch"
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    r = subprocess.run([sys.executable, str(REPO / "stages/compare.py")], cwd=work, capture_output=True, text=True,
-                       env={**__import__("os").environ, "PYTHONPATH": str(REPO / "src")})
-    assert r.returncode == 0, r.stderr
+    run_stage_script(work, "compare.py")
     board = json.loads((work / "reports/leaderboard.json").read_text())
     assert board["cnn5"]["trainable_parameters"] > board["cnn8"]["trainable_parameters"]
     assert board["cnn5"]["rank"] == 1 and board["cnn8"]["rank"] == 2

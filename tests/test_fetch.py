@@ -375,8 +375,8 @@ def test_empty_source_names_the_configured_folder_and_what_it_expected(project):
 def test_pixel_limit_rejects_without_decoding(project, bomb_png, monkeypatch):
     from PIL import ImageFile
 
+    from lungxray.core.schema import DEFAULT_MAX_PIXELS
     from lungxray.data.fetch.probing import probe
-    from lungxray.images.decode import DEFAULT_MAX_PIXELS
 
     loaded = []
     real_load = ImageFile.ImageFile.load

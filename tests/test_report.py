@@ -26,16 +26,10 @@ from lungxray.train.fit import train_model
 from conftest import REPO
 from helpers.multisource import make_multisource_processed
 from helpers.processed import train_params
+from helpers.stages import run_stage_script
 
 MODELS = ("cnn5",)
 EVAL = EvaluateParams(bootstrap=50, latency_batches=1, batch_size=16)
-
-
-def stage(work: Path, script: str, *args: str) -> str:
-    r = subprocess.run([sys.executable, str(REPO / "stages" / script), *args], cwd=work, capture_output=True,
-                       text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
-    assert r.returncode == 0, r.stdout + r.stderr
-    return r.stdout
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +52,9 @@ def run(tmp_path_factory):
     params["evaluate"] = EVAL.model_dump()
     params["promote"].update(registered_model="report-cxr", bootstrap=50)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    stage(root, "compare.py")
-    stage(root, "register.py")
-    out = stage(root, "report.py")
+    run_stage_script(root, "compare.py")
+    run_stage_script(root, "register.py")
+    out = run_stage_script(root, "report.py")
     return {"root": root, "stdout": out, "html": (root / "reports" / "report.html").read_text(encoding="utf-8"),
             "ml": ml}
 

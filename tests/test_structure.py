@@ -5,9 +5,9 @@ model."""
 
 from __future__ import annotations
 
-from lungxray.models.checkpoint import module_file, project_imports
-
 from pathlib import Path
+
+from lungxray.models.checkpoint import module_file, project_imports
 
 from conftest import REPO
 

@@ -28,7 +28,8 @@ from lungxray.core.config import Strict
 from lungxray.core.errors import LungxrayError
 from lungxray.core.io import allocate_npy, progress_bar, writing
 from lungxray.core.parallel import process_pool, resolve_workers
-from lungxray.images.decode import DEFAULT_MAX_PIXELS, ImageRejected, open_grey
+from lungxray.core.schema import DEFAULT_MAX_PIXELS
+from lungxray.images.decode import ImageRejected, open_grey
 from lungxray.images.pixels import pixel_stats
 
 # written beside them: the official test set whole (benchmark mode, see split.official_test_set; empty otherwise)

@@ -46,7 +46,7 @@ from lungxray.core.graph import components_by_keys
 from lungxray.core.plots import pyplot, save_png
 from lungxray.core.schema import SPLITS
 from lungxray.data.assign import assign_greedily
-from lungxray.data.leakage import require_columns, clean_text, check_leakage
+from lungxray.data.leakage import check_leakage, clean_text, require_columns
 
 SPLIT_COLUMNS = ["id", "path", "label", "split", "group", "unit", "source", "patient"]
 _PRIORITY = {"train": 0, "val": 1, "test": 2}  # which official split wins when a unit crosses splits

@@ -36,12 +36,12 @@ from lungxray.data.preprocess import load_split
 from lungxray.ensemble.members import ENSEMBLE, MEMBER_RECORDS, EnsembleParams, check_member, resolve_members
 from lungxray.evaluate import metrics
 from lungxray.evaluate.evaluation import (
-    save_figure,
-    split_index,
-    write_plots,
     fingerprint_images,
     fingerprint_split,
+    save_figure,
     score_split,
+    split_index,
+    write_plots,
 )
 from lungxray.evaluate.metrics.tables import PROB_PREFIX, predictions_arrays
 from lungxray.models.checkpoint import data_version, fingerprint

@@ -26,7 +26,6 @@ from lungxray.core.tracking import MlflowParams, mlflow_setup, tracking_uri
 from lungxray.registry.versions import current_champion, prediction_tags, run_versions, wait_ready
 from lungxray.serve.mlflow_models import logged_model_uri
 
-
 UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` answers by default (a local store has no server)
 RUNS_PAGE = "#/experiments/{id}/runs?workflowType=machine_learning"  # the UI's training runs (see the docstring)
 

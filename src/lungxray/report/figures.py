@@ -18,20 +18,17 @@ import numpy as np
 import pandas as pd
 
 from lungxray.evaluate.metrics import reliability_data
-from lungxray.evaluate.metrics.bootstrap import bootstrap_counts, percentile_interval, unit_codes
+from lungxray.evaluate.metrics.bootstrap import percentile_interval, resample_weights
 from lungxray.evaluate.metrics.primitives import grouped_auc
 
-__all__ = ["predictions_arrays", "per_class_intervals", "uncalibrated", "reliability_svg", "CLASS_STATISTICS"]
+__all__ = ["prediction_units", "per_class_intervals", "uncalibrated", "reliability_svg", "CLASS_STATISTICS"]
 
 CLASS_STATISTICS = ("sensitivity", "specificity", "ppv", "npv", "auc")
 
 
-def predictions_arrays(df: pd.DataFrame, classes: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Label indices, probabilities (in ``classes`` order) and units of a predictions table."""
-    y = df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
-    p = df[[f"prob_{c}" for c in classes]].to_numpy(np.float64)
-    units = df["unit"].astype(str).tolist() if "unit" in df.columns else df["id"].astype(str).tolist()
-    return y, p, units
+def prediction_units(df: pd.DataFrame) -> list[str]:
+    """The split unit of each row of a predictions table (its id where the table has no unit column)."""
+    return df["unit" if "unit" in df.columns else "id"].astype(str).tolist()
 
 
 def _class_statistics(y: np.ndarray, p: np.ndarray, w: np.ndarray, k: int) -> dict[str, np.ndarray]:
@@ -51,17 +48,10 @@ def per_class_intervals(y: np.ndarray, p: np.ndarray, classes: list[str], units:
     n = y.shape[0]
     if resamples <= 0 or n == 0:
         return {c: {s: {"low": None, "high": None} for s in CLASS_STATISTICS} for c in classes}
-    codes, n_units = unit_codes(units, n)
-    rng = np.random.default_rng(seed)
-    chunk = max(1, min(resamples, 4_000_000 // max(n, 1)))
     parts: dict[int, list[dict]] = {k: [] for k in range(len(classes))}
-    done = 0
-    while done < resamples:
-        b = min(chunk, resamples - done)
-        w = bootstrap_counts(n_units, b, rng)[:, codes]
+    for w in resample_weights(units, n, resamples, seed):  # the resamples of eval.json's own intervals
         for k in parts:
             parts[k].append(_class_statistics(y, p, w, k))
-        done += b
     return {c: {s: percentile_interval(np.concatenate([d[s] for d in parts[k]]), ci) for s in CLASS_STATISTICS}
             for k, c in enumerate(classes)}
 

@@ -8,7 +8,8 @@ import pandas as pd
 
 from lungxray.core import schema
 from lungxray.core.numbers import fmt
-from lungxray.report.figures import per_class_intervals, predictions_arrays, reliability_svg
+from lungxray.evaluate.metrics.tables import predictions_arrays
+from lungxray.report.figures import per_class_intervals, prediction_units, reliability_svg
 from lungxray.report.page import absent, esc, evidence, table, traced, traced_interval
 from lungxray.report.run import Run
 
@@ -55,7 +56,7 @@ def per_class_table(run: Run, split: str = "test") -> str:
     ev = run.params.get("evaluate") or {}
     if pred.is_file() and per_class:
         df = pd.read_csv(pred, keep_default_na=False, dtype={"id": str, "unit": str, "label": str})
-        y, p, units = predictions_arrays(df, run.classes)
+        (y, p), units = predictions_arrays(df, run.classes), prediction_units(df)
         intervals = per_class_intervals(y, p, run.classes, units, int(ev.get("bootstrap", 1000)),
                                         float(ev.get("ci", 0.95)), int(ev.get("seed", 0)))
     else:
@@ -97,7 +98,7 @@ def calibration_part(run: Run) -> str:
     pred = run.path(schema.model_metrics_dir(run.champion) / f"predictions_{split}.csv")
     if pred.is_file():
         df = pd.read_csv(pred, keep_default_na=False, dtype={"id": str, "unit": str, "label": str})
-        y, p, _ = predictions_arrays(df, run.classes)
+        y, p = predictions_arrays(df, run.classes)
         bins = int((run.params.get("evaluate") or {}).get("ece_bins", 15))
         out += (f"<figure>{reliability_svg(y, p, float(t), bins)}<figcaption>Reliability diagram of the {esc(split)} "
                 f"split before and after temperature scaling (bars: accuracy per confidence bin; dashed: perfect "

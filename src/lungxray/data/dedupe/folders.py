@@ -8,9 +8,10 @@ from typing import Literal
 import pandas as pd
 
 from lungxray.core.errors import LungxrayError
+from lungxray.core.schema import DEFAULT_MAX_PIXELS
 from lungxray.data.dedupe.groups import find_groups
 from lungxray.data.dedupe.params import DedupeParams
-from lungxray.images.decode import DEFAULT_MAX_PIXELS, is_image_path
+from lungxray.images.decode import is_image_path
 
 
 def dedupe_folders(folders: list[str], out_csv: str, params: DedupeParams | None = None,

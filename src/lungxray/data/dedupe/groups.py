@@ -13,13 +13,12 @@ import pandas as pd
 from lungxray.core.errors import LungxrayError
 from lungxray.core.graph import components
 from lungxray.core.parallel import resolve_workers
-from lungxray.core.schema import conflict_outcome, kept_per_group
+from lungxray.core.schema import DEFAULT_MAX_PIXELS, conflict_outcome, kept_per_group
 from lungxray.data.dedupe.candidates import candidate_pairs
 from lungxray.data.dedupe.params import DedupeParams
 from lungxray.data.dedupe.report import build_report
 from lungxray.data.dedupe.signatures import Signatures, compute_signatures
 from lungxray.data.dedupe.verify import verify_all
-from lungxray.images.decode import DEFAULT_MAX_PIXELS
 
 METHOD_SHA = "sha256"
 METHOD_VISUAL = "phash+ncc"

@@ -13,8 +13,9 @@ from scipy.fft import dctn
 
 from lungxray.core.io import KeyValueStore, progress_bar, sha256_file
 from lungxray.core.parallel import process_pool, resolve_workers
+from lungxray.core.schema import DEFAULT_MAX_PIXELS
 from lungxray.data.dedupe.params import DedupeParams
-from lungxray.images.decode import DEFAULT_MAX_PIXELS, ImageRejected, open_grey, too_many_pixels
+from lungxray.images.decode import ImageRejected, open_grey, too_many_pixels
 
 log = logging.getLogger(__name__)
 

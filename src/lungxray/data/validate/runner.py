@@ -17,13 +17,13 @@ from lungxray.data.validate.gx import import_gx
 from lungxray.data.validate.params import ValidateParams
 from lungxray.data.validate.report import Failure, ValidationResult, jsonable
 from lungxray.data.validate.suites import (
+    Suite,
     class_counts_suite,
     class_counts_table,
     group_kept_suite,
     group_kept_table,
     groups_suite,
     manifest_suite,
-    Suite,
 )
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from lungxray.evaluate.metrics.primitives import json_float, grouped_auc
+from lungxray.evaluate.metrics.primitives import grouped_auc, json_float
 
 
 def bootstrap_counts(n: int, resamples: int, rng: np.random.Generator) -> np.ndarray:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from lungxray.evaluate.metrics.primitives import safe_div, json_float
+from lungxray.evaluate.metrics.primitives import json_float, safe_div
 
 
 def reliability_data(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> dict[str, Any]:

@@ -26,9 +26,9 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from lungxray.core.config import Strict
-from lungxray.evaluate.metrics.bootstrap import BOOTSTRAP_STATISTICS, unit_codes, bootstrap_ci
+from lungxray.evaluate.metrics.bootstrap import BOOTSTRAP_STATISTICS, bootstrap_ci, unit_codes
 from lungxray.evaluate.metrics.calibration import reliability_data
-from lungxray.evaluate.metrics.primitives import check_inputs, safe_div, json_float, confusion, ovr_auc
+from lungxray.evaluate.metrics.primitives import check_inputs, confusion, json_float, ovr_auc, safe_div
 
 
 class EvaluateParams(Strict):

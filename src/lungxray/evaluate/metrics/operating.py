@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lungxray.evaluate.metrics.bootstrap import bootstrap_counts, percentile_interval, unit_codes
-from lungxray.evaluate.metrics.primitives import safe_div, json_float
+from lungxray.evaluate.metrics.primitives import json_float, safe_div
 
 
 def decision_metrics(y: np.ndarray, flag: np.ndarray, k: int, resamples: int, ci: float, seed: int,
